@@ -1,0 +1,1 @@
+"""Import shim: ``from Mutitask.server import ...`` runs on mutitask_celery."""

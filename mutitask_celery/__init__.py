@@ -1,0 +1,59 @@
+"""mutitask_celery: MutiTask's generator-fed task channels, on Celery.
+
+``celery -A mutitask_celery worker -Q channel1`` finds :data:`app` here.
+The legacy API lives in :mod:`mutitask_celery.server` and
+:mod:`mutitask_celery.client` (and the ``Mutitask`` import shim).
+"""
+
+from __future__ import annotations
+
+from . import tasks as _tasks  # noqa: F401  (registers mutitask.run before any worker starts)
+from .api import (
+    clear_results,
+    delete_failed,
+    failed,
+    failed_count,
+    get_failed,
+    reload_failed,
+    results,
+    results_count,
+)
+from .celery_app import app
+from .errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    EncodingError,
+    FunctionError,
+    InvalidTasksError,
+    MutitaskError,
+    RecordNotFound,
+)
+from .producer import ChannelSummary, RunSummary
+from .registry import TaskFormat, register_channel
+from .store import FailedTask
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "app",
+    "register_channel",
+    "TaskFormat",
+    "results",
+    "results_count",
+    "clear_results",
+    "failed",
+    "failed_count",
+    "get_failed",
+    "reload_failed",
+    "delete_failed",
+    "FailedTask",
+    "RunSummary",
+    "ChannelSummary",
+    "MutitaskError",
+    "ConfigurationError",
+    "InvalidTasksError",
+    "FunctionError",
+    "EncodingError",
+    "BrokerUnavailable",
+    "RecordNotFound",
+]

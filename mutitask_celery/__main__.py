@@ -1,0 +1,5 @@
+"""``python -m mutitask_celery``: the ``mutitask`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

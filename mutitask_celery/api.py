@@ -1,0 +1,62 @@
+"""Module-level functions over the dead-letter store and the result lists.
+
+These read the settings of this process (``MUTITASK_REDIS_URL``,
+``celeryconfig.py``, ...), so a script or a shell can inspect a run that
+other processes did.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from . import codec, keys, runtime
+from .registry import check_channel
+from .store import FailedTask
+
+
+def _channel(channel: int | None) -> int | None:
+    return None if channel is None else check_channel(channel)
+
+
+def results(channel: int) -> list[Any]:
+    """Every result the default save function stored for ``channel``, decoded, oldest first."""
+    raw = runtime.ledger().client.lrange(keys.results(check_channel(channel)), 0, -1)
+    return [codec.decode(r) for r in raw]
+
+
+def results_count(channel: int) -> int:
+    return int(runtime.ledger().client.llen(keys.results(check_channel(channel))))
+
+
+def clear_results(channel: int) -> int:
+    """Delete the channel's stored results; returns how many there were."""
+    client = runtime.ledger().client
+    key = keys.results(check_channel(channel))
+    pipe = client.pipeline(transaction=True)
+    pipe.llen(key)
+    pipe.delete(key)
+    return int(pipe.execute()[0])
+
+
+def failed(channel: int | None = None, limit: int | None = None, offset: int = 0) -> list[FailedTask]:
+    """Dead-letter records (one channel, or all), oldest failure first."""
+    return runtime.store().failed(_channel(channel), limit, offset)
+
+
+def failed_count(channel: int | None = None) -> int:
+    return runtime.store().count(_channel(channel))
+
+
+def get_failed(task_id: str) -> FailedTask:
+    return runtime.store().get(task_id)
+
+
+def reload_failed(channel: int | None = None, ids: Iterable[str] | None = None) -> int:
+    """Put failed tasks back on their channels; returns how many."""
+    return runtime.store().reload(_channel(channel), ids)
+
+
+def delete_failed(channel: int | None = None, ids: Iterable[str] | None = None) -> int:
+    """Delete failed tasks for good; returns how many."""
+    return runtime.store().delete(_channel(channel), ids)

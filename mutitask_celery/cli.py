@@ -1,0 +1,156 @@
+"""The ``mutitask`` command (also ``python -m mutitask_celery``).
+
+Exit codes: 0 done; 1 a record or thing asked for does not exist;
+2 bad usage; 3 Redis cannot be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from . import api, keys, runtime, settings
+from .connection import check_redis
+from .errors import BrokerUnavailable, ConfigurationError, RecordNotFound
+from .store import FailedTask
+
+EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+EPILOG = """\
+examples:
+  mutitask failed list --channel 1          the failed tasks of channel 1, oldest first
+  mutitask failed show 3f2a...              one record, with its traceback
+  mutitask failed reload --all              every failed task back onto its channel
+  mutitask failed delete --channel 2        forget channel 2's failed tasks
+  mutitask failed count --json              counts for scripts
+
+exit codes: 0 done, 1 not found, 2 bad usage, 3 Redis unreachable
+"""
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _table(records: Sequence[FailedTask]) -> str:
+    rows = [("ID", "CH", "FAILS", "LAST FAILED", "DEVICE", "REASON", "TASK")]
+    for r in records:
+        task = r.as_dict()["data"]
+        rows.append((r.id, str(r.channel), str(r.failures), _when(r.last_failed), r.device,
+                     r.reason[:40], task[:40] + ("..." if len(task) > 40 else "")))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _selection(args: argparse.Namespace) -> tuple[int | None, list[str] | None]:
+    if args.all:
+        return None, None
+    if args.channel is not None:
+        return args.channel, None
+    if args.ids:
+        return None, args.ids
+    raise ConfigurationError("say which: --all, --channel C, or one or more IDs")
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mutitask", description="Inspect and manage mutitask_celery runs.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    url_help = f"Redis URL (default: $MUTITASK_REDIS_URL, celeryconfig.py, {settings.DEFAULT_REDIS_URL})"
+    parser.add_argument("--redis-url", help=url_help)
+    # Accepted after the sub-command too (mutitask failed list --redis-url ...).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--redis-url", default=argparse.SUPPRESS, help=url_help)
+    sub = parser.add_subparsers(dest="command", required=True)
+    failed = sub.add_parser("failed", help="the dead-letter store", epilog=EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    fsub = failed.add_subparsers(dest="action", required=True)
+    ls = fsub.add_parser("list", parents=[common], help="list failed tasks, oldest failure first")
+    ls.add_argument("--channel", type=_positive_int)
+    ls.add_argument("--limit", type=_positive_int)
+    ls.add_argument("--offset", type=int, default=0)
+    ls.add_argument("--json", action="store_true", help="one JSON array, for scripts")
+    show = fsub.add_parser("show", parents=[common], help="one failed task, whole")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
+    count = fsub.add_parser("count", parents=[common], help="how many failed tasks, per channel")
+    count.add_argument("--channel", type=_positive_int)
+    count.add_argument("--json", action="store_true")
+    for name, text in (("reload", "put failed tasks back on their channels"), ("delete", "delete failed tasks")):
+        p = fsub.add_parser(name, parents=[common], help=text)
+        p.add_argument("ids", nargs="*", metavar="ID")
+        p.add_argument("--all", action="store_true")
+        p.add_argument("--channel", type=_positive_int)
+        p.add_argument("--json", action="store_true")
+    return parser
+
+
+def _channels_with_records() -> list[int]:
+    client = runtime.store().client
+    return sorted(int(c) for c in client.smembers(keys.DEAD_CHANNELS))
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    conf = settings.configure(redis_url=args.redis_url)
+    runtime.reset(conf)
+    check_redis(conf.redis_url)
+    if args.action == "list":
+        records = api.failed(args.channel, args.limit, args.offset)
+        print(json.dumps([r.as_dict() for r in records], indent=1) if args.json else _table(records))
+    elif args.action == "show":
+        record = api.get_failed(args.id)
+        if args.json:
+            print(json.dumps(record.as_dict(), indent=1))
+        else:
+            for key, value in record.as_dict().items():
+                if key in ("first_failed", "last_failed"):
+                    value = _when(float(value))
+                print(f"{key:>12}: {value}")
+    elif args.action == "count":
+        channels = [args.channel] if args.channel else _channels_with_records()
+        counts = {str(c): api.failed_count(c) for c in channels}
+        total = api.failed_count(args.channel)
+        if args.json:
+            print(json.dumps({"total": total, "channels": counts}))
+        else:
+            for c, n in counts.items():
+                print(f"channel {c}: {n}")
+            print(f"total: {total}")
+    else:
+        channel, ids = _selection(args)
+        action = api.reload_failed if args.action == "reload" else api.delete_failed
+        n = action(channel, ids)
+        verb = "reloaded" if args.action == "reload" else "deleted"
+        print(json.dumps({verb: n}) if args.json else f"{verb} {n} failed task(s)")
+        if ids and n == 0:
+            return EXIT_NOT_FOUND
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return run(argv)
+    except RecordNotFound as exc:
+        print(f"mutitask: no failed task with id {exc.args[0]}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    except ConfigurationError as exc:
+        print(f"mutitask: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokerUnavailable as exc:
+        print(f"mutitask: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

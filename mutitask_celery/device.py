@@ -1,0 +1,40 @@
+"""Run this process as a device: a Celery worker named ``device<ID>@<host>``.
+
+The worker uses the *threads* pool: the task runs in a thread while the
+worker's own loop keeps answering remote control (status, pause) and sending
+heartbeats to Flower, even during a long task. SIGINT and SIGTERM are Celery's
+warm shutdown: the task in hand finishes, then the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from celery.utils.nodenames import host_format
+
+from . import keys
+from .celery_app import app
+
+log = logging.getLogger(__name__)
+
+
+def device_name(device_id: int) -> str:
+    """``device<ID>@<this host>``, the name status and control use."""
+    return host_format(f"device{device_id}@%h")
+
+
+def run_worker(hostname: str, channels: Sequence[int], concurrency: int = 1, loglevel: str = "INFO") -> int:
+    """Consume the channels' queues until stopped; returns the worker's exit code."""
+    worker = app.Worker(
+        hostname=host_format(hostname),
+        queues=[keys.queue(c) for c in channels],
+        pool="threads",
+        concurrency=concurrency,
+        loglevel=loglevel,
+        redirect_stdouts=False,  # a user's print() reaches the terminal as written
+        without_mingle=True,  # no start-up round with other workers: a device works at once
+        without_gossip=True,
+    )
+    worker.start()
+    return int(worker.exitcode or 0)

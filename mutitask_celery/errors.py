@@ -1,0 +1,44 @@
+"""Exceptions raised by mutitask_celery.
+
+Every error the package raises on purpose derives from one root, so a caller
+can catch them all; each also derives from the built-in it refines, so code
+written for the original (catching ``TypeError`` or ``ValueError``) still works::
+
+    MutitaskError
+     ├── ConfigurationError (ValueError)   a setting or argument is invalid
+     ├── InvalidTasksError (TypeError)     run() was given something that is not tasks
+     ├── FunctionError (TypeError)         a task/save function is not usable
+     ├── EncodingError (TypeError)         a value JSON cannot carry
+     ├── BrokerUnavailable (ConnectionError)  Redis/broker cannot be reached
+     └── RecordNotFound (KeyError)         no dead-letter record with that id
+"""
+
+from __future__ import annotations
+
+
+class MutitaskError(Exception):
+    """Root of every error mutitask_celery raises on purpose."""
+
+
+class ConfigurationError(MutitaskError, ValueError):
+    """A setting or an argument has a value that cannot work."""
+
+
+class InvalidTasksError(MutitaskError, TypeError):
+    """``Terminal.run`` was given something other than iterators of tasks."""
+
+
+class FunctionError(MutitaskError, TypeError):
+    """A task or save function is not a callable of one argument."""
+
+
+class EncodingError(MutitaskError, TypeError):
+    """A task or result holds a value that cannot travel as JSON."""
+
+
+class BrokerUnavailable(MutitaskError, ConnectionError):
+    """Redis (or the broker) does not answer at the configured URL."""
+
+
+class RecordNotFound(MutitaskError, KeyError):
+    """No dead-letter record has the given id."""

@@ -1,0 +1,63 @@
+"""Every Redis key and Celery queue name the package uses, in one place.
+
+The three legacy names (``channel<N>`` as the queue that replaced
+``TaskChannel<N>``, and ``ResultChannel<N>``) stay as users know them;
+everything else lives under the ``mutitask:`` prefix so one ``SCAN`` finds it
+and nothing collides with a user's own keys.
+
+Layout (``<ch>`` is a channel number, ``<id>`` a task id):
+
+==============================  ====================================================
+``channel<ch>``                 Celery queue of the channel (a list on a Redis broker)
+``ResultChannel<ch>``           list of JSON results written by the default save function
+``mutitask:pending:<ch>``       hash id -> task data: published and not yet finished
+``mutitask:meta:<ch>``          hash id -> "failures|first_failed" for reloaded tasks
+``mutitask:stats:<ch>``         hash of counters: published, succeeded, failed, ...
+``mutitask:notify:<ch>``        short list a device pushes to when a task finishes
+``mutitask:dead:index``         sorted set id -> last failure time, all channels
+``mutitask:dead:index:<ch>``    sorted set id -> last failure time, one channel
+``mutitask:dead:rec:<id>``      hash: one dead-letter record
+``mutitask:dead:channels``      set of channels that have ever had a record
+==============================  ====================================================
+"""
+
+from __future__ import annotations
+
+PREFIX = "mutitask"
+DEAD_INDEX = f"{PREFIX}:dead:index"
+DEAD_CHANNELS = f"{PREFIX}:dead:channels"
+DEAD_RECORD_PREFIX = f"{PREFIX}:dead:rec:"
+
+
+def queue(channel: int) -> str:
+    """Celery queue of a channel (what ``celery worker -Q`` names)."""
+    return f"channel{channel}"
+
+
+def results(channel: int) -> str:
+    """The legacy result list the default save function appends to."""
+    return f"ResultChannel{channel}"
+
+
+def pending(channel: int) -> str:
+    return f"{PREFIX}:pending:{channel}"
+
+
+def meta(channel: int) -> str:
+    return f"{PREFIX}:meta:{channel}"
+
+
+def stats(channel: int) -> str:
+    return f"{PREFIX}:stats:{channel}"
+
+
+def notify(channel: int) -> str:
+    return f"{PREFIX}:notify:{channel}"
+
+
+def dead_index(channel: int | None = None) -> str:
+    return DEAD_INDEX if channel is None else f"{DEAD_INDEX}:{channel}"
+
+
+def dead_record(task_id: str) -> str:
+    return f"{DEAD_RECORD_PREFIX}{task_id}"

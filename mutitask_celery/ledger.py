@@ -1,0 +1,147 @@
+"""The books of every channel, kept in Redis, and the atomic steps that change them.
+
+A task is *outstanding* from the moment it is published until a device
+finishes it: it sits in ``pending:<ch>`` with its data. Finishing is one Lua
+script: it removes the task from ``pending`` and, in the same step, appends the
+result (default save function) or writes the dead-letter record, and counts.
+So a result is saved once and a failure recorded once, even when a message is
+delivered twice (the second finish finds nothing pending and is counted as a
+duplicate run). The server's back-pressure reads ``HLEN pending``, which works
+whatever the broker is.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import redis
+from celery import Celery
+
+from . import keys, messages
+
+NOTIFY_KEEP = 64  # wake-up tokens kept per channel; the server only needs one
+
+_FINISH = """
+local rec_prefix, now, device, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local ok, failed, dup = 0, 0, 0
+for i = 5, #ARGV, 5 do
+  local kind, id, result, reason, tb = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
+  local data = redis.call('HGET', KEYS[1], id)
+  if not data then
+    dup = dup + 1
+  else
+    redis.call('HDEL', KEYS[1], id)
+    local meta = redis.call('HGET', KEYS[2], id)
+    if meta then redis.call('HDEL', KEYS[2], id) end
+    if kind == 'ok' then
+      if result ~= '' then redis.call('RPUSH', KEYS[5], result) end
+      ok = ok + 1
+    else
+      local failures, first = 1, now
+      if meta then
+        local f, t = string.match(meta, '^(%d+)|(.+)$')
+        if f then failures = tonumber(f) + 1; first = t end
+      end
+      redis.call('HSET', rec_prefix .. id, 'v', '1', 'id', id, 'channel', channel,
+        'data', data, 'reason', reason, 'traceback', tb, 'device', device,
+        'first_failed', first, 'last_failed', now, 'failures', failures, 'result', result)
+      redis.call('ZADD', KEYS[6], now, id)
+      redis.call('ZADD', KEYS[7], now, id)
+      redis.call('SADD', KEYS[8], channel)
+      failed = failed + 1
+    end
+  end
+end
+if ok > 0 then redis.call('HINCRBY', KEYS[3], 'succeeded', ok) end
+if failed > 0 then redis.call('HINCRBY', KEYS[3], 'failed', failed) end
+if dup > 0 then redis.call('HINCRBY', KEYS[3], 'duplicates', dup) end
+if ok + failed > 0 then
+  redis.call('LPUSH', KEYS[4], '1')
+  redis.call('LTRIM', KEYS[4], 0, NOTIFY_LAST)
+end
+return {ok, failed, dup}
+""".replace("NOTIFY_LAST", str(NOTIFY_KEEP - 1))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one task ended on a device.
+
+    ``result`` is the JSON-encoded result for the default save function to
+    append (``''`` when a user's save function already took it, or for a
+    failure without a result); ``reason`` is empty for a success.
+    """
+
+    task_id: str
+    ok: bool
+    result: str = ""
+    reason: str = ""
+    traceback: str = ""
+
+
+@dataclass(frozen=True)
+class ChannelStats:
+    """Counters of a channel since its keys were created."""
+
+    published: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    duplicates: int = 0
+    reloaded: int = 0
+
+
+class Ledger:
+    """Reads and changes the books of the channels in one Redis database."""
+
+    def __init__(self, client: redis.Redis, app: Celery, broker_is_store: bool = True) -> None:
+        self.client = client
+        self.app = app
+        self.broker_is_store = broker_is_store
+        self._finish = client.register_script(_FINISH)
+
+    def outstanding(self, channel: int) -> int:
+        """Tasks of the channel published (or reloaded) and not yet finished."""
+        return int(self.client.hlen(keys.pending(channel)))
+
+    def stats(self, channel: int) -> ChannelStats:
+        raw = self.client.hgetall(keys.stats(channel))
+        return ChannelStats(**{k: int(v) for k, v in raw.items() if k in ChannelStats.__dataclass_fields__})
+
+    def publish(self, channel: int, items: Sequence[messages.Item]) -> None:
+        """Enter ``items`` in the books and put them on the channel's queue, one task a message."""
+        if not items:
+            return
+        queue = keys.queue(channel)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(keys.pending(channel), mapping=dict(items))
+        pipe.hincrby(keys.stats(channel), "published", len(items))
+        if self.broker_is_store:
+            pipe.lpush(queue, *[messages.build(self.app, queue, channel, [item]) for item in items])
+            pipe.execute()
+            return
+        pipe.execute()
+        for task_id, data in items:  # another broker (e.g. RabbitMQ): Celery's own publisher
+            self.app.send_task(
+                messages.TASK_NAME, args=[channel, [[task_id, data]]], task_id=task_id, queue=queue
+            )
+
+    def finish(self, channel: int, device: str, outcomes: Iterable[Outcome]) -> tuple[int, int, int]:
+        """Record outcomes atomically; returns (succeeded, failed, duplicates)."""
+        argv: list[str | float] = [keys.DEAD_RECORD_PREFIX, repr(time.time()), device, str(channel)]
+        for o in outcomes:
+            argv += ["ok" if o.ok else "fail", o.task_id, o.result, o.reason, o.traceback]
+        if len(argv) == 4:
+            return (0, 0, 0)
+        ks = [
+            keys.pending(channel), keys.meta(channel), keys.stats(channel), keys.notify(channel),
+            keys.results(channel), keys.dead_index(), keys.dead_index(channel), keys.DEAD_CHANNELS,
+        ]
+        ok, failed, dup = self._finish(keys=ks, args=argv)
+        return int(ok), int(failed), int(dup)
+
+    def wait_for_progress(self, channels: Sequence[int], timeout: float) -> None:
+        """Block until a device finishes a task of one of ``channels``, or ``timeout`` passes."""
+        if channels:
+            self.client.blpop([keys.notify(c) for c in channels], timeout=max(timeout, 0.01))

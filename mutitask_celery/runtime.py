@@ -1,0 +1,40 @@
+"""The process-wide objects built from the settings: Redis client, books, store.
+
+Built lazily (a device forks or starts threads after import) and rebuilt by
+:func:`reset` when the legacy ``BaseConfig`` supplies other connection details.
+"""
+
+from __future__ import annotations
+
+from . import celery_app, settings
+from .connection import redis_client
+from .ledger import Ledger
+from .store import RedisDeadLetterStore
+
+_ledger: Ledger | None = None
+_store: RedisDeadLetterStore | None = None
+
+
+def reset(conf: settings.Settings | None = None) -> settings.Settings:
+    """Drop cached objects; point the Celery app at ``conf`` (default: current settings)."""
+    global _ledger, _store
+    conf = conf or settings.current()
+    celery_app.apply_settings(conf)
+    _ledger = _store = None
+    return conf
+
+
+def ledger() -> Ledger:
+    global _ledger
+    if _ledger is None:
+        conf = settings.current()
+        _ledger = Ledger(redis_client(conf.redis_url), celery_app.app, conf.broker_is_store)
+    return _ledger
+
+
+def store() -> RedisDeadLetterStore:
+    global _store
+    if _store is None:
+        conf = settings.current()
+        _store = RedisDeadLetterStore(redis_client(conf.redis_url), celery_app.app, conf.broker_is_store)
+    return _store

@@ -1,0 +1,189 @@
+"""One table of settings, read from defaults, then ``celeryconfig.py``, then the
+environment, then explicit arguments (each later source wins).
+
+Every setting is declared once in :data:`SETTINGS` with its environment
+variable, its names in ``celeryconfig.py`` and its default; the README's
+configuration table is this table. Celery's own settings (``broker_url``,
+``worker_prefetch_multiplier``, ...) stay Celery's: put them in
+``celeryconfig.py`` as Celery documents.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from types import ModuleType
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from .errors import ConfigurationError
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+CONFIG_MODULE = "celeryconfig"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: where it can come from and what it means."""
+
+    name: str
+    env: str
+    config_names: tuple[str, ...]
+    default: Any
+    parse: Callable[[str], Any]
+    doc: str
+
+
+def _url(value: str) -> str:
+    if "://" not in value:
+        raise ConfigurationError(f"not a URL: {mask_url(value)!r} (expected e.g. {DEFAULT_REDIS_URL})")
+    return value
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "redis_url",
+        "MUTITASK_REDIS_URL",
+        ("mutitask_redis_url",),
+        DEFAULT_REDIS_URL,
+        _url,
+        "Redis that holds the dead-letter store, results and the run's books; "
+        "also the broker unless broker_url is set.",
+    ),
+    Setting(
+        "broker_url",
+        "MUTITASK_BROKER_URL",
+        ("mutitask_broker_url", "broker_url"),
+        None,
+        _url,
+        "Celery broker when it is not the Redis above (e.g. amqp://...).",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved settings of this process."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    broker_url: str | None = None
+
+    @property
+    def broker(self) -> str:
+        """The URL Celery publishes to and consumes from."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def broker_is_store(self) -> bool:
+        """True when tasks travel through the same Redis database as the books,
+        which lets a reload move a record onto its queue in one atomic script."""
+        return _same_redis(self.broker, self.redis_url)
+
+
+def _config_module() -> ModuleType | None:
+    try:
+        return importlib.import_module(CONFIG_MODULE)
+    except ModuleNotFoundError as exc:
+        if exc.name != CONFIG_MODULE:
+            raise
+        return None
+
+
+def load_settings(
+    explicit: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config: object | None = None,
+) -> Settings:
+    """Resolve every setting: explicit > environment > celeryconfig.py > default."""
+    environ = os.environ if environ is None else environ
+    config = _config_module() if config is None else config
+    explicit = explicit or {}
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        value = setting.default
+        for name in reversed(setting.config_names):
+            if config is not None and getattr(config, name, None) is not None:
+                value = getattr(config, name)
+        if environ.get(setting.env):
+            try:
+                value = setting.parse(environ[setting.env])
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"{setting.env}: {exc}") from None
+        if explicit.get(setting.name) is not None:
+            value = explicit[setting.name]
+        values[setting.name] = value
+    known = {f.name for f in fields(Settings)}
+    return Settings(**{k: v for k, v in values.items() if k in known})
+
+
+def redis_url_from_parts(
+    host: str | None = None,
+    port: int | None = None,
+    db: int | None = None,
+    password: str | None = None,
+    base: str = DEFAULT_REDIS_URL,
+) -> str | None:
+    """Build a Redis URL from the legacy ``host/port/db/password`` arguments.
+
+    Returns None when no part was given, so the other sources decide. Parts
+    not given are taken from ``base`` (the URL the other sources chose).
+    """
+    if host is None and port is None and db is None and password is None:
+        return None
+    parts = urlsplit(base)
+    if port is not None and (not isinstance(port, int) or isinstance(port, bool) or port <= 0):
+        raise ConfigurationError(f"port must be a positive integer, got {port!r}")
+    if db is not None and (not isinstance(db, int) or isinstance(db, bool) or db < 0):
+        raise ConfigurationError(f"db must be a non-negative integer, got {db!r}")
+    host = host if host is not None else (parts.hostname or "127.0.0.1")
+    port = port if port is not None else (parts.port or 6379)
+    db = db if db is not None else int(parts.path.lstrip("/") or 0)
+    user = parts.username or ""
+    if password is None and parts.password is not None:
+        password = parts.password
+    auth = f"{quote(user, safe='')}:{quote(password, safe='')}@" if password else ""
+    return urlunsplit((parts.scheme or "redis", f"{auth}{host}:{port}", f"/{db}", parts.query, ""))
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ``***``, safe to print or log."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rsplit("@", 1)[1]
+        user = parts.username or ""
+        return urlunsplit((parts.scheme, f"{user}:***@{netloc}", parts.path, parts.query, ""))
+    except ValueError:
+        return "<unparsable URL>"
+
+
+def _same_redis(a: str, b: str) -> bool:
+    pa, pb = urlsplit(a), urlsplit(b)
+    if not pa.scheme.startswith("redis") or pa.scheme != pb.scheme:
+        return False
+
+    def where(p: Any) -> tuple[str, int, str]:
+        return (p.hostname or "localhost", p.port or 6379, p.path.lstrip("/") or "0")
+
+    return where(pa) == where(pb)
+
+
+_current: Settings | None = None
+
+
+def current() -> Settings:
+    """This process's settings (resolved once, then kept)."""
+    global _current
+    if _current is None:
+        _current = load_settings()
+    return _current
+
+
+def configure(**explicit: Any) -> Settings:
+    """Re-resolve with explicit values on top (the legacy ``BaseConfig`` arguments)."""
+    global _current
+    _current = load_settings(explicit)
+    return _current

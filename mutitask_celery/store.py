@@ -1,0 +1,282 @@
+"""The dead-letter store: every failed task with why, where and when.
+
+:class:`DeadLetterStore` is the small interface the API, console and CLI use;
+:class:`RedisDeadLetterStore` keeps each record in a hash
+(``mutitask:dead:rec:<id>``) indexed by failure time in one sorted set per
+channel and one for all channels, so counting is ``ZCARD`` and listing is
+paged. Records are written by the device's finish script (``ledger.py``) in the
+same atomic step that takes the task out of the books.
+
+A reload moves records back in one Lua script per batch: each record is
+deleted, its task re-entered in the books and, when the broker is this Redis,
+its pre-built message pushed on the queue, all at once. A task is therefore
+never in the store and the queue together, nor in neither. A reloaded task
+keeps its id, so failing again updates the same record (``failures`` + 1).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from celery import Celery
+
+from . import codec, keys, messages
+from .errors import RecordNotFound
+
+log = logging.getLogger(__name__)
+
+RECORD_VERSION = 1
+BATCH = 500
+
+# KEYS: all-channels index. ARGV: record prefix, then (id, message) pairs;
+# message '' means "the broker is elsewhere: the caller publishes".
+_RELOAD = """
+local moved = {}
+local prefix = ARGV[1]
+for i = 2, #ARGV, 2 do
+  local id, msg = ARGV[i], ARGV[i+1]
+  local rk = prefix .. id
+  local f = redis.call('HMGET', rk, 'channel', 'data', 'failures', 'first_failed')
+  if f[1] and f[2] then
+    local ch = f[1]
+    redis.call('DEL', rk)
+    redis.call('ZREM', KEYS[1], id)
+    redis.call('ZREM', KEYS[1] .. ':' .. ch, id)
+    redis.call('HSET', 'mutitask:pending:' .. ch, id, f[2])
+    redis.call('HSET', 'mutitask:meta:' .. ch, id, (f[3] or '1') .. '|' .. (f[4] or '0'))
+    redis.call('HINCRBY', 'mutitask:stats:' .. ch, 'reloaded', 1)
+    if msg ~= '' then redis.call('LPUSH', 'channel' .. ch, msg) end
+    table.insert(moved, id)
+  end
+end
+return moved
+"""
+
+# KEYS: all-channels index. ARGV: record prefix, then ids.
+_DELETE = """
+local n = 0
+for i = 2, #ARGV do
+  local rk = ARGV[1] .. ARGV[i]
+  local ch = redis.call('HGET', rk, 'channel')
+  if ch then
+    redis.call('DEL', rk)
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    redis.call('ZREM', KEYS[1] .. ':' .. ch, ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+@dataclass(frozen=True)
+class FailedTask:
+    """One dead-letter record."""
+
+    id: str
+    channel: int
+    data: Any  # the task exactly as the generator yielded it
+    reason: str
+    traceback: str
+    device: str
+    first_failed: float
+    last_failed: float
+    failures: int
+    result: Any = None  # kept when the save function failed
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-friendly form (task data and result as their JSON text values)."""
+        return {
+            "id": self.id, "channel": self.channel, "data": codec.to_text(self.data),
+            "reason": self.reason, "traceback": self.traceback, "device": self.device,
+            "first_failed": self.first_failed, "last_failed": self.last_failed,
+            "failures": self.failures,
+            "result": None if self.result is None else codec.to_text(self.result),
+        }
+
+
+def decode_record(raw: dict[str, str]) -> FailedTask | None:
+    """A record from its Redis hash, or None (with a warning) when it cannot be read."""
+    try:
+        version = int(raw.get("v", "0"))
+        if version > RECORD_VERSION:
+            log.warning("skipping dead-letter record %s: written by a newer version (v%s)", raw.get("id"), version)
+            return None
+        result = raw.get("result") or ""
+        return FailedTask(
+            id=raw["id"],
+            channel=int(raw["channel"]),
+            data=codec.decode(raw["data"]),
+            reason=raw.get("reason", ""),
+            traceback=raw.get("traceback", ""),
+            device=raw.get("device", ""),
+            first_failed=float(raw.get("first_failed") or 0),
+            last_failed=float(raw.get("last_failed") or 0),
+            failures=int(raw.get("failures") or 1),
+            result=codec.decode(result) if result else None,
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        log.warning("skipping unreadable dead-letter record %s: %s", raw.get("id", "?"), exc)
+        return None
+
+
+class DeadLetterStore(ABC):
+    """What the API, the console and the CLI need from a dead-letter store."""
+
+    @abstractmethod
+    def failed(self, channel: int | None = None, limit: int | None = None, offset: int = 0) -> list[FailedTask]:
+        """Records ordered by last failure time, oldest first."""
+
+    @abstractmethod
+    def count(self, channel: int | None = None) -> int:
+        """How many records (one channel, or all)."""
+
+    @abstractmethod
+    def get(self, task_id: str) -> FailedTask:
+        """One record; raises :class:`RecordNotFound`."""
+
+    @abstractmethod
+    def reload(self, channel: int | None = None, ids: Iterable[str] | None = None) -> int:
+        """Put records back on their channels; returns how many moved."""
+
+    @abstractmethod
+    def delete(self, channel: int | None = None, ids: Iterable[str] | None = None) -> int:
+        """Remove records for good; returns how many."""
+
+    def ids_at(self, channel: int, positions: Sequence[int]) -> list[str]:
+        """Ids at 0-based positions in the channel's order (the legacy console's index)."""
+        records = self.failed(channel)
+        return [records[i].id for i in positions if 0 <= i < len(records)]
+
+
+class RedisDeadLetterStore(DeadLetterStore):
+    """The store in Redis, next to the books (see module docstring)."""
+
+    def __init__(self, client: redis.Redis, app: Celery, broker_is_store: bool = True) -> None:
+        self.client = client
+        self.app = app
+        self.broker_is_store = broker_is_store
+        self._reload = client.register_script(_RELOAD)
+        self._delete = client.register_script(_DELETE)
+
+    def count(self, channel: int | None = None) -> int:
+        return int(self.client.zcard(keys.dead_index(channel)))
+
+    def _ids(self, channel: int | None, limit: int | None = None, offset: int = 0) -> list[str]:
+        stop = -1 if limit is None else offset + limit - 1
+        if limit is not None and limit <= 0:
+            return []
+        return list(self.client.zrange(keys.dead_index(channel), offset, stop))
+
+    def _load(self, ids: Sequence[str]) -> list[FailedTask]:
+        pipe = self.client.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.hgetall(keys.dead_record(task_id))
+        records = []
+        for raw in pipe.execute():
+            if raw:
+                record = decode_record(raw)
+                if record is not None:
+                    records.append(record)
+        return records
+
+    def failed(self, channel: int | None = None, limit: int | None = None, offset: int = 0) -> list[FailedTask]:
+        return self._load(self._ids(channel, limit, offset))
+
+    def get(self, task_id: str) -> FailedTask:
+        raw = self.client.hgetall(keys.dead_record(task_id))
+        record = decode_record(raw) if raw else None
+        if record is None:
+            raise RecordNotFound(task_id)
+        return record
+
+    def _batches(self, channel: int | None, ids: Iterable[str] | None) -> Iterator[list[str]]:
+        """Ids to act on, a bounded batch at a time (never the whole store in memory)."""
+        if ids is not None:
+            batch: list[str] = []
+            for task_id in ids:
+                batch.append(task_id)
+                if len(batch) == BATCH:
+                    yield batch
+                    batch = []
+            if batch:
+                yield batch
+            return
+        while True:  # each batch leaves the index, so the head is always new
+            batch = self._ids(channel, BATCH)
+            if not batch:
+                return
+            yield batch
+
+    def reload(self, channel: int | None = None, ids: Iterable[str] | None = None) -> int:
+        moved_total = 0
+        for batch in self._batches(channel, ids):
+            pipe = self.client.pipeline(transaction=False)
+            for task_id in batch:
+                pipe.hmget(keys.dead_record(task_id), "channel", "data")
+            argv: list[str] = [keys.DEAD_RECORD_PREFIX]
+            to_send: dict[str, tuple[int, str]] = {}
+            for task_id, (ch, data) in zip(batch, pipe.execute()):
+                if ch is None or data is None:
+                    continue
+                if channel is not None and int(ch) != channel:
+                    continue
+                msg = ""
+                if self.broker_is_store:
+                    msg = messages.build(self.app, keys.queue(int(ch)), int(ch), [(task_id, data)])
+                else:
+                    to_send[task_id] = (int(ch), data)
+                argv += [task_id, msg]
+            if len(argv) == 1:
+                if ids is None:  # nothing movable at the head: avoid spinning
+                    break
+                continue
+            moved = self._reload(keys=[keys.DEAD_INDEX], args=argv)
+            for task_id in moved:
+                if task_id in to_send:
+                    ch, data = to_send[task_id]
+                    self.app.send_task(
+                        messages.TASK_NAME, args=[ch, [[task_id, data]]], task_id=task_id, queue=keys.queue(ch)
+                    )
+            moved_total += len(moved)
+        if moved_total:
+            log.info("reloaded %d failed task(s)", moved_total)
+        return moved_total
+
+    def delete(self, channel: int | None = None, ids: Iterable[str] | None = None) -> int:
+        deleted = 0
+        for batch in self._batches(channel, ids):
+            if channel is not None and ids is not None:
+                pipe = self.client.pipeline(transaction=False)
+                for task_id in batch:
+                    pipe.hget(keys.dead_record(task_id), "channel")
+                batch = [t for t, ch in zip(batch, pipe.execute()) if ch is not None and int(ch) == channel]
+            if batch:
+                n = int(self._delete(keys=[keys.DEAD_INDEX], args=[keys.DEAD_RECORD_PREFIX, *batch]))
+                deleted += n
+                if n == 0 and ids is None:
+                    break
+        return deleted
+
+    def add_unpublishable(self, channel: int, text: str, reason: str) -> str:
+        """Record a yielded item that could not be published (e.g. not JSON-able)."""
+        task_id = messages.new_task_id()
+        now = repr(time.time())
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(keys.dead_record(task_id), mapping={
+            "v": str(RECORD_VERSION), "id": task_id, "channel": str(channel), "data": codec.encode(text),
+            "reason": reason, "traceback": "", "device": "server", "first_failed": now,
+            "last_failed": now, "failures": "1", "result": "",
+        })
+        pipe.zadd(keys.dead_index(), {task_id: float(now)})
+        pipe.zadd(keys.dead_index(channel), {task_id: float(now)})
+        pipe.sadd(keys.DEAD_CHANNELS, channel)
+        pipe.hincrby(keys.stats(channel), "failed", 1)
+        pipe.execute()
+        return task_id

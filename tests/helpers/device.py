@@ -1,0 +1,64 @@
+"""A legacy client script used by the tests: ``device.py ID CHANNEL BEHAVIOUR [--native]``.
+
+Behaviours (the task function):
+  double   int(task) * 2; None for multiples of 10; ValueError for multiples of 13
+  echo     returns the task it received, with its type name: [type, task]
+  slow     sleeps float(os.environ['SLOW_SECONDS']) then returns the task
+  tag      returns [os.environ['DEVICE_TAG'], task] after 20 ms
+  flaky    None until the file named by $FLAKY_FLAG exists, then the task
+  badsave  task as result; a save function that raises for tasks ending in 7
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from Mutitask.client import BaseConfig, FuncItem, Terminal
+
+
+def double(task):
+    n = int(task)
+    if n % 10 == 0:
+        return None
+    if n % 13 == 0:
+        raise ValueError(f"unlucky {n}")
+    return n * 2
+
+
+def echo(task):
+    return [type(task).__name__, task if isinstance(task, str) else repr(task)]
+
+
+def slow(task):
+    time.sleep(float(os.environ.get("SLOW_SECONDS", "1")))
+    return task
+
+
+def tag(task):
+    time.sleep(0.02)
+    return [os.environ.get("DEVICE_TAG", "?"), task]
+
+
+def flaky(task):
+    return task if os.path.exists(os.environ["FLAKY_FLAG"]) else None
+
+
+def bad_save(result):
+    if str(result).endswith("7"):
+        raise OSError(f"disk full for {result}")
+    print(f"saved {result}", flush=True)
+
+
+BEHAVIOURS = {"double": double, "echo": echo, "slow": slow, "tag": tag, "flaky": flaky, "badsave": str}
+
+if __name__ == "__main__":
+    device_id, channel, behaviour = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    native = "--native" in sys.argv[4:]
+    base = BaseConfig(deviceID=device_id, TaskChannelID=channel, task_format="native" if native else "text")
+    funcitem = FuncItem(baseConfig=base)
+    funcitem.load_task_function(BEHAVIOURS[behaviour])
+    if behaviour == "badsave":
+        funcitem.load_save_function(bad_save)
+    Terminal(baseConfig=base, funcItem=funcitem).run()

@@ -1,0 +1,176 @@
+"""Server and devices as real processes against a real redis-server."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis
+from conftest import HELPERS, Processes, device_is_up, wait_until
+
+import mutitask_celery as mt
+from mutitask_celery import keys, runtime, serve
+
+HOST = socket.gethostname()
+
+
+def summary_of(procs: Processes, server: subprocess.Popen[bytes]) -> dict[str, dict[str, int]]:
+    line = [x for x in procs.output(server).splitlines() if x.startswith("SUMMARY ")][-1]
+    return json.loads(line[len("SUMMARY "):])
+
+
+def expected_double(n: int) -> str:
+    if n % 10 == 0:
+        return "returned None"
+    if n % 13 == 0:
+        return f"ValueError: unlucky {n}"
+    return ""
+
+
+def test_legacy_scripts_run_every_task_once(procs: Processes, r: redis.Redis) -> None:
+    procs.device(1, 1)
+    procs.device(2, 1)
+    server = procs.python(HELPERS / "server.py", "300", "20", name="server")
+    assert server.wait(120) == 0, procs.output(server)
+    bad = sum(1 for n in range(300) if expected_double(n))
+    assert f"channel 1: published 300, succeeded {300 - bad}, failed {bad}" in procs.output(server)
+    summary = summary_of(procs, server)["1"]
+    assert (summary["published"], summary["succeeded"], summary["failed"]) == (300, 300 - bad, bad)
+    assert sorted(mt.results(1)) == sorted(n * 2 for n in range(300) if not expected_double(n))
+    failed = {int(f.data): f for f in mt.failed(1)}
+    assert set(failed) == {n for n in range(300) if expected_double(n)}
+    for n, record in failed.items():
+        assert record.reason == expected_double(n)
+        assert record.device in (f"device1@{HOST}", f"device2@{HOST}")
+        assert (record.traceback != "") == record.reason.startswith("ValueError")
+        assert time.time() - 120 < record.last_failed <= time.time()
+    assert runtime.ledger().outstanding(1) == 0
+
+
+def test_back_pressure_never_exceeds_channel_size(procs: Processes, r: redis.Redis) -> None:
+    procs.device(1, 1)
+    procs.device(2, 1)
+    seen: list[int] = []
+
+    def generator():  # records how many were outstanding each time it is pulled
+        for i in range(200):
+            seen.append(runtime.ledger().outstanding(1))
+            yield str(i + 1)
+
+    summary = serve.serve(generator(), channel_size=7, stdin=io.StringIO(""), out=io.StringIO())
+    assert len(seen) == 200 and summary.published == 200
+    assert max(seen) < 7  # pulled only when there was room
+    assert summary.succeeded + summary.failed == 200
+
+
+def test_two_channels_each_with_its_devices(procs: Processes, r: redis.Redis) -> None:
+    procs.device(1, 1)
+    procs.device(2, 2, "echo")
+    server = procs.python(HELPERS / "server.py", "40", "10", "2", name="server")
+    assert server.wait(120) == 0, procs.output(server)
+    summary = summary_of(procs, server)
+    assert summary["1"]["published"] == summary["2"]["published"] == 40
+    assert summary["2"]["succeeded"] == 40
+    assert sorted(int(task) for _, task in mt.results(2)) == list(range(1000, 1040))
+
+
+def test_text_and_native_task_formats(procs: Processes, r: redis.Redis) -> None:
+    import numpy as np
+
+    values = ["plain str", 7, (1, "a"), {"k": [1.5]}, np.array([[1, 2], [3, 4]], dtype=np.uint8)]
+    procs.device(1, 1, "echo")
+    serve.serve(iter(values), channel_size=5, stdin=io.StringIO(""), out=io.StringIO())
+    got = sorted(mt.results(1))
+    assert ["str", "plain str"] in got
+    assert ["str", "7"] in got and ["str", "(1, 'a')"] in got and ["str", "{'k': [1.5]}"] in got
+    assert ["str", "[[1, 2], [3, 4]]"] in got  # numpy arrays as nested lists, as eval() expects
+
+    procs.device(2, 2, "echo", "--native")
+    mt.clear_results(1)
+    serve.serve([iter([]), iter(values)], channel_size=5, stdin=io.StringIO(""), out=io.StringIO())
+    kinds = sorted(kind for kind, _ in mt.results(2))
+    assert kinds == sorted(["str", "int", "tuple", "dict", "ndarray"])
+
+
+def test_failed_tasks_reload_and_then_succeed(procs: Processes, r: redis.Redis, tmp_path: Path) -> None:
+    flag = tmp_path / "now-it-works"
+    procs.device(1, 1, "flaky", env={"FLAKY_FLAG": str(flag)})
+    summary = serve.serve(iter(["a", "b", "c"]), channel_size=5, stdin=io.StringIO(""), out=io.StringIO())
+    assert summary.failed == 3 and mt.failed_count(1) == 3
+    assert {f.reason for f in mt.failed(1)} == {"returned None"}
+    flag.touch()
+    assert mt.reload_failed() == 3
+    wait_until(lambda: mt.results_count(1) == 3, 30, "reloaded tasks to succeed")
+    assert sorted(mt.results(1)) == ["a", "b", "c"] and mt.failed_count() == 0
+    assert runtime.ledger().outstanding(1) == 0
+
+
+def test_save_function_failure_keeps_the_result(procs: Processes, r: redis.Redis) -> None:
+    dev = procs.device(1, 1, "badsave")
+    serve.serve(iter(["16", "17", "27"]), channel_size=5, stdin=io.StringIO(""), out=io.StringIO())
+    failed = {f.data: f for f in mt.failed(1)}
+    assert set(failed) == {"17", "27"}
+    assert failed["17"].reason == "save function failed: OSError: disk full for 17"
+    assert failed["17"].result == "17" and "OSError" in failed["17"].traceback
+    wait_until(lambda: "saved 16" in procs.output(dev), 10, "the device's print to reach its output")
+
+
+def test_celery_worker_command_is_a_device_beside_a_legacy_one(procs: Processes, r: redis.Redis) -> None:
+    celery = [sys.executable, "-m", "celery", "-A", "mutitask_celery", "worker", "-Q", "channel1",
+              "-n", "device3@%h", "-I", "channel_one", "--pool", "threads", "-c", "1", "--without-mingle"]
+    procs.start(celery, "celery-device3", env={"DEVICE_TAG": "celery"})
+    procs.device(1, 1, "tag", env={"DEVICE_TAG": "legacy"})
+    wait_until(device_is_up(f"device3@{HOST}"), 30, "device3 (celery worker) to answer")
+    wait_until(device_is_up(f"device1@{HOST}"), 30, "device1 (legacy script) to answer")
+    summary = serve.serve((str(i) for i in range(120)), channel_size=4, stdin=io.StringIO(""), out=io.StringIO())
+    assert summary.succeeded == 120
+    results = mt.results(1)
+    assert sorted(int(t) for _, t in results) == list(range(120))
+    assert {tag for tag, _ in results} == {"celery", "legacy"}
+
+
+def test_message_for_a_channel_without_function_is_dead_lettered(procs: Processes, r: redis.Redis) -> None:
+    celery = [sys.executable, "-m", "celery", "-A", "mutitask_celery", "worker", "-Q", "channel2",
+              "-n", "device4@%h", "--pool", "threads", "-c", "1", "--without-mingle"]
+    procs.start(celery, "celery-device4")
+    summary = serve.serve([iter([]), iter(["x"])], channel_size=5, stdin=io.StringIO(""), out=io.StringIO())
+    assert summary.channels[2].failed == 1
+    (record,) = mt.failed(2)
+    assert record.reason == f"no task function registered for channel 2 on device4@{HOST}"
+    assert record.data == "x"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_finishes_the_task_in_hand_then_exits(sig: signal.Signals, procs: Processes, r: redis.Redis) -> None:
+    dev = procs.device(1, 1, "slow", env={"SLOW_SECONDS": "2"})
+    wait_until(device_is_up(f"device1@{HOST}"), 30, "device1 to answer")
+    runtime.ledger().publish(1, [("t1", '"in hand"'), ("t2", '"next"')])
+    wait_until(lambda: r.llen(keys.queue(1)) == 1, 10, "the device to take the first task")
+    os.kill(dev.pid, sig)
+    started = time.monotonic()
+    assert dev.wait(15) == 0
+    assert time.monotonic() - started < 10
+    assert mt.results(1) == ["in hand"]  # the task in hand finished and was saved
+    assert runtime.ledger().outstanding(1) == 1  # the other is still outstanding, not lost
+    assert r.llen(keys.queue(1)) == 1
+
+
+def test_server_script_exits_zero_with_piped_commands(procs: Processes, r: redis.Redis, tmp_path: Path) -> None:
+    procs.device(1, 1)
+    commands = tmp_path / "commands.txt"
+    commands.write_text("help\nnot_a_command\nreset_task_max 3\n")
+    with open(commands, "rb") as stdin:
+        server = procs.python(HELPERS / "server.py", "30", name="server", stdin=stdin)
+        assert server.wait(120) == 0
+    out = procs.output(server)
+    assert "unknown command 'not_a_command'" in out
+    assert "channel 1: published 30, succeeded" in out
+    assert "Traceback" not in out
