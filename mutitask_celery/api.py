@@ -48,6 +48,11 @@ def failed_count(channel: int | None = None) -> int:
     return runtime.store().count(_channel(channel))
 
 
+def failed_dropped(channel: int | None = None) -> int:
+    """How many records the retention limits (``dead_letter_max``/``_max_age``) dropped."""
+    return runtime.store().dropped(_channel(channel))
+
+
 def get_failed(task_id: str) -> FailedTask:
     return runtime.store().get(task_id)
 

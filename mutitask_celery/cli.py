@@ -121,12 +121,15 @@ def run(argv: Sequence[str] | None = None) -> int:
         channels = [args.channel] if args.channel else _channels_with_records()
         counts = {str(c): api.failed_count(c) for c in channels}
         total = api.failed_count(args.channel)
+        dropped = api.failed_dropped(args.channel)
         if args.json:
-            print(json.dumps({"total": total, "channels": counts}))
+            print(json.dumps({"total": total, "channels": counts, "dropped": dropped}))
         else:
             for c, n in counts.items():
                 print(f"channel {c}: {n}")
             print(f"total: {total}")
+            if dropped:
+                print(f"dropped by the retention limits: {dropped}")
     else:
         channel, ids = _selection(args)
         action = api.reload_failed if args.action == "reload" else api.delete_failed

@@ -18,37 +18,44 @@ Layout (``<ch>`` is a channel number, ``<id>`` a task id):
 ``mutitask:dead:index:<ch>``    sorted set id -> last failure time, one channel
 ``mutitask:dead:rec:<id>``      hash: one dead-letter record
 ``mutitask:dead:channels``      set of channels that have ever had a record
+``mutitask:dead:dropped``       hash channel -> records dropped by the retention limits
 ==============================  ====================================================
 """
 
 from __future__ import annotations
 
 PREFIX = "mutitask"
+QUEUE_PREFIX = "channel"
+RESULTS_PREFIX = "ResultChannel"
+PENDING_PREFIX = f"{PREFIX}:pending:"
+META_PREFIX = f"{PREFIX}:meta:"
+STATS_PREFIX = f"{PREFIX}:stats:"
 DEAD_INDEX = f"{PREFIX}:dead:index"
 DEAD_CHANNELS = f"{PREFIX}:dead:channels"
 DEAD_RECORD_PREFIX = f"{PREFIX}:dead:rec:"
+DEAD_DROPPED = f"{PREFIX}:dead:dropped"
 
 
 def queue(channel: int) -> str:
     """Celery queue of a channel (what ``celery worker -Q`` names)."""
-    return f"channel{channel}"
+    return f"{QUEUE_PREFIX}{channel}"
 
 
 def results(channel: int) -> str:
     """The legacy result list the default save function appends to."""
-    return f"ResultChannel{channel}"
+    return f"{RESULTS_PREFIX}{channel}"
 
 
 def pending(channel: int) -> str:
-    return f"{PREFIX}:pending:{channel}"
+    return f"{PENDING_PREFIX}{channel}"
 
 
 def meta(channel: int) -> str:
-    return f"{PREFIX}:meta:{channel}"
+    return f"{META_PREFIX}{channel}"
 
 
 def stats(channel: int) -> str:
-    return f"{PREFIX}:stats:{channel}"
+    return f"{STATS_PREFIX}{channel}"
 
 
 def notify(channel: int) -> str:

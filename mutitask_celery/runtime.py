@@ -36,5 +36,8 @@ def store() -> RedisDeadLetterStore:
     global _store
     if _store is None:
         conf = settings.current()
-        _store = RedisDeadLetterStore(redis_client(conf.redis_url), celery_app.app, conf.broker_is_store)
+        _store = RedisDeadLetterStore(
+            redis_client(conf.redis_url), celery_app.app, conf.broker_is_store,
+            max_records=conf.dead_letter_max, max_age=conf.dead_letter_max_age,
+        )
     return _store

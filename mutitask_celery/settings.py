@@ -42,6 +42,21 @@ def _url(value: str) -> str:
     return value
 
 
+def _optional_positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(value: str) -> Any:
+        if value.strip().lower() in ("", "none", "0"):
+            return None
+        try:
+            number = kind(value)
+        except ValueError:
+            raise ConfigurationError(f"expected a positive number or 'none', got {value!r}") from None
+        if number <= 0:
+            raise ConfigurationError(f"expected a positive number or 'none', got {value!r}")
+        return number
+
+    return parse
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "redis_url",
@@ -60,6 +75,22 @@ SETTINGS: tuple[Setting, ...] = (
         _url,
         "Celery broker when it is not the Redis above (e.g. amqp://...).",
     ),
+    Setting(
+        "dead_letter_max",
+        "MUTITASK_DEAD_LETTER_MAX",
+        ("mutitask_dead_letter_max",),
+        None,
+        _optional_positive(int),
+        "Most records the dead-letter store keeps; the oldest are dropped (and counted). None: no cap.",
+    ),
+    Setting(
+        "dead_letter_max_age",
+        "MUTITASK_DEAD_LETTER_MAX_AGE",
+        ("mutitask_dead_letter_max_age",),
+        None,
+        _optional_positive(float),
+        "Seconds a record is kept after its last failure; older ones are dropped (and counted). None: forever.",
+    ),
 )
 
 
@@ -69,6 +100,8 @@ class Settings:
 
     redis_url: str = DEFAULT_REDIS_URL
     broker_url: str | None = None
+    dead_letter_max: int | None = None
+    dead_letter_max_age: float | None = None
 
     @property
     def broker(self) -> str:
@@ -105,7 +138,10 @@ def load_settings(
         value = setting.default
         for name in reversed(setting.config_names):
             if config is not None and getattr(config, name, None) is not None:
-                value = getattr(config, name)
+                try:
+                    value = setting.parse(str(getattr(config, name)))
+                except ConfigurationError as exc:
+                    raise ConfigurationError(f"{CONFIG_MODULE}.{name}: {exc}") from None
         if environ.get(setting.env):
             try:
                 value = setting.parse(environ[setting.env])

@@ -34,45 +34,68 @@ log = logging.getLogger(__name__)
 RECORD_VERSION = 1
 BATCH = 500
 
-# KEYS: all-channels index. ARGV: record prefix, then (id, message) pairs;
-# message '' means "the broker is elsewhere: the caller publishes".
+# KEYS[1]: all-channels index. ARGV: the key prefixes (record, pending, meta,
+# stats, queue), then (id, message) pairs; message '' means "the broker is
+# elsewhere: the caller publishes".
 _RELOAD = """
 local moved = {}
-local prefix = ARGV[1]
-for i = 2, #ARGV, 2 do
+local rec, pending, meta, stats, queue = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+for i = 6, #ARGV, 2 do
   local id, msg = ARGV[i], ARGV[i+1]
-  local rk = prefix .. id
-  local f = redis.call('HMGET', rk, 'channel', 'data', 'failures', 'first_failed')
+  local f = redis.call('HMGET', rec .. id, 'channel', 'data', 'failures', 'first_failed')
   if f[1] and f[2] then
     local ch = f[1]
-    redis.call('DEL', rk)
+    redis.call('DEL', rec .. id)
     redis.call('ZREM', KEYS[1], id)
     redis.call('ZREM', KEYS[1] .. ':' .. ch, id)
-    redis.call('HSET', 'mutitask:pending:' .. ch, id, f[2])
-    redis.call('HSET', 'mutitask:meta:' .. ch, id, (f[3] or '1') .. '|' .. (f[4] or '0'))
-    redis.call('HINCRBY', 'mutitask:stats:' .. ch, 'reloaded', 1)
-    if msg ~= '' then redis.call('LPUSH', 'channel' .. ch, msg) end
+    redis.call('HSET', pending .. ch, id, f[2])
+    redis.call('HSET', meta .. ch, id, (f[3] or '1') .. '|' .. (f[4] or '0'))
+    redis.call('HINCRBY', stats .. ch, 'reloaded', 1)
+    if msg ~= '' then redis.call('LPUSH', queue .. ch, msg) end
     table.insert(moved, id)
   end
 end
 return moved
 """
 
-# KEYS: all-channels index. ARGV: record prefix, then ids.
-_DELETE = """
+# Deletes records. KEYS[1]: all-channels index, KEYS[2]: the dropped counters
+# (touched only when ARGV[2] is 'count'). ARGV[1]: record prefix; then ids.
+_DELETE_LUA = """
+local function delete(id)
+  local ch = redis.call('HGET', ARGV[1] .. id, 'channel')
+  redis.call('ZREM', KEYS[1], id)
+  if not ch then return 0 end
+  redis.call('DEL', ARGV[1] .. id)
+  redis.call('ZREM', KEYS[1] .. ':' .. ch, id)
+  if ARGV[2] == 'count' then redis.call('HINCRBY', KEYS[2], ch, 1) end
+  return 1
+end
+"""
+
+_DELETE = _DELETE_LUA + """
 local n = 0
-for i = 2, #ARGV do
-  local rk = ARGV[1] .. ARGV[i]
-  local ch = redis.call('HGET', rk, 'channel')
-  if ch then
-    redis.call('DEL', rk)
-    redis.call('ZREM', KEYS[1], ARGV[i])
-    redis.call('ZREM', KEYS[1] .. ':' .. ch, ARGV[i])
-    n = n + 1
+for i = 3, #ARGV do n = n + delete(ARGV[i]) end
+return n
+"""
+
+# Retention: drop records older than ARGV[3] (a time, '' for none), then the
+# oldest beyond ARGV[4] records ('' for no cap), at most ARGV[5] per call.
+_PRUNE = _DELETE_LUA + """
+local n, budget = 0, tonumber(ARGV[5])
+if ARGV[3] ~= '' then
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3], 'LIMIT', 0, budget)) do
+    n = n + delete(id)
+  end
+end
+if ARGV[4] ~= '' then
+  local excess = math.min(redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4]), budget)
+  if excess > 0 then
+    for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, excess - 1)) do n = n + delete(id) end
   end
 end
 return n
 """
+PRUNE_BUDGET = 1000
 
 
 @dataclass(frozen=True)
@@ -126,6 +149,18 @@ def decode_record(raw: dict[str, str]) -> FailedTask | None:
         return None
 
 
+def _movable(task_id: str, channel: str, version: str | None) -> bool:
+    """Whether this version can reload a record (a newer or corrupt one is left alone)."""
+    try:
+        int(channel)
+        if int(version or "0") <= RECORD_VERSION:
+            return True
+    except ValueError:
+        pass
+    log.warning("not reloading dead-letter record %s: unreadable or written by a newer version", task_id)
+    return False
+
+
 class DeadLetterStore(ABC):
     """What the API, the console and the CLI need from a dead-letter store."""
 
@@ -149,6 +184,14 @@ class DeadLetterStore(ABC):
     def delete(self, channel: int | None = None, ids: Iterable[str] | None = None) -> int:
         """Remove records for good; returns how many."""
 
+    @abstractmethod
+    def prune(self) -> int:
+        """Apply the retention limits; returns how many records were dropped."""
+
+    @abstractmethod
+    def dropped(self, channel: int | None = None) -> int:
+        """How many records the retention limits have dropped so far."""
+
     def ids_at(self, channel: int, positions: Sequence[int]) -> list[str]:
         """Ids at 0-based positions in the channel's order (the legacy console's index)."""
         records = self.failed(channel)
@@ -158,12 +201,16 @@ class DeadLetterStore(ABC):
 class RedisDeadLetterStore(DeadLetterStore):
     """The store in Redis, next to the books (see module docstring)."""
 
-    def __init__(self, client: redis.Redis, app: Celery, broker_is_store: bool = True) -> None:
+    def __init__(self, client: redis.Redis, app: Celery, broker_is_store: bool = True,
+                 max_records: int | None = None, max_age: float | None = None) -> None:
         self.client = client
         self.app = app
         self.broker_is_store = broker_is_store
+        self.max_records = max_records
+        self.max_age = max_age
         self._reload = client.register_script(_RELOAD)
         self._delete = client.register_script(_DELETE)
+        self._prune = client.register_script(_PRUNE)
 
     def count(self, channel: int | None = None) -> int:
         return int(self.client.zcard(keys.dead_index(channel)))
@@ -219,11 +266,16 @@ class RedisDeadLetterStore(DeadLetterStore):
         for batch in self._batches(channel, ids):
             pipe = self.client.pipeline(transaction=False)
             for task_id in batch:
-                pipe.hmget(keys.dead_record(task_id), "channel", "data")
-            argv: list[str] = [keys.DEAD_RECORD_PREFIX]
+                pipe.hmget(keys.dead_record(task_id), "channel", "data", "v")
+            argv: list[str] = [keys.DEAD_RECORD_PREFIX, keys.PENDING_PREFIX, keys.META_PREFIX,
+                               keys.STATS_PREFIX, keys.QUEUE_PREFIX]
             to_send: dict[str, tuple[int, str]] = {}
-            for task_id, (ch, data) in zip(batch, pipe.execute()):
+            orphans: list[str] = []
+            for task_id, (ch, data, version) in zip(batch, pipe.execute()):
                 if ch is None or data is None:
+                    orphans.append(task_id)
+                    continue
+                if not _movable(task_id, ch, version):
                     continue
                 if channel is not None and int(ch) != channel:
                     continue
@@ -233,8 +285,10 @@ class RedisDeadLetterStore(DeadLetterStore):
                 else:
                     to_send[task_id] = (int(ch), data)
                 argv += [task_id, msg]
-            if len(argv) == 1:
-                if ids is None:  # nothing movable at the head: avoid spinning
+            if orphans and ids is None:  # index entries whose record is gone
+                self.client.zrem(keys.dead_index(channel), *orphans)
+            if len(argv) == 5:
+                if ids is None and not orphans:  # only unreadable records left at the head
                     break
                 continue
             moved = self._reload(keys=[keys.DEAD_INDEX], args=argv)
@@ -258,11 +312,35 @@ class RedisDeadLetterStore(DeadLetterStore):
                     pipe.hget(keys.dead_record(task_id), "channel")
                 batch = [t for t, ch in zip(batch, pipe.execute()) if ch is not None and int(ch) == channel]
             if batch:
-                n = int(self._delete(keys=[keys.DEAD_INDEX], args=[keys.DEAD_RECORD_PREFIX, *batch]))
+                n = int(self._delete(keys=[keys.DEAD_INDEX, keys.DEAD_DROPPED],
+                                     args=[keys.DEAD_RECORD_PREFIX, "", *batch]))
                 deleted += n
                 if n == 0 and ids is None:
                     break
         return deleted
+
+    def prune(self) -> int:
+        """Apply the retention limits (cap, age); returns how many records were dropped."""
+        if self.max_records is None and self.max_age is None:
+            return 0
+        oldest = "" if self.max_age is None else repr(time.time() - self.max_age)
+        cap = "" if self.max_records is None else str(self.max_records)
+        dropped = 0
+        while True:
+            n = int(self._prune(keys=[keys.DEAD_INDEX, keys.DEAD_DROPPED],
+                                args=[keys.DEAD_RECORD_PREFIX, "count", oldest, cap, PRUNE_BUDGET]))
+            dropped += n
+            if n < PRUNE_BUDGET:
+                break
+        if dropped:
+            log.info("dead-letter retention dropped %d record(s)", dropped)
+        return dropped
+
+    def dropped(self, channel: int | None = None) -> int:
+        """How many records the retention limits have dropped (one channel, or all)."""
+        if channel is not None:
+            return int(self.client.hget(keys.DEAD_DROPPED, str(channel)) or 0)
+        return sum(int(v) for v in self.client.hvals(keys.DEAD_DROPPED))
 
     def add_unpublishable(self, channel: int, text: str, reason: str) -> str:
         """Record a yielded item that could not be published (e.g. not JSON-able)."""
@@ -279,4 +357,5 @@ class RedisDeadLetterStore(DeadLetterStore):
         pipe.sadd(keys.DEAD_CHANNELS, channel)
         pipe.hincrby(keys.stats(channel), "failed", 1)
         pipe.execute()
+        self.prune()
         return task_id

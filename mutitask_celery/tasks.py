@@ -70,9 +70,14 @@ def run_items(self: Task, channel: int, items: list[list[Any]]) -> None:
     else:
         outcomes = [run_one(handler, str(task_id), str(data)) for task_id, data in items]
     try:
-        runtime.ledger().finish(channel, device, outcomes)
+        _ok, failed, _dup = runtime.ledger().finish(channel, device, outcomes)
     except redis.RedisError as exc:
         # The books could not be written: give the message back rather than
         # ack a task whose outcome nobody recorded.
         log.warning("could not record %d outcome(s) on channel %s (%s); requeueing", len(outcomes), channel, exc)
         raise Reject(str(exc), requeue=True) from exc
+    if failed:
+        try:
+            runtime.store().prune()
+        except redis.RedisError as exc:  # retention can wait for the next failure
+            log.warning("dead-letter retention skipped: %s", exc)

@@ -5,9 +5,7 @@ the test fails."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,14 +16,10 @@ from typing import IO, Any
 import pytest
 import redis
 
+from mutitask_celery.localredis import LocalRedis, free_port  # noqa: F401 (tests import free_port)
+
 ROOT = Path(__file__).resolve().parent.parent
 HELPERS = Path(__file__).resolve().parent / "helpers"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -42,38 +36,13 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
         delay = min(delay * 1.5, 0.25)
 
 
-class RedisServer:
-    """A redis-server process of our own on a free port."""
+class RedisServer(LocalRedis):
+    """The session's redis-server, with a client for assertions."""
 
     def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed (scripts/test.sh installs it)")
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.workdir = workdir
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(workdir), "--logfile", str(workdir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        super().__init__(workdir)
+        self.start()
         self.client = redis.Redis(port=self.port, decode_responses=True)
-
-        def up() -> bool:
-            try:
-                return bool(self.client.ping())
-            except redis.ConnectionError:
-                return False
-
-        wait_until(up, 10, "redis-server to answer")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture(scope="session")
@@ -82,7 +51,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     try:
         yield server
     finally:
-        server.stop()
+        server.close()
 
 
 def _reset_package_state() -> None:

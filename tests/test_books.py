@@ -203,3 +203,65 @@ def test_console_controls_the_producer(r: redis.Redis) -> None:
     con.execute("help")
     assert "reload_all_fail_channel" in out.getvalue()
     assert con.execute("quit") is False
+
+
+def test_retention_cap_drops_the_oldest_and_counts(r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mutitask_celery import settings
+
+    monkeypatch.setenv("MUTITASK_DEAD_LETTER_MAX", "3")
+    settings._current = None
+    runtime.reset()
+    ids = publish(1, list(range(5)))
+    for task_id in ids:
+        fail(1, task_id)
+        runtime.store().prune()
+    assert [f.id for f in mt.failed()] == ids[2:]
+    assert mt.failed_count(1) == 3 and mt.failed_dropped() == 2 and mt.failed_dropped(1) == 2
+    assert r.exists(keys.dead_record(ids[0])) == 0
+
+
+def test_retention_age_drops_old_records(r: redis.Redis) -> None:
+    from mutitask_celery.store import RedisDeadLetterStore
+
+    old, new = publish(2, ["old", "new"])
+    fail(2, old)
+    fail(2, new)
+    for key in (keys.dead_index(), keys.dead_index(2)):
+        r.zadd(key, {old: 1000.0})  # failed long ago
+    store = RedisDeadLetterStore(r, mt.app, max_age=3600)
+    assert store.prune() == 1
+    assert [f.id for f in store.failed()] == [new] and store.dropped(2) == 1
+
+
+def test_no_retention_by_default(r: redis.Redis) -> None:
+    ids = publish(1, list(range(4)))
+    for task_id in ids:
+        fail(1, task_id)
+    assert runtime.store().prune() == 0 and mt.failed_count() == 4
+
+
+def test_reload_leaves_records_of_a_newer_version_alone(r: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    (good,) = publish(1, ["ok"])
+    fail(1, good)
+    r.hset(keys.dead_record("future"), mapping={"v": "99", "id": "future", "channel": "1", "data": '"x"'})
+    r.zadd(keys.dead_index(), {"future": 1.0})
+    r.zadd(keys.dead_index(1), {"future": 1.0})
+    r.zadd(keys.dead_index(), {"orphan": 0.5})  # index entry without a record
+    assert mt.reload_failed() == 1
+    assert r.exists(keys.dead_record("future")) == 1 and "newer version" in caplog.text
+    assert r.zscore(keys.dead_index(), "orphan") is None
+    assert [i for i, _ in queued(r, 1)][-1] == good
+
+
+def test_retention_settings_are_validated() -> None:
+    import types
+
+    from mutitask_celery import settings
+    from mutitask_celery.errors import ConfigurationError
+
+    assert settings.load_settings(environ={"MUTITASK_DEAD_LETTER_MAX": "none"},
+                                  config=types.SimpleNamespace()).dead_letter_max is None
+    conf = settings.load_settings(environ={}, config=types.SimpleNamespace(mutitask_dead_letter_max_age=86400))
+    assert conf.dead_letter_max_age == 86400.0
+    with pytest.raises(ConfigurationError, match="MUTITASK_DEAD_LETTER_MAX"):
+        settings.load_settings(environ={"MUTITASK_DEAD_LETTER_MAX": "-5"}, config=types.SimpleNamespace())

@@ -35,7 +35,7 @@ def test_list_show_count(r: redis.Redis, redis_url: str) -> None:
     shown = json.loads(mutitask("failed", "show", ids[1], "--json", url=redis_url).stdout)
     assert shown["data"] == "(1, 2)" and shown["device"] == "device1@h" and shown["failures"] == 1
     assert json.loads(mutitask("failed", "count", "--json", url=redis_url).stdout) == {
-        "total": 3, "channels": {"1": 2, "11": 1}}
+        "total": 3, "channels": {"1": 2, "11": 1}, "dropped": 0}
 
 
 def test_reload_and_delete(r: redis.Redis, redis_url: str) -> None:

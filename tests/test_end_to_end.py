@@ -137,6 +137,17 @@ def test_celery_worker_command_is_a_device_beside_a_legacy_one(procs: Processes,
     assert {tag for tag, _ in results} == {"celery", "legacy"}
 
 
+def test_celeryconfig_imports_make_a_celery_worker_a_device(procs: Processes, r: redis.Redis,
+                                                            tmp_path: Path) -> None:
+    (tmp_path / "celeryconfig.py").write_text('imports = ["channel_one"]\n')
+    celery = [sys.executable, "-m", "celery", "-A", "mutitask_celery", "worker", "-Q", "channel1",
+              "-n", "device5@%h", "--pool", "threads", "-c", "1", "--without-mingle"]
+    procs.start(celery, "celery-device5", env={"DEVICE_TAG": "from-config"}, cwd=tmp_path)
+    summary = serve.serve(iter(["a", "b"]), channel_size=2, stdin=io.StringIO(""), out=io.StringIO())
+    assert summary.succeeded == 2
+    assert sorted(mt.results(1)) == [["from-config", "a"], ["from-config", "b"]]
+
+
 def test_message_for_a_channel_without_function_is_dead_lettered(procs: Processes, r: redis.Redis) -> None:
     celery = [sys.executable, "-m", "celery", "-A", "mutitask_celery", "worker", "-Q", "channel2",
               "-n", "device4@%h", "--pool", "threads", "-c", "1", "--without-mingle"]

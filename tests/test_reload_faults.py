@@ -1,0 +1,51 @@
+"""A reload killed halfway with SIGKILL loses nothing and doubles nothing."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import subprocess
+import sys
+
+import redis
+from conftest import ROOT, wait_until
+
+import mutitask_celery as mt
+from mutitask_celery import keys
+
+sys.path.insert(0, str(ROOT / "bench"))
+from fill import fill_dead_letters  # noqa: E402
+
+N = 30_000
+
+
+def queued_ids(r: redis.Redis, channel: int) -> list[str]:
+    ids = []
+    for raw in r.lrange(keys.queue(channel), 0, -1):
+        args = json.loads(base64.b64decode(json.loads(raw)["body"]))[0]
+        ids += [task_id for task_id, _ in args[1]]
+    return ids
+
+
+def test_reload_killed_halfway_then_finished(r: redis.Redis, redis_url: str) -> None:
+    ids = set(fill_dead_letters(N))
+    assert mt.failed_count() == N and r.llen(keys.queue(1)) == 0
+    reload = subprocess.Popen([sys.executable, "-m", "mutitask_celery", "failed", "reload", "--all"])
+    try:
+        wait_until(lambda: mt.failed_count() < N * 0.7 or reload.poll() is not None, 60, "the reload to be under way")
+        reload.send_signal(signal.SIGKILL)
+    finally:
+        reload.wait()
+    assert reload.returncode == -signal.SIGKILL, "the reload finished before it could be killed"
+    in_store = set(r.zrange(keys.dead_index(), 0, -1))
+    in_queue = queued_ids(r, 1)
+    assert 0 < len(in_store) < N
+    assert len(in_store) + len(in_queue) == N  # nothing lost...
+    assert not in_store & set(in_queue) and len(set(in_queue)) == len(in_queue)  # ...nothing in both, nothing twice
+    assert in_store | set(in_queue) == ids
+
+    assert mt.reload_failed() == len(in_store)  # a second reload finishes the job
+    final = queued_ids(r, 1)
+    assert mt.failed_count() == 0 and len(final) == N and set(final) == ids
+    assert r.hlen(keys.pending(1)) == N  # every reloaded task is outstanding again in the books
