@@ -26,12 +26,16 @@ from fill import fill_dead_letters  # noqa: E402
 from mutitask_celery import runtime, settings  # noqa: E402
 from mutitask_celery.localredis import LocalRedis  # noqa: E402
 
+# Peak RSS is read from VmHWM, not getrusage: on Linux ru_maxrss survives exec,
+# so a child would report its parent's (the filler's) peak.
 RELOADER = """
-import resource, time
+import re, time
 import mutitask_celery as mt
 t = time.perf_counter()
 n = mt.reload_failed()
-print(n, time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+seconds = time.perf_counter() - t
+hwm = re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)
+print(n, seconds, hwm)
 """
 
 
