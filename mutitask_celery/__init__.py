@@ -11,13 +11,17 @@ from . import tasks as _tasks  # noqa: F401  (registers mutitask.run before any 
 from .api import (
     clear_results,
     delete_failed,
+    devices,
     failed,
     failed_count,
     failed_dropped,
     get_failed,
     reload_failed,
+    pause,
     results,
     results_count,
+    start,
+    stop,
 )
 from .celery_app import app
 from .errors import (
@@ -29,6 +33,7 @@ from .errors import (
     MutitaskError,
     RecordNotFound,
 )
+from .control import Device, DeviceState
 from .producer import ChannelSummary, RunSummary
 from .registry import TaskFormat, register_channel
 from .store import FailedTask
@@ -49,6 +54,12 @@ __all__ = [
     "reload_failed",
     "delete_failed",
     "FailedTask",
+    "devices",
+    "pause",
+    "start",
+    "stop",
+    "Device",
+    "DeviceState",
     "RunSummary",
     "ChannelSummary",
     "MutitaskError",

@@ -11,8 +11,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import codec, keys, runtime
+from .control import Device
 from .registry import check_channel
 from .store import FailedTask
+
+DeviceSelector = str | int | Iterable[str | int]
 
 
 def _channel(channel: int | None) -> int | None:
@@ -65,3 +68,35 @@ def reload_failed(channel: int | None = None, ids: Iterable[str] | None = None) 
 def delete_failed(channel: int | None = None, ids: Iterable[str] | None = None) -> int:
     """Delete failed tasks for good; returns how many."""
     return runtime.store().delete(_channel(channel), ids)
+
+
+def _selectors(devices: DeviceSelector) -> list[str | int] | None:
+    if devices == "all" or devices is None:
+        return None
+    if isinstance(devices, (str, int)):
+        return [devices]
+    return list(devices)
+
+
+def devices() -> list[Device]:
+    """Every device: name, channels, state (running/paused/offline), tasks in hand and done, last heard."""
+    return runtime.devices().devices()
+
+
+def pause(devices: DeviceSelector = "all") -> list[str]:
+    """Pause devices (``"all"``, a name, a number, or a list); the task in hand finishes.
+
+    No task starts on a paused device after this returns; the pause survives a
+    restart of the device. Returns the devices that confirmed.
+    """
+    return runtime.devices().pause(_selectors(devices))
+
+
+def start(devices: DeviceSelector = "all") -> list[str]:
+    """Let paused devices take tasks again; returns the devices that confirmed."""
+    return runtime.devices().start(_selectors(devices))
+
+
+def stop(devices: DeviceSelector = "all") -> list[str]:
+    """Warm shutdown of devices (their processes end); returns those that went away."""
+    return runtime.devices().stop(_selectors(devices))

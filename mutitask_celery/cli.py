@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 from . import api, keys, runtime, settings
 from .connection import check_redis
+from .console import format_devices
+from .control import Devices
 from .errors import BrokerUnavailable, ConfigurationError, RecordNotFound
 from .store import FailedTask
 
@@ -21,13 +23,17 @@ EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 EPILOG = """\
 examples:
+  mutitask status                           every device: state, channels, tasks in hand and done
+  mutitask pause device2                    device2 finishes its task in hand and takes no new one
+  mutitask start --all                      every device takes tasks again
+  mutitask stop 3                           device3 finishes its task in hand and exits
   mutitask failed list --channel 1          the failed tasks of channel 1, oldest first
   mutitask failed show 3f2a...              one record, with its traceback
   mutitask failed reload --all              every failed task back onto its channel
   mutitask failed delete --channel 2        forget channel 2's failed tasks
   mutitask failed count --json              counts for scripts
 
-exit codes: 0 done, 1 not found, 2 bad usage, 3 Redis unreachable
+exit codes: 0 done, 1 not found (or no device answered), 2 bad usage, 3 Redis unreachable
 """
 
 
@@ -72,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--redis-url", default=argparse.SUPPRESS, help=url_help)
     sub = parser.add_subparsers(dest="command", required=True)
+    status = sub.add_parser("status", parents=[common], help="every device and its state")
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for devices to answer")
+    for name, text in (("pause", "devices finish the task in hand and take no new one"),
+                       ("start", "paused devices take tasks again"),
+                       ("stop", "devices finish the task in hand and exit")):
+        p = sub.add_parser(name, parents=[common], help=text)
+        p.add_argument("devices", nargs="*", metavar="DEVICE", help="device3, device3@host or 3")
+        p.add_argument("--all", action="store_true")
+        p.add_argument("--json", action="store_true")
     failed = sub.add_parser("failed", help="the dead-letter store", epilog=EPILOG,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     fsub = failed.add_subparsers(dest="action", required=True)
@@ -100,11 +116,29 @@ def _channels_with_records() -> list[int]:
     return sorted(int(c) for c in client.smembers(keys.DEAD_CHANNELS))
 
 
+def _devices_command(args: argparse.Namespace) -> int:
+    if args.command == "status":
+        base = runtime.devices()
+        found = Devices(base.client, timeout=args.timeout, flower_url=base.flower_url).devices()
+        print(json.dumps([d.as_dict() for d in found], indent=1) if args.json else
+              (format_devices(found) if found else "no device has started yet"))
+        return EXIT_OK
+    if args.all == bool(args.devices):
+        raise ConfigurationError("say which: one or more DEVICEs, or --all")
+    selectors = None if args.all else args.devices
+    done = getattr(runtime.devices(), args.command)(selectors)
+    verb = {"pause": "paused", "start": "started", "stop": "stopped"}[args.command]
+    print(json.dumps({verb: done}) if args.json else f"{verb}: {', '.join(done) or 'none'}")
+    return EXIT_OK if done else EXIT_NOT_FOUND
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     conf = settings.configure(redis_url=args.redis_url)
     runtime.reset(conf)
     check_redis(conf.redis_url)
+    if args.command != "failed":
+        return _devices_command(args)
     if args.action == "list":
         records = api.failed(args.channel, args.limit, args.offset)
         print(json.dumps([r.as_dict() for r in records], indent=1) if args.json else _table(records))

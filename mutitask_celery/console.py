@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
+from .control import Device, Devices
 from .errors import MutitaskError
 from .producer import Producer
 from .store import DeadLetterStore
@@ -37,13 +39,29 @@ class Command:
 class Console:
     """Executes console lines against a running producer and the dead-letter store."""
 
-    def __init__(self, producer: Producer, store: DeadLetterStore, out: TextIO | None = None) -> None:
+    def __init__(self, producer: Producer, store: DeadLetterStore, devices: Devices,
+                 out: TextIO | None = None) -> None:
         self.producer = producer
         self.store = store
+        self.devices = devices
         self.out = out or sys.stdout
         self.stopped = False
         table = [
-            Command("help", (), "list the commands", lambda a: self._help()),
+            Command("help", (), "list the commands (help COMMAND: one of them)", lambda a: self._help()),
+            Command("detect_all", (), "status of every device (1 running, 0 paused, -1 off-line)",
+                    lambda a: self._detect(None)),
+            Command("detect_one", ("N",), "status of device N", lambda a: self._detect(a[0])),
+            Command("add_device", (), "expect one device more", lambda a: self._expect(+1)),
+            Command("del_device", (), "expect one device fewer (the last)", lambda a: self._expect(-1)),
+            Command("pause_all", (), "every device stops taking new tasks (the task in hand finishes)",
+                    lambda a: self._control("pause", None)),
+            Command("pause_one", ("N",), "device N stops taking new tasks", lambda a: self._control("pause", a[0])),
+            Command("start_all", (), "every device takes tasks again", lambda a: self._control("start", None)),
+            Command("start_one", ("N",), "device N takes tasks again", lambda a: self._control("start", a[0])),
+            Command("stop_all", (), "every device finishes its task in hand and goes off-line",
+                    lambda a: self._control("stop", None)),
+            Command("stop_one", ("N",), "device N finishes its task in hand and goes off-line",
+                    lambda a: self._control("stop", a[0])),
             Command("detect_fail_task_channel", ("C",), "how many failed tasks channel C holds",
                     lambda a: f"channel {a[0]}: {self.store.count(a[0])} failed task(s)"),
             Command("reload_all_fail_channel", (), "every failed task back into its channel",
@@ -62,7 +80,7 @@ class Console:
                     lambda a: self._allot(self.producer.stop_feeding, "stopped for good")),
             Command("reset_task_max", ("N",), "most tasks outstanding per channel (ChannelSize)",
                     self._reset_size),
-            Command("stop", (), "end the run and leave the console", lambda a: self._stop()),
+            Command("stop", (), "stop every device and the server", lambda a: self._stop()),
         ]
         self.commands = {c.name: c for c in table}
         aliases = {"reset_max_task": "reset_task_max", "exit": "stop", "quit": "stop"}
@@ -74,6 +92,8 @@ class Console:
         words = line.split()
         if not words:
             return None
+        if words[0] == "help" and len(words) == 2:
+            return Command("help", (), "", lambda a: self._help_one(words[1])), []
         command = self.commands.get(words[0])
         if command is None:
             raise ConsoleError(f"unknown command {words[0]!r} (type help for the list)")
@@ -116,6 +136,38 @@ class Console:
         width = max(len(" ".join([c.name, *c.params])) for c in seen)
         return "\n".join(f"  {' '.join([c.name, *c.params]):<{width}}  {c.help}" for c in seen)
 
+    def _help_one(self, name: str) -> str:
+        command = self.commands.get(name)
+        if command is None:
+            raise ConsoleError(f"unknown command {name!r} (type help for the list)")
+        return f"{' '.join([command.name, *command.params])}: {command.help}"
+
+    def complete(self, text: str) -> list[str]:
+        """Command names starting with ``text`` (for tab completion)."""
+        return sorted(name for name in self.commands if name.startswith(text))
+
+    def _detect(self, number: int | None) -> str:
+        found = self.devices.devices()
+        if number is not None:
+            found = [d for d in found if d.name.split("@", 1)[0] == f"device{number}"]
+            if not found:
+                return f"device{number}: -1 offline (never seen)"
+        return format_devices(found) if found else "no device has started yet"
+
+    def _expect(self, step: int) -> str:
+        count = max(0, self.devices.expected() + step)
+        self.devices.set_expected(count)
+        return f"expecting {count} device(s)"
+
+    def _control(self, action: str, number: int | None) -> str:
+        selectors = None if number is None else [number]
+        done = getattr(self.devices, action)(selectors)
+        verb = {"pause": "paused", "start": "started", "stop": "stopped"}[action]
+        if not done:
+            return f"no device answered ({verb} none; the wish is kept for when they come)" if action != "stop" \
+                else "no device was online to stop"
+        return f"{verb}: {', '.join(done)}"
+
     def _one(self, args: list[int], reload: bool) -> str:
         channel, index = args
         ids = self.store.ids_at(channel, [index])
@@ -139,4 +191,22 @@ class Console:
     def _stop(self) -> str:
         self.stopped = True
         self.producer.stop()
-        return "stopping"
+        gone = self.devices.stop(None)
+        return f"stopped {len(gone)} device(s); stopping the server"
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    seconds = max(0.0, time.time() - ts)
+    return f"{seconds:.1f}s ago" if seconds < 120 else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def format_devices(devices: Sequence[Device]) -> str:
+    """A table of devices with the original's codes beside the words."""
+    rows = [("DEVICE", "CODE", "STATE", "CHANNELS", "IN HAND", "DONE", "LAST HEARD")]
+    for d in devices:
+        rows.append((d.name, str(d.state.code), d.state.value, ",".join(map(str, d.channels)) or "-",
+                     str(d.in_hand), str(d.done), _ago(d.last_heard)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

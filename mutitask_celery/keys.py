@@ -19,6 +19,11 @@ Layout (``<ch>`` is a channel number, ``<id>`` a task id):
 ``mutitask:dead:rec:<id>``      hash: one dead-letter record
 ``mutitask:dead:channels``      set of channels that have ever had a record
 ``mutitask:dead:dropped``       hash channel -> records dropped by the retention limits
+``mutitask:devices:expected``   how many devices the run expects (device1..deviceN)
+``mutitask:devices:wanted``     hash device name (or ``*``) -> wanted state (running/paused)
+``mutitask:devices:info``       hash device name -> JSON: channels, host, pid, start time
+``mutitask:devices:seen``       hash device name -> last time it was heard from
+``mutitask:devices:done``       hash device name -> tasks it has finished
 ==============================  ====================================================
 """
 
@@ -34,6 +39,12 @@ DEAD_INDEX = f"{PREFIX}:dead:index"
 DEAD_CHANNELS = f"{PREFIX}:dead:channels"
 DEAD_RECORD_PREFIX = f"{PREFIX}:dead:rec:"
 DEAD_DROPPED = f"{PREFIX}:dead:dropped"
+DEVICES_EXPECTED = f"{PREFIX}:devices:expected"
+DEVICES_WANTED = f"{PREFIX}:devices:wanted"
+DEVICES_INFO = f"{PREFIX}:devices:info"
+DEVICES_SEEN = f"{PREFIX}:devices:seen"
+DEVICES_DONE = f"{PREFIX}:devices:done"
+ALL_DEVICES = "*"  # the field of DEVICES_WANTED that applies to every device
 
 
 def queue(channel: int) -> str:

@@ -57,6 +57,8 @@ end
 if ok > 0 then redis.call('HINCRBY', KEYS[3], 'succeeded', ok) end
 if failed > 0 then redis.call('HINCRBY', KEYS[3], 'failed', failed) end
 if dup > 0 then redis.call('HINCRBY', KEYS[3], 'duplicates', dup) end
+redis.call('HINCRBY', KEYS[9], device, ok + failed + dup)
+redis.call('HSET', KEYS[10], device, now)
 if ok + failed > 0 then
   redis.call('LPUSH', KEYS[4], '1')
   redis.call('LTRIM', KEYS[4], 0, NOTIFY_LAST)
@@ -137,6 +139,7 @@ class Ledger:
         ks = [
             keys.pending(channel), keys.meta(channel), keys.stats(channel), keys.notify(channel),
             keys.results(channel), keys.dead_index(), keys.dead_index(channel), keys.DEAD_CHANNELS,
+            keys.DEVICES_DONE, keys.DEVICES_SEEN,
         ]
         ok, failed, dup = self._finish(keys=ks, args=argv)
         return int(ok), int(failed), int(dup)

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 from . import celery_app, settings
 from .connection import redis_client
+from .control import Devices
 from .ledger import Ledger
 from .store import RedisDeadLetterStore
 
 _ledger: Ledger | None = None
 _store: RedisDeadLetterStore | None = None
+_devices: Devices | None = None
 
 
 def reset(conf: settings.Settings | None = None) -> settings.Settings:
     """Drop cached objects; point the Celery app at ``conf`` (default: current settings)."""
-    global _ledger, _store
+    global _ledger, _store, _devices
     conf = conf or settings.current()
     celery_app.apply_settings(conf)
-    _ledger = _store = None
+    _ledger = _store = _devices = None
     return conf
 
 
@@ -41,3 +43,11 @@ def store() -> RedisDeadLetterStore:
             max_records=conf.dead_letter_max, max_age=conf.dead_letter_max_age,
         )
     return _store
+
+
+def devices() -> Devices:
+    global _devices
+    if _devices is None:
+        conf = settings.current()
+        _devices = Devices(redis_client(conf.redis_url), celery_app.app, flower_url=conf.flower_url)
+    return _devices

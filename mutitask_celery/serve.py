@@ -16,8 +16,9 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from . import runtime, settings
-from .connection import check_redis
+from .connection import check_redis, redis_client
 from .console import PROMPT, Console
+from .control import DeviceState, Devices
 from .errors import InvalidTasksError
 from .producer import Producer, RunSummary
 
@@ -44,15 +45,36 @@ def as_sources(tasks: Any) -> list[Iterator[Any]]:
     )
 
 
-def serve(tasks: Any, channel_size: int, stdin: TextIO | None = None, out: TextIO | None = None) -> RunSummary:
-    """Run ``tasks`` to the end; see the module docstring."""
+def serve(
+    tasks: Any,
+    channel_size: int,
+    stdin: TextIO | None = None,
+    out: TextIO | None = None,
+    expected_devices: int | None = None,
+    start_paused: bool = False,
+    monitor_wait: float = 5.0,
+) -> RunSummary:
+    """Run ``tasks`` to the end; see the module docstring.
+
+    ``expected_devices`` enters the roster (device1..deviceN show offline until
+    they come); ``start_paused`` pauses every device before the first task, as
+    the original did, until the operator types ``start_all``.
+    """
     sources = as_sources(tasks)
     conf = runtime.reset(settings.current())
     check_redis(conf.redis_url)
+    devices = Devices(redis_client(conf.redis_url), timeout=monitor_wait, flower_url=conf.flower_url)
+    if expected_devices is not None:
+        devices.set_expected(expected_devices)
+    if start_paused:
+        devices.pause(None)
+        log.warning("devices start paused: type start_all to let them work")
+    else:
+        _warn_paused(devices)
     producer = Producer(runtime.ledger(), runtime.store(), channel_size)
     stdin = sys.stdin if stdin is None else stdin
     out = sys.stdout if out is None else out
-    console = Console(producer, runtime.store(), out)
+    console = Console(producer, runtime.store(), devices, out)
     interactive = _isatty(stdin)
     if interactive:
         summary = _run_interactive(producer, console, sources, stdin, out)
@@ -63,6 +85,27 @@ def serve(tasks: Any, channel_size: int, stdin: TextIO | None = None, out: TextI
     for line in str(summary).splitlines():
         print(line, file=out, flush=True)
     return summary
+
+
+def _warn_paused(devices: Devices) -> None:
+    paused = [name for name in devices.known() if devices.wanted(name) == DeviceState.PAUSED.value]
+    if paused:
+        log.warning("paused by the operator (start_all resumes them): %s", ", ".join(paused))
+
+
+def _enable_completion(console: Console) -> None:
+    """Tab completion of command names where readline exists."""
+    try:
+        import readline
+    except ImportError:  # not on every platform
+        return
+
+    def complete(text: str, state: int) -> str | None:
+        matches = console.complete(text)
+        return matches[state] if state < len(matches) else None
+
+    readline.set_completer(complete)
+    readline.parse_and_bind("tab: complete")
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -87,11 +130,19 @@ def _run_interactive(producer: Producer, console: Console, sources: list[Iterato
     worker = threading.Thread(target=producer.run, args=(sources,), name="mutitask-producer", daemon=True)
     worker.start()
     console.say("console ready: type help for the commands, stop to end")
+    use_input = stdin is sys.stdin and out is sys.stdout
+    if use_input:
+        _enable_completion(console)
     while True:
         try:
-            out.write(PROMPT)
-            out.flush()
-            line = stdin.readline()
+            if use_input:  # input() gives line editing, history and completion
+                line = input(PROMPT) + "\n"
+            else:
+                out.write(PROMPT)
+                out.flush()
+                line = stdin.readline()
+        except EOFError:
+            break
         except KeyboardInterrupt:
             console.say("")
             producer.stop()

@@ -27,6 +27,8 @@ class BaseConfig:
 
     ``host``/``port``/``db``/``password`` given here win over
     ``MUTITASK_REDIS_URL`` and ``celeryconfig.py``; left out, those decide.
+    New, optional: ``start_paused=True`` gives the original's start (devices
+    wait for ``start_all``).
     """
 
     def __init__(
@@ -38,12 +40,15 @@ class BaseConfig:
         password: str | None = None,
         ChannelSize: int = 50,
         MonitorWaitTime: float = 5,
+        *,
+        start_paused: bool = False,
     ) -> None:
         self.device_count = _positive("deviceNumb", deviceNumb)
         self.channel_size = _positive("ChannelSize", ChannelSize)
         if isinstance(MonitorWaitTime, bool) or not isinstance(MonitorWaitTime, (int, float)) or MonitorWaitTime <= 0:
             raise ConfigurationError(f"MonitorWaitTime must be a positive number, got {MonitorWaitTime!r}")
         self.monitor_wait = float(MonitorWaitTime)
+        self.start_paused = bool(start_paused)
         base = settings.load_settings().redis_url
         self.redis_url = settings.redis_url_from_parts(host, port, db, password, base=base)
 
@@ -73,4 +78,10 @@ class Terminal:
     def run(self, tasks: Any) -> RunSummary:
         """``tasks``: a generator/iterator, or a list of them (channel N is the N-th)."""
         self.config.apply()
-        return serve(tasks, self.config.channel_size)
+        return serve(
+            tasks,
+            self.config.channel_size,
+            expected_devices=self.config.device_count,
+            start_paused=self.config.start_paused,
+            monitor_wait=self.config.monitor_wait,
+        )

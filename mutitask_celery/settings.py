@@ -76,6 +76,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Celery broker when it is not the Redis above (e.g. amqp://...).",
     ),
     Setting(
+        "flower_url",
+        "MUTITASK_FLOWER_URL",
+        ("mutitask_flower_url",),
+        None,
+        _url,
+        "Flower's address (http://user:password@host:5555); when set, devices() reads device status from "
+        "Flower's REST API instead of asking the workers.",
+    ),
+    Setting(
         "dead_letter_max",
         "MUTITASK_DEAD_LETTER_MAX",
         ("mutitask_dead_letter_max",),
@@ -100,6 +109,7 @@ class Settings:
 
     redis_url: str = DEFAULT_REDIS_URL
     broker_url: str | None = None
+    flower_url: str | None = None
     dead_letter_max: int | None = None
     dead_letter_max_age: float | None = None
 

@@ -15,7 +15,7 @@ import redis
 from celery import Task
 from celery.exceptions import Reject
 
-from . import codec, runtime
+from . import codec, hooks, runtime  # noqa: F401  (hooks: device start/stop behaviour)
 from .celery_app import TASK_NAME, app
 from .ledger import Outcome
 from .registry import ChannelHandler, TaskFormat, handler_for
@@ -61,6 +61,13 @@ def run_one(handler: ChannelHandler, task_id: str, data: str) -> Outcome:
 @app.task(name=TASK_NAME, bind=True, ignore_result=True)
 def run_items(self: Task, channel: int, items: list[list[Any]]) -> None:
     device = self.request.hostname or "unknown"
+    try:
+        paused = runtime.devices().is_paused(device)
+    except redis.RedisError as exc:
+        raise Reject(f"cannot read the device's wanted state: {exc}", requeue=True) from exc
+    if paused:
+        # Fetched just before the pause took effect: give it back untouched.
+        raise Reject(f"{device} is paused", requeue=True)
     handler = handler_for(channel)
     if handler is None:
         log.error("%s has no task function for channel %s: dead-lettering %d task(s)", device, channel, len(items))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make this checkout ready on Debian/Ubuntu: redis-server (>= 6.2) and python3-venv
 # from apt when missing, then a virtual environment in .venv with the package and
-# the extra named by $1 (examples | test).
+# the extra named by $1 (examples | test; test also brings chromium).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-examples}"
@@ -10,6 +10,8 @@ sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+# The test suite opens Flower's page in headless Chromium.
+if [ "$extra" = "test" ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]} with apt-get"
   sudo_ apt-get update -qq

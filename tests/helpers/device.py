@@ -3,7 +3,7 @@
 Behaviours (the task function):
   double   int(task) * 2; None for multiples of 10; ValueError for multiples of 13
   echo     returns the task it received, with its type name: [type, task]
-  slow     sleeps float(os.environ['SLOW_SECONDS']) then returns the task
+  slow     prints 'START <task> <time>', sleeps $SLOW_SECONDS, returns the task
   tag      returns [os.environ['DEVICE_TAG'], task] after 20 ms
   flaky    None until the file named by $FLAKY_FLAG exists, then the task
   badsave  task as result; a save function that raises for tasks ending in 7
@@ -32,6 +32,7 @@ def echo(task):
 
 
 def slow(task):
+    print(f"START {task} {time.time()!r}", flush=True)
     time.sleep(float(os.environ.get("SLOW_SECONDS", "1")))
     return task
 

@@ -1,0 +1,250 @@
+"""Device status and control: exact pause, start and stop.
+
+Celery's remote control does the work, always with ``destination=`` and a
+``limit`` so a call returns as soon as the devices named have answered. Redis
+keeps what Celery forgets:
+
+* the **wanted state** of each device (``running``/``paused``), so a device
+  that restarts comes back paused if it was paused (see :mod:`hooks`), and a
+  device re-checks it before each task, so a paused device starts no new task
+  once :func:`pause` has returned, even one it had already fetched;
+* a **roster**: how many devices a run expects (``device1``..``deviceN``),
+  and each device's channels, so one that never came or died shows offline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import redis
+from celery import Celery
+
+from . import keys
+from .celery_app import app as default_app
+from .errors import ConfigurationError
+from .flower import flower_workers
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 1.0
+_QUEUE = re.compile(rf"^{keys.QUEUE_PREFIX}(\d+)$")
+
+
+class DeviceState(str, Enum):
+    """What a device is doing now."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    OFFLINE = "offline"
+
+    @property
+    def code(self) -> int:
+        """The original's status code: 1 running, 0 paused, -1 off-line."""
+        return {DeviceState.RUNNING: 1, DeviceState.PAUSED: 0, DeviceState.OFFLINE: -1}[self]
+
+
+@dataclass(frozen=True)
+class Device:
+    """One device as :func:`devices` sees it."""
+
+    name: str
+    channels: list[int] = field(default_factory=list)
+    state: DeviceState = DeviceState.OFFLINE
+    in_hand: int = 0
+    done: int = 0
+    last_heard: float | None = None
+    wanted: str = "running"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "channels": self.channels, "state": self.state.value,
+                "code": self.state.code, "in_hand": self.in_hand, "done": self.done,
+                "last_heard": self.last_heard, "wanted": self.wanted}
+
+
+def short_name(name: str) -> str:
+    """``device1`` of ``device1@host``."""
+    return name.split("@", 1)[0]
+
+
+def channels_of(queue_names: Iterable[str]) -> list[int]:
+    return sorted(int(m.group(1)) for q in queue_names if (m := _QUEUE.match(q)))
+
+
+class Devices:
+    """Status and control of the devices sharing one Redis and one broker."""
+
+    def __init__(self, client: redis.Redis, app: Celery | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 flower_url: str | None = None) -> None:
+        self.client = client
+        self.app = app or default_app
+        self.timeout = timeout
+        self.flower_url = flower_url
+
+    # -- roster ---------------------------------------------------------------
+    def expected(self) -> int:
+        return int(self.client.get(keys.DEVICES_EXPECTED) or 0)
+
+    def set_expected(self, count: int) -> int:
+        if count < 0:
+            raise ConfigurationError(f"the number of expected devices cannot be negative, got {count}")
+        self.client.set(keys.DEVICES_EXPECTED, count)
+        return count
+
+    def known(self) -> dict[str, list[int]]:
+        """Every device that has ever started here, with its channels."""
+        out: dict[str, list[int]] = {}
+        for name, raw in self.client.hgetall(keys.DEVICES_INFO).items():
+            try:
+                out[name] = [int(c) for c in json.loads(raw).get("channels", [])]
+            except (ValueError, TypeError, AttributeError):
+                log.warning("ignoring unreadable device record for %s", name)
+        return out
+
+    def register(self, name: str, channels: Sequence[int], host: str, pid: int) -> None:
+        """Called by a device when it is ready (see :mod:`hooks`)."""
+        info = json.dumps({"channels": list(channels), "host": host, "pid": pid, "started": time.time()})
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(keys.DEVICES_INFO, name, info)
+        pipe.hset(keys.DEVICES_SEEN, name, repr(time.time()))
+        pipe.execute()
+
+    def heard(self, name: str) -> None:
+        self.client.hset(keys.DEVICES_SEEN, name, repr(time.time()))
+
+    # -- wanted state -----------------------------------------------------------
+    def wanted(self, name: str) -> str:
+        """The state the operator wants for ``name``: its own, else its short name's, else everyone's."""
+        own, short, everyone = self.client.hmget(keys.DEVICES_WANTED, name, short_name(name), keys.ALL_DEVICES)
+        return own or short or everyone or DeviceState.RUNNING.value
+
+    def is_paused(self, name: str) -> bool:
+        return self.wanted(name) == DeviceState.PAUSED.value
+
+    def _want(self, names: Sequence[str] | None, state: DeviceState) -> None:
+        pipe = self.client.pipeline(transaction=True)
+        if names is None:  # everyone, now and later: forget per-device wishes
+            pipe.delete(keys.DEVICES_WANTED)
+            pipe.hset(keys.DEVICES_WANTED, keys.ALL_DEVICES, state.value)
+        else:
+            for name in names:
+                pipe.hset(keys.DEVICES_WANTED, name, state.value)
+        pipe.execute()
+
+    # -- selection --------------------------------------------------------------
+    def resolve(self, selectors: Iterable[str | int] | None) -> list[str] | None:
+        """Full device names for selectors (``3``, ``device3``, ``device3@host``); None means all."""
+        if selectors is None:
+            return None
+        known = self.known()
+        names: list[str] = []
+        for sel in selectors:
+            text = f"device{sel}" if isinstance(sel, int) or str(sel).isdigit() else str(sel)
+            matches = [n for n in known if n == text or short_name(n) == text]
+            names += matches or [text]  # not seen yet: its wish is kept for when it comes
+        return sorted(set(names))
+
+    # -- remote control ---------------------------------------------------------
+    def _online(self, names: Sequence[str]) -> list[str]:
+        if not names:
+            return []
+        replies = self.app.control.ping(destination=list(names), timeout=self.timeout, limit=len(names))
+        return sorted(n for reply in replies for n in reply)
+
+    def _broadcast_queues(self, command: str, names: Sequence[str]) -> list[str]:
+        known = self.known()
+        online = self._online([n for n in names if n in known])
+        answered: set[str] = set()
+        by_queue: dict[str, list[str]] = {}
+        for name in online:
+            for channel in known.get(name, []):
+                by_queue.setdefault(keys.queue(channel), []).append(name)
+        for queue, targets in by_queue.items():
+            call = getattr(self.app.control, command)
+            replies = call(queue, destination=targets, reply=True, timeout=self.timeout, limit=len(targets))
+            answered.update(n for reply in replies for n in reply)
+        return sorted(answered)
+
+    def pause(self, selectors: Iterable[str | int] | None = None) -> list[str]:
+        """Pause devices (all when ``selectors`` is None); returns those that confirmed.
+
+        The task in hand finishes; no new task starts after this returns.
+        """
+        names = self.resolve(selectors)
+        self._want(names, DeviceState.PAUSED)
+        return self._broadcast_queues("cancel_consumer", names if names is not None else list(self.known()))
+
+    def start(self, selectors: Iterable[str | int] | None = None) -> list[str]:
+        """Let paused devices take tasks again; returns those that confirmed."""
+        names = self.resolve(selectors)
+        self._want(names, DeviceState.RUNNING)
+        return self._broadcast_queues("add_consumer", names if names is not None else list(self.known()))
+
+    def stop(self, selectors: Iterable[str | int] | None = None, wait: float = 10.0) -> list[str]:
+        """Warm shutdown: each device finishes its task in hand, then its process ends.
+
+        Returns the devices that were online and went away within ``wait`` seconds.
+        """
+        names = self.resolve(selectors)
+        targets = self._online(names if names is not None else list(self.known()))
+        if not targets:
+            return []
+        self.app.control.shutdown(destination=targets)
+        deadline = time.monotonic() + wait
+        delay = 0.05
+        still = targets
+        while still and time.monotonic() < deadline:
+            time.sleep(delay)  # a warm shutdown takes as long as the task in hand
+            delay = min(delay * 2, 0.5)
+            still = self._online(still)
+        return [n for n in targets if n not in still]
+
+    # -- status -------------------------------------------------------------------
+    def _live(self, known: Sequence[str]) -> dict[str, tuple[int, list[int]]]:
+        """Online devices -> (tasks in hand, channels consumed), from Flower or from the workers."""
+        if self.flower_url:
+            workers = flower_workers(self.flower_url, timeout=max(self.timeout, 1.0))
+            return {w.name: (w.active, channels_of(w.queues)) for w in workers.values() if w.online}
+        online = self._online(list(known))
+        if not online:
+            return {}
+        inspect = self.app.control.inspect(destination=online, timeout=self.timeout, limit=len(online))
+        active = inspect.active() or {}
+        queues = inspect.active_queues() or {}
+        return {name: (len(active.get(name, [])), channels_of(q.get("name", "") for q in queues.get(name, [])))
+                for name in online}
+
+    def devices(self) -> list[Device]:
+        """One record per device: every one ever seen, plus expected ones that never came."""
+        known = self.known()
+        live = self._live(list(known))
+        for name, (_, consumed) in live.items():
+            known.setdefault(name, consumed)  # seen by Flower before it entered our roster
+        seen = self.client.hgetall(keys.DEVICES_SEEN)
+        done = self.client.hgetall(keys.DEVICES_DONE)
+        now = time.time()
+        result = []
+        for name, channels in sorted(known.items()):
+            wanted = self.wanted(name)
+            state, in_hand = DeviceState.OFFLINE, 0
+            if name in live:
+                # Paused when it no longer consumes, or when the operator paused it: the
+                # consumer is cancelled a moment after the control reply, but a device
+                # checks its wanted state before each task, so it starts none meanwhile.
+                in_hand, consuming = live[name]
+                paused = not consuming or wanted == DeviceState.PAUSED.value
+                state = DeviceState.PAUSED if paused else DeviceState.RUNNING
+            last = now if name in live else (float(seen[name]) if name in seen else None)
+            result.append(Device(name=name, channels=channels, state=state, in_hand=in_hand,
+                                 done=int(done.get(name, 0)), last_heard=last, wanted=wanted))
+        present = {short_name(n) for n in known}
+        for n in range(1, self.expected() + 1):
+            if f"device{n}" not in present:
+                result.append(Device(name=f"device{n}", wanted=self.wanted(f"device{n}")))
+        return result
