@@ -24,6 +24,9 @@ Layout (``<ch>`` is a channel number, ``<id>`` a task id):
 ``mutitask:devices:info``       hash device name -> JSON: channels, host, pid, start time
 ``mutitask:devices:seen``       hash device name -> last time it was heard from
 ``mutitask:devices:done``       hash device name -> tasks it has finished
+``mutitask:inhand:<device>``    hash message id -> kombu delivery tag, for messages in its hands
+``mutitask:lost:<ch>``          hash task id -> times a device died holding it
+``unacked``, ``unacked_index``  kombu's own: delivered messages not yet acknowledged
 ==============================  ====================================================
 """
 
@@ -45,6 +48,11 @@ DEVICES_INFO = f"{PREFIX}:devices:info"
 DEVICES_SEEN = f"{PREFIX}:devices:seen"
 DEVICES_DONE = f"{PREFIX}:devices:done"
 ALL_DEVICES = "*"  # the field of DEVICES_WANTED that applies to every device
+INHAND_PREFIX = f"{PREFIX}:inhand:"
+LOST_PREFIX = f"{PREFIX}:lost:"
+# kombu's Redis transport keeps delivered, not yet acked messages here (its defaults).
+KOMBU_UNACKED = "unacked"
+KOMBU_UNACKED_INDEX = "unacked_index"
 
 
 def queue(channel: int) -> str:
@@ -79,3 +87,11 @@ def dead_index(channel: int | None = None) -> str:
 
 def dead_record(task_id: str) -> str:
     return f"{DEAD_RECORD_PREFIX}{task_id}"
+
+
+def inhand(device: str) -> str:
+    return f"{INHAND_PREFIX}{device}"
+
+
+def lost(channel: int) -> str:
+    return f"{LOST_PREFIX}{channel}"

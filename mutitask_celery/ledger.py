@@ -26,13 +26,14 @@ NOTIFY_KEEP = 64  # wake-up tokens kept per channel; the server only needs one
 _FINISH = """
 local rec_prefix, now, device, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ok, failed, dup = 0, 0, 0
-for i = 5, #ARGV, 5 do
+for i = 6, #ARGV, 5 do
   local kind, id, result, reason, tb = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
   local data = redis.call('HGET', KEYS[1], id)
   if not data then
     dup = dup + 1
   else
     redis.call('HDEL', KEYS[1], id)
+    redis.call('HDEL', KEYS[12], id)
     local meta = redis.call('HGET', KEYS[2], id)
     if meta then redis.call('HDEL', KEYS[2], id) end
     if kind == 'ok' then
@@ -58,6 +59,7 @@ if ok > 0 then redis.call('HINCRBY', KEYS[3], 'succeeded', ok) end
 if failed > 0 then redis.call('HINCRBY', KEYS[3], 'failed', failed) end
 if dup > 0 then redis.call('HINCRBY', KEYS[3], 'duplicates', dup) end
 redis.call('HINCRBY', KEYS[9], device, ok + failed + dup)
+if ARGV[5] ~= '' then redis.call('HDEL', KEYS[11], ARGV[5]) end
 redis.call('HSET', KEYS[10], device, now)
 if ok + failed > 0 then
   redis.call('LPUSH', KEYS[4], '1')
@@ -115,10 +117,14 @@ class Ledger:
         """Enter ``items`` in the books and put them on the channel's queue, one task a message."""
         if not items:
             return
-        queue = keys.queue(channel)
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(keys.pending(channel), mapping=dict(items))
         pipe.hincrby(keys.stats(channel), "published", len(items))
+        self._send(channel, items, pipe)
+
+    def _send(self, channel: int, items: Sequence[messages.Item], pipe: redis.client.Pipeline) -> None:
+        """Queue one message per item; on this Redis, in the same transaction as ``pipe``."""
+        queue = keys.queue(channel)
         if self.broker_is_store:
             pipe.lpush(queue, *[messages.build(self.app, queue, channel, [item]) for item in items])
             pipe.execute()
@@ -129,17 +135,30 @@ class Ledger:
                 messages.TASK_NAME, args=[channel, [[task_id, data]]], task_id=task_id, queue=queue
             )
 
-    def finish(self, channel: int, device: str, outcomes: Iterable[Outcome]) -> tuple[int, int, int]:
-        """Record outcomes atomically; returns (succeeded, failed, duplicates)."""
-        argv: list[str | float] = [keys.DEAD_RECORD_PREFIX, repr(time.time()), device, str(channel)]
+    def republish(self, channel: int, task_ids: Sequence[str]) -> int:
+        """Put outstanding tasks on the queue again (their data from the books); returns how many."""
+        data = self.client.hmget(keys.pending(channel), list(task_ids))
+        items = [(t, d) for t, d in zip(task_ids, data) if d is not None]
+        if items:
+            self._send(channel, items, self.client.pipeline(transaction=True))
+        return len(items)
+
+    def finish(self, channel: int, device: str, outcomes: Iterable[Outcome],
+               message_id: str = "") -> tuple[int, int, int]:
+        """Record outcomes atomically; returns (succeeded, failed, duplicates).
+
+        ``message_id`` (the Celery message that carried them) leaves the
+        device's in-hand list in the same step.
+        """
+        argv: list[str | float] = [keys.DEAD_RECORD_PREFIX, repr(time.time()), device, str(channel), message_id]
         for o in outcomes:
             argv += ["ok" if o.ok else "fail", o.task_id, o.result, o.reason, o.traceback]
-        if len(argv) == 4:
+        if len(argv) == 5:
             return (0, 0, 0)
         ks = [
             keys.pending(channel), keys.meta(channel), keys.stats(channel), keys.notify(channel),
             keys.results(channel), keys.dead_index(), keys.dead_index(channel), keys.DEAD_CHANNELS,
-            keys.DEVICES_DONE, keys.DEVICES_SEEN,
+            keys.DEVICES_DONE, keys.DEVICES_SEEN, keys.inhand(device), keys.lost(channel),
         ]
         ok, failed, dup = self._finish(keys=ks, args=argv)
         return int(ok), int(failed), int(dup)

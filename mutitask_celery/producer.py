@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from . import codec, messages
 from .errors import EncodingError
 from .ledger import ChannelStats, Ledger
+from .recovery import HEARTBEAT, Reaper
 from .store import RedisDeadLetterStore
 
 log = logging.getLogger(__name__)
@@ -104,9 +106,12 @@ class _Feed:
 class Producer:
     """Feeds channels from iterators with back-pressure; controllable from another thread."""
 
-    def __init__(self, ledger: Ledger, store: RedisDeadLetterStore, channel_size: int) -> None:
+    def __init__(self, ledger: Ledger, store: RedisDeadLetterStore, channel_size: int,
+                 reaper: Reaper | None = None) -> None:
         self.ledger = ledger
         self.store = store
+        self.reaper = reaper
+        self._next_reap = 0.0
         self._channel_size = channel_size
         self._paused = threading.Event()
         self._feeding_stopped = threading.Event()
@@ -161,6 +166,7 @@ class Producer:
                             items = feed.take(room, self.store)
                             self.ledger.publish(feed.channel, items)
                             published[feed.channel] += len(items)
+                self._reap(channels)
                 self.summary = self._summarize(channels, before, published)
                 feeding_over = self._feeding_stopped.is_set() or all(f.exhausted for f in feeds)
                 if feeding_over and all(c.outstanding == 0 for c in self.summary.channels.values()):
@@ -170,6 +176,16 @@ class Producer:
             self.summary = self._summarize(channels, before, published)
             self.finished.set()
         return self.summary
+
+    def _reap(self, channels: list[int]) -> None:
+        """Every heartbeat period, give dead devices' tasks to live ones (even when all died),
+        and publish again any task a dying device took off the queue but never held."""
+        now = time.monotonic()
+        if self.reaper is not None and now >= self._next_reap:
+            self._next_reap = now + HEARTBEAT
+            self.reaper.reap()
+            for channel in channels:
+                self.reaper.sweep(channel)
 
     def _summarize(self, channels: list[int], before: dict[int, ChannelStats],
                    published: dict[int, int]) -> RunSummary:

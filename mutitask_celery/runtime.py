@@ -10,6 +10,7 @@ from . import celery_app, settings
 from .connection import redis_client
 from .control import Devices
 from .ledger import Ledger
+from .recovery import Reaper
 from .store import RedisDeadLetterStore
 
 _ledger: Ledger | None = None
@@ -51,3 +52,13 @@ def devices() -> Devices:
         conf = settings.current()
         _devices = Devices(redis_client(conf.redis_url), celery_app.app, flower_url=conf.flower_url)
     return _devices
+
+
+def reaper() -> Reaper | None:
+    """The dead-device reaper, or None when the broker is not this Redis (RabbitMQ
+    redelivers a dead consumer's messages by itself)."""
+    conf = settings.current()
+    if not conf.broker_is_store:
+        return None
+    return Reaper(redis_client(conf.redis_url), ledger(), dead_after=conf.dead_after,
+                  max_attempts=conf.max_attempts)

@@ -71,7 +71,7 @@ def serve(
         log.warning("devices start paused: type start_all to let them work")
     else:
         _warn_paused(devices)
-    producer = Producer(runtime.ledger(), runtime.store(), channel_size)
+    producer = Producer(runtime.ledger(), runtime.store(), channel_size, runtime.reaper())
     stdin = sys.stdin if stdin is None else stdin
     out = sys.stdout if out is None else out
     console = Console(producer, runtime.store(), devices, out)

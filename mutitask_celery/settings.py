@@ -85,6 +85,22 @@ SETTINGS: tuple[Setting, ...] = (
         "Flower's REST API instead of asking the workers.",
     ),
     Setting(
+        "dead_after",
+        "MUTITASK_DEAD_AFTER",
+        ("mutitask_dead_after",),
+        10.0,
+        _optional_positive(float),
+        "Seconds without a device's heartbeat (sent every 2 s) before its tasks go to other devices.",
+    ),
+    Setting(
+        "max_attempts",
+        "MUTITASK_MAX_ATTEMPTS",
+        ("mutitask_max_attempts",),
+        3,
+        _optional_positive(int),
+        "Times a task may kill its device (os._exit, a segfault) before it is dead-lettered as 'worker lost'.",
+    ),
+    Setting(
         "dead_letter_max",
         "MUTITASK_DEAD_LETTER_MAX",
         ("mutitask_dead_letter_max",),
@@ -110,6 +126,8 @@ class Settings:
     redis_url: str = DEFAULT_REDIS_URL
     broker_url: str | None = None
     flower_url: str | None = None
+    dead_after: float = 10.0
+    max_attempts: int = 3
     dead_letter_max: int | None = None
     dead_letter_max_age: float | None = None
 

@@ -77,7 +77,7 @@ def run_items(self: Task, channel: int, items: list[list[Any]]) -> None:
     else:
         outcomes = [run_one(handler, str(task_id), str(data)) for task_id, data in items]
     try:
-        _ok, failed, _dup = runtime.ledger().finish(channel, device, outcomes)
+        _ok, failed, _dup = runtime.ledger().finish(channel, device, outcomes, message_id=self.request.id or "")
     except redis.RedisError as exc:
         # The books could not be written: give the message back rather than
         # ack a task whose outcome nobody recorded.

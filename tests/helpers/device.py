@@ -7,6 +7,7 @@ Behaviours (the task function):
   tag      returns [os.environ['DEVICE_TAG'], task] after 20 ms
   flaky    None until the file named by $FLAKY_FLAG exists, then the task
   badsave  task as result; a save function that raises for tasks ending in 7
+  poison   the task "poison" kills the device process (os._exit); others return the task
 """
 
 from __future__ import annotations
@@ -46,13 +47,21 @@ def flaky(task):
     return task if os.path.exists(os.environ["FLAKY_FLAG"]) else None
 
 
+def poison(task):
+    if task == "poison":
+        os._exit(3)  # kills the whole device, as a segfault would
+    time.sleep(0.05)
+    return task
+
+
 def bad_save(result):
     if str(result).endswith("7"):
         raise OSError(f"disk full for {result}")
     print(f"saved {result}", flush=True)
 
 
-BEHAVIOURS = {"double": double, "echo": echo, "slow": slow, "tag": tag, "flaky": flaky, "badsave": str}
+BEHAVIOURS = {"double": double, "echo": echo, "slow": slow, "tag": tag, "flaky": flaky, "badsave": str,
+              "poison": poison}
 
 if __name__ == "__main__":
     device_id, channel, behaviour = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]

@@ -1,0 +1,165 @@
+"""Give a dead device's tasks back within seconds, and bury a poison task.
+
+On a Redis broker, kombu keeps each delivered message in its ``unacked`` hash
+until the worker acknowledges it; when a worker dies, kombu hands the message
+out again only after the visibility timeout (an hour by default). We do
+better: every device notes each message it takes (``inhand:<device>``: message
+id -> delivery tag) and beats a heartbeat into ``devices:seen``. A device
+whose heartbeat is older than ``dead_after`` seconds is dead, and any device
+or server that notices puts its messages back on their queues at once (the
+restore is guarded by kombu's own ``HDEL unacked``, so two reapers never
+restore one message twice). A device that restarts under the same name
+restores what its previous life held.
+
+A task whose device died while running it ``max_attempts`` times is a poison
+task (it kills its worker: ``os._exit``, a segfault): it goes to the
+dead-letter store with the reason ``worker lost`` instead of going round again.
+A last net, the sweep: kombu takes a message off the queue (``BRPOP``) and
+only then records it as unacked, so a device killed between the two loses the
+message. The server compares the tasks its books call outstanding with those
+on the queue and in kombu's unacked hash; a task missing from both at two
+sweeps in a row is published again. Back-pressure keeps both lists short.
+
+On RabbitMQ none of this is needed: the broker redelivers a dead consumer's
+messages when its connection drops.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+from typing import Any
+
+import redis
+
+from . import keys
+from .ledger import Ledger, Outcome
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT = 2.0
+DEAD_AFTER = 10.0
+MAX_ATTEMPTS = 3
+WORKER_LOST = "worker lost"
+
+# KEYS: unacked hash, unacked index, queue. ARGV: tag, message JSON.
+_RESTORE = """
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('RPUSH', KEYS[3], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+def _items(message: dict[str, Any]) -> tuple[int, list[str]] | None:
+    """(channel, task ids) of one of our messages, or None for anything else."""
+    try:
+        if message.get("headers", {}).get("task") != "mutitask.run":
+            return None
+        args = json.loads(base64.b64decode(message["body"]))[0]
+        return int(args[0]), [str(item[0]) for item in args[1]]
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+def _ids_of(raw: str, envelope: bool) -> list[str]:
+    """Task ids in a queued envelope, or in an unacked entry ``[envelope, exchange, key]``."""
+    try:
+        message = json.loads(raw)
+        found = _items(message if envelope else message[0])
+    except (ValueError, TypeError, IndexError, KeyError):
+        return []
+    return found[1] if found else []
+
+
+class Reaper:
+    """Finds dead devices and puts their messages back (see module docstring)."""
+
+    def __init__(self, client: redis.Redis, ledger: Ledger, dead_after: float = DEAD_AFTER,
+                 max_attempts: int = MAX_ATTEMPTS) -> None:
+        self.client = client
+        self.ledger = ledger
+        self.dead_after = dead_after
+        self.max_attempts = max_attempts
+        self._restore = client.register_script(_RESTORE)
+        self._suspects: dict[int, set[str]] = {}
+
+    def sweep(self, channel: int) -> int:
+        """Publish again the outstanding tasks no queue or device holds; returns how many."""
+        outstanding = set(self.client.hkeys(keys.pending(channel)))
+        if not outstanding:
+            self._suspects.pop(channel, None)
+            return 0
+        held: set[str] = set()
+        for raw in self.client.lrange(keys.queue(channel), 0, -1):
+            held.update(_ids_of(raw, envelope=True))
+        for raw in self.client.hvals(keys.KOMBU_UNACKED):
+            held.update(_ids_of(raw, envelope=False))
+        missing = outstanding - held
+        lost = missing & self._suspects.get(channel, set())
+        self._suspects[channel] = missing - lost
+        if lost:
+            log.warning("channel %d: %d outstanding task(s) were on no queue and in no device's hands "
+                        "(a device died while taking them): publishing them again", channel, len(lost))
+            self.ledger.republish(channel, sorted(lost))
+        return len(lost)
+
+    def reap(self, now: float | None = None) -> int:
+        """Recover every device silent for ``dead_after`` seconds; returns messages handled."""
+        now = time.time() if now is None else now
+        handled = 0
+        for name, seen in self.client.hgetall(keys.DEVICES_SEEN).items():
+            try:
+                silent = now - float(seen)
+            except ValueError:
+                continue
+            if silent > self.dead_after and self.client.exists(keys.inhand(name)):
+                log.warning("%s silent for %.0fs: giving its tasks to other devices", name, silent)
+                handled += self.recover(name)
+        return handled
+
+    def recover(self, device: str) -> int:
+        """Put back every message ``device`` holds (it is dead, or restarting)."""
+        handled = 0
+        for message_id, tag in self.client.hgetall(keys.inhand(device)).items():
+            self._recover_one(device, tag)
+            self.client.hdel(keys.inhand(device), message_id)
+            handled += 1
+        return handled
+
+    def _recover_one(self, device: str, tag: str) -> None:
+        raw = self.client.hget(keys.KOMBU_UNACKED, tag)
+        if raw is None:  # acked meanwhile, or restored by someone else
+            return
+        try:
+            message, _exchange, routing_key = json.loads(raw)
+        except (ValueError, TypeError):
+            log.error("unreadable unacked message %s: left for kombu's own restore", tag)
+            return
+        found = _items(message)
+        if found is not None:
+            channel, ids = found
+            pipe = self.client.pipeline(transaction=False)
+            for task_id in ids:
+                pipe.hincrby(keys.lost(channel), task_id, 1)
+            attempts = pipe.execute()
+            if len(ids) == 1 and attempts[0] >= self.max_attempts:
+                self._bury(device, tag, channel, ids[0], attempts[0])
+                return
+        message.setdefault("headers", {})["redelivered"] = True
+        message.get("properties", {}).setdefault("delivery_info", {})["redelivered"] = True
+        self._restore(keys=[keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, routing_key],
+                      args=[tag, json.dumps(message)])
+
+    def _bury(self, device: str, tag: str, channel: int, task_id: str, attempts: int) -> None:
+        reason = f"{WORKER_LOST}: the device died while running it, {attempts} time(s)"
+        log.error("task %s of channel %d killed its device %d times: dead-lettered", task_id, channel, attempts)
+        self.ledger.finish(channel, device, [Outcome(task_id, ok=False, reason=reason)])
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hdel(keys.KOMBU_UNACKED, tag)
+        pipe.zrem(keys.KOMBU_UNACKED_INDEX, tag)
+        pipe.execute()

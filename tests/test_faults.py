@@ -1,0 +1,123 @@
+"""Nothing lost when devices die: real SIGKILLs, real restarts, a real poison task."""
+
+from __future__ import annotations
+
+import io
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+import redis
+from conftest import Processes, device_is_up, wait_until
+
+import mutitask_celery as mt
+from mutitask_celery import codec, keys, messages, runtime, serve
+from mutitask_celery.producer import RunSummary
+
+HOST = socket.gethostname()
+FAST = {"MUTITASK_DEAD_AFTER": "3"}  # declare a silent device dead after 3 s (default 10)
+
+
+@pytest.fixture
+def fast_reaper(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> None:
+    from mutitask_celery import settings
+
+    monkeypatch.setenv("MUTITASK_DEAD_AFTER", "3")
+    settings._current = None
+    runtime.reset()
+
+
+def starts(procs: Processes, dev: subprocess.Popen[bytes]) -> list[str]:
+    return [line.split()[1] for line in procs.output(dev).splitlines() if line.startswith("START ")]
+
+
+def test_task_of_a_killed_device_is_delivered_again_within_seconds(procs: Processes, r: redis.Redis,
+                                                                   fast_reaper: None) -> None:
+    victim = procs.device(1, 1, "slow", env={"SLOW_SECONDS": "30", **FAST})
+    wait_until(device_is_up(f"device1@{HOST}"), 30, "device1")
+    runtime.ledger().publish(1, [(messages.new_task_id(), codec.encode("held"))])
+    wait_until(lambda: starts(procs, victim) == ["held"], 30, "device1 to start the task")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    killed_at = time.monotonic()
+    rescuer = procs.device(2, 1, "slow", env={"SLOW_SECONDS": "0", **FAST})
+    wait_until(lambda: starts(procs, rescuer) == ["held"], 30, "device2 to get the task")
+    assert time.monotonic() - killed_at < 20  # seconds, not kombu's hour
+    wait_until(lambda: mt.results(1) == ["held"], 10, "the result")
+    assert r.hlen(keys.KOMBU_UNACKED) == 0 and runtime.ledger().outstanding(1) == 0
+
+
+def test_a_restarted_device_gives_back_what_it_held(procs: Processes, r: redis.Redis) -> None:
+    first = procs.device(1, 1, "slow", env={"SLOW_SECONDS": "30"})
+    wait_until(device_is_up(f"device1@{HOST}"), 30, "device1")
+    runtime.ledger().publish(1, [(messages.new_task_id(), codec.encode("held"))])
+    wait_until(lambda: starts(procs, first) == ["held"], 30, "device1 to start the task")
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    again = procs.device(1, 1, "slow", env={"SLOW_SECONDS": "0"})  # default dead_after: 10 s
+    wait_until(lambda: starts(procs, again) == ["held"], 8, "the restarted device1 to take it back at once")
+    wait_until(lambda: mt.results(1) == ["held"], 10, "the result")
+
+
+def run_in_thread(tasks: list[str]) -> tuple[threading.Thread, dict[str, RunSummary]]:
+    out: dict[str, RunSummary] = {}
+    thread = threading.Thread(target=lambda: out.update(summary=serve.serve(
+        iter(tasks), channel_size=10, stdin=io.StringIO(""), out=io.StringIO())), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def test_poison_task_is_dead_lettered_after_three_deaths(procs: Processes, r: redis.Redis,
+                                                         fast_reaper: None) -> None:
+    tasks = ["a", "poison", "b", "c"]
+    thread, out = run_in_thread(tasks)
+    deaths = 0
+    device = procs.device(1, 1, "poison", env=FAST)
+    deadline = time.monotonic() + 120
+    while thread.is_alive():  # a supervisor: restart the device whenever it dies
+        assert time.monotonic() < deadline, "the run did not complete"
+        if device.poll() is not None:
+            assert device.returncode == 3
+            deaths += 1
+            device = procs.device(1, 1, "poison", env=FAST)
+        thread.join(0.2)
+    summary = out["summary"]
+    assert deaths == 3
+    assert (summary.published, summary.succeeded, summary.failed) == (4, 3, 1)
+    (record,) = mt.failed(1)
+    assert record.data == "poison" and record.reason.startswith("worker lost")
+    assert sorted(mt.results(1)) == ["a", "b", "c"]
+    assert r.hlen(keys.KOMBU_UNACKED) == 0 and r.hlen(keys.lost(1)) == 0
+
+
+def expected_double(n: int) -> str:
+    return "returned None" if n % 10 == 0 else (f"ValueError: unlucky {n}" if n % 13 == 0 else "")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ten_thousand_tasks_with_a_device_killed_three_times(procs: Processes, r: redis.Redis,
+                                                             fast_reaper: None) -> None:
+    count = 10_000
+    thread, out = run_in_thread([str(n) for n in range(count)])
+    procs.device(1, 1, env=FAST)
+    procs.device(2, 1, env=FAST)
+    victim = procs.device(3, 1, env=FAST)
+    for threshold in (2_000, 4_500, 7_000):
+        wait_until(lambda: mt.results_count(1) >= threshold, 120, f"{threshold} results")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        victim = procs.device(3, 1, env=FAST)
+    thread.join(300)
+    assert not thread.is_alive(), "the run did not complete"
+    summary = out["summary"]
+    good = [n * 2 for n in range(count) if not expected_double(n)]
+    assert sorted(mt.results(1)) == good  # every success saved exactly once
+    failed = sorted(int(f.data) for f in mt.failed(1))
+    assert failed == [n for n in range(count) if expected_double(n)]  # every failure recorded once
+    assert (summary.published, summary.succeeded, summary.failed) == (count, len(good), len(failed))
+    assert summary.channels[1].duplicates <= 3  # at most the one task in hand at each kill ran twice
+    assert runtime.ledger().outstanding(1) == 0
