@@ -10,14 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from . import runtime, settings
-from .connection import check_redis
+from .connection import check_redis, exit_on_unreachable
 from .device import device_name, run_worker
 from .errors import ConfigurationError, FunctionError
 from .registry import (
     SaveFunction,
     TaskFunction,
+    check_backoff,
     check_channel,
     check_function,
+    check_retries,
     parse_task_format,
     register_channel,
 )
@@ -29,7 +31,10 @@ class BaseConfig:
     """A device's settings, with the original's argument names.
 
     New, optional: ``task_format`` (``'text'``, the original's, or
-    ``'native'``), ``concurrency`` (tasks this device runs at once).
+    ``'native'``), ``concurrency`` (tasks this device runs at once),
+    ``retries`` (tries again after an exception, default 0 as the original;
+    a ``None`` result is never retried) and ``retry_backoff`` (seconds before
+    the first retry, doubling each time).
     """
 
     def __init__(
@@ -43,11 +48,15 @@ class BaseConfig:
         *,
         task_format: str = "text",
         concurrency: int = 1,
+        retries: int = 0,
+        retry_backoff: float = 1.0,
     ) -> None:
         self.device_id = check_channel(deviceID, "deviceID")
         self.channel = check_channel(TaskChannelID, "TaskChannelID")
         self.task_format = parse_task_format(task_format)
         self.concurrency = check_channel(concurrency, "concurrency")
+        self.retries = check_retries(retries)
+        self.retry_backoff = check_backoff(retry_backoff)
         base = settings.load_settings().redis_url
         self.redis_url = settings.redis_url_from_parts(host, port, db, password, base=base)
 
@@ -97,11 +106,14 @@ class Terminal:
         if self.funcs.task_function is None:
             raise FunctionError("no task function: call funcItem.load_task_function(f) before run()")
         conf = runtime.reset(settings.configure(redis_url=self.config.redis_url))
-        check_redis(conf.redis_url)
+        with exit_on_unreachable():
+            check_redis(conf.redis_url)
         register_channel(
             self.config.channel,
             self.funcs.task_function,
             self.funcs.save_function,
             task_format=self.config.task_format,
+            retries=self.config.retries,
+            retry_backoff=self.config.retry_backoff,
         )
         return run_worker(self.name, [self.config.channel], concurrency=self.config.concurrency)

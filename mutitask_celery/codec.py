@@ -43,7 +43,7 @@ def _pack(value: Any, path: str) -> Any:
     if kind in (bytes, bytearray):
         return {TAG: "bytes", "v": base64.b64encode(bytes(value)).decode("ascii")}
     if kind in (set, frozenset):
-        return {TAG: "set", "v": [_pack(v, f"{path}.item") for v in value]}
+        return {TAG: kind.__name__, "v": [_pack(v, f"{path}.item") for v in value]}
     if _np is not None:
         if isinstance(value, _np.ndarray):
             if value.dtype.kind not in "biuf":
@@ -74,6 +74,8 @@ def _unpack(value: Any) -> Any:
         return base64.b64decode(value["v"])
     if tag == "set":
         return {_unpack(v) for v in value["v"]}
+    if tag == "frozenset":
+        return frozenset(_unpack(v) for v in value["v"])
     if tag == "ndarray":
         if _np is None:
             return value["v"]
@@ -107,8 +109,10 @@ def _plain(value: Any) -> Any:
         return tuple(_plain(v) for v in value)
     if kind is dict:
         return {_plain(k): _plain(v) for k, v in value.items()}
-    if kind in (set, frozenset):
+    if kind is set:
         return {_plain(v) for v in value}
+    if kind is frozenset:
+        return frozenset(_plain(v) for v in value)
     return value
 
 

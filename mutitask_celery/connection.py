@@ -4,6 +4,9 @@ fast with the URL (password masked) instead of hanging or printing a traceback w
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import redis
 
@@ -11,6 +14,7 @@ from .errors import BrokerUnavailable
 from .settings import mask_url
 
 CONNECT_TIMEOUT = 5.0
+EXIT_UNREACHABLE = 3
 _clients: dict[tuple[int, str], redis.Redis] = {}
 
 
@@ -38,3 +42,14 @@ def check_redis(url: str) -> None:
         raise BrokerUnavailable(f"Redis at {mask_url(url)} refused the password: {exc}") from None
     except redis.RedisError as exc:
         raise BrokerUnavailable(f"cannot reach Redis at {mask_url(url)}: {exc}") from None
+
+
+@contextmanager
+def exit_on_unreachable() -> Iterator[None]:
+    """For the legacy scripts: an unreachable Redis ends the script with one clear
+    line on stderr and exit code 3, instead of a traceback."""
+    try:
+        yield
+    except BrokerUnavailable as exc:
+        print(f"mutitask: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_UNREACHABLE) from None

@@ -16,8 +16,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import redis
+
 from . import codec, messages
-from .errors import EncodingError
+from .errors import BrokerUnavailable, EncodingError
 from .ledger import ChannelStats, Ledger
 from .recovery import HEARTBEAT, Reaper
 from .store import RedisDeadLetterStore
@@ -25,6 +27,7 @@ from .store import RedisDeadLetterStore
 log = logging.getLogger(__name__)
 
 WAIT_STEP = 0.5  # longest a control change (resume, new size) waits to be seen
+RECONNECT_FOR = 120.0  # seconds the run waits for Redis to come back before giving up
 
 
 @dataclass
@@ -157,25 +160,58 @@ class Producer:
             if left:
                 log.warning("channel %d still has %d task(s) outstanding from an earlier run; "
                             "this run waits for them too", ch, left)
+        unsent: dict[int, list[messages.Item]] = {ch: [] for ch in channels}
+        outage: float | None = None
         try:
             while not self._stop.is_set():
-                if not self._paused.is_set() and not self._feeding_stopped.is_set():
-                    for feed in feeds:
-                        room = self._channel_size - self.ledger.outstanding(feed.channel)
-                        if room > 0 and not feed.exhausted:
-                            items = feed.take(room, self.store)
-                            self.ledger.publish(feed.channel, items)
-                            published[feed.channel] += len(items)
-                self._reap(channels)
-                self.summary = self._summarize(channels, before, published)
-                feeding_over = self._feeding_stopped.is_set() or all(f.exhausted for f in feeds)
-                if feeding_over and all(c.outstanding == 0 for c in self.summary.channels.values()):
-                    break
-                self.ledger.wait_for_progress(channels, WAIT_STEP)
+                try:
+                    if self._step(feeds, channels, before, published, unsent):
+                        break
+                    outage = None
+                except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+                    outage = self._wait_for_redis(outage, exc)
         finally:
-            self.summary = self._summarize(channels, before, published)
             self.finished.set()
+        try:
+            self.summary = self._summarize(channels, before, published)
+        except redis.RedisError as exc:
+            log.warning("the final summary could not be read: %s", exc)
         return self.summary
+
+    def _step(self, feeds: list[_Feed], channels: list[int], before: dict[int, ChannelStats],
+              published: dict[int, int], unsent: dict[int, list[messages.Item]]) -> bool:
+        """One round: top the channels up, recover, wait for progress. True when the run is over."""
+        for feed in feeds:
+            if unsent[feed.channel]:  # taken from the generator before Redis went away
+                self.ledger.publish(feed.channel, unsent[feed.channel])
+                published[feed.channel] += len(unsent[feed.channel])
+                unsent[feed.channel] = []
+        if not self._paused.is_set() and not self._feeding_stopped.is_set():
+            for feed in feeds:
+                room = self._channel_size - self.ledger.outstanding(feed.channel)
+                if room > 0 and not feed.exhausted:
+                    unsent[feed.channel] = feed.take(room, self.store)
+                    self.ledger.publish(feed.channel, unsent[feed.channel])
+                    published[feed.channel] += len(unsent[feed.channel])
+                    unsent[feed.channel] = []
+        self._reap(channels)
+        self.summary = self._summarize(channels, before, published)
+        feeding_over = self._feeding_stopped.is_set() or all(f.exhausted for f in feeds)
+        if feeding_over and all(c.outstanding == 0 for c in self.summary.channels.values()):
+            return True
+        self.ledger.wait_for_progress(channels, WAIT_STEP)
+        return False
+
+    def _wait_for_redis(self, since: float | None, exc: Exception) -> float:
+        """Back off while Redis is away; give up with a clear error after RECONNECT_FOR seconds."""
+        now = time.monotonic()
+        if since is None:
+            log.warning("lost Redis (%s): waiting up to %.0fs for it to come back", exc, RECONNECT_FOR)
+            since = now
+        elif now - since > RECONNECT_FOR:
+            raise BrokerUnavailable(f"Redis did not come back within {RECONNECT_FOR:.0f}s: {exc}") from None
+        self._stop.wait(min(2.0, 0.1 * 2 ** min(int(now - since), 5)))
+        return since
 
     def _reap(self, channels: list[int]) -> None:
         """Every heartbeat period, give dead devices' tasks to live ones (even when all died),
@@ -184,8 +220,7 @@ class Producer:
         if self.reaper is not None and now >= self._next_reap:
             self._next_reap = now + HEARTBEAT
             self.reaper.reap()
-            for channel in channels:
-                self.reaper.sweep(channel)
+            self.reaper.sweep(channels)
 
     def _summarize(self, channels: list[int], before: dict[int, ChannelStats],
                    published: dict[int, int]) -> RunSummary:

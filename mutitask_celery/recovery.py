@@ -14,11 +14,11 @@ restores what its previous life held.
 A task whose device died while running it ``max_attempts`` times is a poison
 task (it kills its worker: ``os._exit``, a segfault): it goes to the
 dead-letter store with the reason ``worker lost`` instead of going round again.
-A last net, the sweep: kombu takes a message off the queue (``BRPOP``) and
-only then records it as unacked, so a device killed between the two loses the
-message. The server compares the tasks its books call outstanding with those
-on the queue and in kombu's unacked hash; a task missing from both at two
-sweeps in a row is published again. Back-pressure keeps both lists short.
+A last net, the sweep (see :meth:`Reaper.sweep`): kombu takes a message off
+the queue (``BRPOP``) and only then records it as unacked, and a device notes
+it in hand a moment later still; a device killed in either gap would strand
+the task. The server's sweep finds both cases and puts the task back.
+Back-pressure keeps the lists it reads short.
 
 On RabbitMQ none of this is needed: the broker redelivers a dead consumer's
 messages when its connection drops.
@@ -30,6 +30,7 @@ import base64
 import json
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -76,6 +77,13 @@ def _ids_of(raw: str, envelope: bool) -> list[str]:
     return found[1] if found else []
 
 
+def _message_id(raw: str) -> str | None:
+    try:
+        return str(json.loads(raw)[0]["headers"]["id"])
+    except (ValueError, TypeError, IndexError, KeyError):
+        return None
+
+
 class Reaper:
     """Finds dead devices and puts their messages back (see module docstring)."""
 
@@ -87,18 +95,62 @@ class Reaper:
         self.max_attempts = max_attempts
         self._restore = client.register_script(_RESTORE)
         self._suspects: dict[int, set[str]] = {}
+        self._suspect_tags: set[str] = set()
 
-    def sweep(self, channel: int) -> int:
-        """Publish again the outstanding tasks no queue or device holds; returns how many."""
+    def sweep(self, channels: Sequence[int]) -> int:
+        """Put back what fell between the cracks; returns how many tasks or messages.
+
+        Two cracks, each confirmed at two sweeps in a row (a message crosses
+        them in microseconds when all is well): an outstanding task on no
+        queue and in no unacked entry (its device died between ``BRPOP`` and
+        kombu's unacked record), and an unacked message no device notes in
+        hand (it died before noting it).
+        """
+        unacked = self.client.hgetall(keys.KOMBU_UNACKED)
+        held: set[str] = set()
+        orphans: set[str] = set()
+        noted = self._noted()
+        for tag, raw in unacked.items():
+            held.update(_ids_of(raw, envelope=False))
+            if _message_id(raw) not in noted:
+                orphans.add(tag)
+        fixed = self._restore_orphans(orphans & self._suspect_tags, unacked)
+        self._suspect_tags = orphans - self._suspect_tags
+        for channel in channels:
+            fixed += self._republish_missing(channel, held)
+        return fixed
+
+    def _noted(self) -> set[str]:
+        """Message ids some device notes in hand."""
+        pipe = self.client.pipeline(transaction=False)
+        for name in self.client.hkeys(keys.DEVICES_SEEN):
+            pipe.hkeys(keys.inhand(name))
+        return {m for ids in pipe.execute() for m in ids}
+
+    def _restore_orphans(self, tags: set[str], unacked: dict[str, str]) -> int:
+        for tag in tags:
+            raw = unacked[tag]
+            found = _items(json.loads(raw)[0]) if _ids_of(raw, envelope=False) else None
+            still = found is not None and any(self.client.hmget(keys.pending(found[0]), found[1]))
+            if still:
+                log.warning("message %s was taken by a device that died before noting it: restored", tag)
+                self._restore(keys=[keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, json.loads(raw)[2]],
+                              args=[tag, json.dumps(json.loads(raw)[0])])
+            else:  # finished, only its acknowledgement was lost with its device
+                pipe = self.client.pipeline(transaction=True)
+                pipe.hdel(keys.KOMBU_UNACKED, tag)
+                pipe.zrem(keys.KOMBU_UNACKED_INDEX, tag)
+                pipe.execute()
+        return len(tags)
+
+    def _republish_missing(self, channel: int, held_unacked: set[str]) -> int:
         outstanding = set(self.client.hkeys(keys.pending(channel)))
         if not outstanding:
             self._suspects.pop(channel, None)
             return 0
-        held: set[str] = set()
+        held = set(held_unacked)
         for raw in self.client.lrange(keys.queue(channel), 0, -1):
             held.update(_ids_of(raw, envelope=True))
-        for raw in self.client.hvals(keys.KOMBU_UNACKED):
-            held.update(_ids_of(raw, envelope=False))
         missing = outstanding - held
         lost = missing & self._suspects.get(channel, set())
         self._suspects[channel] = missing - lost

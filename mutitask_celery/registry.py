@@ -33,6 +33,8 @@ class ChannelHandler:
     task_function: TaskFunction
     save_function: SaveFunction | None  # None: the default (append to ResultChannel<N>)
     task_format: TaskFormat
+    retries: int = 0  # extra tries after an exception (a None result is never retried)
+    retry_backoff: float = 1.0  # seconds before the first retry, doubling each time
 
 
 _handlers: dict[int, ChannelHandler] = {}
@@ -63,6 +65,18 @@ def check_function(fn: object, role: str) -> Callable[[Any], Any]:
     return fn
 
 
+def check_retries(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(f"retries must be a non-negative integer, got {value!r}")
+    return value
+
+
+def check_backoff(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigurationError(f"retry_backoff must be a non-negative number of seconds, got {value!r}")
+    return float(value)
+
+
 def parse_task_format(value: object) -> TaskFormat:
     try:
         return TaskFormat(value)
@@ -77,6 +91,8 @@ def register_channel(
     save_function: SaveFunction | None = None,
     *,
     task_format: str | TaskFormat = TaskFormat.TEXT,
+    retries: int = 0,
+    retry_backoff: float = 1.0,
 ) -> ChannelHandler:
     """Make this process a device of ``channel``: call it at import, before the worker starts.
 
@@ -88,6 +104,8 @@ def register_channel(
         task_function=check_function(task_function, "task"),
         save_function=None if save_function is None else check_function(save_function, "save"),
         task_format=parse_task_format(task_format),
+        retries=check_retries(retries),
+        retry_backoff=check_backoff(retry_backoff),
     )
     _handlers[channel] = handler
     return handler

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import settings
+from .connection import exit_on_unreachable
 from .errors import ConfigurationError
 from .producer import RunSummary
 from .serve import serve
@@ -76,12 +77,17 @@ class Terminal:
         self.config = baseConfig
 
     def run(self, tasks: Any) -> RunSummary:
-        """``tasks``: a generator/iterator, or a list of them (channel N is the N-th)."""
+        """``tasks``: a generator/iterator, or a list of them (channel N is the N-th).
+
+        When Redis cannot be reached, the script ends with one clear line (the
+        URL, password masked) and exit code 3, not a traceback.
+        """
         self.config.apply()
-        return serve(
+        with exit_on_unreachable():
+            return serve(
             tasks,
             self.config.channel_size,
             expected_devices=self.config.device_count,
             start_paused=self.config.start_paused,
             monitor_wait=self.config.monitor_wait,
-        )
+            )

@@ -8,6 +8,7 @@ reason), and all outcomes of a message are written in one atomic step.
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from typing import Any
 
@@ -15,7 +16,7 @@ import redis
 from celery import Task
 from celery.exceptions import Reject
 
-from . import codec, hooks, runtime  # noqa: F401  (hooks: device start/stop behaviour)
+from . import codec, hooks, keys, runtime  # noqa: F401  (hooks: device start/stop behaviour)
 from .celery_app import TASK_NAME, app
 from .ledger import Outcome
 from .registry import ChannelHandler, TaskFormat, handler_for
@@ -35,10 +36,22 @@ def run_one(handler: ChannelHandler, task_id: str, data: str) -> Outcome:
     except (ValueError, TypeError) as exc:
         return _failure(task_id, f"undecodable task data: {exc}", exc)
     arg = value if handler.task_format is TaskFormat.NATIVE else codec.to_text(value)
-    try:
-        result = handler.task_function(arg)
-    except Exception as exc:  # the user's code: any error is a task failure
-        return _failure(task_id, f"{type(exc).__name__}: {exc}", exc)
+    attempt = 0
+    while True:
+        try:
+            result = handler.task_function(arg)
+            break
+        except Exception as exc:  # the user's code: any error is a task failure
+            if attempt >= handler.retries:
+                reason = f"{type(exc).__name__}: {exc}"
+                if attempt:
+                    reason += f" (after {attempt} retr{'y' if attempt == 1 else 'ies'})"
+                return _failure(task_id, reason, exc)
+            delay = handler.retry_backoff * 2**attempt
+            log.info("task %s raised %s: retry %d of %d in %.1fs", task_id, type(exc).__name__,
+                     attempt + 1, handler.retries, delay)
+            time.sleep(delay)  # the backoff the user asked for, in this task's own thread
+            attempt += 1
     if result is None:
         return _failure(task_id, "returned None")
     if handler.save_function is None:
@@ -58,6 +71,32 @@ def run_one(handler: ChannelHandler, task_id: str, data: str) -> Outcome:
     return Outcome(task_id=task_id, ok=True)
 
 
+FINISH_PATIENCE = 60.0  # seconds a device keeps trying to record outcomes while Redis is away
+
+
+def _finish(channel: int, device: str, outcomes: list[Outcome], message_id: str) -> tuple[int, int, int]:
+    """Record outcomes, riding out a Redis restart (the finish script is idempotent per task)."""
+    deadline = time.monotonic() + FINISH_PATIENCE
+    delay = 0.1
+    while True:
+        try:
+            return runtime.ledger().finish(channel, device, outcomes, message_id=message_id)
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.warning("could not record outcomes on channel %s yet (%s): retrying", channel, exc)
+            time.sleep(delay)  # Redis is restarting: wait for it, growing the wait
+            delay = min(delay * 2, 2.0)
+
+
+def _forget_in_hand(device: str, message_id: str | None) -> None:
+    """The message goes back to the queue: it is no longer in this device's hands."""
+    try:
+        runtime.ledger().client.hdel(keys.inhand(device), message_id or "")
+    except redis.RedisError:
+        pass  # a stale note is harmless: its delivery tag will not be in kombu's unacked hash
+
+
 @app.task(name=TASK_NAME, bind=True, ignore_result=True)
 def run_items(self: Task, channel: int, items: list[list[Any]]) -> None:
     device = self.request.hostname or "unknown"
@@ -67,6 +106,7 @@ def run_items(self: Task, channel: int, items: list[list[Any]]) -> None:
         raise Reject(f"cannot read the device's wanted state: {exc}", requeue=True) from exc
     if paused:
         # Fetched just before the pause took effect: give it back untouched.
+        _forget_in_hand(device, self.request.id)
         raise Reject(f"{device} is paused", requeue=True)
     handler = handler_for(channel)
     if handler is None:
@@ -77,11 +117,12 @@ def run_items(self: Task, channel: int, items: list[list[Any]]) -> None:
     else:
         outcomes = [run_one(handler, str(task_id), str(data)) for task_id, data in items]
     try:
-        _ok, failed, _dup = runtime.ledger().finish(channel, device, outcomes, message_id=self.request.id or "")
+        _ok, failed, _dup = _finish(channel, device, outcomes, self.request.id or "")
     except redis.RedisError as exc:
         # The books could not be written: give the message back rather than
         # ack a task whose outcome nobody recorded.
         log.warning("could not record %d outcome(s) on channel %s (%s); requeueing", len(outcomes), channel, exc)
+        _forget_in_hand(device, self.request.id)
         raise Reject(str(exc), requeue=True) from exc
     if failed:
         try:

@@ -12,6 +12,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 # The test suite opens Flower's page in headless Chromium.
 if [ "$extra" = "test" ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
+# ...and makes a self-signed certificate for the TLS tests.
+if [ "$extra" = "test" ] && ! command -v openssl >/dev/null 2>&1; then missing+=(openssl); fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]} with apt-get"
   sudo_ apt-get update -qq

@@ -161,6 +161,8 @@ def test_console_on_a_terminal_controls_devices(procs: Processes, r: redis.Redis
         wait_until(shows("pause_one N: device N stops taking new tasks"), 30, "help for one command")
         os.write(leader, b"pause_one x\n")
         wait_until(shows("N must be a non-negative integer"), 30, "a bad argument refused")
+        os.write(leader, b"detect_fail_task_channel 1\n")
+        wait_until(shows("channel 1: 0 failed task(s)"), 30, "a dead-letter command on the terminal")
         os.write(leader, b"start_one 2\n")
         wait_until(shows(f"started: {D2}"), 30, "start_one's answer")
         os.write(leader, b"stop\n")

@@ -185,3 +185,28 @@ def test_server_script_exits_zero_with_piped_commands(procs: Processes, r: redis
     assert "unknown command 'not_a_command'" in out
     assert "channel 1: published 30, succeeded" in out
     assert "Traceback" not in out
+
+
+def test_unserializable_item_is_dead_lettered_and_the_run_goes_on(procs: Processes, r: redis.Redis,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    procs.device(1, 1, "echo")
+    marker = object()
+    summary = serve.serve(iter(["a", marker, "b"]), channel_size=5, stdin=io.StringIO(""), out=io.StringIO())
+    assert (summary.published, summary.succeeded, summary.failed) == (2, 2, 1)
+    (record,) = mt.failed(1)
+    assert record.reason.startswith("unserializable") and record.data == repr(marker)
+    assert record.device == "server"
+    assert "channel 1 item 1 cannot be sent" in caplog.text
+
+
+def test_generator_that_raises_midway(procs: Processes, r: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    procs.device(1, 1, "echo")
+
+    def tasks():  # type: ignore[no-untyped-def]
+        yield "a"
+        yield "b"
+        raise OSError("disk gone")
+
+    summary = serve.serve(tasks(), channel_size=5, stdin=io.StringIO(""), out=io.StringIO())
+    assert (summary.published, summary.succeeded) == (2, 2)
+    assert "the task generator of channel 1 raised at item 2" in caplog.text and "disk gone" in caplog.text

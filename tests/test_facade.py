@@ -83,7 +83,8 @@ def test_server_config_errors(kwargs: dict[str, object]) -> None:
     "kwargs",
     [{"deviceID": 0, "TaskChannelID": 1}, {"deviceID": 1, "TaskChannelID": -2},
      {"deviceID": 1, "TaskChannelID": "1"}, {"deviceID": 1, "TaskChannelID": 1, "task_format": "pickle"},
-     {"deviceID": 1, "TaskChannelID": 1, "concurrency": 0}],
+     {"deviceID": 1, "TaskChannelID": 1, "concurrency": 0}, {"deviceID": 1, "TaskChannelID": 1, "retries": -1},
+     {"deviceID": 1, "TaskChannelID": 1, "retry_backoff": "soon"}],
 )
 def test_client_config_errors(kwargs: dict[str, object]) -> None:
     from Mutitask.client import BaseConfig
@@ -144,9 +145,12 @@ def test_unreachable_redis_is_a_clear_error_naming_the_masked_url(monkeypatch: p
     monkeypatch.setenv("MUTITASK_REDIS_URL", f"redis://:hunter2@127.0.0.1:{free_port()}/0")
     settings._current = None
     with pytest.raises(ConnectionError) as err:
-        Terminal(baseConfig=BaseConfig(deviceNumb=1)).run(iter(["a"]))
+        serve.serve(iter(["a"]), channel_size=5)
     assert "cannot reach Redis at redis://:***@127.0.0.1" in str(err.value)
     assert "hunter2" not in str(err.value)
+    with pytest.raises(SystemExit) as end:  # a legacy script: one line and exit code 3, no traceback
+        Terminal(baseConfig=BaseConfig(deviceNumb=1)).run(iter(["a"]))
+    assert end.value.code == 3
     settings._current = None
 
 

@@ -8,10 +8,11 @@ import socket
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import redis
-from conftest import Processes, device_is_up, wait_until
+from conftest import HELPERS, Processes, device_is_up, wait_until
 
 import mutitask_celery as mt
 from mutitask_celery import codec, keys, messages, runtime, serve
@@ -121,3 +122,37 @@ def test_ten_thousand_tasks_with_a_device_killed_three_times(procs: Processes, r
     assert (summary.published, summary.succeeded, summary.failed) == (count, len(good), len(failed))
     assert summary.channels[1].duplicates <= 3  # at most the one task in hand at each kill ran twice
     assert runtime.ledger().outstanding(1) == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_redis_restarted_mid_run_loses_nothing(procs: Processes, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from mutitask_celery import settings
+    from mutitask_celery.localredis import LocalRedis, free_port
+
+    port = free_port()
+    first = LocalRedis(workdir=tmp_path, appendonly=True, port=port).start()
+    second: LocalRedis | None = None
+    try:
+        monkeypatch.setenv("MUTITASK_REDIS_URL", first.url)
+        settings._current = None
+        runtime.reset()
+        count = 3_000
+        for n in (1, 2, 3):
+            procs.device(n, 1, env=FAST)
+        server = procs.python(HELPERS / "server.py", str(count), name="server", env=FAST)
+        wait_until(lambda: mt.results_count(1) >= 800, 120, "800 results")
+        first.stop()  # Redis goes away mid-run...
+        second = LocalRedis(workdir=tmp_path, appendonly=True, port=port).start()  # ...and comes back
+        assert server.wait(300) == 0, procs.output(server)
+        good = [n * 2 for n in range(count) if not expected_double(n)]
+        assert sorted(mt.results(1)) == good
+        assert sorted(int(f.data) for f in mt.failed(1)) == [n for n in range(count) if expected_double(n)]
+        assert runtime.ledger().outstanding(1) == 0
+    finally:
+        procs.stop_all()
+        first.close()
+        if second is not None:
+            second.close()
+        settings._current = None

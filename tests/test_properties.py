@@ -1,0 +1,111 @@
+"""Property tests (hypothesis): the task encoding, the console's parser, record decoding."""
+
+from __future__ import annotations
+
+import ast
+import io
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from mutitask_celery import codec
+from mutitask_celery.console import Console, ConsoleError
+from mutitask_celery.store import FailedTask, decode_record
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+scalars = st.none() | st.booleans() | st.integers() | finite | st.text()
+hashable = st.recursive(scalars, lambda inner: st.tuples(inner, inner) | st.frozensets(inner, max_size=3),
+                        max_leaves=5)
+values = st.recursive(
+    scalars | st.binary(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
+    | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    | st.dictionaries(st.integers(), inner, max_size=3)
+    | st.sets(st.integers() | st.text(max_size=4), max_size=4),
+    max_leaves=12,
+)
+arrays = hnp.arrays(dtype=st.sampled_from(["uint8", "int32", "int64", "float32", "float64", "bool"]),
+                    shape=hnp.array_shapes(min_dims=0, max_dims=3, max_side=4),
+                    elements={"allow_nan": False, "allow_infinity": False})
+
+
+@given(values)
+def test_any_value_round_trips(value: object) -> None:
+    back = codec.decode(codec.encode(value))
+    assert back == value and type(back) is type(value)
+
+
+@given(values)
+def test_text_form_literal_evals_back(value: object) -> None:
+    text = codec.to_text(codec.decode(codec.encode(value)))
+    if isinstance(value, str):
+        assert text == value
+    else:
+        assert ast.literal_eval(text) == value
+
+
+@given(arrays)
+def test_any_array_round_trips(array: np.ndarray) -> None:
+    back = codec.decode(codec.encode(array))
+    assert back.dtype == array.dtype and back.shape == array.shape and np.array_equal(back, array)
+    assert np.array_equal(np.array(ast.literal_eval(codec.to_text(back)), dtype=array.dtype).reshape(array.shape),
+                          array)
+
+
+@given(hashable)
+def test_hashable_values_as_dict_keys_round_trip(key: object) -> None:
+    value = {key: "v"}
+    assert codec.decode(codec.encode(value)) == value
+
+
+class _Nothing:
+    """Stands in for the producer, store and devices: parsing needs none of them."""
+
+
+def console() -> Console:
+    return Console(_Nothing(), _Nothing(), _Nothing(), io.StringIO())  # type: ignore[arg-type]
+
+
+@given(st.text(max_size=60))
+@settings(max_examples=300)
+def test_parser_accepts_or_refuses_with_a_message(line: str) -> None:
+    try:
+        parsed = console().parse(line)
+    except ConsoleError as exc:
+        assert str(exc)
+        return
+    if parsed is not None:
+        command, args = parsed
+        assert len(args) == len(command.params) and all(a >= 0 for a in args)
+
+
+@given(st.sampled_from(sorted(console().commands)), st.lists(st.integers(0, 10**6), max_size=3))
+def test_parser_reads_every_command_with_numbers(name: str, numbers: list[int]) -> None:
+    line = " ".join([name, *map(str, numbers)])
+    con = console()
+    command = con.commands[name]
+    try:
+        parsed = con.parse(line)
+    except ConsoleError:
+        assert len(numbers) != len(command.params) and not (name == "help" and len(numbers) == 1)
+        return
+    assert parsed is not None
+    if name != "help" or not numbers:
+        assert parsed[1] == numbers
+
+
+fields = st.dictionaries(st.sampled_from(["v", "id", "channel", "data", "reason", "traceback", "device",
+                                          "first_failed", "last_failed", "failures", "result", "other"]),
+                         st.text(max_size=12) | st.integers().map(str) | values.map(codec.encode), max_size=12)
+
+
+@given(fields)
+@settings(max_examples=300)
+def test_any_record_hash_decodes_or_is_skipped(raw: dict[str, str]) -> None:
+    record = decode_record(raw)
+    assert record is None or isinstance(record, FailedTask)
+    if record is not None:
+        assert isinstance(record.channel, int) and isinstance(record.failures, int)
+        assert isinstance(record.first_failed, float) and isinstance(record.last_failed, float)
