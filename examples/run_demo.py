@@ -11,7 +11,6 @@ starts is stopped at the end, also on Ctrl-C or an error.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import local_site  # noqa: E402
 from make_images import make_images  # noqa: E402
 
 import mutitask_celery as mt  # noqa: E402
+from mutitask_celery.processes import stop_process_groups  # noqa: E402
 
 
 def run_example(name: str, env: dict[str, str], quiet_devices: bool) -> None:
@@ -39,15 +39,7 @@ def run_example(name: str, env: dict[str, str], quiet_devices: bool) -> None:
         if server.returncode != 0:
             raise SystemExit(f"{name}_server.py exited with {server.returncode}")
     finally:
-        for proc in devices:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        for proc in devices:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process_groups(devices, grace=15)
     failed = mt.failed(1)
     print(f"results saved in ResultChannel1: {mt.results_count(1)}; failed tasks: {len(failed)}")
     for record in failed[:3]:

@@ -24,9 +24,9 @@ from . import keys, messages
 NOTIFY_KEEP = 64  # wake-up tokens kept per channel; the server only needs one
 
 _FINISH = """
-local rec_prefix, now, device, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local rec_prefix, now, device, channel, busy = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6]
 local ok, failed, dup = 0, 0, 0
-for i = 6, #ARGV, 5 do
+for i = 7, #ARGV, 5 do
   local kind, id, result, reason, tb = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
   local data = redis.call('HGET', KEYS[1], id)
   if not data then
@@ -58,6 +58,9 @@ end
 if ok > 0 then redis.call('HINCRBY', KEYS[3], 'succeeded', ok) end
 if failed > 0 then redis.call('HINCRBY', KEYS[3], 'failed', failed) end
 if dup > 0 then redis.call('HINCRBY', KEYS[3], 'duplicates', dup) end
+redis.call('HINCRBY', KEYS[3], 'messages', 1)
+redis.call('HINCRBY', KEYS[3], 'timed', ok + failed + dup)
+redis.call('HINCRBYFLOAT', KEYS[3], 'busy', busy)
 redis.call('HINCRBY', KEYS[9], device, ok + failed + dup)
 if ARGV[5] ~= '' then redis.call('HDEL', KEYS[11], ARGV[5]) end
 redis.call('HSET', KEYS[10], device, now)
@@ -94,6 +97,9 @@ class ChannelStats:
     failed: int = 0
     duplicates: int = 0
     reloaded: int = 0
+    messages: int = 0  # messages finished (one carries one or more tasks)
+    timed: int = 0  # tasks whose run time is in ``busy``
+    busy: float = 0.0  # seconds devices spent running tasks
 
 
 class Ledger:
@@ -111,29 +117,32 @@ class Ledger:
 
     def stats(self, channel: int) -> ChannelStats:
         raw = self.client.hgetall(keys.stats(channel))
-        return ChannelStats(**{k: int(v) for k, v in raw.items() if k in ChannelStats.__dataclass_fields__})
+        fields = ChannelStats.__dataclass_fields__
+        return ChannelStats(**{k: (float(v) if k == "busy" else int(v)) for k, v in raw.items() if k in fields})
 
-    def publish(self, channel: int, items: Sequence[messages.Item]) -> None:
-        """Enter ``items`` in the books and put them on the channel's queue, one task a message."""
+    def publish(self, channel: int, items: Sequence[messages.Item], batch: int = 1) -> None:
+        """Enter ``items`` in the books and put them on the channel's queue, ``batch`` tasks a message."""
         if not items:
             return
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(keys.pending(channel), mapping=dict(items))
         pipe.hincrby(keys.stats(channel), "published", len(items))
-        self._send(channel, items, pipe)
+        self._send(channel, items, pipe, batch)
 
-    def _send(self, channel: int, items: Sequence[messages.Item], pipe: redis.client.Pipeline) -> None:
-        """Queue one message per item; on this Redis, in the same transaction as ``pipe``."""
+    def _send(self, channel: int, items: Sequence[messages.Item], pipe: redis.client.Pipeline,
+              batch: int = 1) -> None:
+        """Queue the items, ``batch`` a message; on this Redis, in the same transaction as ``pipe``."""
         queue = keys.queue(channel)
+        groups = [items[i:i + batch] for i in range(0, len(items), max(1, batch))]
         if self.broker_is_store:
-            pipe.lpush(queue, *[messages.build(self.app, queue, channel, [item]) for item in items])
+            pipe.lpush(queue, *[messages.build(self.app, queue, channel, group) for group in groups])
             pipe.execute()
             return
         pipe.execute()
-        for task_id, data in items:  # another broker (e.g. RabbitMQ): Celery's own publisher
-            self.app.send_task(
-                messages.TASK_NAME, args=[channel, [[task_id, data]]], task_id=task_id, queue=queue
-            )
+        for group in groups:  # another broker (e.g. RabbitMQ): Celery's own publisher
+            message_id = group[0][0] if len(group) == 1 else messages.new_task_id()
+            self.app.send_task(messages.TASK_NAME, args=[channel, [list(item) for item in group]],
+                               task_id=message_id, queue=queue)
 
     def republish(self, channel: int, task_ids: Sequence[str]) -> int:
         """Put outstanding tasks on the queue again (their data from the books); returns how many."""
@@ -144,16 +153,18 @@ class Ledger:
         return len(items)
 
     def finish(self, channel: int, device: str, outcomes: Iterable[Outcome],
-               message_id: str = "") -> tuple[int, int, int]:
+               message_id: str = "", busy: float = 0.0) -> tuple[int, int, int]:
         """Record outcomes atomically; returns (succeeded, failed, duplicates).
 
         ``message_id`` (the Celery message that carried them) leaves the
-        device's in-hand list in the same step.
+        device's in-hand list in the same step; ``busy`` (seconds the tasks
+        took) feeds the producer's choice of how many tasks a message carries.
         """
-        argv: list[str | float] = [keys.DEAD_RECORD_PREFIX, repr(time.time()), device, str(channel), message_id]
+        argv: list[str | float] = [keys.DEAD_RECORD_PREFIX, repr(time.time()), device, str(channel), message_id,
+                                   repr(float(busy))]
         for o in outcomes:
             argv += ["ok" if o.ok else "fail", o.task_id, o.result, o.reason, o.traceback]
-        if len(argv) == 5:
+        if len(argv) == 6:
             return (0, 0, 0)
         ks = [
             keys.pending(channel), keys.meta(channel), keys.stats(channel), keys.notify(channel),

@@ -28,6 +28,49 @@ log = logging.getLogger(__name__)
 
 WAIT_STEP = 0.5  # longest a control change (resume, new size) waits to be seen
 RECONNECT_FOR = 120.0  # seconds the run waits for Redis to come back before giving up
+TARGET_MESSAGE_SECONDS = 0.02  # work one message should carry: short tasks travel together
+MAX_BATCH = 100
+
+
+class _Batcher:
+    """How many tasks a message carries, from the measured task time of the channel.
+
+    Slow tasks (>= 20 ms) travel one per message, so Flower shows them one by
+    one and a pause stops them one by one; no-op tasks travel up to 100 a
+    message. Starts at 1 until the first tasks have been timed.
+    """
+
+    PROBE = 8  # tasks published before the first measurement
+
+    def __init__(self) -> None:
+        self.size = 1
+        self.measured = False
+        self._timed = -1
+        self._busy = 0.0
+
+    def update(self, stats: ChannelStats) -> None:
+        if self._timed < 0:
+            self._timed, self._busy = stats.timed, stats.busy
+            return
+        done, busy = stats.timed - self._timed, stats.busy - self._busy
+        if done >= 1:
+            average = max(busy / done, 1e-6)
+            self.size = max(1, min(MAX_BATCH, int(TARGET_MESSAGE_SECONDS / average)))
+            self._timed, self._busy = stats.timed, stats.busy
+            self.measured = True
+
+    def batch(self, channel_size: int) -> int:
+        """Never so large that one device takes all the room while others wait."""
+        return max(1, min(self.size, channel_size // 4))
+
+    def take(self, room: int, outstanding: int, channel_size: int) -> int:
+        """How many tasks to pull now: whole messages, a small probe before any timing."""
+        if not self.measured:
+            return max(0, min(room, self.PROBE - outstanding))
+        batch = self.batch(channel_size)
+        if room < batch and outstanding > 0:
+            return 0  # wait for room for a full message; devices are busy anyway
+        return room if outstanding == 0 else room - room % batch
 
 
 @dataclass
@@ -115,6 +158,7 @@ class Producer:
         self.store = store
         self.reaper = reaper
         self._next_reap = 0.0
+        self._batchers: dict[int, _Batcher] = {}
         self._channel_size = channel_size
         self._paused = threading.Event()
         self._feeding_stopped = threading.Event()
@@ -154,6 +198,9 @@ class Producer:
         feeds = [_Feed(n, src) for n, src in enumerate(sources, start=1)]
         channels = [f.channel for f in feeds]
         before = {ch: self.ledger.stats(ch) for ch in channels}
+        self._batchers = {ch: _Batcher() for ch in channels}
+        for ch in channels:
+            self._batchers[ch].update(before[ch])
         published = dict.fromkeys(channels, 0)
         for ch in channels:
             left = self.ledger.outstanding(ch)
@@ -188,10 +235,13 @@ class Producer:
                 unsent[feed.channel] = []
         if not self._paused.is_set() and not self._feeding_stopped.is_set():
             for feed in feeds:
-                room = self._channel_size - self.ledger.outstanding(feed.channel)
-                if room > 0 and not feed.exhausted:
-                    unsent[feed.channel] = feed.take(room, self.store)
-                    self.ledger.publish(feed.channel, unsent[feed.channel])
+                outstanding = self.ledger.outstanding(feed.channel)
+                batcher = self._batchers[feed.channel]
+                want = batcher.take(self._channel_size - outstanding, outstanding, self._channel_size)
+                if want > 0 and not feed.exhausted:
+                    unsent[feed.channel] = feed.take(want, self.store)
+                    batch = batcher.batch(self._channel_size)
+                    self.ledger.publish(feed.channel, unsent[feed.channel], batch)
                     published[feed.channel] += len(unsent[feed.channel])
                     unsent[feed.channel] = []
         self._reap(channels)
@@ -227,6 +277,8 @@ class Producer:
         summary = RunSummary()
         for ch in channels:
             now, then = self.ledger.stats(ch), before[ch]
+            if ch in self._batchers:
+                self._batchers[ch].update(now)
             summary.channels[ch] = ChannelSummary(
                 channel=ch,
                 published=published[ch],

@@ -35,7 +35,7 @@ from typing import Any
 
 import redis
 
-from . import keys
+from . import keys, messages
 from .ledger import Ledger, Outcome
 
 log = logging.getLogger(__name__)
@@ -45,26 +45,32 @@ DEAD_AFTER = 10.0
 MAX_ATTEMPTS = 3
 WORKER_LOST = "worker lost"
 
-# KEYS: unacked hash, unacked index, queue. ARGV: tag, message JSON.
+# KEYS: unacked hash, unacked index, queue. ARGV: tag, then the message(s) to queue.
 _RESTORE = """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
   redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('RPUSH', KEYS[3], ARGV[2])
+  for i = 2, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
   return 1
 end
 return 0
 """
 
 
-def _items(message: dict[str, Any]) -> tuple[int, list[str]] | None:
-    """(channel, task ids) of one of our messages, or None for anything else."""
+def _payload(message: dict[str, Any]) -> tuple[int, list[messages.Item]] | None:
+    """(channel, [(task id, data)]) of one of our messages, or None for anything else."""
     try:
         if message.get("headers", {}).get("task") != "mutitask.run":
             return None
         args = json.loads(base64.b64decode(message["body"]))[0]
-        return int(args[0]), [str(item[0]) for item in args[1]]
+        return int(args[0]), [(str(item[0]), str(item[1])) for item in args[1]]
     except (KeyError, IndexError, TypeError, ValueError):
         return None
+
+
+def _items(message: dict[str, Any]) -> tuple[int, list[str]] | None:
+    """(channel, task ids) of one of our messages, or None for anything else."""
+    found = _payload(message)
+    return None if found is None else (found[0], [task_id for task_id, _ in found[1]])
 
 
 def _ids_of(raw: str, envelope: bool) -> list[str]:
@@ -192,15 +198,20 @@ class Reaper:
         except (ValueError, TypeError):
             log.error("unreadable unacked message %s: left for kombu's own restore", tag)
             return
-        found = _items(message)
+        found = _payload(message)
         if found is not None:
-            channel, ids = found
+            channel, items = found
             pipe = self.client.pipeline(transaction=False)
-            for task_id in ids:
+            for task_id, _ in items:
                 pipe.hincrby(keys.lost(channel), task_id, 1)
             attempts = pipe.execute()
-            if len(ids) == 1 and attempts[0] >= self.max_attempts:
-                self._bury(device, tag, channel, ids[0], attempts[0])
+            if len(items) == 1 and attempts[0] >= self.max_attempts:
+                self._bury(device, tag, channel, items[0][0], attempts[0])
+                return
+            if len(items) > 1:  # one of them may be the poison: each goes back alone
+                singles = [messages.build(self.ledger.app, routing_key, channel, [item]) for item in items]
+                self._restore(keys=[keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, routing_key],
+                              args=[tag, *singles])
                 return
         message.setdefault("headers", {})["redelivered"] = True
         message.get("properties", {}).setdefault("delivery_info", {})["redelivered"] = True

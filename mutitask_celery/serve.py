@@ -10,6 +10,8 @@ finished (or the operator typed ``stop``).
 from __future__ import annotations
 
 import logging
+import os
+import select
 import sys
 import threading
 from collections.abc import Iterator
@@ -79,9 +81,11 @@ def serve(
     if interactive:
         summary = _run_interactive(producer, console, sources, stdin, out)
     else:
-        reader = threading.Thread(target=_read_commands, args=(console, stdin), name="mutitask-console", daemon=True)
+        reader = threading.Thread(target=_read_commands, args=(console, stdin, producer.finished),
+                                  name="mutitask-console", daemon=True)
         reader.start()
         summary = producer.run(sources)
+        reader.join()  # piped commands already written still run before the run returns
     for line in str(summary).splitlines():
         print(line, file=out, flush=True)
     return summary
@@ -115,14 +119,46 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
-def _read_commands(console: Console, stdin: TextIO) -> None:
-    """Execute piped lines as console commands, until EOF or ``stop``."""
+POLL = 0.1  # how often a piped console looks for new lines while the run goes on
+
+
+def _read_commands(console: Console, stdin: TextIO, finished: threading.Event) -> None:
+    """Execute piped lines as console commands as they come.
+
+    Ends at end of file, at ``stop``, or once the run has finished and no more
+    input is waiting: a file of commands is run to its end, while a pipe left
+    open and silent does not keep a finished run alive.
+    """
     try:
-        for line in stdin:
-            if not console.execute(line):
-                return
-    except (OSError, ValueError):  # stdin closed under us: nothing more to read
+        fd = stdin.fileno()
+    except (AttributeError, OSError, ValueError):  # an in-memory stream: read it to its end
+        try:
+            for line in stdin:
+                if not console.execute(line):
+                    return
+        except (OSError, ValueError):  # not readable after all (e.g. closed)
+            pass
         return
+    pending = b""
+    while True:
+        try:
+            readable, _, _ = select.select([fd], [], [], POLL)
+            chunk = os.read(fd, 65536) if readable else None
+        except (OSError, ValueError):  # stdin closed under us: nothing more to read
+            chunk = b""
+        if chunk is None:
+            if finished.is_set():
+                break
+            continue
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            if not console.execute(line.decode(errors="replace")):
+                return
+        if not chunk:  # end of file
+            break
+    if pending.strip():
+        console.execute(pending.decode(errors="replace"))
 
 
 def _run_interactive(producer: Producer, console: Console, sources: list[Iterator[Any]],

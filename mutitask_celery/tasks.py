@@ -74,13 +74,14 @@ def run_one(handler: ChannelHandler, task_id: str, data: str) -> Outcome:
 FINISH_PATIENCE = 60.0  # seconds a device keeps trying to record outcomes while Redis is away
 
 
-def _finish(channel: int, device: str, outcomes: list[Outcome], message_id: str) -> tuple[int, int, int]:
+def _finish(channel: int, device: str, outcomes: list[Outcome], message_id: str,
+            busy: float) -> tuple[int, int, int]:
     """Record outcomes, riding out a Redis restart (the finish script is idempotent per task)."""
     deadline = time.monotonic() + FINISH_PATIENCE
     delay = 0.1
     while True:
         try:
-            return runtime.ledger().finish(channel, device, outcomes, message_id=message_id)
+            return runtime.ledger().finish(channel, device, outcomes, message_id=message_id, busy=busy)
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
             if time.monotonic() > deadline:
                 raise
@@ -109,6 +110,7 @@ def run_items(self: Task, channel: int, items: list[list[Any]]) -> None:
         _forget_in_hand(device, self.request.id)
         raise Reject(f"{device} is paused", requeue=True)
     handler = handler_for(channel)
+    started = time.perf_counter()
     if handler is None:
         log.error("%s has no task function for channel %s: dead-lettering %d task(s)", device, channel, len(items))
         outcomes = [
@@ -116,8 +118,9 @@ def run_items(self: Task, channel: int, items: list[list[Any]]) -> None:
         ]
     else:
         outcomes = [run_one(handler, str(task_id), str(data)) for task_id, data in items]
+    busy = time.perf_counter() - started
     try:
-        _ok, failed, _dup = _finish(channel, device, outcomes, self.request.id or "")
+        _ok, failed, _dup = _finish(channel, device, outcomes, self.request.id or "", busy)
     except redis.RedisError as exc:
         # The books could not be written: give the message back rather than
         # ack a task whose outcome nobody recorded.

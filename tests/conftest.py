@@ -5,7 +5,6 @@ the test fails."""
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 import redis
 
 from mutitask_celery.localredis import LocalRedis, free_port  # noqa: F401 (tests import free_port)
+from mutitask_celery.processes import stop_process_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 HELPERS = Path(__file__).resolve().parent / "helpers"
@@ -112,22 +112,7 @@ class Processes:
         raise KeyError(proc)
 
     def stop_all(self) -> None:
-        for proc, _ in self.started:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-        deadline = time.monotonic() + 10
-        for proc, _ in self.started:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
+        stop_process_groups(proc for proc, _ in self.started)
 
 
 @pytest.fixture
