@@ -32,7 +32,8 @@ def private_redis() -> Iterator[str]:
 
 
 @contextmanager
-def processes(commands: Sequence[Sequence[str]], env: dict[str, str] | None = None) -> Iterator[list[subprocess.Popen[bytes]]]:
+def processes(commands: Sequence[Sequence[str]],
+              env: dict[str, str] | None = None) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Start each command (quietly); stop them all at the end, whatever happens."""
     procs = [subprocess.Popen(list(c), env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True) for c in commands]

@@ -16,14 +16,15 @@ from .api import (
     failed_count,
     failed_dropped,
     get_failed,
-    reload_failed,
     pause,
+    reload_failed,
     results,
     results_count,
     start,
     stop,
 )
 from .celery_app import app
+from .control import Device, DeviceState
 from .errors import (
     BrokerUnavailable,
     ConfigurationError,
@@ -33,7 +34,6 @@ from .errors import (
     MutitaskError,
     RecordNotFound,
 )
-from .control import Device, DeviceState
 from .producer import ChannelSummary, RunSummary
 from .registry import TaskFormat, register_channel
 from .store import FailedTask

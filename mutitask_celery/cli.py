@@ -48,7 +48,7 @@ def _table(records: Sequence[FailedTask]) -> str:
         rows.append((r.id, str(r.channel), str(r.failures), _when(r.last_failed), r.device,
                      r.reason[:40], task[:40] + ("..." if len(task) > 40 else "")))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
 def _selection(args: argparse.Namespace) -> tuple[int | None, list[str] | None]:

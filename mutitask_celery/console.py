@@ -102,7 +102,7 @@ class Console:
             usage = " ".join([command.name, *command.params])
             raise ConsoleError(f"usage: {usage}")
         numbers = []
-        for name, text in zip(command.params, args):
+        for name, text in zip(command.params, args, strict=True):
             if not text.isdigit():
                 raise ConsoleError(f"{command.name}: {name} must be a non-negative integer, got {text!r}")
             numbers.append(int(text))
@@ -209,4 +209,4 @@ def format_devices(devices: Sequence[Device]) -> str:
         rows.append((d.name, str(d.state.code), d.state.value, ",".join(map(str, d.channels)) or "-",
                      str(d.in_hand), str(d.done), _ago(d.last_heard)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)

@@ -147,7 +147,7 @@ class Ledger:
     def republish(self, channel: int, task_ids: Sequence[str]) -> int:
         """Put outstanding tasks on the queue again (their data from the books); returns how many."""
         data = self.client.hmget(keys.pending(channel), list(task_ids))
-        items = [(t, d) for t, d in zip(task_ids, data) if d is not None]
+        items = [(t, d) for t, d in zip(task_ids, data, strict=True) if d is not None]
         if items:
             self._send(channel, items, self.client.pipeline(transaction=True))
         return len(items)

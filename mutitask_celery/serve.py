@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from . import runtime, settings
 from .connection import check_redis, redis_client
 from .console import PROMPT, Console
-from .control import DeviceState, Devices
+from .control import Devices, DeviceState
 from .errors import InvalidTasksError
 from .producer import Producer, RunSummary
 

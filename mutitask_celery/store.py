@@ -271,7 +271,7 @@ class RedisDeadLetterStore(DeadLetterStore):
                                keys.STATS_PREFIX, keys.QUEUE_PREFIX]
             to_send: dict[str, tuple[int, str]] = {}
             orphans: list[str] = []
-            for task_id, (ch, data, version) in zip(batch, pipe.execute()):
+            for task_id, (ch, data, version) in zip(batch, pipe.execute(), strict=True):
                 if ch is None or data is None:
                     orphans.append(task_id)
                     continue
@@ -310,7 +310,8 @@ class RedisDeadLetterStore(DeadLetterStore):
                 pipe = self.client.pipeline(transaction=False)
                 for task_id in batch:
                     pipe.hget(keys.dead_record(task_id), "channel")
-                batch = [t for t, ch in zip(batch, pipe.execute()) if ch is not None and int(ch) == channel]
+                owners = pipe.execute()
+                batch = [t for t, ch in zip(batch, owners, strict=True) if ch is not None and int(ch) == channel]
             if batch:
                 n = int(self._delete(keys=[keys.DEAD_INDEX, keys.DEAD_DROPPED],
                                      args=[keys.DEAD_RECORD_PREFIX, "", *batch]))

@@ -9,8 +9,8 @@ from conftest import Processes
 
 import mutitask_celery as mt
 from mutitask_celery import runtime, serve
-from mutitask_celery.producer import _Batcher
 from mutitask_celery.ledger import ChannelStats
+from mutitask_celery.producer import _Batcher
 
 
 def expected_double(n: int) -> str:

@@ -210,3 +210,14 @@ def test_generator_that_raises_midway(procs: Processes, r: redis.Redis, caplog: 
     summary = serve.serve(tasks(), channel_size=5, stdin=io.StringIO(""), out=io.StringIO())
     assert (summary.published, summary.succeeded) == (2, 2)
     assert "the task generator of channel 1 raised at item 2" in caplog.text and "disk gone" in caplog.text
+
+
+def test_retries_on_a_real_device(procs: Processes, r: redis.Redis) -> None:
+    procs.device(1, 1, "shaky", "--retries", "2")
+    procs.device(2, 2, "shaky", "--retries", "1")
+    summary = serve.serve([iter(["a", "b"]), iter(["c"])], channel_size=5, stdin=io.StringIO(""),
+                          out=io.StringIO())
+    assert sorted(mt.results(1)) == [["a", 3], ["b", 3]]  # third try succeeded
+    assert summary.channels[2].failed == 1  # one retry was not enough
+    (record,) = mt.failed(2)
+    assert record.reason == "ConnectionError: try 2 of c failed (after 1 retry)"

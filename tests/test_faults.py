@@ -108,7 +108,7 @@ def test_ten_thousand_tasks_with_a_device_killed_three_times(procs: Processes, r
     procs.device(2, 1, env=FAST)
     victim = procs.device(3, 1, env=FAST)
     for threshold in (2_000, 4_500, 7_000):
-        wait_until(lambda: mt.results_count(1) >= threshold, 120, f"{threshold} results")
+        wait_until(lambda n=threshold: mt.results_count(1) >= n, 120, f"{threshold} results")
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
         victim = procs.device(3, 1, env=FAST)

@@ -8,6 +8,8 @@ Behaviours (the task function):
   flaky    None until the file named by $FLAKY_FLAG exists, then the task
   badsave  task as result; a save function that raises for tasks ending in 7
   poison   the task "poison" kills the device process (os._exit); others return the task
+  shaky    raises ConnectionError the first two times it sees a task, then returns [task, tries]
+Options: --native (task_format='native'), --retries N (retries=N, retry_backoff=0.01).
 """
 
 from __future__ import annotations
@@ -54,6 +56,16 @@ def poison(task):
     return task
 
 
+_tries: dict[str, int] = {}
+
+
+def shaky(task):
+    _tries[task] = _tries.get(task, 0) + 1
+    if _tries[task] <= 2:
+        raise ConnectionError(f"try {_tries[task]} of {task} failed")
+    return [task, _tries[task]]
+
+
 def bad_save(result):
     if str(result).endswith("7"):
         raise OSError(f"disk full for {result}")
@@ -61,12 +73,14 @@ def bad_save(result):
 
 
 BEHAVIOURS = {"double": double, "echo": echo, "slow": slow, "tag": tag, "flaky": flaky, "badsave": str,
-              "poison": poison}
+              "poison": poison, "shaky": shaky}
 
 if __name__ == "__main__":
     device_id, channel, behaviour = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     native = "--native" in sys.argv[4:]
-    base = BaseConfig(deviceID=device_id, TaskChannelID=channel, task_format="native" if native else "text")
+    retries = int(sys.argv[sys.argv.index("--retries") + 1]) if "--retries" in sys.argv else 0
+    base = BaseConfig(deviceID=device_id, TaskChannelID=channel, task_format="native" if native else "text",
+                      retries=retries, retry_backoff=0.01)
     funcitem = FuncItem(baseConfig=base)
     funcitem.load_task_function(BEHAVIOURS[behaviour])
     if behaviour == "badsave":
