@@ -114,6 +114,3 @@ def register_channel(
 def handler_for(channel: int) -> ChannelHandler | None:
     return _handlers.get(channel)
 
-
-def registered_channels() -> list[int]:
-    return sorted(_handlers)
