@@ -63,5 +63,7 @@ app = _make_app()
 
 
 def apply_settings(conf: _settings.Settings) -> None:
-    """Point the app at the URLs of ``conf`` (before it connects)."""
-    app.conf.broker_url = conf.broker
+    """Point the app at the broker of ``conf``, dropping connections to another one."""
+    if app.conf.broker_url != conf.broker:
+        app.conf.broker_url = conf.broker
+        app.close()  # pooled connections to the old broker must not be reused

@@ -16,29 +16,40 @@ from .store import RedisDeadLetterStore
 _ledger: Ledger | None = None
 _store: RedisDeadLetterStore | None = None
 _devices: Devices | None = None
+_reaper: Reaper | None = None
+_built_for: settings.Settings | None = None
 
 
 def reset(conf: settings.Settings | None = None) -> settings.Settings:
     """Drop cached objects; point the Celery app at ``conf`` (default: current settings)."""
-    global _ledger, _store, _devices
+    global _ledger, _store, _devices, _reaper, _built_for
     conf = conf or settings.current()
     celery_app.apply_settings(conf)
-    _ledger = _store = _devices = None
+    _ledger = _store = _devices = _reaper = None
+    _built_for = conf
+    return conf
+
+
+def _fresh() -> settings.Settings:
+    """The current settings, after dropping objects built for older ones."""
+    conf = settings.current()
+    if conf is not _built_for:
+        reset(conf)
     return conf
 
 
 def ledger() -> Ledger:
     global _ledger
+    conf = _fresh()
     if _ledger is None:
-        conf = settings.current()
         _ledger = Ledger(redis_client(conf.redis_url), celery_app.app, conf.broker_is_store)
     return _ledger
 
 
 def store() -> RedisDeadLetterStore:
     global _store
+    conf = _fresh()
     if _store is None:
-        conf = settings.current()
         _store = RedisDeadLetterStore(
             redis_client(conf.redis_url), celery_app.app, conf.broker_is_store,
             max_records=conf.dead_letter_max, max_age=conf.dead_letter_max_age,
@@ -48,8 +59,8 @@ def store() -> RedisDeadLetterStore:
 
 def devices() -> Devices:
     global _devices
+    conf = _fresh()
     if _devices is None:
-        conf = settings.current()
         _devices = Devices(redis_client(conf.redis_url), celery_app.app, flower_url=conf.flower_url)
     return _devices
 
@@ -57,8 +68,11 @@ def devices() -> Devices:
 def reaper() -> Reaper | None:
     """The dead-device reaper, or None when the broker is not this Redis (RabbitMQ
     redelivers a dead consumer's messages by itself)."""
-    conf = settings.current()
+    global _reaper
+    conf = _fresh()
     if not conf.broker_is_store:
         return None
-    return Reaper(redis_client(conf.redis_url), ledger(), dead_after=conf.dead_after,
-                  max_attempts=conf.max_attempts)
+    if _reaper is None:
+        _reaper = Reaper(redis_client(conf.redis_url), ledger(), dead_after=conf.dead_after,
+                         max_attempts=conf.max_attempts)
+    return _reaper

@@ -236,18 +236,30 @@ def _same_redis(a: str, b: str) -> bool:
 
 
 _current: Settings | None = None
+_explicit: dict[str, Any] = {}
+_seen_env: tuple[str | None, ...] = ()
+
+
+def _env_now() -> tuple[str | None, ...]:
+    return tuple(os.environ.get(s.env) for s in SETTINGS)
 
 
 def current() -> Settings:
-    """This process's settings (resolved once, then kept)."""
-    global _current
-    if _current is None:
-        _current = load_settings()
+    """This process's settings: resolved once, and again whenever one of the
+    MUTITASK_* variables changes (so a script that sets MUTITASK_REDIS_URL after
+    ``import mutitask_celery`` talks to that Redis, not to the default one)."""
+    global _current, _seen_env
+    env = _env_now()
+    if _current is None or env != _seen_env:
+        _current = load_settings(_explicit)
+        _seen_env = env
     return _current
 
 
 def configure(**explicit: Any) -> Settings:
     """Re-resolve with explicit values on top (the legacy ``BaseConfig`` arguments)."""
-    global _current
-    _current = load_settings(explicit)
+    global _current, _explicit, _seen_env
+    _explicit = {k: v for k, v in explicit.items() if v is not None}
+    _current = load_settings(_explicit)
+    _seen_env = _env_now()
     return _current

@@ -90,3 +90,19 @@ def test_celeryconfig_file_is_read_by_the_app(tmp_path: Path) -> None:
 
 def test_no_celeryconfig_means_the_default(tmp_path: Path) -> None:
     assert _broker_seen_from(tmp_path, None, {}) == "redis://127.0.0.1:6379/0"
+
+
+def test_environment_set_after_import_is_honoured(r: object, redis_url: str) -> None:
+    """A script that sets MUTITASK_REDIS_URL after importing the package talks to that Redis."""
+    code = (
+        "import os, mutitask_celery as mt\n"
+        "from mutitask_celery import keys, runtime\n"
+        f"os.environ['MUTITASK_REDIS_URL'] = {redis_url!r}\n"
+        "runtime.ledger().client.set('marker', 'here')\n"
+        "print(mt.app.conf.broker_url, mt.results_count(1))\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "MUTITASK_REDIS_URL": "redis://127.0.0.1:1/0"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
+                         cwd=Path(__file__).parent)
+    assert out.stdout.split() == [redis_url, "0"]
+    assert r.get("marker") == "here"  # type: ignore[attr-defined]
