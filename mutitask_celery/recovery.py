@@ -73,21 +73,33 @@ def _items(message: dict[str, Any]) -> tuple[int, list[str]] | None:
     return None if found is None else (found[0], [task_id for task_id, _ in found[1]])
 
 
-def _ids_of(raw: str, envelope: bool) -> list[str]:
-    """Task ids in a queued envelope, or in an unacked entry ``[envelope, exchange, key]``."""
+def _queued_ids(raw: str) -> list[str]:
+    """Task ids in a message waiting on a queue (an envelope as kombu stores it)."""
     try:
-        message = json.loads(raw)
-        found = _items(message if envelope else message[0])
-    except (ValueError, TypeError, IndexError, KeyError):
+        found = _items(json.loads(raw))
+    except (ValueError, TypeError, AttributeError):
         return []
     return found[1] if found else []
 
 
-def _message_id(raw: str) -> str | None:
-    try:
-        return str(json.loads(raw)[0]["headers"]["id"])
-    except (ValueError, TypeError, IndexError, KeyError):
-        return None
+class _Unacked:
+    """One of our messages in kombu's unacked hash, parsed once."""
+
+    def __init__(self, message: dict[str, Any], routing_key: str, channel: int, items: list[messages.Item]) -> None:
+        self.message = message
+        self.routing_key = routing_key
+        self.channel = channel
+        self.ids = [task_id for task_id, _ in items]
+
+    @classmethod
+    def parse(cls, raw: str) -> _Unacked | None:
+        """None for an unreadable entry or another application's message: those are not ours to touch."""
+        try:
+            message, _exchange, routing_key = json.loads(raw)
+        except (ValueError, TypeError):
+            return None
+        found = _payload(message) if isinstance(message, dict) else None
+        return None if found is None else cls(message, str(routing_key), found[0], found[1])
 
 
 class Reaper:
@@ -112,14 +124,11 @@ class Reaper:
         kombu's unacked record), and an unacked message no device notes in
         hand (it died before noting it).
         """
-        unacked = self.client.hgetall(keys.KOMBU_UNACKED)
-        held: set[str] = set()
-        orphans: set[str] = set()
+        unacked = {tag: entry for tag, raw in self.client.hgetall(keys.KOMBU_UNACKED).items()
+                   if (entry := _Unacked.parse(raw)) is not None}
+        held = {task_id for entry in unacked.values() for task_id in entry.ids}
         noted = self._noted()
-        for tag, raw in unacked.items():
-            held.update(_ids_of(raw, envelope=False))
-            if _message_id(raw) not in noted:
-                orphans.add(tag)
+        orphans = {tag for tag, entry in unacked.items() if entry.message.get("headers", {}).get("id") not in noted}
         fixed = self._restore_orphans(orphans & self._suspect_tags, unacked)
         self._suspect_tags = orphans - self._suspect_tags
         for channel in channels:
@@ -133,21 +142,23 @@ class Reaper:
             pipe.hkeys(keys.inhand(name))
         return {m for ids in pipe.execute() for m in ids}
 
-    def _restore_orphans(self, tags: set[str], unacked: dict[str, str]) -> int:
+    def _restore_orphans(self, tags: set[str], unacked: dict[str, _Unacked]) -> int:
         for tag in tags:
-            raw = unacked[tag]
-            found = _items(json.loads(raw)[0]) if _ids_of(raw, envelope=False) else None
-            still = found is not None and any(self.client.hmget(keys.pending(found[0]), found[1]))
-            if still:
+            entry = unacked[tag]
+            if any(self.client.hmget(keys.pending(entry.channel), entry.ids)):
                 log.warning("message %s was taken by a device that died before noting it: restored", tag)
-                self._restore(keys=[keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, json.loads(raw)[2]],
-                              args=[tag, json.dumps(json.loads(raw)[0])])
+                self._restore(keys=[keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, entry.routing_key],
+                              args=[tag, json.dumps(entry.message)])
             else:  # finished, only its acknowledgement was lost with its device
-                pipe = self.client.pipeline(transaction=True)
-                pipe.hdel(keys.KOMBU_UNACKED, tag)
-                pipe.zrem(keys.KOMBU_UNACKED_INDEX, tag)
-                pipe.execute()
+                self._drop_unacked(tag)
         return len(tags)
+
+    def _drop_unacked(self, tag: str) -> None:
+        """Acknowledge a message for a device that can no longer do it."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hdel(keys.KOMBU_UNACKED, tag)
+        pipe.zrem(keys.KOMBU_UNACKED_INDEX, tag)
+        pipe.execute()
 
     def _republish_missing(self, channel: int, held_unacked: set[str]) -> int:
         outstanding = set(self.client.hkeys(keys.pending(channel)))
@@ -156,7 +167,7 @@ class Reaper:
             return 0
         held = set(held_unacked)
         for raw in self.client.lrange(keys.queue(channel), 0, -1):
-            held.update(_ids_of(raw, envelope=True))
+            held.update(_queued_ids(raw))
         missing = outstanding - held
         lost = missing & self._suspects.get(channel, set())
         self._suspects[channel] = missing - lost
@@ -222,7 +233,4 @@ class Reaper:
         reason = f"{WORKER_LOST}: the device died while running it, {attempts} time(s)"
         log.error("task %s of channel %d killed its device %d times: dead-lettered", task_id, channel, attempts)
         self.ledger.finish(channel, device, [Outcome(task_id, ok=False, reason=reason)])
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hdel(keys.KOMBU_UNACKED, tag)
-        pipe.zrem(keys.KOMBU_UNACKED_INDEX, tag)
-        pipe.execute()
+        self._drop_unacked(tag)

@@ -156,3 +156,13 @@ def test_redis_restarted_mid_run_loses_nothing(procs: Processes, tmp_path: Path,
         if second is not None:
             second.close()
         settings._current = None
+
+
+def test_the_sweep_leaves_other_applications_messages_alone(r: redis.Redis, fast_reaper: None) -> None:
+    foreign = '[{"headers": {"task": "other.app.task", "id": "x1"}, "body": "", "properties": {}}, "", "other"]'
+    r.hset(keys.KOMBU_UNACKED, "foreign-tag", foreign)
+    reaper = runtime.reaper()
+    assert reaper is not None
+    reaper.sweep([1])
+    reaper.sweep([1])  # two sweeps in a row: an orphan of ours would be acted on now
+    assert r.hget(keys.KOMBU_UNACKED, "foreign-tag") == foreign
