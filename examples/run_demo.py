@@ -1,7 +1,8 @@
 """Run the seed's two examples on this machine: a server and two devices each.
 
-``python examples/run_demo.py`` expects Redis at ``MUTITASK_REDIS_URL``
-(``scripts/demo.sh`` starts a private one). It serves a local web site for the
+``python examples/run_demo.py`` uses the Redis at ``MUTITASK_REDIS_URL`` (its
+channel 1 is emptied first; ``mutitask demo`` is the full demo, with a private
+Redis of its own). It serves a local web site for the
 spider example, makes images for the convolution example, runs each example's
 server and device scripts as separate processes, and prints what happened:
 results saved, tasks in the dead-letter store and why. Every process it

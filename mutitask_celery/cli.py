@@ -32,6 +32,7 @@ examples:
   mutitask failed reload --all              every failed task back onto its channel
   mutitask failed delete --channel 2        forget channel 2's failed tasks
   mutitask failed count --json              counts for scripts
+  mutitask demo                             a server and three devices working a job here, then a status table
 
 exit codes: 0 done, 1 not found (or no device answered), 2 bad usage, 3 Redis unreachable
 """
@@ -108,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--all", action="store_true")
         p.add_argument("--channel", type=_positive_int)
         p.add_argument("--json", action="store_true")
+    from . import demo
+
+    demo_parser = sub.add_parser("demo", help="a server and three devices working a real job on this machine "
+                                 "(no Redis needed)", description=demo.DESCRIPTION, epilog=demo.DEMO_EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo.add_arguments(demo_parser)
     return parser
 
 
@@ -134,6 +141,10 @@ def _devices_command(args: argparse.Namespace) -> int:
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "demo":  # brings its own Redis unless given --redis-url: no check of the configured one
+        from .demo import main as demo_main
+
+        return demo_main(args)
     conf = settings.configure(redis_url=args.redis_url)
     runtime.reset(conf)
     check_redis(conf.redis_url)

