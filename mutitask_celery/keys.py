@@ -26,6 +26,8 @@ Layout (``<ch>`` is a channel number, ``<id>`` a task id):
 ``mutitask:devices:done``       hash device name -> tasks it has finished
 ``mutitask:inhand:<device>``    hash message id -> kombu delivery tag, for messages in its hands
 ``mutitask:lost:<ch>``          hash task id -> times a device died holding it
+``mutitask:returned:<ch>``      hash task id -> 1: given back untouched (not a death), another broker
+``mutitask:unsent:<ch>``        sorted set id -> time: in the books, not yet handed to another broker
 ``unacked``, ``unacked_index``  kombu's own: delivered messages not yet acknowledged
 ==============================  ====================================================
 """
@@ -50,6 +52,7 @@ DEVICES_DONE = f"{PREFIX}:devices:done"
 ALL_DEVICES = "*"  # the field of DEVICES_WANTED that applies to every device
 INHAND_PREFIX = f"{PREFIX}:inhand:"
 LOST_PREFIX = f"{PREFIX}:lost:"
+UNSENT_PREFIX = f"{PREFIX}:unsent:"
 # kombu's Redis transport keeps delivered, not yet acked messages here (its defaults).
 KOMBU_UNACKED = "unacked"
 KOMBU_UNACKED_INDEX = "unacked_index"
@@ -95,3 +98,14 @@ def inhand(device: str) -> str:
 
 def lost(channel: int) -> str:
     return f"{LOST_PREFIX}{channel}"
+
+
+def returned(channel: int) -> str:
+    """Tasks a device gave back untouched (paused), so their redelivery is not counted as a death."""
+    return f"{PREFIX}:returned:{channel}"
+
+
+def unsent(channel: int) -> str:
+    """The journal of a broker other than this Redis: tasks entered in the books whose
+    message the broker has not confirmed yet (see :meth:`Ledger.resend_unsent`)."""
+    return f"{UNSENT_PREFIX}{channel}"

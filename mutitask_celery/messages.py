@@ -9,6 +9,9 @@ queue inside one atomic script.
 
 One message carries a list of ``[task_id, task_data]`` items, so later
 versions can pack several short tasks into one message without a new format.
+
+On another broker (RabbitMQ), :mod:`.publisher` sends the same Celery message
+(:func:`task_message`) through kombu instead.
 """
 
 from __future__ import annotations
@@ -31,15 +34,23 @@ def new_task_id() -> str:
     return uuid.uuid4().hex
 
 
-def build(app: Celery, queue: str, channel: int, items: Sequence[Item]) -> str:
-    """The JSON envelope that kombu's Redis transport keeps in the queue list."""
+def task_message(app: Celery, channel: int, items: Sequence[Item]) -> Any:
+    """Celery's protocol-2 message (headers, properties, body) carrying ``items``.
+
+    A single task's message has the task's own id, so Flower and the books agree.
+    """
     if not items:
         raise ValueError("a message needs at least one item")
     message_id = items[0][0] if len(items) == 1 else new_task_id()
     args: list[Any] = [channel, [list(item) for item in items]]
     shown = ", ".join(data for _, data in items)
     argsrepr = f"[{channel}, {shown[:ARGSREPR_LIMIT]}{'...' if len(shown) > ARGSREPR_LIMIT else ''}]"
-    task = app.amqp.as_task_v2(message_id, TASK_NAME, args=args, kwargs={}, argsrepr=argsrepr, kwargsrepr="{}")
+    return app.amqp.as_task_v2(message_id, TASK_NAME, args=args, kwargs={}, argsrepr=argsrepr, kwargsrepr="{}")
+
+
+def build(app: Celery, queue: str, channel: int, items: Sequence[Item]) -> str:
+    """The JSON envelope that kombu's Redis transport keeps in the queue list."""
+    task = task_message(app, channel, items)
     body = json.dumps(list(task.body)).encode("utf-8")
     envelope = {
         "body": base64.b64encode(body).decode("ascii"),

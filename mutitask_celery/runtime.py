@@ -10,22 +10,27 @@ from . import celery_app, settings
 from .connection import redis_client
 from .control import Devices
 from .ledger import Ledger
-from .recovery import Reaper
+from .publisher import BrokerPublisher
+from .recovery import Reaper, Redeliveries
 from .store import RedisDeadLetterStore
 
 _ledger: Ledger | None = None
 _store: RedisDeadLetterStore | None = None
 _devices: Devices | None = None
 _reaper: Reaper | None = None
+_publisher: BrokerPublisher | None = None
+_redeliveries: Redeliveries | None = None
 _built_for: settings.Settings | None = None
 
 
 def reset(conf: settings.Settings | None = None) -> settings.Settings:
     """Drop cached objects; point the Celery app at ``conf`` (default: current settings)."""
-    global _ledger, _store, _devices, _reaper, _built_for
+    global _ledger, _store, _devices, _reaper, _publisher, _redeliveries, _built_for
     conf = conf or settings.current()
+    if _publisher is not None:
+        _publisher.close()
     celery_app.apply_settings(conf)
-    _ledger = _store = _devices = _reaper = None
+    _ledger = _store = _devices = _reaper = _publisher = _redeliveries = None
     _built_for = conf
     return conf
 
@@ -42,7 +47,7 @@ def ledger() -> Ledger:
     global _ledger
     conf = _fresh()
     if _ledger is None:
-        _ledger = Ledger(redis_client(conf.redis_url), celery_app.app, conf.broker_is_store)
+        _ledger = Ledger(redis_client(conf.redis_url), celery_app.app, conf.broker_is_store, publisher())
     return _ledger
 
 
@@ -52,7 +57,7 @@ def store() -> RedisDeadLetterStore:
     if _store is None:
         _store = RedisDeadLetterStore(
             redis_client(conf.redis_url), celery_app.app, conf.broker_is_store,
-            max_records=conf.dead_letter_max, max_age=conf.dead_letter_max_age,
+            max_records=conf.dead_letter_max, max_age=conf.dead_letter_max_age, publisher=publisher(),
         )
     return _store
 
@@ -63,6 +68,30 @@ def devices() -> Devices:
     if _devices is None:
         _devices = Devices(redis_client(conf.redis_url), celery_app.app, flower_url=conf.flower_url)
     return _devices
+
+
+def publisher() -> BrokerPublisher | None:
+    """The one publisher (one broker connection) of this process for a broker other
+    than the books' Redis; None on that Redis, where the books push messages themselves."""
+    global _publisher
+    conf = _fresh()
+    if conf.broker_is_store:
+        return None
+    if _publisher is None:
+        _publisher = BrokerPublisher(celery_app.app)
+    return _publisher
+
+
+def redeliveries() -> Redeliveries | None:
+    """Poison-task counting on a broker that redelivers by itself; None on the Redis broker,
+    where the reaper counts deaths."""
+    global _redeliveries
+    conf = _fresh()
+    if conf.broker_is_store:
+        return None
+    if _redeliveries is None:
+        _redeliveries = Redeliveries(redis_client(conf.redis_url), ledger(), max_attempts=conf.max_attempts)
+    return _redeliveries
 
 
 def reaper() -> Reaper | None:

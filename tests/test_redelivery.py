@@ -1,0 +1,100 @@
+"""A broker that redelivers by itself (RabbitMQ), without one: the poison-task count
+kept from the ``redelivered`` flag, and the journal of tasks not yet handed to the
+broker. A recording publisher stands in for RabbitMQ; the end-to-end tests run the
+real one (tests/test_end_to_end.py, ``[amqp]``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+import redis
+
+import mutitask_celery as mt
+from mutitask_celery import codec, keys, messages
+from mutitask_celery.ledger import Ledger, Outcome
+from mutitask_celery.publisher import BrokerPublisher
+from mutitask_celery.recovery import Redeliveries
+
+
+class Recorder(BrokerPublisher):
+    """Keeps what would have been published: (queue, [task ids of each message])."""
+
+    def __init__(self) -> None:
+        super().__init__(mt.app)
+        self.sent: list[tuple[str, list[list[str]]]] = []
+        self.fail = False
+
+    def send(self, queue: str, channel: int, groups: Sequence[Sequence[messages.Item]]) -> None:
+        if self.fail:
+            raise ConnectionError("broker gone")
+        self.sent.append((queue, [[task_id for task_id, _ in group] for group in groups]))
+
+
+Books = tuple[Ledger, Redeliveries, Recorder]
+
+
+@pytest.fixture
+def books(r: redis.Redis) -> Books:
+    recorder = Recorder()
+    ledger = Ledger(r, mt.app, broker_is_store=False, publisher=recorder)
+    return ledger, Redeliveries(r, ledger, max_attempts=3), recorder
+
+
+def items(*names: str) -> list[messages.Item]:
+    return [(f"id-{name}", codec.encode(name)) for name in names]
+
+
+def test_publishing_journals_until_the_broker_has_the_messages(r: redis.Redis, books: Books) -> None:
+    ledger, _, recorder = books
+    ledger.publish(1, items("a", "b", "c"), batch=2)
+    assert recorder.sent == [("channel1", [["id-a", "id-b"], ["id-c"]])]
+    assert r.hlen(keys.pending(1)) == 3 and r.zcard(keys.unsent(1)) == 0
+
+    recorder.fail = True
+    with pytest.raises(ConnectionError):
+        ledger.publish(1, items("d"))
+    assert r.hexists(keys.pending(1), "id-d") and r.zrange(keys.unsent(1), 0, -1) == ["id-d"]
+    recorder.fail = False
+    assert ledger.resend_unsent([1]) == 0  # too recent: its publisher may still be at work
+    assert ledger.resend_unsent([1], grace=0) == 1
+    assert recorder.sent[-1] == ("channel1", [["id-d"]]) and r.zcard(keys.unsent(1)) == 0
+
+
+def test_a_poison_task_is_buried_at_its_third_death(r: redis.Redis, books: Books) -> None:
+    ledger, redeliveries, _ = books
+    ledger.publish(1, items("p"))
+    assert not redeliveries.settle(1, "device1@h", items("p"))  # died once: run it again
+    assert not redeliveries.settle(1, "device2@h", items("p"))
+    assert redeliveries.settle(1, "device1@h", items("p"))  # third death: not run again
+    (record,) = mt.failed(1)
+    assert record.id == "id-p" and record.reason == "worker lost: the device died while running it, 3 time(s)"
+    assert r.hlen(keys.pending(1)) == 0 and r.hlen(keys.lost(1)) == 0
+
+
+def test_a_message_given_back_untouched_counts_no_death(r: redis.Redis, books: Books) -> None:
+    ledger, redeliveries, _ = books
+    ledger.publish(1, items("a"))
+    for _ in range(5):  # a paused device rejects it again and again until its consumer is cancelled
+        redeliveries.given_back(1, ["id-a"])
+    assert not redeliveries.settle(1, "device1@h", items("a"))
+    assert r.hget(keys.lost(1), "id-a") is None and r.hlen(keys.returned(1)) == 0
+    assert not redeliveries.settle(1, "device1@h", items("a"))  # a real death now
+    assert r.hget(keys.lost(1), "id-a") == "1"
+
+
+def test_a_batch_that_killed_a_device_goes_back_one_task_a_message(r: redis.Redis, books: Books) -> None:
+    ledger, redeliveries, recorder = books
+    ledger.publish(1, items("a", "b", "c"), batch=3)
+    ledger.finish(1, "device1@h", [Outcome("id-b", ok=True, result='"B"')])  # finished meanwhile
+    assert redeliveries.settle(1, "device2@h", items("a", "b", "c"))
+    assert recorder.sent[-1] == ("channel1", [["id-a"], ["id-c"]])
+    assert r.hgetall(keys.lost(1)) == {"id-a": "1", "id-c": "1"}
+
+
+def test_a_finished_task_delivered_again_does_not_run(r: redis.Redis, books: Books) -> None:
+    ledger, redeliveries, _ = books
+    ledger.publish(1, items("a"))
+    ledger.finish(1, "device1@h", [Outcome("id-a", ok=True, result='"A"')])
+    assert redeliveries.settle(1, "device2@h", items("a"))  # only its acknowledgement was lost
+    assert r.hlen(keys.lost(1)) == 0 and mt.results(1) == ["A"]
