@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import subprocess
@@ -26,6 +27,7 @@ def private_redis() -> Iterator[str]:
     """A redis-server of our own; this process (and its children) use it."""
     with LocalRedis() as server:
         os.environ["MUTITASK_REDIS_URL"] = server.url
+        os.environ.setdefault("MUTITASK_PROGRESS", "off")  # the figures, not the progress lines
         settings._current = None
         runtime.reset()
         yield server.url
@@ -67,3 +69,15 @@ def devices_up(names: Sequence[str], timeout: float = 60, app: Any = None) -> No
 
 def spread(values: Sequence[float]) -> tuple[float, float, float]:
     return min(values), statistics.median(values), max(values)
+
+
+def parse_args(parser: argparse.ArgumentParser, **small: Any) -> argparse.Namespace:
+    """Parse, with ``--quick``: the same run at tiny sizes, so a test can check that every
+    benchmark command in the README runs (its figures then mean nothing)."""
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes, to check the script runs; the figures mean nothing")
+    args = parser.parse_args()
+    if args.quick:
+        for name, value in small.items():
+            setattr(args, name, value)
+    return args

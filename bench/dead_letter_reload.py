@@ -21,6 +21,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from common import parse_args  # noqa: E402
 from fill import fill_dead_letters  # noqa: E402
 
 from mutitask_celery import runtime, settings  # noqa: E402
@@ -53,7 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[10_000, 100_000])
     parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
+    args = parse_args(parser, counts=[200], runs=1)
     with LocalRedis() as server:
         os.environ["MUTITASK_REDIS_URL"] = server.url
         settings._current = None

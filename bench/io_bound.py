@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 
-from common import HERE, devices_up, private_redis, processes, spread
+from common import HERE, devices_up, parse_args, private_redis, processes, spread
 
 TASK_SECONDS = 0.05
 
@@ -42,9 +42,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--only", choices=["5x1", "1x20"], help="run one set-up only")
+    args = parse_args(parser, tasks=60, runs=1)
+    setups = [(5, 1), (1, 20)]
+    if args.only:
+        setups = [tuple(int(n) for n in args.only.split("x"))]  # type: ignore[misc]
     with private_redis():
-        for devices, slots in ((5, 1), (1, 20)):
+        for devices, slots in setups:
             ratios = spread([one_run(args.tasks, devices, slots) for _ in range(args.runs)])
             ideal = args.tasks * TASK_SECONDS / (devices * slots)
             print(f"{devices} device(s) x {slots} slot(s), ideal {ideal:.1f}s: elapsed/ideal "

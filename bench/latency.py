@@ -15,14 +15,14 @@ import socket
 import sys
 import time
 
-from common import HERE, devices_up, private_redis, processes, spread, wait_for
+from common import HERE, devices_up, parse_args, private_redis, processes, spread, wait_for
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--pauses", type=int, default=20)
-    args = parser.parse_args()
+    args = parse_args(parser, tasks=20, pauses=3)
     with private_redis():
         import mutitask_celery as mt
         from mutitask_celery import codec, messages, runtime

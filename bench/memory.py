@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from common import HERE, devices_up, private_redis, processes
+from common import HERE, devices_up, parse_args, private_redis, processes
 
 SERVER = """
 import sys
@@ -42,7 +42,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=10_000_000)
     parser.add_argument("--channel-size", type=int, default=1000)
-    args = parser.parse_args()
+    parser.add_argument("--every", type=float, default=1.0, help="seconds between samples")
+    args = parse_args(parser, tasks=5000, every=0.05)
     with private_redis():
         from mutitask_celery import keys, runtime
 
@@ -61,7 +62,7 @@ def main() -> None:
                                     int(client.info("memory")["used_memory"]) / 2**20))
                 except FileNotFoundError:
                     break
-                time.sleep(1.0)  # the sampling period of this benchmark
+                time.sleep(args.every)  # the sampling period of this benchmark
             elapsed = time.perf_counter() - start
     if server.returncode != 0 or len(samples) < 4:
         raise SystemExit(f"server exited with {server.returncode} after {len(samples)} samples")

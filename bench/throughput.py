@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import sys
 import time
 
-from common import HERE, devices_up, private_redis, processes, spread, wait_for
+from common import HERE, devices_up, parse_args, private_redis, processes, spread, wait_for
 
 ORIGINAL_CEILING = 20.0
 
@@ -92,7 +93,9 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--channel-size", type=int, default=1000)
-    args = parser.parse_args()
+    parser.add_argument("--chart", help="where to save the chart (default: bench/results/throughput.png; "
+                        "none with --quick)")
+    args = parse_args(parser, tasks=300, runs=1)
     with private_redis():
         mine = [ours(args.tasks, args.channel_size) for _ in range(args.runs)]
         theirs = [plain(args.tasks) for _ in range(args.runs)]
@@ -103,9 +106,10 @@ def main() -> None:
     print(f"  original MutiTask {ORIGINAL_CEILING:>8.0f} (ceiling: 50 ms sleep per task)")
     print(f"ratio to plain Celery: {m[1] / p[1]:.1f}x (median), {m[0] / p[2]:.1f}x (worst against best)")
     print(f"ratio to the original: {m[1] / ORIGINAL_CEILING:.0f}x")
-    (HERE / "results").mkdir(exist_ok=True)
-    chart([("mutitask_celery", m[1]), ("plain Celery", p[1]), ("original MutiTask", ORIGINAL_CEILING)],
-          str(HERE / "results" / "throughput.png"))
+    path = args.chart or (None if args.quick else str(HERE / "results" / "throughput.png"))
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        chart([("mutitask_celery", m[1]), ("plain Celery", p[1]), ("original MutiTask", ORIGINAL_CEILING)], path)
 
 
 if __name__ == "__main__":

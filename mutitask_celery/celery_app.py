@@ -1,8 +1,8 @@
 """The Celery application, ``mutitask_celery.app``.
 
-Our defaults sit at Celery's lowest layer (``add_defaults``), so a user's
-``celeryconfig.py`` overrides any of them, and ``MUTITASK_BROKER_URL`` in the
-environment overrides that. ``celery -A mutitask_celery ...`` finds this app.
+A user's ``celeryconfig.py`` overrides any of our defaults (only the settings
+it does not name get ours), and ``MUTITASK_BROKER_URL`` in the environment
+overrides that. ``celery -A mutitask_celery ...`` finds this app.
 """
 
 from __future__ import annotations
@@ -27,9 +27,12 @@ CELERY_DEFAULTS: dict[str, Any] = {
     # unacked, so the broker hands it to another device instead of losing it.
     "task_acks_late": True,
     "task_reject_on_worker_lost": True,
-    # Do not hoard: a device holds only the task in hand, so the server's
-    # ChannelSize bounds what is outstanding and a paused device has nothing
-    # prefetched to run after the pause.
+    # Do not hoard: a device starts holding only the task in hand per slot, so a
+    # long task never keeps another waiting behind it while devices sit idle.
+    # While its messages take under half a second it holds one more per slot
+    # (mutitask_celery.prefetch), which hides the broker round trip before each
+    # task. A paused device runs none of what it holds (tasks.run_items checks
+    # the wanted state first), and the server's ChannelSize bounds the total.
     "worker_prefetch_multiplier": 1,
     # Events on, so Flower shows every device and its tasks live.
     "worker_send_task_events": True,
@@ -48,10 +51,19 @@ CELERY_DEFAULTS: dict[str, Any] = {
 }
 
 
+def _not_configured(defaults: dict[str, Any]) -> dict[str, Any]:
+    """Our defaults less the settings ``celeryconfig.py`` names. Celery's
+    ``add_defaults`` layer sits above ``config_from_object``'s, so a default
+    left in would beat the user's own value."""
+    module = _settings._config_module()
+    named = {name.lower() for name in vars(module)} if module is not None else set()
+    return {key: value for key, value in defaults.items() if key not in named}
+
+
 def _make_app() -> Celery:
     conf = _settings.current()
     celery_app = Celery("mutitask_celery")
-    celery_app.add_defaults({**CELERY_DEFAULTS, "broker_url": conf.redis_url})
+    celery_app.add_defaults({**_not_configured(CELERY_DEFAULTS), "broker_url": conf.redis_url})
     celery_app.config_from_object(_settings.CONFIG_MODULE, silent=True)
     # The resolved broker already weighs celeryconfig.py against the
     # environment; setting it here makes that order Celery's too.
@@ -67,3 +79,6 @@ def apply_settings(conf: _settings.Settings) -> None:
     if app.conf.broker_url != conf.broker:
         app.conf.broker_url = conf.broker
         app.close()  # pooled connections to the old broker must not be reused
+        # ...nor pooled producers: Celery's close() keeps them, and remote control (ping,
+        # pause) and send_task would go on publishing to the old broker.
+        app.amqp._producer_pool = None

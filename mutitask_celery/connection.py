@@ -3,8 +3,8 @@ fast with the URL (password masked) instead of hanging or printing a traceback w
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -13,9 +13,18 @@ import redis
 from .errors import BrokerUnavailable
 from .settings import mask_url
 
+log = logging.getLogger(__name__)
+
 CONNECT_TIMEOUT = 5.0
+SOCKET_TIMEOUT = 5.0  # seconds a reply may take before the connection counts as lost
 EXIT_UNREACHABLE = 3
 _clients: dict[tuple[int, str], redis.Redis] = {}
+
+
+def text(value: bytes | str) -> str:
+    """A reply as ``str``: our clients decode replies (``decode_responses=True``), which
+    redis-py's types cannot express, so they say ``bytes | str``."""
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def redis_client(url: str) -> redis.Redis:
@@ -27,6 +36,10 @@ def redis_client(url: str) -> redis.Redis:
             url,
             decode_responses=True,
             socket_connect_timeout=CONNECT_TIMEOUT,
+            # A host cut off from Redis must notice within seconds, whatever redis-py's own
+            # default (none before redis-py 8): every call here is short (BLPOP waits 0.5 s).
+            socket_timeout=SOCKET_TIMEOUT,
+            socket_keepalive=True,
             health_check_interval=30,
             retry_on_timeout=True,
         )
@@ -51,5 +64,6 @@ def exit_on_unreachable() -> Iterator[None]:
     try:
         yield
     except BrokerUnavailable as exc:
-        print(f"mutitask: {exc}", file=sys.stderr, flush=True)
+        # A script that set up no logging gets exactly this line on stderr (logging's last resort).
+        log.critical("mutitask: %s", exc)
         raise SystemExit(EXIT_UNREACHABLE) from None

@@ -28,12 +28,24 @@ from celery import Celery
 
 from . import keys
 from .celery_app import app as default_app
+from .connection import text
 from .errors import ConfigurationError
 from .flower import flower_workers
 
 log = logging.getLogger(__name__)
 
+# A heartbeat in Redis's clock, not the device's: hosts' clocks may disagree by more than
+# dead_after, and a write delayed by the network carries the time it arrived, not an old one.
+# Optionally notes messages in hand (KEYS[2]) in the same step: taking a message proves life.
+_HEARD = """
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[1], ARGV[1], t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
 DEFAULT_TIMEOUT = 1.0
+WANTED_COMMAND = "mutitask_wanted"  # the remote control command a device answers (see hooks)
 _QUEUE = re.compile(rf"^{keys.QUEUE_PREFIX}(\d+)$")
 
 
@@ -86,6 +98,7 @@ class Devices:
         self.app = app or default_app
         self.timeout = timeout
         self.flower_url = flower_url
+        self._heard = client.register_script(_HEARD)
 
     # -- roster ---------------------------------------------------------------
     def expected(self) -> int:
@@ -102,7 +115,7 @@ class Devices:
         out: dict[str, list[int]] = {}
         for name, raw in self.client.hgetall(keys.DEVICES_INFO).items():
             try:
-                out[name] = [int(c) for c in json.loads(raw).get("channels", [])]
+                out[text(name)] = [int(c) for c in json.loads(raw).get("channels", [])]
             except (ValueError, TypeError, AttributeError):
                 log.warning("ignoring unreadable device record for %s", name)
         return out
@@ -110,19 +123,18 @@ class Devices:
     def register(self, name: str, channels: Sequence[int], host: str, pid: int) -> None:
         """Called by a device when it is ready (see :mod:`hooks`)."""
         info = json.dumps({"channels": list(channels), "host": host, "pid": pid, "started": time.time()})
-        pipe = self.client.pipeline(transaction=False)
-        pipe.hset(keys.DEVICES_INFO, name, info)
-        pipe.hset(keys.DEVICES_SEEN, name, repr(time.time()))
-        pipe.execute()
+        self.client.hset(keys.DEVICES_INFO, name, info)
+        self.heard(name)
 
-    def heard(self, name: str) -> None:
-        self.client.hset(keys.DEVICES_SEEN, name, repr(time.time()))
+    def heard(self, name: str, in_hand: tuple[str, str] | None = None) -> None:
+        """``name`` lives (in Redis's clock); ``in_hand``: (message id, delivery tag) it just took."""
+        self._heard(keys=[keys.DEVICES_SEEN, keys.inhand(name)], args=[name, *(in_hand or ())])
 
     # -- wanted state -----------------------------------------------------------
     def wanted(self, name: str) -> str:
         """The state the operator wants for ``name``: its own, else its short name's, else everyone's."""
         own, short, everyone = self.client.hmget(keys.DEVICES_WANTED, name, short_name(name), keys.ALL_DEVICES)
-        return own or short or everyone or DeviceState.RUNNING.value
+        return text(own or short or everyone or DeviceState.RUNNING.value)
 
     def is_paused(self, name: str) -> bool:
         return self.wanted(name) == DeviceState.PAUSED.value
@@ -157,19 +169,20 @@ class Devices:
         replies = self.app.control.ping(destination=list(names), timeout=self.timeout, limit=len(names))
         return sorted(n for reply in replies for n in reply)
 
-    def _broadcast_queues(self, command: str, names: Sequence[str]) -> list[str]:
+    def _tell(self, state: DeviceState, names: Sequence[str]) -> list[str]:
+        """Tell the online ones among ``names`` what the operator wants; returns those that replied.
+
+        The device sets its own wanted state before it replies, then stops or
+        resumes consuming its channels (``hooks.mutitask_wanted``).
+        """
         known = self.known()
         online = self._online([n for n in names if n in known])
-        answered: set[str] = set()
-        by_queue: dict[str, list[str]] = {}
-        for name in online:
-            for channel in known.get(name, []):
-                by_queue.setdefault(keys.queue(channel), []).append(name)
-        for queue, targets in by_queue.items():
-            call = getattr(self.app.control, command)
-            replies = call(queue, destination=targets, reply=True, timeout=self.timeout, limit=len(targets))
-            answered.update(n for reply in replies for n in reply)
-        return sorted(answered)
+        if not online:
+            return []
+        replies = self.app.control.broadcast(WANTED_COMMAND, arguments={"wanted_state": state.value},
+                                             destination=online, reply=True, timeout=self.timeout,
+                                             limit=len(online))
+        return sorted(n for reply in replies for n in reply)
 
     def pause(self, selectors: Iterable[str | int] | None = None) -> list[str]:
         """Pause devices (all when ``selectors`` is None); returns those that confirmed.
@@ -178,13 +191,13 @@ class Devices:
         """
         names = self.resolve(selectors)
         self._want(names, DeviceState.PAUSED)
-        return self._broadcast_queues("cancel_consumer", names if names is not None else list(self.known()))
+        return self._tell(DeviceState.PAUSED, names if names is not None else list(self.known()))
 
     def start(self, selectors: Iterable[str | int] | None = None) -> list[str]:
         """Let paused devices take tasks again; returns those that confirmed."""
         names = self.resolve(selectors)
         self._want(names, DeviceState.RUNNING)
-        return self._broadcast_queues("add_consumer", names if names is not None else list(self.known()))
+        return self._tell(DeviceState.RUNNING, names if names is not None else list(self.known()))
 
     def stop(self, selectors: Iterable[str | int] | None = None, wait: float = 10.0) -> list[str]:
         """Warm shutdown: each device finishes its task in hand, then its process ends.

@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def device_name(device_id: int) -> str:
     """``device<ID>@<this host>``, the name status and control use."""
-    return host_format(f"device{device_id}@%h")
+    return str(host_format(f"device{device_id}@%h"))
 
 
 def run_worker(hostname: str, channels: Sequence[int], concurrency: int = 1, loglevel: str = "INFO") -> int:

@@ -13,20 +13,24 @@ import logging
 import os
 import socket
 import threading
+from functools import partial
 from typing import Any
 
 import redis
 from celery.signals import task_received, worker_init, worker_ready, worker_shutdown
+from celery.worker.control import control_command
 
-from . import keys, runtime
+from . import prefetch, runtime, wanted
 from .control import channels_of
 from .recovery import HEARTBEAT
 
 log = logging.getLogger(__name__)
 _stop_heartbeat = threading.Event()
+_queues: list[str] = []  # the queues this device was started with, for `start` after a pause
+_consumer: list[Any] = []  # this worker's consumer, once ready
 
 
-@worker_init.connect
+@worker_init.connect  # type: ignore[untyped-decorator]  # celery's signals are untyped
 def _on_init(sender: Any = None, **_: Any) -> None:
     """Before consuming: put back what this device's previous life held when it died."""
     name = getattr(sender, "hostname", None)
@@ -41,7 +45,7 @@ def _on_init(sender: Any = None, **_: Any) -> None:
         log.warning("%s could not check what its previous run held: %s", name, exc)
 
 
-@task_received.connect
+@task_received.connect  # type: ignore[untyped-decorator]  # celery's signals are untyped
 def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     """Note the message in this device's hands, so a reaper can give it back if the device dies."""
     message = getattr(request, "message", None)
@@ -49,7 +53,10 @@ def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     if request is None or tag is None or runtime.reaper() is None:
         return
     try:
-        runtime.ledger().client.hset(keys.inhand(request.hostname), request.id, tag)
+        # Taking a message proves the device lives: say so in the same step, or a device
+        # back from a network cut (its last heartbeat old) would have the message it just
+        # took restored under it by a reaper.
+        runtime.devices().heard(request.hostname, in_hand=(request.id, str(tag)))
     except redis.RedisError as exc:
         log.warning("could not note message %s in hand: %s", request.id, exc)
 
@@ -59,24 +66,57 @@ def _heartbeat(name: str) -> None:
     reaper = runtime.reaper()
     while not _stop_heartbeat.wait(HEARTBEAT):
         try:
-            runtime.devices().heard(name)
+            devices = runtime.devices()
+            devices.heard(name)
+            was = wanted.local.paused
+            wanted.local.refresh(partial(devices.is_paused, name))  # a change made while unreachable
+            if wanted.local.paused is not None and wanted.local.paused != was and _consumer:
+                log.warning("%s is wanted %s (changed while it was out of reach)", name,
+                            "paused" if wanted.local.paused else "running")
+                _consume(_consumer[0], not wanted.local.paused)
             if reaper is not None:
                 reaper.reap()
         except redis.RedisError as exc:
             log.warning("heartbeat of %s failed: %s", name, exc)
 
 
-@worker_ready.connect
+@control_command(args=[("wanted_state", str)], signature="<running|paused>")  # type: ignore[untyped-decorator]
+def mutitask_wanted(state: Any, wanted_state: str = "running", **_: Any) -> dict[str, str]:
+    """Pause or start this device: no task starts once this has replied (see :mod:`wanted`)."""
+    paused = wanted_state == "paused"
+    wanted.local.told(paused)
+    _consume(state.consumer, not paused)
+    return {"ok": "paused" if paused else "running"}
+
+
+def _consume(consumer: Any, resume: bool) -> None:
+    """Stop or resume consuming this device's queues, in the worker's own loop.
+
+    A paused device that kept consuming would fetch and hand back messages in a loop.
+    """
+    for queue in _queues:
+        if resume:
+            consumer.call_soon(consumer.add_task_queue, queue)
+        else:
+            consumer.call_soon(consumer.cancel_task_queue, queue)
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]  # celery's signals are untyped
 def _on_ready(sender: Any = None, **_: Any) -> None:
     consumer = sender
     name = getattr(consumer, "hostname", None)
     if consumer is None or name is None:
         return
     queues = [q.name for q in consumer.task_consumer.queues]
+    _queues[:] = queues
+    _consumer[:] = [consumer]
+    prefetch.install(getattr(consumer, "qos", None), getattr(getattr(consumer, "pool", None), "num_processes", 1))
     try:
         devices = runtime.devices()
         devices.register(name, channels_of(queues), socket.gethostname(), os.getpid())
-        if devices.is_paused(name):
+        paused = devices.is_paused(name)
+        wanted.local.install(name, paused)
+        if paused:
             for queue in queues:
                 consumer.cancel_task_queue(queue)
             log.warning("%s starts paused (the operator paused it); `start` resumes it", name)
@@ -86,9 +126,10 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     threading.Thread(target=_heartbeat, args=(name,), name="mutitask-heartbeat", daemon=True).start()
 
 
-@worker_shutdown.connect
+@worker_shutdown.connect  # type: ignore[untyped-decorator]  # celery's signals are untyped
 def _on_shutdown(sender: Any = None, **_: Any) -> None:
     _stop_heartbeat.set()
+    wanted.local.forget()
     name = getattr(sender, "hostname", None)
     if name:
         try:

@@ -8,20 +8,32 @@ So a result is saved once and a failure recorded once, even when a message is
 delivered twice (the second finish finds nothing pending and is counted as a
 duplicate run). The server's back-pressure reads ``HLEN pending``, which works
 whatever the broker is.
+
+On the Redis broker a task enters the books and its queue in one transaction;
+on another broker (RabbitMQ) it enters the books and a journal first, and
+:mod:`.publisher` sends it (see there, and :meth:`Ledger.resend_unsent`).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 from celery import Celery
 
 from . import keys, messages
+from .connection import text
+from .publisher import BrokerPublisher
+
+log = logging.getLogger(__name__)
 
 NOTIFY_KEEP = 64  # wake-up tokens kept per channel; the server only needs one
+UNSENT_GRACE = 10.0  # seconds after which a journal entry is a publisher's that died (a call takes ms)
+UNSENT_BATCH = 500
 
 _FINISH = """
 local rec_prefix, now, device, channel, busy = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6]
@@ -63,7 +75,8 @@ redis.call('HINCRBY', KEYS[3], 'timed', ok + failed + dup)
 redis.call('HINCRBYFLOAT', KEYS[3], 'busy', busy)
 redis.call('HINCRBY', KEYS[9], device, ok + failed + dup)
 if ARGV[5] ~= '' then redis.call('HDEL', KEYS[11], ARGV[5]) end
-redis.call('HSET', KEYS[10], device, now)
+local t = redis.call('TIME')
+redis.call('HSET', KEYS[10], device, t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
 if ok + failed > 0 then
   redis.call('LPUSH', KEYS[4], '1')
   redis.call('LTRIM', KEYS[4], 0, NOTIFY_LAST)
@@ -105,10 +118,13 @@ class ChannelStats:
 class Ledger:
     """Reads and changes the books of the channels in one Redis database."""
 
-    def __init__(self, client: redis.Redis, app: Celery, broker_is_store: bool = True) -> None:
+    def __init__(self, client: redis.Redis, app: Celery, broker_is_store: bool = True,
+                 publisher: BrokerPublisher | None = None) -> None:
         self.client = client
         self.app = app
         self.broker_is_store = broker_is_store
+        # Another broker: its publisher (shared with the dead-letter store), None on this Redis.
+        self.publisher = None if broker_is_store else (publisher or BrokerPublisher(app))
         self._finish = client.register_script(_FINISH)
 
     def outstanding(self, channel: int) -> int:
@@ -118,7 +134,8 @@ class Ledger:
     def stats(self, channel: int) -> ChannelStats:
         raw = self.client.hgetall(keys.stats(channel))
         fields = ChannelStats.__dataclass_fields__
-        return ChannelStats(**{k: (float(v) if k == "busy" else int(v)) for k, v in raw.items() if k in fields})
+        values: dict[str, Any] = {k: (float(v) if k == "busy" else int(v)) for k, v in raw.items() if k in fields}
+        return ChannelStats(**values)
 
     def publish(self, channel: int, items: Sequence[messages.Item], batch: int = 1) -> None:
         """Enter ``items`` in the books and put them on the channel's queue, ``batch`` tasks a message."""
@@ -134,23 +151,46 @@ class Ledger:
         """Queue the items, ``batch`` a message; on this Redis, in the same transaction as ``pipe``."""
         queue = keys.queue(channel)
         groups = [items[i:i + batch] for i in range(0, len(items), max(1, batch))]
-        if self.broker_is_store:
+        if self.publisher is None:
             pipe.lpush(queue, *[messages.build(self.app, queue, channel, group) for group in groups])
             pipe.execute()
             return
+        # Another broker (e.g. RabbitMQ): journal, publish (confirmed), then clear the journal.
+        ids = [task_id for task_id, _ in items]
+        pipe.zadd(keys.unsent(channel), dict.fromkeys(ids, time.time()))
         pipe.execute()
-        for group in groups:  # another broker (e.g. RabbitMQ): Celery's own publisher
-            message_id = group[0][0] if len(group) == 1 else messages.new_task_id()
-            self.app.send_task(messages.TASK_NAME, args=[channel, [list(item) for item in group]],
-                               task_id=message_id, queue=queue)
+        self.publisher.send(queue, channel, groups)
+        self.client.zrem(keys.unsent(channel), *ids)
 
     def republish(self, channel: int, task_ids: Sequence[str]) -> int:
         """Put outstanding tasks on the queue again (their data from the books); returns how many."""
         data = self.client.hmget(keys.pending(channel), list(task_ids))
-        items = [(t, d) for t, d in zip(task_ids, data, strict=True) if d is not None]
+        items = [(t, text(d)) for t, d in zip(task_ids, data, strict=True) if d is not None]
         if items:
             self._send(channel, items, self.client.pipeline(transaction=True))
         return len(items)
+
+    def resend_unsent(self, channels: Sequence[int], grace: float = UNSENT_GRACE) -> int:
+        """Publish again what a publisher that died left in the journal; returns how many tasks.
+
+        Only entries older than ``grace`` seconds: a live publisher clears its own
+        within milliseconds. Tasks no longer outstanding are just dropped from it.
+        """
+        if self.publisher is None:
+            return 0
+        resent = 0
+        for channel in channels:
+            ids = [str(task_id) for task_id in self.client.zrangebyscore(
+                keys.unsent(channel), "-inf", time.time() - grace, start=0, num=UNSENT_BATCH)]
+            if not ids:
+                continue
+            n = self.republish(channel, ids)
+            self.client.zrem(keys.unsent(channel), *ids)
+            if n:
+                log.warning("channel %d: %d task(s) were in the books but never reached the broker "
+                            "(their publisher died): publishing them again", channel, n)
+            resent += n
+        return resent
 
     def finish(self, channel: int, device: str, outcomes: Iterable[Outcome],
                message_id: str = "", busy: float = 0.0) -> tuple[int, int, int]:

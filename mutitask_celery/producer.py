@@ -28,16 +28,19 @@ log = logging.getLogger(__name__)
 
 WAIT_STEP = 0.5  # longest a control change (resume, new size) waits to be seen
 RECONNECT_FOR = 120.0  # seconds the run waits for Redis to come back before giving up
-TARGET_MESSAGE_SECONDS = 0.02  # work one message should carry: short tasks travel together
+TARGET_MESSAGE_SECONDS = 0.1  # work one message should carry: short tasks travel together
 MAX_BATCH = 100
 
 
 class _Batcher:
     """How many tasks a message carries, from the measured task time of the channel.
 
-    Slow tasks (>= 20 ms) travel one per message, so Flower shows them one by
-    one and a pause stops them one by one; no-op tasks travel up to 100 a
-    message. Starts at 1 until the first tasks have been timed.
+    A message carries about 100 ms of work: slow tasks (75 ms or more) travel
+    one per message, so Flower shows them one by one and a pause stops them one
+    by one; 50 ms tasks travel in pairs, which halves what a device spends per
+    task on the broker (a 20-slot device of 50 ms tasks was CPU-bound on that);
+    no-op tasks travel up to 100 a message. Starts at 1 until the first tasks
+    have been timed.
     """
 
     PROBE = 8  # tasks published before the first measurement
@@ -55,7 +58,7 @@ class _Batcher:
         done, busy = stats.timed - self._timed, stats.busy - self._busy
         if done >= 1:
             average = max(busy / done, 1e-6)
-            self.size = max(1, min(MAX_BATCH, int(TARGET_MESSAGE_SECONDS / average)))
+            self.size = max(1, min(MAX_BATCH, round(TARGET_MESSAGE_SECONDS / average)))
             self._timed, self._busy = stats.timed, stats.busy
             self.measured = True
 
@@ -165,6 +168,7 @@ class Producer:
         self._stop = threading.Event()
         self.finished = threading.Event()
         self.summary = RunSummary()
+        self._feeds: list[_Feed] = []
 
     # -- controls (the console calls these from its own thread) ---------------
     @property
@@ -193,9 +197,14 @@ class Producer:
     def paused(self) -> bool:
         return self._paused.is_set()
 
+    def snapshot(self) -> tuple[RunSummary, dict[int, bool]]:
+        """The latest summary, and which channels' generators have ended (for progress displays)."""
+        return self.summary, {f.channel: f.exhausted for f in self._feeds}
+
     # -- the run ---------------------------------------------------------------
     def run(self, sources: list[Iterator[object]]) -> RunSummary:
         feeds = [_Feed(n, src) for n, src in enumerate(sources, start=1)]
+        self._feeds = feeds
         channels = [f.channel for f in feeds]
         before = {ch: self.ledger.stats(ch) for ch in channels}
         self._batchers = {ch: _Batcher() for ch in channels}
@@ -215,8 +224,8 @@ class Producer:
                     if self._step(feeds, channels, before, published, unsent):
                         break
                     outage = None
-                except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-                    outage = self._wait_for_redis(outage, exc)
+                except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, BrokerUnavailable) as exc:
+                    outage = self._wait_for_redis(outage, exc)  # the unsent tasks go out when it is back
         finally:
             self.finished.set()
         try:
@@ -253,24 +262,28 @@ class Producer:
         return False
 
     def _wait_for_redis(self, since: float | None, exc: Exception) -> float:
-        """Back off while Redis is away; give up with a clear error after RECONNECT_FOR seconds."""
+        """Back off while Redis (or the broker) is away; give up with a clear error after RECONNECT_FOR seconds."""
         now = time.monotonic()
         if since is None:
-            log.warning("lost Redis (%s): waiting up to %.0fs for it to come back", exc, RECONNECT_FOR)
+            log.warning("lost Redis or the broker (%s): waiting up to %.0fs for it to come back", exc, RECONNECT_FOR)
             since = now
         elif now - since > RECONNECT_FOR:
-            raise BrokerUnavailable(f"Redis did not come back within {RECONNECT_FOR:.0f}s: {exc}") from None
+            raise BrokerUnavailable(f"Redis or the broker did not come back within {RECONNECT_FOR:.0f}s: "
+                                    f"{exc}") from None
         self._stop.wait(min(2.0, 0.1 * 2 ** min(int(now - since), 5)))
         return since
 
     def _reap(self, channels: list[int]) -> None:
         """Every heartbeat period, give dead devices' tasks to live ones (even when all died),
-        and publish again any task a dying device took off the queue but never held."""
+        and publish again any task a dying device took off the queue but never held; on
+        another broker (which redelivers by itself), any task a dying publisher left unsent."""
         now = time.monotonic()
-        if self.reaper is not None and now >= self._next_reap:
+        if now >= self._next_reap:
             self._next_reap = now + HEARTBEAT
-            self.reaper.reap()
-            self.reaper.sweep(channels)
+            if self.reaper is not None:
+                self.reaper.reap()
+                self.reaper.sweep(channels)
+            self.ledger.resend_unsent(channels)
 
     def _summarize(self, channels: list[int], before: dict[int, ChannelStats],
                    published: dict[int, int]) -> RunSummary:

@@ -10,6 +10,7 @@ finished (or the operator typed ``stop``).
 from __future__ import annotations
 
 import logging
+import operator
 import os
 import select
 import sys
@@ -17,7 +18,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from . import runtime, settings
+from . import logs, progress, runtime, settings
 from .connection import check_redis, redis_client
 from .console import PROMPT, Console
 from .control import Devices, DeviceState
@@ -47,6 +48,20 @@ def as_sources(tasks: Any) -> list[Iterator[Any]]:
     )
 
 
+def totals_of(tasks: Any) -> dict[int, int | None]:
+    """Each channel's number of tasks where it is known before the run (a list, a range, ...).
+
+    A generator's length is unknown until it ends; the progress display then shows ``?``.
+    """
+    channels = [tasks] if isinstance(tasks, Iterator) else list(tasks)
+    totals: dict[int, int | None] = {}
+    for n, source in enumerate(channels, start=1):
+        hint = operator.length_hint(source, -1) if not isinstance(source, Iterator) or hasattr(
+            source, "__length_hint__") else -1
+        totals[n] = hint if hint >= 0 else None
+    return totals
+
+
 def serve(
     tasks: Any,
     channel_size: int,
@@ -63,8 +78,11 @@ def serve(
     the original did, until the operator types ``start_all``.
     """
     sources = as_sources(tasks)
+    totals = totals_of(tasks)
     conf = runtime.reset(settings.current())
     check_redis(conf.redis_url)
+    if (publisher := runtime.publisher()) is not None:
+        publisher.check()  # RabbitMQ unreachable: one clear error within seconds
     devices = Devices(redis_client(conf.redis_url), timeout=monitor_wait, flower_url=conf.flower_url)
     if expected_devices is not None:
         devices.set_expected(expected_devices)
@@ -77,17 +95,26 @@ def serve(
     stdin = sys.stdin if stdin is None else stdin
     out = sys.stdout if out is None else out
     console = Console(producer, runtime.store(), devices, out)
+    logs.ensure_visible()
+    display = progress.choose(conf.progress, out, len(sources), conf.progress_every)
+    reporter = None
+    if display is not None:
+        reporter = progress.Reporter(display, progress.Meter(totals), producer.snapshot).start()
     interactive = _isatty(stdin)
-    if interactive:
-        summary = _run_interactive(producer, console, sources, stdin, out)
-    else:
-        reader = threading.Thread(target=_read_commands, args=(console, stdin, producer.finished),
-                                  name="mutitask-console", daemon=True)
-        reader.start()
-        summary = producer.run(sources)
-        reader.join()  # piped commands already written still run before the run returns
+    try:
+        if interactive:
+            summary = _run_interactive(producer, console, sources, stdin, out)
+        else:
+            reader = threading.Thread(target=_read_commands, args=(console, stdin, producer.finished),
+                                      name="mutitask-console", daemon=True)
+            reader.start()
+            summary = producer.run(sources)
+            reader.join()  # piped commands already written still run before the run returns
+    finally:
+        if reporter is not None:
+            reporter.stop()
     for line in str(summary).splitlines():
-        print(line, file=out, flush=True)
+        console.say(line)
     return summary
 
 
@@ -152,8 +179,8 @@ def _read_commands(console: Console, stdin: TextIO, finished: threading.Event) -
             continue
         pending += chunk
         *lines, pending = pending.split(b"\n")
-        for line in lines:
-            if not console.execute(line.decode(errors="replace")):
+        for raw in lines:
+            if not console.execute(raw.decode(errors="replace")):
                 return
         if not chunk:  # end of file
             break

@@ -57,6 +57,16 @@ def _optional_positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     return parse
 
 
+def _choice(*allowed: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        word = value.strip().lower()
+        if word not in allowed:
+            raise ConfigurationError(f"expected one of {', '.join(allowed)}, got {value!r}")
+        return word
+
+    return parse
+
+
 SETTINGS: tuple[Setting, ...] = (
     Setting(
         "redis_url",
@@ -116,6 +126,22 @@ SETTINGS: tuple[Setting, ...] = (
         _optional_positive(float),
         "Seconds a record is kept after its last failure; older ones are dropped (and counted). None: forever.",
     ),
+    Setting(
+        "progress",
+        "MUTITASK_PROGRESS",
+        ("mutitask_progress",),
+        "auto",
+        _choice("auto", "bar", "log", "off"),
+        "How a run shows its progress: auto (a live bar on a terminal, a log line otherwise), bar, log or off.",
+    ),
+    Setting(
+        "progress_every",
+        "MUTITASK_PROGRESS_EVERY",
+        ("mutitask_progress_every",),
+        10.0,
+        _optional_positive(float),
+        "Seconds between progress log lines when the output is not a terminal.",
+    ),
 )
 
 
@@ -130,6 +156,8 @@ class Settings:
     max_attempts: int = 3
     dead_letter_max: int | None = None
     dead_letter_max_age: float | None = None
+    progress: str = "auto"
+    progress_every: float | None = 10.0
 
     @property
     def broker(self) -> str:
@@ -263,3 +291,13 @@ def configure(**explicit: Any) -> Settings:
     _current = load_settings(_explicit)
     _seen_env = _env_now()
     return _current
+
+
+def markdown_rows() -> list[str]:
+    """The README's configuration table, one row per setting (a test keeps the two equal)."""
+    rows = []
+    for s in SETTINGS:
+        names = " or ".join(f"`{n}`" for n in s.config_names)
+        default = "none" if s.default is None else f"`{s.default}`"
+        rows.append(f"| {s.doc} | `{s.env}` | {names} | {default} |")
+    return rows

@@ -10,8 +10,12 @@ same atomic step that takes the task out of the books.
 A reload moves records back in one Lua script per batch: each record is
 deleted, its task re-entered in the books and, when the broker is this Redis,
 its pre-built message pushed on the queue, all at once. A task is therefore
-never in the store and the queue together, nor in neither. A reloaded task
-keeps its id, so failing again updates the same record (``failures`` + 1).
+never in the store and the queue together, nor in neither. On another broker
+(RabbitMQ) the same script enters the tasks in the publisher's journal
+instead, and they are published right after it (see :mod:`.publisher`): a
+reload killed in between leaves them outstanding in the books and the
+journal, and the server publishes them. A reloaded task keeps its id, so
+failing again updates the same record (``failures`` + 1).
 """
 
 from __future__ import annotations
@@ -21,13 +25,15 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 from celery import Celery
 
 from . import codec, keys, messages
+from .connection import text
 from .errors import RecordNotFound
+from .publisher import BrokerPublisher
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +41,12 @@ RECORD_VERSION = 1
 BATCH = 500
 
 # KEYS[1]: all-channels index. ARGV: the key prefixes (record, pending, meta,
-# stats, queue), then (id, message) pairs; message '' means "the broker is
-# elsewhere: the caller publishes".
+# stats, queue, unsent journal), the time, then (id, message) pairs; message ''
+# means "the broker is elsewhere: journal it, the caller publishes".
 _RELOAD = """
 local moved = {}
-local rec, pending, meta, stats, queue = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-for i = 6, #ARGV, 2 do
+local rec, pending, meta, stats, queue, unsent = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6]
+for i = 8, #ARGV, 2 do
   local id, msg = ARGV[i], ARGV[i+1]
   local f = redis.call('HMGET', rec .. id, 'channel', 'data', 'failures', 'first_failed')
   if f[1] and f[2] then
@@ -51,7 +57,7 @@ for i = 6, #ARGV, 2 do
     redis.call('HSET', pending .. ch, id, f[2])
     redis.call('HSET', meta .. ch, id, (f[3] or '1') .. '|' .. (f[4] or '0'))
     redis.call('HINCRBY', stats .. ch, 'reloaded', 1)
-    if msg ~= '' then redis.call('LPUSH', queue .. ch, msg) end
+    if msg ~= '' then redis.call('LPUSH', queue .. ch, msg) else redis.call('ZADD', unsent .. ch, ARGV[7], id) end
     table.insert(moved, id)
   end
 end
@@ -202,10 +208,12 @@ class RedisDeadLetterStore(DeadLetterStore):
     """The store in Redis, next to the books (see module docstring)."""
 
     def __init__(self, client: redis.Redis, app: Celery, broker_is_store: bool = True,
-                 max_records: int | None = None, max_age: float | None = None) -> None:
+                 max_records: int | None = None, max_age: float | None = None,
+                 publisher: BrokerPublisher | None = None) -> None:
         self.client = client
         self.app = app
         self.broker_is_store = broker_is_store
+        self.publisher = None if broker_is_store else (publisher or BrokerPublisher(app))
         self.max_records = max_records
         self.max_age = max_age
         self._reload = client.register_script(_RELOAD)
@@ -219,7 +227,7 @@ class RedisDeadLetterStore(DeadLetterStore):
         stop = -1 if limit is None else offset + limit - 1
         if limit is not None and limit <= 0:
             return []
-        return list(self.client.zrange(keys.dead_index(channel), offset, stop))
+        return cast("list[str]", self.client.zrange(keys.dead_index(channel), offset, stop))  # ids, no scores
 
     def _load(self, ids: Sequence[str]) -> list[FailedTask]:
         pipe = self.client.pipeline(transaction=False)
@@ -238,7 +246,7 @@ class RedisDeadLetterStore(DeadLetterStore):
 
     def get(self, task_id: str) -> FailedTask:
         raw = self.client.hgetall(keys.dead_record(task_id))
-        record = decode_record(raw) if raw else None
+        record = decode_record({text(k): text(v) for k, v in raw.items()}) if raw else None
         if record is None:
             raise RecordNotFound(task_id)
         return record
@@ -268,7 +276,7 @@ class RedisDeadLetterStore(DeadLetterStore):
             for task_id in batch:
                 pipe.hmget(keys.dead_record(task_id), "channel", "data", "v")
             argv: list[str] = [keys.DEAD_RECORD_PREFIX, keys.PENDING_PREFIX, keys.META_PREFIX,
-                               keys.STATS_PREFIX, keys.QUEUE_PREFIX]
+                               keys.STATS_PREFIX, keys.QUEUE_PREFIX, keys.UNSENT_PREFIX, repr(time.time())]
             to_send: dict[str, tuple[int, str]] = {}
             orphans: list[str] = []
             for task_id, (ch, data, version) in zip(batch, pipe.execute(), strict=True):
@@ -280,28 +288,35 @@ class RedisDeadLetterStore(DeadLetterStore):
                 if channel is not None and int(ch) != channel:
                     continue
                 msg = ""
-                if self.broker_is_store:
+                if self.publisher is None:
                     msg = messages.build(self.app, keys.queue(int(ch)), int(ch), [(task_id, data)])
                 else:
                     to_send[task_id] = (int(ch), data)
                 argv += [task_id, msg]
             if orphans and ids is None:  # index entries whose record is gone
                 self.client.zrem(keys.dead_index(channel), *orphans)
-            if len(argv) == 5:
+            if len(argv) == 7:
                 if ids is None and not orphans:  # only unreadable records left at the head
                     break
                 continue
             moved = self._reload(keys=[keys.DEAD_INDEX], args=argv)
-            for task_id in moved:
-                if task_id in to_send:
-                    ch, data = to_send[task_id]
-                    self.app.send_task(
-                        messages.TASK_NAME, args=[ch, [[task_id, data]]], task_id=task_id, queue=keys.queue(ch)
-                    )
+            self._publish_moved([to_send[t] + (t,) for t in moved if t in to_send])
             moved_total += len(moved)
         if moved_total:
             log.info("reloaded %d failed task(s)", moved_total)
         return moved_total
+
+    def _publish_moved(self, moved: Sequence[tuple[int, str, str]]) -> None:
+        """On another broker: publish reloaded tasks (channel, data, id), one a message, then
+        clear them from the journal the reload script entered them in."""
+        if self.publisher is None or not moved:
+            return
+        by_channel: dict[int, list[messages.Item]] = {}
+        for ch, data, task_id in moved:
+            by_channel.setdefault(ch, []).append((task_id, data))
+        for ch, items in by_channel.items():
+            self.publisher.send(keys.queue(ch), ch, [[item] for item in items])
+            self.client.zrem(keys.unsent(ch), *[task_id for task_id, _ in items])
 
     def delete(self, channel: int | None = None, ids: Iterable[str] | None = None) -> int:
         deleted = 0

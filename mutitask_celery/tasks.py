@@ -16,8 +16,9 @@ import redis
 from celery import Task
 from celery.exceptions import Reject
 
-from . import codec, hooks, keys, runtime  # noqa: F401  (hooks: device start/stop behaviour)
+from . import codec, hooks, keys, prefetch, runtime, wanted  # noqa: F401  (hooks: device start/stop behaviour)
 from .celery_app import TASK_NAME, app
+from .errors import BrokerUnavailable
 from .ledger import Outcome
 from .registry import ChannelHandler, TaskFormat, handler_for
 
@@ -98,17 +99,44 @@ def _forget_in_hand(device: str, message_id: str | None) -> None:
         pass  # a stale note is harmless: its delivery tag will not be in kombu's unacked hash
 
 
-@app.task(name=TASK_NAME, bind=True, ignore_result=True)
+def _give_back(channel: int, items: list[list[Any]]) -> None:
+    """On another broker: the message goes back untouched, so its redelivery counts no death."""
+    redeliveries = runtime.redeliveries()
+    if redeliveries is None:
+        return
+    try:
+        redeliveries.given_back(channel, [str(i[0]) for i in items])
+    except redis.RedisError:
+        pass  # then its redelivery counts one death: a poison task takes max_attempts of them
+
+
+def _settle_redelivery(channel: int, device: str, items: list[list[Any]]) -> bool:
+    """True when a redelivered message must not run (see recovery.Redeliveries); on the
+    Redis broker the reaper counts deaths instead, and this is always False."""
+    redeliveries = runtime.redeliveries()
+    if redeliveries is None:
+        return False
+    try:
+        return redeliveries.settle(channel, device, [(str(i[0]), str(i[1])) for i in items])
+    except (redis.RedisError, BrokerUnavailable) as exc:
+        raise Reject(f"cannot count the redelivery: {exc}", requeue=True) from exc
+
+
+@app.task(name=TASK_NAME, bind=True, ignore_result=True)  # type: ignore[untyped-decorator]  # celery's, untyped
 def run_items(self: Task, channel: int, items: list[list[Any]]) -> None:
     device = self.request.hostname or "unknown"
     try:
-        paused = runtime.devices().is_paused(device)
+        devices = runtime.devices()
+        paused = wanted.local.is_paused(device, lambda: devices.is_paused(device))
     except redis.RedisError as exc:
         raise Reject(f"cannot read the device's wanted state: {exc}", requeue=True) from exc
     if paused:
         # Fetched just before the pause took effect: give it back untouched.
         _forget_in_hand(device, self.request.id)
+        _give_back(channel, items)
         raise Reject(f"{device} is paused", requeue=True)
+    if (self.request.delivery_info or {}).get("redelivered") and _settle_redelivery(channel, device, items):
+        return
     handler = handler_for(channel)
     started = time.perf_counter()
     if handler is None:
@@ -119,6 +147,7 @@ def run_items(self: Task, channel: int, items: list[list[Any]]) -> None:
     else:
         outcomes = [run_one(handler, str(task_id), str(data)) for task_id, data in items]
     busy = time.perf_counter() - started
+    prefetch.observe(busy)
     try:
         _ok, failed, _dup = _finish(channel, device, outcomes, self.request.id or "", busy)
     except redis.RedisError as exc:
@@ -126,6 +155,7 @@ def run_items(self: Task, channel: int, items: list[list[Any]]) -> None:
         # ack a task whose outcome nobody recorded.
         log.warning("could not record %d outcome(s) on channel %s (%s); requeueing", len(outcomes), channel, exc)
         _forget_in_hand(device, self.request.id)
+        _give_back(channel, items)
         raise Reject(str(exc), requeue=True) from exc
     if failed:
         try:

@@ -1,14 +1,21 @@
 """Fixtures: a private redis-server per test session, clean state per test, and
 a process group that stops every process a test started, by its id, even when
-the test fails."""
+the test fails; ``broker`` runs a test on the Redis broker and on RabbitMQ (a
+vhost of its own, deleted afterwards)."""
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -96,6 +103,13 @@ class Processes:
         self.started.append((proc, log))
         return proc
 
+    def adopt(self, proc: subprocess.Popen[bytes], name: str = "adopted") -> subprocess.Popen[bytes]:
+        """A process the test started itself (e.g. on a terminal): stopped with the others."""
+        log = self.logdir / f"{name}.log"
+        log.touch()
+        self.started.append((proc, log))
+        return proc
+
     def python(self, script: str | Path, *args: str, name: str | None = None, **kw: Any) -> subprocess.Popen[bytes]:
         return self.start([sys.executable, str(script), *args], name or Path(script).stem, **kw)
 
@@ -145,3 +159,128 @@ def device_is_up(name: str) -> Callable[[], bool]:
         return any(name in reply for reply in replies)
 
     return ping
+
+
+RABBITMQ_HOST, RABBITMQ_PORT = "127.0.0.1", 5672
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> str:
+    """RabbitMQ on 127.0.0.1:5672, started by scripts/rabbitmq.sh when it does not answer.
+
+    Skips the amqp tests when it cannot be had; under CI (``CI`` set) fails instead,
+    since .ci/run starts it and a silent skip would hide a broken broker.
+    """
+    problem = ""
+    if not _answers(RABBITMQ_HOST, RABBITMQ_PORT):
+        started = subprocess.run(["bash", str(ROOT / "scripts" / "rabbitmq.sh")], capture_output=True, text=True,
+                                 stdin=subprocess.DEVNULL, timeout=600)
+        if started.returncode != 0 or not _answers(RABBITMQ_HOST, RABBITMQ_PORT):
+            last = (started.stderr or started.stdout).strip().splitlines()[-1:] or ["no output"]
+            problem = (f"RabbitMQ does not answer on {RABBITMQ_HOST}:{RABBITMQ_PORT} and scripts/rabbitmq.sh "
+                       f"could not start it ({last[0]})")
+    if not problem and shutil.which("rabbitmqctl") is None:
+        problem = "rabbitmqctl is not installed: the amqp tests need it to make a vhost of their own"
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    return f"{RABBITMQ_HOST}:{RABBITMQ_PORT}"
+
+
+@dataclass(frozen=True)
+class Broker:
+    """The broker a test runs on: ``redis`` (the books' Redis) or ``amqp`` (RabbitMQ)."""
+
+    kind: str
+    url: str | None = None  # MUTITASK_BROKER_URL; None on the books' Redis
+
+    def queued(self, queue: str) -> int:
+        """Messages waiting on ``queue`` (not those in a device's hands): for assertions only."""
+        from kombu.connection import Connection
+
+        from mutitask_celery import runtime
+
+        if self.url is None:
+            return int(runtime.ledger().client.llen(queue))
+        with Connection(self.url) as connection:  # type: ignore[no-untyped-call]  # kombu is untyped
+            try:
+                return int(connection.default_channel.queue_declare(queue=queue, passive=True).message_count)
+            except connection.channel_errors:  # not declared yet: nothing waits on it
+                return 0
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def broker(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Broker]:
+    """Runs the test with the Redis broker, then with RabbitMQ as MUTITASK_BROKER_URL (the books,
+    results and dead-letter store stay in the session's Redis). Each amqp test gets a fresh vhost,
+    so no queue of another test (or of the default vhost) is ever touched; it is deleted afterwards,
+    once this process has dropped its connections (a test's processes are stopped before)."""
+    if request.param == "redis":
+        yield Broker("redis")
+        return
+    address = request.getfixturevalue("rabbitmq")
+    vhost = f"mutitask-test-{uuid.uuid4().hex[:12]}"
+    _rabbitmqctl("add_vhost", vhost)
+    try:
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        url = f"amqp://guest:guest@{address}/{vhost}"
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("MUTITASK_BROKER_URL", url)
+            _reset_package_state()
+            yield Broker("amqp", url)
+        _reset_package_state()
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)
+
+
+def run_in_thread(tasks: list[str], channel_size: int = 10) -> tuple[threading.Thread, dict[str, Any]]:
+    """A server run of ``tasks`` in a thread; its RunSummary lands in ``out["summary"]``."""
+    from mutitask_celery import serve
+
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        out["summary"] = serve.serve(iter(tasks), channel_size=channel_size, stdin=io.StringIO(""),
+                                     out=io.StringIO())
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, out
+
+
+def poison_run(procs: Processes, env: dict[str, str] | None = None) -> None:
+    """Serve a, poison, b, c to a 'poison' device1 that a supervisor restarts whenever the
+    poison kills it; the poison must be dead-lettered as 'worker lost' after three deaths
+    and the other three saved."""
+    import mutitask_celery as mt
+
+    thread, out = run_in_thread(["a", "poison", "b", "c"])
+    deaths = 0
+    device = procs.device(1, 1, "poison", env=env)
+    deadline = time.monotonic() + 120
+    while thread.is_alive():  # a supervisor: restart the device whenever it dies
+        assert time.monotonic() < deadline, "the run did not complete"
+        if device.poll() is not None:
+            assert device.returncode == 3
+            deaths += 1
+            device = procs.device(1, 1, "poison", env=env)
+        thread.join(0.2)
+    summary = out["summary"]
+    assert deaths == 3
+    assert (summary.published, summary.succeeded, summary.failed) == (4, 3, 1)
+    (record,) = mt.failed(1)
+    assert record.data == "poison" and record.reason.startswith("worker lost")
+    assert sorted(mt.results(1)) == ["a", "b", "c"]

@@ -33,10 +33,10 @@ def test_short_tasks_share_messages_and_keep_their_own_outcomes(procs: Processes
 
 
 def test_slow_tasks_travel_one_per_message(procs: Processes, r: redis.Redis) -> None:
-    procs.device(1, 1, "slow", env={"SLOW_SECONDS": "0.03"})
-    serve.serve((str(n) for n in range(40)), channel_size=40, stdin=io.StringIO(""), out=io.StringIO())
+    procs.device(1, 1, "slow", env={"SLOW_SECONDS": "0.1"})
+    serve.serve((str(n) for n in range(20)), channel_size=40, stdin=io.StringIO(""), out=io.StringIO())
     stats = runtime.ledger().stats(1)
-    assert stats.succeeded == 40 and stats.messages == 40
+    assert stats.succeeded == 20 and stats.messages == 20
 
 
 def test_batch_size_follows_the_measured_task_time() -> None:
@@ -49,3 +49,5 @@ def test_batch_size_follows_the_measured_task_time() -> None:
     assert batcher.take(room=50, outstanding=950, channel_size=1000) == 0  # wait for room for one
     batcher.update(ChannelStats(timed=110, busy=0.01 + 10 * 0.5))  # now 0.5 s a task
     assert batcher.batch(1000) == 1
+    batcher.update(ChannelStats(timed=120, busy=0.01 + 10 * 0.5 + 10 * 0.05))  # 50 ms: two a message
+    assert batcher.batch(1000) == 2

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
 import redis
 from conftest import HELPERS, Processes, device_is_up, wait_until
 
@@ -64,11 +65,16 @@ def test_state_transitions(procs: Processes, r: redis.Redis) -> None:
     assert status(D1).state is DeviceState.OFFLINE and status(D1).state.code == -1
 
 
-def test_pause_lets_the_task_in_hand_finish_and_starts_no_other(procs: Processes, r: redis.Redis) -> None:
-    dev = procs.device(1, 1, "slow", env={"SLOW_SECONDS": "0.5"})
+@pytest.mark.parametrize("seconds, count, holds", [("0.5", 8, 1), ("0.05", 60, 2)], ids=["slow", "quick"])
+def test_pause_lets_the_task_in_hand_finish_and_starts_no_other(procs: Processes, r: redis.Redis, seconds: str,
+                                                                count: int, holds: int) -> None:
+    """Quick tasks: the device holds a second message (prefetch 2), and still starts it only if not paused."""
+    dev = procs.device(1, 1, "slow", env={"SLOW_SECONDS": seconds})
     wait_until(device_is_up(D1), 30, "device1")
-    publish([str(i) for i in range(8)])
-    wait_until(lambda: len(starts(procs, dev)) >= 2, 30, "two tasks to start")
+    publish([str(i) for i in range(count)])
+    wait_until(lambda: len(starts(procs, dev)) >= 5 * holds - 3, 30, "tasks to start")
+    stats = mt.app.control.inspect(destination=[D1], timeout=5, limit=1).stats() or {}
+    assert stats[D1]["prefetch_count"] == holds
     assert mt.pause("all") == [D1]
     paused_at = time.time()
     wait_until(lambda: status(D1).in_hand == 0, 10, "the task in hand to finish")
@@ -76,9 +82,9 @@ def test_pause_lets_the_task_in_hand_finish_and_starts_no_other(procs: Processes
     assert all(when < paused_at for _, when in started), (started, paused_at)
     # Every task started before the pause ended saved; the rest are still waiting, none lost.
     wait_until(lambda: mt.results_count(1) == len(started), 10, "the results of the tasks that ran")
-    assert runtime.ledger().outstanding(1) == 8 - len(started)
+    assert runtime.ledger().outstanding(1) == count - len(started)
     assert mt.start("all") == [D1]
-    wait_until(lambda: mt.results_count(1) == 8, 30, "the rest after start")
+    wait_until(lambda: mt.results_count(1) == count, 30, "the rest after start")
 
 
 def test_pause_survives_a_restart(procs: Processes, r: redis.Redis) -> None:
@@ -205,3 +211,24 @@ def test_cli_status_pause_start_stop(procs: Processes, r: redis.Redis, redis_url
     assert cli("stop", "1").returncode == 0
     assert dev.wait(15) == 0
     assert cli("pause", "device9").returncode == 1  # nobody answered
+
+
+def consuming(name: str) -> list[str]:
+    queues = mt.app.control.inspect(destination=[name], timeout=2, limit=1).active_queues() or {}
+    return [q["name"] for q in queues.get(name, [])]
+
+
+def test_a_wish_written_while_the_device_was_out_of_reach_is_picked_up(procs: Processes, r: redis.Redis) -> None:
+    """No remote control reached the device (only Redis changed): its heartbeat finds the
+    wish within seconds, and it stops (or resumes) consuming instead of handing messages back."""
+    procs.device(1, 1)
+    wait_until(device_is_up(D1), 30, "device1")
+    assert consuming(D1) == ["channel1"]
+    devices = runtime.devices()
+    devices._want([D1], DeviceState.PAUSED)  # as a pause whose control message never arrived
+    wait_until(lambda: consuming(D1) == [], 15, "device1 to stop consuming")
+    publish(["1", "2"])
+    assert status(D1).state is DeviceState.PAUSED
+    devices._want([D1], DeviceState.RUNNING)
+    wait_until(lambda: consuming(D1) == ["channel1"], 15, "device1 to consume again")
+    wait_until(lambda: mt.results_count(1) == 2, 20, "the two tasks after the resume")

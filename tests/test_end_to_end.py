@@ -1,4 +1,6 @@
-"""Server and devices as real processes against a real redis-server."""
+"""Server and devices as real processes against a real redis-server, each test on
+both brokers: the books' Redis and RabbitMQ (the ``broker`` fixture: ``[redis]``,
+``[amqp]``)."""
 
 from __future__ import annotations
 
@@ -11,20 +13,30 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
-from conftest import HELPERS, Processes, device_is_up, wait_until
+from conftest import HELPERS, Broker, Processes, device_is_up, poison_run, run_in_thread, wait_until
 
 import mutitask_celery as mt
 from mutitask_celery import keys, runtime, serve
+from mutitask_celery.control import DeviceState
 
 HOST = socket.gethostname()
+FAST = {"MUTITASK_DEAD_AFTER": "3"}  # Redis broker: a silent device is dead after 3 s (default 10)
+
+pytestmark = pytest.mark.usefixtures("broker")  # every test: [redis] and [amqp]
 
 
 def summary_of(procs: Processes, server: subprocess.Popen[bytes]) -> dict[str, dict[str, int]]:
     line = [x for x in procs.output(server).splitlines() if x.startswith("SUMMARY ")][-1]
     return json.loads(line[len("SUMMARY "):])
+
+
+def starts(procs: Processes, dev: subprocess.Popen[bytes]) -> list[str]:
+    """Tasks the 'slow' device started, from its output."""
+    return [line.split()[1] for line in procs.output(dev).splitlines() if line.startswith("START ")]
 
 
 def expected_double(n: int) -> str:
@@ -159,19 +171,20 @@ def test_message_for_a_channel_without_function_is_dead_lettered(procs: Processe
     assert record.data == "x"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_signal_finishes_the_task_in_hand_then_exits(sig: signal.Signals, procs: Processes, r: redis.Redis) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_finishes_the_task_in_hand_then_exits(sig: signal.Signals, procs: Processes, r: redis.Redis,
+                                                     broker: Broker) -> None:
     dev = procs.device(1, 1, "slow", env={"SLOW_SECONDS": "2"})
     wait_until(device_is_up(f"device1@{HOST}"), 30, "device1 to answer")
     runtime.ledger().publish(1, [("t1", '"in hand"'), ("t2", '"next"')])
-    wait_until(lambda: r.llen(keys.queue(1)) == 1, 10, "the device to take the first task")
+    wait_until(lambda: len(starts(procs, dev)) == 1, 10, "the device to start the first task")
     os.kill(dev.pid, sig)
     started = time.monotonic()
     assert dev.wait(15) == 0
     assert time.monotonic() - started < 10
     assert mt.results(1) == ["in hand"]  # the task in hand finished and was saved
     assert runtime.ledger().outstanding(1) == 1  # the other is still outstanding, not lost
-    assert r.llen(keys.queue(1)) == 1
+    assert broker.queued(keys.queue(1)) == 1
 
 
 def test_server_script_exits_zero_with_piped_commands(procs: Processes, r: redis.Redis, tmp_path: Path) -> None:
@@ -221,3 +234,100 @@ def test_retries_on_a_real_device(procs: Processes, r: redis.Redis) -> None:
     assert summary.channels[2].failed == 1  # one retry was not enough
     (record,) = mt.failed(2)
     assert record.reason == "ConnectionError: try 2 of c failed (after 1 retry)"
+
+
+def start_times(procs: Processes, dev: subprocess.Popen[bytes]) -> list[float]:
+    return [float(line.split()[2]) for line in procs.output(dev).splitlines() if line.startswith("START ")]
+
+
+def test_a_device_killed_mid_task_loses_nothing(procs: Processes, r: redis.Redis, broker: Broker,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGKILL while a task runs: RabbitMQ hands the message to another device at once (the
+    connection dropped), on Redis the reaper does after MUTITASK_DEAD_AFTER; either way every
+    task ends exactly once in the books."""
+    monkeypatch.setenv("MUTITASK_DEAD_AFTER", "3")  # this process's reaper (Redis broker)
+    victim = procs.device(3, 1, "slow", env={"SLOW_SECONDS": "60", **FAST})
+    wait_until(device_is_up(f"device3@{HOST}"), 30, "device3")
+    count = 300
+    thread, out = run_in_thread([str(n) for n in range(count)])
+    wait_until(lambda: starts(procs, victim), 30, "device3 to start a task")
+    procs.device(1, 1, env=FAST)
+    procs.device(2, 1, env=FAST)
+    wait_until(lambda: mt.results_count(1) >= 50, 60, "the run to be under way")
+    assert runtime.ledger().outstanding(1) > 0
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    thread.join(120)
+    assert not thread.is_alive(), "the run did not complete"
+    summary = out["summary"]
+    good = [n * 2 for n in range(count) if not expected_double(n)]
+    assert sorted(mt.results(1)) == good  # every success saved exactly once
+    assert sorted(int(f.data) for f in mt.failed(1)) == [n for n in range(count) if expected_double(n)]
+    assert (summary.published, summary.succeeded, summary.failed) == (count, len(good), count - len(good))
+    assert summary.channels[1].duplicates == 0 and runtime.ledger().outstanding(1) == 0
+
+
+def test_pause_holds_the_run_and_start_resumes_it(procs: Processes, r: redis.Redis, broker: Broker) -> None:
+    name = f"device1@{HOST}"
+    dev = procs.device(1, 1, "slow", env={"SLOW_SECONDS": "0.2"})
+    wait_until(device_is_up(name), 30, "device1")
+    thread, out = run_in_thread([str(n) for n in range(15)], channel_size=5)
+    wait_until(lambda: len(starts(procs, dev)) >= 2, 30, "two tasks to start")
+    assert mt.pause("all") == [name]
+    paused_at = time.time()
+
+    def idle() -> bool:
+        (device,) = [d for d in mt.devices() if d.name == name]
+        return device.state is DeviceState.PAUSED and device.in_hand == 0
+
+    wait_until(idle, 10, "the task in hand to finish")
+    started = start_times(procs, dev)
+    assert all(when < paused_at for when in started), (started, paused_at)
+    wait_until(lambda: mt.results_count(1) == len(started), 10, "the results of the tasks that ran")
+    assert runtime.ledger().outstanding(1) > 0 and broker.queued(keys.queue(1)) > 0  # waiting, not lost
+    assert thread.is_alive()
+    resumed_at = time.time()
+    assert mt.start("all") == [name]
+    thread.join(60)
+    assert not thread.is_alive(), "the run did not complete after start"
+    assert out["summary"].succeeded == 15 and sorted(mt.results(1), key=int) == [str(n) for n in range(15)]
+    assert not [when for when in start_times(procs, dev) if paused_at <= when < resumed_at]  # none while paused
+    assert mt.stop("all") == [name]  # and a warm shutdown through remote control ends the device
+    assert dev.wait(15) == 0
+
+
+@pytest.mark.parametrize("broker", ["amqp"], indirect=True)  # the Redis broker's: test_faults.py
+def test_poison_task_is_dead_lettered_after_three_deaths(procs: Processes, r: redis.Redis, broker: Broker) -> None:
+    """RabbitMQ redelivers a killed device's message by itself; the devices count those
+    redeliveries, so a task that kills every device running it is dead-lettered all the same."""
+    poison_run(procs)
+    assert r.hlen(keys.lost(1)) == 0 and r.hlen(keys.returned(1)) == 0
+
+
+class Died(BaseException):
+    """The reloading process dies (as under SIGKILL) between the move and the publish."""
+
+
+@pytest.mark.parametrize("broker", ["amqp"], indirect=True)  # on Redis the move and the push are one script
+def test_a_reload_that_dies_before_publishing_is_published_by_the_next_run(
+        procs: Processes, r: redis.Redis, broker: Broker, tmp_path: Path) -> None:
+    flag = tmp_path / "now-it-works"
+    procs.device(1, 1, "flaky", env={"FLAKY_FLAG": str(flag)})
+    assert serve.serve(iter(["a", "b", "c"]), channel_size=5, stdin=io.StringIO(""), out=io.StringIO()).failed == 3
+    publisher = runtime.publisher()
+    assert publisher is not None
+
+    def dies(*args: Any, **kwargs: Any) -> None:
+        raise Died
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(Died):
+        patch.setattr(publisher, "send", dies)
+        mt.reload_failed()
+    journal = [str(task_id) for task_id in r.zrange(keys.unsent(1), 0, -1)]
+    assert mt.failed_count() == 0 and runtime.ledger().outstanding(1) == 3 and len(journal) == 3
+    assert broker.queued(keys.queue(1)) == 0  # moved out of the store, never published: only the journal has them
+    r.zadd(keys.unsent(1), dict.fromkeys(journal, 0), xx=True)  # as if the reload died long ago
+    flag.touch()
+    summary = serve.serve(iter([]), channel_size=5, stdin=io.StringIO(""), out=io.StringIO())
+    assert summary.succeeded == 3 and sorted(mt.results(1)) == ["a", "b", "c"]
+    assert r.zcard(keys.unsent(1)) == 0 and runtime.ledger().outstanding(1) == 0

@@ -88,6 +88,15 @@ def test_celeryconfig_file_is_read_by_the_app(tmp_path: Path) -> None:
     assert _broker_seen_from(tmp_path, text, env) == "redis://from-env:6379/6"
 
 
+def test_celeryconfig_overrides_our_celery_defaults(tmp_path: Path) -> None:
+    (tmp_path / "celeryconfig.py").write_text("worker_prefetch_multiplier = 4\ntask_acks_late = False\n")
+    code = ("import mutitask_celery as mt; c = mt.app.conf; "
+            "print(c.worker_prefetch_multiplier, c.task_acks_late, c.task_serializer)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)})
+    assert out.stdout.split() == ["4", "False", "json"]  # the user's two, and our default for the rest
+
+
 def test_no_celeryconfig_means_the_default(tmp_path: Path) -> None:
     assert _broker_seen_from(tmp_path, None, {}) == "redis://127.0.0.1:6379/0"
 
