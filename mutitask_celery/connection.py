@@ -19,6 +19,10 @@ CONNECT_TIMEOUT = 5.0
 SOCKET_TIMEOUT = 5.0  # seconds a reply may take before the connection counts as lost
 EXIT_UNREACHABLE = 3
 _clients: dict[tuple[int, str], redis.Redis] = {}
+# A Lua expression: Redis's clock as 'seconds.micros'. Heartbeats are written in it (by the
+# device's note and by its finish script), judged in it, and compared as these strings.
+LUA_NOW = ("(function() local t = redis.call('TIME') "
+           "return t[1] .. '.' .. string.format('%06d', tonumber(t[2])) end)()")
 
 
 def text(value: bytes | str) -> str:

@@ -28,7 +28,7 @@ from celery import Celery
 
 from . import keys
 from .celery_app import app as default_app
-from .connection import text
+from .connection import LUA_NOW, text
 from .errors import ConfigurationError
 from .flower import flower_workers
 
@@ -38,8 +38,7 @@ log = logging.getLogger(__name__)
 # dead_after, and a write delayed by the network carries the time it arrived, not an old one.
 # Optionally notes messages in hand (KEYS[2]) in the same step: taking a message proves life.
 _HEARD = """
-local t = redis.call('TIME')
-redis.call('HSET', KEYS[1], ARGV[1], t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
+redis.call('HSET', KEYS[1], ARGV[1], """ + LUA_NOW + """)
 for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
 return 1
 """

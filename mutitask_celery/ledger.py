@@ -26,7 +26,7 @@ import redis
 from celery import Celery
 
 from . import keys, messages
-from .connection import text
+from .connection import LUA_NOW, text
 from .publisher import BrokerPublisher
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ NOTIFY_KEEP = 64  # wake-up tokens kept per channel; the server only needs one
 UNSENT_GRACE = 10.0  # seconds after which a journal entry is a publisher's that died (a call takes ms)
 UNSENT_BATCH = 500
 
-_FINISH = """
+_FINISH = ("""
 local rec_prefix, now, device, channel, busy = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6]
 local ok, failed, dup = 0, 0, 0
 for i = 7, #ARGV, 5 do
@@ -75,14 +75,13 @@ redis.call('HINCRBY', KEYS[3], 'timed', ok + failed + dup)
 redis.call('HINCRBYFLOAT', KEYS[3], 'busy', busy)
 redis.call('HINCRBY', KEYS[9], device, ok + failed + dup)
 if ARGV[5] ~= '' then redis.call('HDEL', KEYS[11], ARGV[5]) end
-local t = redis.call('TIME')
-redis.call('HSET', KEYS[10], device, t[1] .. '.' .. string.format('%06d', tonumber(t[2])))
+redis.call('HSET', KEYS[10], device, """ + LUA_NOW + """)
 if ok + failed > 0 then
   redis.call('LPUSH', KEYS[4], '1')
   redis.call('LTRIM', KEYS[4], 0, NOTIFY_LAST)
 end
 return {ok, failed, dup}
-""".replace("NOTIFY_LAST", str(NOTIFY_KEEP - 1))
+""").replace("NOTIFY_LAST", str(NOTIFY_KEEP - 1))
 
 
 @dataclass(frozen=True)

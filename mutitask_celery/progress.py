@@ -137,7 +137,6 @@ class TerminalBar(_Display):
         self.out = out
         self.height = channels
         self._rows = 0
-        self._lock = threading.Lock()
 
     def _size(self) -> os.terminal_size:
         try:
@@ -165,9 +164,8 @@ class TerminalBar(_Display):
             shown = f"{bar(line.fraction, width)} {words}" if width >= 10 and line.fraction is not None else words
             text += f"\x1b[{size.lines - self.height + 1 + i};1H\x1b[2K{shown[: size.columns - 1]}"
         text += "\x1b8"
-        with self._lock:
-            self.out.write(text)
-            self.out.flush()
+        self.out.write(text)  # the whole redraw in one write
+        self.out.flush()
 
     def close(self) -> None:
         if not self._rows:
@@ -177,9 +175,8 @@ class TerminalBar(_Display):
         for i in range(self.height):
             text += f"\x1b[{rows - self.height + 1 + i};1H\x1b[2K"
         text += "\x1b[r\x1b8"  # the whole screen scrolls again
-        with self._lock:
-            self.out.write(text)
-            self.out.flush()
+        self.out.write(text)
+        self.out.flush()
         self._rows = 0
 
 

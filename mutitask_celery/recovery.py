@@ -95,6 +95,12 @@ def worker_lost(attempts: int) -> str:
     return f"{WORKER_LOST}: the device died while running it, {attempts} time(s)"
 
 
+def bury(ledger: Ledger, channel: int, device: str, task_id: str, attempts: int) -> None:
+    """Dead-letter a task that killed its device ``attempts`` times (either broker)."""
+    log.error("task %s of channel %d killed its device %d times: dead-lettered", task_id, channel, attempts)
+    ledger.finish(channel, device, [Outcome(task_id, ok=False, reason=worker_lost(attempts))])
+
+
 def _payload(message: dict[str, Any]) -> tuple[int, list[messages.Item]] | None:
     """(channel, [(task id, data)]) of one of our messages, or None for anything else."""
     try:
@@ -284,9 +290,7 @@ class Reaper:
         return False
 
     def _bury(self, device: str, tag: str, channel: int, task_id: str, attempts: int) -> None:
-        reason = worker_lost(attempts)
-        log.error("task %s of channel %d killed its device %d times: dead-lettered", task_id, channel, attempts)
-        self.ledger.finish(channel, device, [Outcome(task_id, ok=False, reason=reason)])
+        bury(self.ledger, channel, device, task_id, attempts)
         self._drop_unacked(tag)
 
 
@@ -333,6 +337,5 @@ class Redeliveries:
         task_id, n = alive[0]
         if n < self.max_attempts:
             return False
-        log.error("task %s of channel %d killed its device %d times: dead-lettered", task_id, channel, n)
-        self.ledger.finish(channel, device, [Outcome(task_id, ok=False, reason=worker_lost(n))])
+        bury(self.ledger, channel, device, task_id, n)
         return True

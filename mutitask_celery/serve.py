@@ -48,18 +48,13 @@ def as_sources(tasks: Any) -> list[Iterator[Any]]:
     )
 
 
-def totals_of(tasks: Any) -> dict[int, int | None]:
-    """Each channel's number of tasks where it is known before the run (a list, a range, ...).
+def totals_of(sources: list[Iterator[Any]]) -> dict[int, int | None]:
+    """Each channel's number of tasks where its fresh iterator knows it (a list's, a range's).
 
     A generator's length is unknown until it ends; the progress display then shows ``?``.
     """
-    channels = [tasks] if isinstance(tasks, Iterator) else list(tasks)
-    totals: dict[int, int | None] = {}
-    for n, source in enumerate(channels, start=1):
-        hint = operator.length_hint(source, -1) if not isinstance(source, Iterator) or hasattr(
-            source, "__length_hint__") else -1
-        totals[n] = hint if hint >= 0 else None
-    return totals
+    hints = [operator.length_hint(source, -1) for source in sources]
+    return {n: (hint if hint >= 0 else None) for n, hint in enumerate(hints, start=1)}
 
 
 def serve(
@@ -78,7 +73,7 @@ def serve(
     the original did, until the operator types ``start_all``.
     """
     sources = as_sources(tasks)
-    totals = totals_of(tasks)
+    totals = totals_of(sources)
     conf = runtime.reset(settings.current())
     check_redis(conf.redis_url)
     if (publisher := runtime.publisher()) is not None:

@@ -91,16 +91,13 @@ def _finish(channel: int, device: str, outcomes: list[Outcome], message_id: str,
             delay = min(delay * 2, 2.0)
 
 
-def _forget_in_hand(device: str, message_id: str | None) -> None:
-    """The message goes back to the queue: it is no longer in this device's hands."""
+def _hand_back(device: str, message_id: str | None, channel: int, items: list[list[Any]]) -> None:
+    """The message goes back to the queue untouched: it is no longer in this device's hands,
+    and on another broker its redelivery counts no death."""
     try:
         runtime.ledger().client.hdel(keys.inhand(device), message_id or "")
     except redis.RedisError:
         pass  # a stale note is harmless: its delivery tag will not be in kombu's unacked hash
-
-
-def _give_back(channel: int, items: list[list[Any]]) -> None:
-    """On another broker: the message goes back untouched, so its redelivery counts no death."""
     redeliveries = runtime.redeliveries()
     if redeliveries is None:
         return
@@ -132,8 +129,7 @@ def run_items(self: Task, channel: int, items: list[list[Any]]) -> None:
         raise Reject(f"cannot read the device's wanted state: {exc}", requeue=True) from exc
     if paused:
         # Fetched just before the pause took effect: give it back untouched.
-        _forget_in_hand(device, self.request.id)
-        _give_back(channel, items)
+        _hand_back(device, self.request.id, channel, items)
         raise Reject(f"{device} is paused", requeue=True)
     if (self.request.delivery_info or {}).get("redelivered") and _settle_redelivery(channel, device, items):
         return
@@ -154,8 +150,7 @@ def run_items(self: Task, channel: int, items: list[list[Any]]) -> None:
         # The books could not be written: give the message back rather than
         # ack a task whose outcome nobody recorded.
         log.warning("could not record %d outcome(s) on channel %s (%s); requeueing", len(outcomes), channel, exc)
-        _forget_in_hand(device, self.request.id)
-        _give_back(channel, items)
+        _hand_back(device, self.request.id, channel, items)
         raise Reject(str(exc), requeue=True) from exc
     if failed:
         try:
