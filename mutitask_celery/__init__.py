@@ -26,6 +26,7 @@ from .api import (
 from .celery_app import app
 from .control import Device, DeviceState
 from .errors import (
+    BooksLost,
     BrokerUnavailable,
     ConfigurationError,
     EncodingError,
@@ -68,5 +69,6 @@ __all__ = [
     "FunctionError",
     "EncodingError",
     "BrokerUnavailable",
+    "BooksLost",
     "RecordNotFound",
 ]

@@ -13,6 +13,7 @@ from . import runtime, settings
 from .connection import check_redis, exit_on_unreachable
 from .device import device_name, run_worker
 from .errors import ConfigurationError, FunctionError
+from .integrity import EXIT_BOOKS_LOST
 from .registry import (
     SaveFunction,
     TaskFunction,
@@ -102,7 +103,11 @@ class Terminal:
         return device_name(self.config.device_id)
 
     def run(self) -> int:
-        """Block, working tasks of the channel, until SIGINT/SIGTERM or a stop; returns the exit code."""
+        """Block, working tasks of the channel, until SIGINT/SIGTERM or a stop; returns the exit code.
+
+        A device stopped because Redis lost data raises ``SystemExit(4)`` instead, so the
+        legacy script, which ignores the return value, exits with that code too.
+        """
         if self.funcs.task_function is None:
             raise FunctionError("no task function: call funcItem.load_task_function(f) before run()")
         conf = runtime.reset(settings.configure(redis_url=self.config.redis_url))
@@ -116,4 +121,7 @@ class Terminal:
             retries=self.config.retries,
             retry_backoff=self.config.retry_backoff,
         )
-        return run_worker(self.name, [self.config.channel], concurrency=self.config.concurrency)
+        code = run_worker(self.name, [self.config.channel], concurrency=self.config.concurrency)
+        if code == EXIT_BOOKS_LOST:  # Redis lost data: the script ends with that code, not 0
+            raise SystemExit(code)
+        return code

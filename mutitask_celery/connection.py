@@ -10,7 +10,8 @@ from contextlib import contextmanager
 
 import redis
 
-from .errors import BrokerUnavailable
+from .errors import BooksLost, BrokerUnavailable
+from .integrity import EXIT_BOOKS_LOST
 from .settings import mask_url
 
 log = logging.getLogger(__name__)
@@ -63,11 +64,15 @@ def check_redis(url: str) -> None:
 
 @contextmanager
 def exit_on_unreachable() -> Iterator[None]:
-    """For the legacy scripts: an unreachable Redis ends the script with one clear
-    line on stderr and exit code 3, instead of a traceback."""
+    """For the legacy scripts: an unreachable Redis (exit code 3), or one that came back
+    without its data (exit code 4, see :mod:`.integrity`), ends the script with one clear
+    line on stderr instead of a traceback."""
     try:
         yield
     except BrokerUnavailable as exc:
         # A script that set up no logging gets exactly this line on stderr (logging's last resort).
         log.critical("mutitask: %s", exc)
         raise SystemExit(EXIT_UNREACHABLE) from None
+    except BooksLost as exc:
+        log.critical("mutitask: %s", exc)
+        raise SystemExit(EXIT_BOOKS_LOST) from None

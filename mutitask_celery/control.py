@@ -37,10 +37,11 @@ log = logging.getLogger(__name__)
 # A heartbeat in Redis's clock, not the device's: hosts' clocks may disagree by more than
 # dead_after, and a write delayed by the network carries the time it arrived, not an old one.
 # Optionally notes messages in hand (KEYS[2]) in the same step: taking a message proves life.
+# Returns the tasks the device has finished (KEYS[3]), which only ever grows (see integrity).
 _HEARD = """
 redis.call('HSET', KEYS[1], ARGV[1], """ + LUA_NOW + """)
 for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-return 1
+return tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
 """
 
 DEFAULT_TIMEOUT = 1.0
@@ -125,9 +126,13 @@ class Devices:
         self.client.hset(keys.DEVICES_INFO, name, info)
         self.heard(name)
 
-    def heard(self, name: str, in_hand: tuple[str, str] | None = None) -> None:
-        """``name`` lives (in Redis's clock); ``in_hand``: (message id, delivery tag) it just took."""
-        self._heard(keys=[keys.DEVICES_SEEN, keys.inhand(name)], args=[name, *(in_hand or ())])
+    def heard(self, name: str, in_hand: tuple[str, str] | None = None) -> int:
+        """``name`` lives (in Redis's clock); ``in_hand``: (message id, delivery tag) it just took.
+
+        Returns how many tasks ``name`` has finished, as the books say.
+        """
+        return int(self._heard(keys=[keys.DEVICES_SEEN, keys.inhand(name), keys.DEVICES_DONE],
+                               args=[name, *(in_hand or ())]))
 
     # -- wanted state -----------------------------------------------------------
     def wanted(self, name: str) -> str:

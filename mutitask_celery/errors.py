@@ -10,6 +10,7 @@ written for the original (catching ``TypeError`` or ``ValueError``) still works:
      ├── FunctionError (TypeError)         a task/save function is not usable
      ├── EncodingError (TypeError)         a value JSON cannot carry
      ├── BrokerUnavailable (ConnectionError)  Redis/broker cannot be reached
+     ├── BooksLost (RuntimeError)          Redis came back without data the books held
      └── RecordNotFound (KeyError)         no dead-letter record with that id
 """
 
@@ -38,6 +39,11 @@ class EncodingError(MutitaskError, TypeError):
 
 class BrokerUnavailable(MutitaskError, ConnectionError):
     """Redis (or the broker) does not answer at the configured URL."""
+
+
+class BooksLost(MutitaskError, RuntimeError):
+    """Redis came back with counters lower than this process had seen: it lost data
+    (a restart without its append-only file, or with a part of it refused)."""
 
 
 class RecordNotFound(MutitaskError, KeyError):

@@ -18,16 +18,33 @@ from typing import Any
 
 import redis
 from celery.signals import task_received, worker_init, worker_ready, worker_shutdown
+from celery.worker import state as worker_state
 from celery.worker.control import control_command
 
 from . import prefetch, runtime, wanted
 from .control import channels_of
+from .errors import BooksLost
+from .integrity import EXIT_BOOKS_LOST, Watermarks
 from .recovery import HEARTBEAT
 
 log = logging.getLogger(__name__)
 _stop_heartbeat = threading.Event()
 _queues: list[str] = []  # the queues this device was started with, for `start` after a pause
 _consumer: list[Any] = []  # this worker's consumer, once ready
+books = Watermarks()  # the tasks this device has finished, as the books said (see integrity)
+
+
+def done_key(name: str) -> str:
+    """The name of a device's finished-task count among its watermarks."""
+    return f"tasks finished by {name}"
+
+
+def books_lost(exc: BooksLost) -> None:
+    """Redis lost data: say so once, and stop this device (warm: tasks in hand finish) with
+    exit code 4, as the server does."""
+    if worker_state.should_stop is None:
+        log.critical("mutitask: %s This device stops.", exc)
+        worker_state.should_stop = EXIT_BOOKS_LOST
 
 
 @worker_init.connect  # type: ignore[untyped-decorator]  # celery's signals are untyped
@@ -67,7 +84,9 @@ def _heartbeat(name: str) -> None:
     while not _stop_heartbeat.wait(HEARTBEAT):
         try:
             devices = runtime.devices()
-            devices.heard(name)
+            marks = books.mark()
+            done = devices.heard(name)
+            books.check({done_key(name): done}, marks, devices.client)
             was = wanted.local.paused
             wanted.local.refresh(partial(devices.is_paused, name))  # a change made while unreachable
             if wanted.local.paused is not None and wanted.local.paused != was and _consumer:
@@ -78,6 +97,9 @@ def _heartbeat(name: str) -> None:
                 reaper.reap()
         except redis.RedisError as exc:
             log.warning("heartbeat of %s failed: %s", name, exc)
+        except BooksLost as exc:
+            books_lost(exc)
+            return
 
 
 @control_command(args=[("wanted_state", str)], signature="<running|paused>")  # type: ignore[untyped-decorator]

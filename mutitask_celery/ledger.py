@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from celery import Celery
@@ -73,14 +73,14 @@ if dup > 0 then redis.call('HINCRBY', KEYS[3], 'duplicates', dup) end
 redis.call('HINCRBY', KEYS[3], 'messages', 1)
 redis.call('HINCRBY', KEYS[3], 'timed', ok + failed + dup)
 redis.call('HINCRBYFLOAT', KEYS[3], 'busy', busy)
-redis.call('HINCRBY', KEYS[9], device, ok + failed + dup)
+local done = redis.call('HINCRBY', KEYS[9], device, ok + failed + dup)
 if ARGV[5] ~= '' then redis.call('HDEL', KEYS[11], ARGV[5]) end
 redis.call('HSET', KEYS[10], device, """ + LUA_NOW + """)
 if ok + failed > 0 then
   redis.call('LPUSH', KEYS[4], '1')
   redis.call('LTRIM', KEYS[4], 0, NOTIFY_LAST)
 end
-return {ok, failed, dup}
+return {ok, failed, dup, done}
 """).replace("NOTIFY_LAST", str(NOTIFY_KEEP - 1))
 
 
@@ -98,6 +98,15 @@ class Outcome:
     result: str = ""
     reason: str = ""
     traceback: str = ""
+
+
+class Finished(NamedTuple):
+    """What one finish step did."""
+
+    succeeded: int
+    failed: int
+    duplicates: int
+    device_done: int  # the device's finished-task count after this step (see integrity)
 
 
 @dataclass(frozen=True)
@@ -192,8 +201,8 @@ class Ledger:
         return resent
 
     def finish(self, channel: int, device: str, outcomes: Iterable[Outcome],
-               message_id: str = "", busy: float = 0.0) -> tuple[int, int, int]:
-        """Record outcomes atomically; returns (succeeded, failed, duplicates).
+               message_id: str = "", busy: float = 0.0) -> Finished:
+        """Record outcomes atomically; returns what the step did.
 
         ``message_id`` (the Celery message that carried them) leaves the
         device's in-hand list in the same step; ``busy`` (seconds the tasks
@@ -204,14 +213,13 @@ class Ledger:
         for o in outcomes:
             argv += ["ok" if o.ok else "fail", o.task_id, o.result, o.reason, o.traceback]
         if len(argv) == 6:
-            return (0, 0, 0)
+            return Finished(0, 0, 0, 0)
         ks = [
             keys.pending(channel), keys.meta(channel), keys.stats(channel), keys.notify(channel),
             keys.results(channel), keys.dead_index(), keys.dead_index(channel), keys.DEAD_CHANNELS,
             keys.DEVICES_DONE, keys.DEVICES_SEEN, keys.inhand(device), keys.lost(channel),
         ]
-        ok, failed, dup = self._finish(keys=ks, args=argv)
-        return int(ok), int(failed), int(dup)
+        return Finished(*(int(n) for n in self._finish(keys=ks, args=argv)))
 
     def wait_for_progress(self, channels: Sequence[int], timeout: float) -> None:
         """Block until a device finishes a task of one of ``channels``, or ``timeout`` passes."""

@@ -20,6 +20,7 @@ import redis
 
 from . import codec, messages
 from .errors import BrokerUnavailable, EncodingError
+from .integrity import Watermarks
 from .ledger import ChannelStats, Ledger
 from .recovery import HEARTBEAT, Reaper
 from .store import RedisDeadLetterStore
@@ -30,6 +31,7 @@ WAIT_STEP = 0.5  # longest a control change (resume, new size) waits to be seen
 RECONNECT_FOR = 120.0  # seconds the run waits for Redis to come back before giving up
 TARGET_MESSAGE_SECONDS = 0.1  # work one message should carry: short tasks travel together
 MAX_BATCH = 100
+COUNTERS = ("published", "succeeded", "failed", "duplicates", "reloaded")  # only ever grow (see integrity)
 
 
 class _Batcher:
@@ -169,6 +171,7 @@ class Producer:
         self.finished = threading.Event()
         self.summary = RunSummary()
         self._feeds: list[_Feed] = []
+        self._books = Watermarks()
 
     # -- controls (the console calls these from its own thread) ---------------
     @property
@@ -206,7 +209,7 @@ class Producer:
         feeds = [_Feed(n, src) for n, src in enumerate(sources, start=1)]
         self._feeds = feeds
         channels = [f.channel for f in feeds]
-        before = {ch: self.ledger.stats(ch) for ch in channels}
+        before = self._read_stats(channels)
         self._batchers = {ch: _Batcher() for ch in channels}
         for ch in channels:
             self._batchers[ch].update(before[ch])
@@ -221,6 +224,8 @@ class Producer:
         try:
             while not self._stop.is_set():
                 try:
+                    if outage is not None:  # Redis is back: did it keep the books?
+                        self._read_stats(channels)
                     if self._step(feeds, channels, before, published, unsent):
                         break
                     outage = None
@@ -285,11 +290,20 @@ class Producer:
                 self.reaper.sweep(channels)
             self.ledger.resend_unsent(channels)
 
+    def _read_stats(self, channels: list[int]) -> dict[int, ChannelStats]:
+        """Every channel's counters; :class:`BooksLost` when one is lower than seen before."""
+        marks = self._books.mark()
+        stats = {ch: self.ledger.stats(ch) for ch in channels}
+        values = {f"channel {ch} {name}": getattr(s, name) for ch, s in stats.items() for name in COUNTERS}
+        self._books.check(values, marks, self.ledger.client)
+        return stats
+
     def _summarize(self, channels: list[int], before: dict[int, ChannelStats],
                    published: dict[int, int]) -> RunSummary:
         summary = RunSummary()
+        stats = self._read_stats(channels)
         for ch in channels:
-            now, then = self.ledger.stats(ch), before[ch]
+            now, then = stats[ch], before[ch]
             if ch in self._batchers:
                 self._batchers[ch].update(now)
             summary.channels[ch] = ChannelSummary(

@@ -18,8 +18,8 @@ from celery.exceptions import Reject
 
 from . import codec, hooks, keys, prefetch, runtime, wanted  # noqa: F401  (hooks: device start/stop behaviour)
 from .celery_app import TASK_NAME, app
-from .errors import BrokerUnavailable
-from .ledger import Outcome
+from .errors import BooksLost, BrokerUnavailable
+from .ledger import Finished, Outcome
 from .registry import ChannelHandler, TaskFormat, handler_for
 
 log = logging.getLogger(__name__)
@@ -75,14 +75,22 @@ def run_one(handler: ChannelHandler, task_id: str, data: str) -> Outcome:
 FINISH_PATIENCE = 60.0  # seconds a device keeps trying to record outcomes while Redis is away
 
 
-def _finish(channel: int, device: str, outcomes: list[Outcome], message_id: str,
-            busy: float) -> tuple[int, int, int]:
-    """Record outcomes, riding out a Redis restart (the finish script is idempotent per task)."""
+def _finish(channel: int, device: str, outcomes: list[Outcome], message_id: str, busy: float) -> Finished:
+    """Record outcomes, riding out a Redis restart (the finish script is idempotent per task).
+
+    Raises :class:`BooksLost` when the books came back with fewer tasks finished by this
+    device than it had seen (see :mod:`.integrity`).
+    """
     deadline = time.monotonic() + FINISH_PATIENCE
     delay = 0.1
+    key = hooks.done_key(device)
     while True:
         try:
-            return runtime.ledger().finish(channel, device, outcomes, message_id=message_id, busy=busy)
+            marks = hooks.books.mark()
+            ledger = runtime.ledger()
+            finished = ledger.finish(channel, device, outcomes, message_id=message_id, busy=busy)
+            hooks.books.check({key: finished.device_done}, {key: marks.get(key, 0) + len(outcomes)}, ledger.client)
+            return finished
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
             if time.monotonic() > deadline:
                 raise
@@ -145,7 +153,10 @@ def run_items(self: Task, channel: int, items: list[list[Any]]) -> None:
     busy = time.perf_counter() - started
     prefetch.observe(busy)
     try:
-        _ok, failed, _dup = _finish(channel, device, outcomes, self.request.id or "", busy)
+        failed = _finish(channel, device, outcomes, self.request.id or "", busy).failed
+    except BooksLost as exc:
+        hooks.books_lost(exc)  # the outcomes went to what is left of the books; the device stops
+        return
     except redis.RedisError as exc:
         # The books could not be written: give the message back rather than
         # ack a task whose outcome nobody recorded.

@@ -8,6 +8,7 @@ Behaviours (the task function):
   flaky    None until the file named by $FLAKY_FLAG exists, then the task
   badsave  task as result; a save function that raises for tasks ending in 7
   poison   the task "poison" kills the device process (os._exit); others return the task
+  paced    double, after sleeping $PACE_SECONDS (0.01): a run that lasts long enough to disturb
   shaky    raises ConnectionError the first two times it sees a task, then returns [task, tries]
 Options: --native (task_format='native'), --retries N (retries=N, retry_backoff=0.01).
 """
@@ -56,6 +57,11 @@ def poison(task):
     return task
 
 
+def paced(task):
+    time.sleep(float(os.environ.get("PACE_SECONDS", "0.01")))
+    return double(task)
+
+
 _tries: dict[str, int] = {}
 
 
@@ -73,7 +79,7 @@ def bad_save(result):
 
 
 BEHAVIOURS = {"double": double, "echo": echo, "slow": slow, "tag": tag, "flaky": flaky, "badsave": str,
-              "poison": poison, "shaky": shaky}
+              "poison": poison, "shaky": shaky, "paced": paced}
 
 if __name__ == "__main__":
     device_id, channel, behaviour = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
