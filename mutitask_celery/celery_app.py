@@ -7,13 +7,23 @@ overrides that. ``celery -A mutitask_celery ...`` finds this app.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
 
+from . import kombu_guard
 from . import settings as _settings
+from .errors import ConfigurationError
+
+log = logging.getLogger(__name__)
 
 TASK_NAME = "mutitask.run"
+VISIBILITY_TIMEOUT = 7 * 24 * 3600  # seconds (see CELERY_DEFAULTS)
+LOW_VISIBILITY = 24 * 3600  # below this, a long task gets a second copy: said at start
+# kombu's own key names, which the reapers read (keys.KOMBU_UNACKED): changing them, or a
+# prefix for every key, would hide every delivered message from recovery.
+_KOMBU_KEY_OPTIONS = ("global_keyprefix", "unacked_key", "unacked_index_key")
 
 # Why each default, for this job (many small tasks pulled from generators,
 # handed to named devices, every outcome written to Redis by the device):
@@ -45,7 +55,11 @@ CELERY_DEFAULTS: dict[str, Any] = {
     "broker_connection_retry_on_startup": True,
     "task_create_missing_queues": True,
     "worker_hijack_root_logger": False,
-    "broker_transport_options": {"visibility_timeout": 3600},
+    # kombu hands an unacknowledged message out again after this long, whatever the device
+    # holding it is doing: with kombu's default (an hour) a task running or held longer gets
+    # a second copy every hour. Our reapers give a dead device's messages back within
+    # seconds, so kombu's restore is only a last net: a week, far above any task's time.
+    "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
     # Pause, start, stop and status go through Celery's remote control.
     "worker_enable_remote_control": True,
 }
@@ -72,6 +86,7 @@ def _make_app() -> Celery:
 
 
 app = _make_app()
+kombu_guard.install()
 
 
 def apply_settings(conf: _settings.Settings) -> None:
@@ -82,3 +97,31 @@ def apply_settings(conf: _settings.Settings) -> None:
         # ...nor pooled producers: Celery's close() keeps them, and remote control (ping,
         # pause) and send_task would go on publishing to the old broker.
         app.amqp._producer_pool = None
+
+
+def check_compatible(celery_app: Celery) -> None:
+    """Raise :class:`ConfigurationError` naming each Celery setting (from ``celeryconfig.py``)
+    that breaks what mutitask relies on; warn about a visibility timeout that is too short.
+
+    Called by every device before it consumes and by the server before it publishes.
+    """
+    conf = celery_app.conf
+    problems = []
+    if not conf.task_acks_late:
+        problems.append("task_acks_late is off: a device would acknowledge a message before running it, "
+                        "and a device that dies mid-task would lose its tasks")
+    if "json" not in {str(c).split("/")[-1] for c in (conf.accept_content or [])}:
+        problems.append(f"accept_content {conf.accept_content!r} leaves out json: devices could not read the tasks")
+    options = conf.broker_transport_options or {}
+    if str(conf.broker_url or "").startswith("redis"):
+        for option in _KOMBU_KEY_OPTIONS:
+            if options.get(option):
+                problems.append(f"broker_transport_options[{option!r}] is set: the reapers read kombu's delivered "
+                                "messages under its default key names, and would find none")
+    if problems:
+        raise ConfigurationError("this Celery configuration breaks mutitask's promises (fix celeryconfig.py): "
+                                 + "; ".join(problems))
+    timeout = options.get("visibility_timeout")
+    if timeout is not None and float(timeout) < LOW_VISIBILITY:
+        log.warning("broker_transport_options['visibility_timeout'] is %s s: a task running or held longer gets "
+                    "a second copy from kombu (mutitask's default is %d s)", timeout, VISIBILITY_TIMEOUT)

@@ -127,8 +127,15 @@ def _devices_command(args: argparse.Namespace) -> int:
     if args.command == "status":
         base = runtime.devices()
         found = Devices(base.client, timeout=args.timeout, flower_url=base.flower_url).devices()
-        print(json.dumps([d.as_dict() for d in found], indent=1) if args.json else
-              (format_devices(found) if found else "no device has started yet"))
+        if args.json:
+            print(json.dumps([d.as_dict() for d in found], indent=1))
+            return EXIT_OK
+        print(format_devices(found) if found else "no device has started yet")
+        forgotten = base.forgotten()
+        if forgotten:
+            after = settings.current().forget_after
+            print(f"forgotten: {len(forgotten)} device(s) silent for over {after:.0f} s with nothing in hand "
+                  f"(the latest {_when(max(forgotten.values()))}); one that starts again comes back")
         return EXIT_OK
     if args.all == bool(args.devices):
         raise ConfigurationError("say which: one or more DEVICEs, or --all")

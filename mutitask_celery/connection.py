@@ -1,16 +1,28 @@
 """Redis clients, one pool per URL and process, and a start-up check that fails
-fast with the URL (password masked) instead of hanging or printing a traceback wall."""
+fast with the URL (password masked) instead of hanging or printing a traceback wall.
+
+Our clients never retry a command by themselves. redis-py would resend a command
+whose reply timed out, and a resent ``EVALSHA`` or ``MULTI`` of a step that did
+apply applies twice (a second publish, a false "run twice"). Every caller here
+already rides out a lost connection on its own terms; the steps it repeats are
+written to apply once (see :data:`keys.STEPS`).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from .errors import BooksLost, BrokerUnavailable
+from .errors import BooksLost, BrokerUnavailable, ConfigurationError
 from .integrity import EXIT_BOOKS_LOST
 from .settings import mask_url
 
@@ -19,17 +31,21 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 5.0
 SOCKET_TIMEOUT = 5.0  # seconds a reply may take before the connection counts as lost
 EXIT_UNREACHABLE = 3
+EXIT_CONFIG = 2
 _clients: dict[tuple[int, str], redis.Redis] = {}
-# A Lua expression: Redis's clock as 'seconds.micros'. Heartbeats are written in it (by the
-# device's note and by its finish script), judged in it, and compared as these strings.
-LUA_NOW = ("(function() local t = redis.call('TIME') "
-           "return t[1] .. '.' .. string.format('%06d', tonumber(t[2])) end)()")
 
 
 def text(value: bytes | str) -> str:
     """A reply as ``str``: our clients decode replies (``decode_responses=True``), which
     redis-py's types cannot express, so they say ``bytes | str``."""
     return value.decode() if isinstance(value, bytes) else value
+
+
+def redis_now(client: redis.Redis) -> float:
+    """Redis's clock, in which every host's heartbeats and failure times are written and
+    judged: the hosts' own clocks may disagree by more than ``dead_after``."""
+    seconds, micros = client.time()
+    return float(seconds + micros / 1e6)
 
 
 def redis_client(url: str) -> redis.Redis:
@@ -46,7 +62,8 @@ def redis_client(url: str) -> redis.Redis:
             socket_timeout=SOCKET_TIMEOUT,
             socket_keepalive=True,
             health_check_interval=30,
-            retry_on_timeout=True,
+            retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 0),  # see the module docstring
         )
         _clients[key] = client
     return client
@@ -64,9 +81,9 @@ def check_redis(url: str) -> None:
 
 @contextmanager
 def exit_on_unreachable() -> Iterator[None]:
-    """For the legacy scripts: an unreachable Redis (exit code 3), or one that came back
-    without its data (exit code 4, see :mod:`.integrity`), ends the script with one clear
-    line on stderr instead of a traceback."""
+    """For the legacy scripts: an unreachable Redis (exit code 3), one that came back
+    without its data (exit code 4, see :mod:`.integrity`) or an unusable configuration
+    (exit code 2) ends the script with one clear line on stderr instead of a traceback."""
     try:
         yield
     except BrokerUnavailable as exc:
@@ -76,3 +93,64 @@ def exit_on_unreachable() -> Iterator[None]:
     except BooksLost as exc:
         log.critical("mutitask: %s", exc)
         raise SystemExit(EXIT_BOOKS_LOST) from None
+    except ConfigurationError as exc:  # e.g. a celeryconfig.py that breaks our promises
+        log.critical("mutitask: %s", exc)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def _addresses(host: str, port: int) -> set[str]:
+    try:
+        return {str(info[4][0]) for info in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)}
+    except OSError:
+        return {host}
+
+
+def _where(url: str) -> tuple[str, int, str] | None:
+    parts = urlsplit(url)
+    if not parts.scheme.startswith("redis"):
+        return None
+    return (parts.hostname or "localhost", parts.port or 6379, parts.path.lstrip("/") or "0")
+
+
+_same: dict[tuple[str, str], bool] = {}
+PROBE_PREFIX = "mutitask:probe:"
+
+
+def same_redis(broker_url: str, books_url: str) -> bool:
+    """True when the broker is the very Redis database that holds the books, however each
+    URL names it (``localhost`` and ``127.0.0.1``, a DNS alias, a proxy in front).
+
+    Same host name, port and database: yes. Otherwise, when both are Redis, a probe
+    key written through one connection and read through the other decides; when the
+    probe cannot run (one of them unreachable), shared addresses with the same port
+    and database do. The answer is kept for the process.
+    """
+    key = (broker_url, books_url)
+    if key in _same:
+        return _same[key]
+    a, b = _where(broker_url), _where(books_url)
+    if a is None or b is None:
+        answer = False
+    elif a == b:
+        answer = True
+    else:
+        probed = _probe(broker_url, books_url)
+        if probed is None:
+            probed = a[1:] == b[1:] and bool(_addresses(a[0], a[1]) & _addresses(b[0], b[1]))
+        answer = probed
+    _same[key] = answer
+    return answer
+
+
+def _probe(broker_url: str, books_url: str) -> bool | None:
+    token = uuid.uuid4().hex
+    probe = f"{PROBE_PREFIX}{token}"
+    try:
+        books = redis_client(books_url)
+        books.set(probe, token, ex=60)
+        try:
+            return text(redis_client(broker_url).get(probe) or "") == token
+        finally:
+            books.delete(probe)
+    except redis.RedisError:
+        return None

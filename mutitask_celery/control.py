@@ -26,23 +26,13 @@ from typing import Any
 import redis
 from celery import Celery
 
-from . import keys
+from . import keys, scripts
 from .celery_app import app as default_app
-from .connection import LUA_NOW, text
+from .connection import text
 from .errors import ConfigurationError
 from .flower import flower_workers
 
 log = logging.getLogger(__name__)
-
-# A heartbeat in Redis's clock, not the device's: hosts' clocks may disagree by more than
-# dead_after, and a write delayed by the network carries the time it arrived, not an old one.
-# Optionally notes messages in hand (KEYS[2]) in the same step: taking a message proves life.
-# Returns the tasks the device has finished (KEYS[3]), which only ever grows (see integrity).
-_HEARD = """
-redis.call('HSET', KEYS[1], ARGV[1], """ + LUA_NOW + """)
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-return tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
-"""
 
 DEFAULT_TIMEOUT = 1.0
 WANTED_COMMAND = "mutitask_wanted"  # the remote control command a device answers (see hooks)
@@ -98,7 +88,8 @@ class Devices:
         self.app = app or default_app
         self.timeout = timeout
         self.flower_url = flower_url
-        self._heard = client.register_script(_HEARD)
+        self._heard = scripts.load(client, "heard")
+        self._started = scripts.load(client, "start")
 
     # -- roster ---------------------------------------------------------------
     def expected(self) -> int:
@@ -120,6 +111,16 @@ class Devices:
                 log.warning("ignoring unreadable device record for %s", name)
         return out
 
+    def forgotten(self) -> dict[str, float]:
+        """Devices the roster dropped after a long silence with nothing in hand -> when."""
+        out: dict[str, float] = {}
+        for name, when in self.client.hgetall(keys.DEVICES_FORGOTTEN).items():
+            try:
+                out[text(name)] = float(when)
+            except ValueError:
+                continue
+        return out
+
     def register(self, name: str, channels: Sequence[int], host: str, pid: int) -> None:
         """Called by a device when it is ready (see :mod:`hooks`)."""
         info = json.dumps({"channels": list(channels), "host": host, "pid": pid, "started": time.time()})
@@ -127,12 +128,23 @@ class Devices:
         self.heard(name)
 
     def heard(self, name: str, in_hand: tuple[str, str] | None = None) -> int:
-        """``name`` lives (in Redis's clock); ``in_hand``: (message id, delivery tag) it just took.
+        """``name`` lives (``lua/heard.lua``, in Redis's clock); ``in_hand``: (message id,
+        delivery tag) it just took. A heartbeat in Redis's clock, not the device's: hosts'
+        clocks may disagree by more than dead_after. Taking a message proves life too.
 
-        Returns how many tasks ``name`` has finished, as the books say.
+        Returns how many tasks ``name`` has finished, as the books say, or -1 when the
+        roster had forgotten it (silent too long): its counts start afresh.
         """
-        return int(self._heard(keys=[keys.DEVICES_SEEN, keys.inhand(name), keys.DEVICES_DONE],
+        return int(self._heard(keys=[keys.DEVICES_SEEN, keys.DEVICES_BEATS, keys.DEVICES_DONE,
+                                     keys.DEVICES_FORGOTTEN, keys.inhand(name), keys.KOMBU_UNACKED_INDEX],
                                args=[name, *(in_hand or ())]))
+
+    def started(self, name: str, channel: int, message_id: str, alone: bool = False) -> None:
+        """``name`` starts running the tasks of ``message_id`` (``lua/start.lua``): from now on a
+        death of the device is charged to them; ``alone``: no other task of its process runs
+        beside them, so a death is theirs. Also a heartbeat."""
+        self._started(keys=[keys.DEVICES_SEEN, keys.DEVICES_BEATS, keys.started(channel)],
+                      args=[name, message_id, "1" if alone else "0"])
 
     # -- wanted state -----------------------------------------------------------
     def wanted(self, name: str) -> str:

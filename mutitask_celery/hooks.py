@@ -1,10 +1,20 @@
 """What every device does at start and stop, however it was started.
 
 Connected at import of the package, so a legacy client script and
-``celery -A mutitask_celery worker`` behave alike: the device enters the
-roster with its channels, and if the operator wants it paused (it was paused
-before a restart, or the run started paused) it stops consuming before it
-takes a task.
+``celery -A mutitask_celery worker`` (any pool) behave alike: the device checks
+that the Celery configuration keeps its promises, gives back what a previous
+life under its name held, enters the roster with its channels, and if the
+operator wants it paused (it was paused before a restart, or the run started
+paused) it stops consuming before it takes a task.
+
+Two threads of its own run while it works, in the worker's main process:
+
+* the **heartbeat** (``mutitask-heartbeat``) says the device lives every
+  :data:`HEARTBEAT` seconds and does nothing else, so no other duty can make it
+  late and get a live device taken for dead;
+* the **housekeeping** (``mutitask-housekeeping``) re-reads the wanted state (a
+  pause made while the device was out of reach), gives dead devices' tasks to
+  live ones, and now and then drops long-silent names from the roster.
 """
 
 from __future__ import annotations
@@ -13,6 +23,8 @@ import logging
 import os
 import socket
 import threading
+import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -21,14 +33,17 @@ from celery.signals import task_received, worker_init, worker_ready, worker_shut
 from celery.worker import state as worker_state
 from celery.worker.control import control_command
 
-from . import prefetch, runtime, wanted
+from . import celery_app, isolation, keys, prefetch, runtime, wanted
+from .connection import EXIT_CONFIG
 from .control import channels_of
-from .errors import BooksLost
+from .errors import BooksLost, ConfigurationError
 from .integrity import EXIT_BOOKS_LOST, Watermarks
 from .recovery import HEARTBEAT
 
 log = logging.getLogger(__name__)
-_stop_heartbeat = threading.Event()
+FORGET_EVERY = 60.0  # seconds between looks for long-silent names to drop from the roster
+NOTE_TRIES = 3  # noting a message in hand is idempotent: worth another try after a blip
+_stop_threads = threading.Event()
 _queues: list[str] = []  # the queues this device was started with, for `start` after a pause
 _consumer: list[Any] = []  # this worker's consumer, once ready
 books = Watermarks()  # the tasks this device has finished, as the books said (see integrity)
@@ -49,15 +64,22 @@ def books_lost(exc: BooksLost) -> None:
 
 @worker_init.connect  # type: ignore[untyped-decorator]  # celery's signals are untyped
 def _on_init(sender: Any = None, **_: Any) -> None:
-    """Before consuming: put back what this device's previous life held when it died."""
+    """Before consuming: refuse a configuration that breaks our promises; put back what this
+    device's previous life held when it died."""
+    try:
+        celery_app.check_compatible(celery_app.app)
+    except ConfigurationError as exc:
+        log.critical("mutitask: %s", exc)
+        raise SystemExit(EXIT_CONFIG) from None
     name = getattr(sender, "hostname", None)
     reaper = runtime.reaper()
     if not name or reaper is None:
         return
     try:
+        reaper.client.delete(keys.steps(name))  # the previous life's retries are over
         restored = reaper.recover(name)
         if restored:
-            log.warning("%s restarted: gave back %d message(s) its previous run held", name, restored)
+            log.warning("%s restarted: took back %d message(s) its previous run held", name, restored)
     except redis.RedisError as exc:
         log.warning("%s could not check what its previous run held: %s", name, exc)
 
@@ -69,37 +91,66 @@ def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     tag = getattr(message, "delivery_tag", None)
     if request is None or tag is None or runtime.reaper() is None:
         return
-    try:
-        # Taking a message proves the device lives: say so in the same step, or a device
-        # back from a network cut (its last heartbeat old) would have the message it just
-        # took restored under it by a reaper.
-        runtime.devices().heard(request.hostname, in_hand=(request.id, str(tag)))
-    except redis.RedisError as exc:
-        log.warning("could not note message %s in hand: %s", request.id, exc)
-
-
-def _heartbeat(name: str) -> None:
-    """Say this device lives, and recover devices that went silent."""
-    reaper = runtime.reaper()
-    while not _stop_heartbeat.wait(HEARTBEAT):
+    for attempt in range(1, NOTE_TRIES + 1):
         try:
-            devices = runtime.devices()
-            marks = books.mark()
-            done = devices.heard(name)
-            books.check({done_key(name): done}, marks, devices.client)
-            was = wanted.local.paused
-            wanted.local.refresh(partial(devices.is_paused, name))  # a change made while unreachable
-            if wanted.local.paused is not None and wanted.local.paused != was and _consumer:
-                log.warning("%s is wanted %s (changed while it was out of reach)", name,
-                            "paused" if wanted.local.paused else "running")
-                _consume(_consumer[0], not wanted.local.paused)
-            if reaper is not None:
-                reaper.reap()
+            # Taking a message proves the device lives: said in the same step, or a device back
+            # from a network cut (its last heartbeat old) would have it taken back under it.
+            runtime.devices().heard(request.hostname, in_hand=(request.id, str(tag)))
+            return
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if attempt == NOTE_TRIES:
+                log.warning("could not note message %s in hand: %s", request.id, exc)
         except redis.RedisError as exc:
-            log.warning("heartbeat of %s failed: %s", name, exc)
+            log.warning("could not note message %s in hand: %s", request.id, exc)
+            return
+
+
+def _every(period: float, duty: Callable[[], None], what: str) -> None:
+    """Run ``duty`` every ``period`` seconds until the worker stops; no error ends the loop."""
+    while not _stop_threads.wait(period):
+        try:
+            duty()
+        except redis.RedisError as exc:
+            log.warning("%s failed: %s", what, exc)
         except BooksLost as exc:
             books_lost(exc)
             return
+        except Exception:  # a bug must not silently stop the heartbeat: say it, go on
+            log.exception("%s failed", what)
+
+
+def _beat(name: str) -> None:
+    """One heartbeat, and the books' count of this device's finished tasks checked."""
+    devices = runtime.devices()
+    marks = books.mark()
+    done = devices.heard(name)
+    if done < 0:  # the roster had forgotten this device: its counts start afresh
+        books.forget(done_key(name))
+        return
+    books.check({done_key(name): done}, marks, devices.client)
+
+
+class _Housekeeping:
+    """The device's duties other than the heartbeat (see the module docstring)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.next_forget = time.monotonic() + FORGET_EVERY
+
+    def __call__(self) -> None:
+        devices = runtime.devices()
+        was = wanted.local.paused
+        wanted.local.refresh(partial(devices.is_paused, self.name))  # a change made while unreachable
+        if wanted.local.paused is not None and wanted.local.paused != was and _consumer:
+            log.warning("%s is wanted %s (changed while it was out of reach)", self.name,
+                        "paused" if wanted.local.paused else "running")
+            _consume(_consumer[0], not wanted.local.paused)
+        reaper = runtime.reaper()
+        if reaper is not None:
+            reaper.reap()
+            if time.monotonic() >= self.next_forget:
+                self.next_forget = time.monotonic() + FORGET_EVERY
+                reaper.forget_silent()
 
 
 @control_command(args=[("wanted_state", str)], signature="<running|paused>")  # type: ignore[untyped-decorator]
@@ -132,7 +183,9 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     queues = [q.name for q in consumer.task_consumer.queues]
     _queues[:] = queues
     _consumer[:] = [consumer]
-    prefetch.install(getattr(consumer, "qos", None), getattr(getattr(consumer, "pool", None), "num_processes", 1))
+    slots = int(getattr(getattr(consumer, "pool", None), "num_processes", 1) or 1)
+    prefetch.install(getattr(consumer, "qos", None), slots)
+    isolation.device.slots = slots
     try:
         devices = runtime.devices()
         devices.register(name, channels_of(queues), socket.gethostname(), os.getpid())
@@ -144,17 +197,29 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
             log.warning("%s starts paused (the operator paused it); `start` resumes it", name)
     except redis.RedisError as exc:
         log.warning("%s could not enter the device roster: %s", name, exc)
-    _stop_heartbeat.clear()
-    threading.Thread(target=_heartbeat, args=(name,), name="mutitask-heartbeat", daemon=True).start()
+    _stop_threads.clear()
+    threading.Thread(target=_every, args=(HEARTBEAT, partial(_beat, name), f"heartbeat of {name}"),
+                     name="mutitask-heartbeat", daemon=True).start()
+    threading.Thread(target=_every, args=(HEARTBEAT, _Housekeeping(name), f"housekeeping of {name}"),
+                     name="mutitask-housekeeping", daemon=True).start()
 
 
 @worker_shutdown.connect  # type: ignore[untyped-decorator]  # celery's signals are untyped
 def _on_shutdown(sender: Any = None, **_: Any) -> None:
-    _stop_heartbeat.set()
+    """The worker has stopped: its tasks are done and kombu has put back what it held, so
+    its notes of those are stale; they go (a note of a message kombu could not put back,
+    Redis being away, stays for a reaper)."""
+    _stop_threads.set()
     wanted.local.forget()
     name = getattr(sender, "hostname", None)
-    if name:
-        try:
-            runtime.devices().heard(name)
-        except redis.RedisError:
-            pass
+    reaper = runtime.reaper()
+    if not name:
+        return
+    try:
+        if reaper is not None:
+            dropped = reaper.drop_stale_notes(name)
+            if dropped:
+                log.info("%s handed back %d message(s) it held", name, dropped)
+        runtime.devices().heard(name)
+    except redis.RedisError:
+        pass

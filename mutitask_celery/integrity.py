@@ -58,6 +58,11 @@ class Watermarks:
         with self._lock:
             return dict(self._high)
 
+    def forget(self, name: str) -> None:
+        """The books dropped this counter on purpose (a device the roster forgot): start afresh."""
+        with self._lock:
+            self._high.pop(name, None)
+
     def check(self, values: Mapping[str, int], at_least: Mapping[str, int],
               client: redis.Redis | None = None) -> None:
         """Raise :class:`BooksLost` when a value is below its ``at_least``; else keep the new highs.

@@ -22,11 +22,15 @@ Layout (``<ch>`` is a channel number, ``<id>`` a task id):
 ``mutitask:devices:expected``   how many devices the run expects (device1..deviceN)
 ``mutitask:devices:wanted``     hash device name (or ``*``) -> wanted state (running/paused)
 ``mutitask:devices:info``       hash device name -> JSON: channels, host, pid, start time
-``mutitask:devices:seen``       hash device name -> last time it was heard from
+``mutitask:devices:seen``       hash device name -> last time it was heard from (Redis's clock, as text)
+``mutitask:devices:beats``      sorted set device name -> that time: alive or recently dead devices only
+``mutitask:devices:forgotten``  hash device name -> when it was dropped from the roster (silent too long)
 ``mutitask:devices:done``       hash device name -> tasks it has finished
-``mutitask:inhand:<device>``    hash message id -> kombu delivery tag, for messages in its hands
+``mutitask:inhand:<device>``    hash message id -> "tag|score": the delivery in its hands (kombu's
+                                delivery tag and its ``unacked_index`` score, which tells deliveries apart)
+``mutitask:started:<ch>``       hash message id -> device: messages whose tasks a device started running
+``mutitask:steps:<writer>``     hash slot -> its last step id and result: a retried step applies once
 ``mutitask:lost:<ch>``          hash task id -> times a device died holding it
-``mutitask:returned:<ch>``      hash task id -> 1: given back untouched (not a death), another broker
 ``mutitask:unsent:<ch>``        sorted set id -> time: in the books, not yet handed to another broker
 ``unacked``, ``unacked_index``  kombu's own: delivered messages not yet acknowledged
 ==============================  ====================================================
@@ -49,6 +53,8 @@ DEVICES_WANTED = f"{PREFIX}:devices:wanted"
 DEVICES_INFO = f"{PREFIX}:devices:info"
 DEVICES_SEEN = f"{PREFIX}:devices:seen"
 DEVICES_DONE = f"{PREFIX}:devices:done"
+DEVICES_BEATS = f"{PREFIX}:devices:beats"
+DEVICES_FORGOTTEN = f"{PREFIX}:devices:forgotten"
 ALL_DEVICES = "*"  # the field of DEVICES_WANTED that applies to every device
 INHAND_PREFIX = f"{PREFIX}:inhand:"
 LOST_PREFIX = f"{PREFIX}:lost:"
@@ -100,12 +106,18 @@ def lost(channel: int) -> str:
     return f"{LOST_PREFIX}{channel}"
 
 
-def returned(channel: int) -> str:
-    """Tasks a device gave back untouched (paused), so their redelivery is not counted as a death."""
-    return f"{PREFIX}:returned:{channel}"
+def started(channel: int) -> str:
+    """Messages of the channel whose tasks a device has started: only those are charged a death."""
+    return f"{PREFIX}:started:{channel}"
 
 
 def unsent(channel: int) -> str:
     """The journal of a broker other than this Redis: tasks entered in the books whose
     message the broker has not confirmed yet (see :meth:`Ledger.resend_unsent`)."""
     return f"{UNSENT_PREFIX}{channel}"
+
+
+def steps(writer: str) -> str:
+    """Last step of each slot (thread) of a writer (a device, the server of a channel):
+    a call repeated after a lost reply is recognised and not applied again."""
+    return f"{PREFIX}:steps:{writer}"

@@ -17,6 +17,7 @@ on another broker (RabbitMQ) it enters the books and a journal first, and
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,64 +26,16 @@ from typing import Any, NamedTuple
 import redis
 from celery import Celery
 
-from . import keys, messages
-from .connection import LUA_NOW, text
+from . import keys, messages, scripts
+from .connection import text
 from .publisher import BrokerPublisher
 
 log = logging.getLogger(__name__)
 
-NOTIFY_KEEP = 64  # wake-up tokens kept per channel; the server only needs one
+NOTIFY_KEEP = 64  # wake-up tokens kept per channel (lua/dead_letter.lua's wake_server); the server needs one
 UNSENT_GRACE = 10.0  # seconds after which a journal entry is a publisher's that died (a call takes ms)
 UNSENT_BATCH = 500
-
-_FINISH = ("""
-local rec_prefix, now, device, channel, busy = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6]
-local ok, failed, dup = 0, 0, 0
-for i = 7, #ARGV, 5 do
-  local kind, id, result, reason, tb = ARGV[i], ARGV[i+1], ARGV[i+2], ARGV[i+3], ARGV[i+4]
-  local data = redis.call('HGET', KEYS[1], id)
-  if not data then
-    dup = dup + 1
-  else
-    redis.call('HDEL', KEYS[1], id)
-    redis.call('HDEL', KEYS[12], id)
-    local meta = redis.call('HGET', KEYS[2], id)
-    if meta then redis.call('HDEL', KEYS[2], id) end
-    if kind == 'ok' then
-      if result ~= '' then redis.call('RPUSH', KEYS[5], result) end
-      ok = ok + 1
-    else
-      local failures, first = 1, now
-      if meta then
-        local f, t = string.match(meta, '^(%d+)|(.+)$')
-        if f then failures = tonumber(f) + 1; first = t end
-      end
-      redis.call('HSET', rec_prefix .. id, 'v', '1', 'id', id, 'channel', channel,
-        'data', data, 'reason', reason, 'traceback', tb, 'device', device,
-        'first_failed', first, 'last_failed', now, 'failures', failures, 'result', result)
-      redis.call('ZADD', KEYS[6], now, id)
-      redis.call('ZADD', KEYS[7], now, id)
-      redis.call('SADD', KEYS[8], channel)
-      failed = failed + 1
-    end
-  end
-end
-if ok > 0 then redis.call('HINCRBY', KEYS[3], 'succeeded', ok) end
-if failed > 0 then redis.call('HINCRBY', KEYS[3], 'failed', failed) end
-if dup > 0 then redis.call('HINCRBY', KEYS[3], 'duplicates', dup) end
-redis.call('HINCRBY', KEYS[3], 'messages', 1)
-redis.call('HINCRBY', KEYS[3], 'timed', ok + failed + dup)
-redis.call('HINCRBYFLOAT', KEYS[3], 'busy', busy)
-local done = redis.call('HINCRBY', KEYS[9], device, ok + failed + dup)
-if ARGV[5] ~= '' then redis.call('HDEL', KEYS[11], ARGV[5]) end
-redis.call('HSET', KEYS[10], device, """ + LUA_NOW + """)
-if ok + failed > 0 then
-  redis.call('LPUSH', KEYS[4], '1')
-  redis.call('LTRIM', KEYS[4], 0, NOTIFY_LAST)
-end
-return {ok, failed, dup, done}
-""").replace("NOTIFY_LAST", str(NOTIFY_KEEP - 1))
-
+PUBLISHER = "server"  # the writer whose publish steps keys.steps keeps (one server per channel)
 
 @dataclass(frozen=True)
 class Outcome:
@@ -133,7 +86,7 @@ class Ledger:
         self.broker_is_store = broker_is_store
         # Another broker: its publisher (shared with the dead-letter store), None on this Redis.
         self.publisher = None if broker_is_store else (publisher or BrokerPublisher(app))
-        self._finish = client.register_script(_FINISH)
+        self._finish = scripts.load(client, "finish")
 
     def outstanding(self, channel: int) -> int:
         """Tasks of the channel published (or reloaded) and not yet finished."""
@@ -145,37 +98,46 @@ class Ledger:
         values: dict[str, Any] = {k: (float(v) if k == "busy" else int(v)) for k, v in raw.items() if k in fields}
         return ChannelStats(**values)
 
-    def publish(self, channel: int, items: Sequence[messages.Item], batch: int = 1) -> None:
-        """Enter ``items`` in the books and put them on the channel's queue, ``batch`` tasks a message."""
+    def publish(self, channel: int, items: Sequence[messages.Item], batch: int = 1, step: str = "") -> None:
+        """Enter ``items`` in the books and put them on the channel's queue, ``batch`` tasks a message.
+
+        ``step``: an id for this publish. Repeated with the same id (the first call's reply
+        was lost with the connection), it does nothing if the first call applied.
+        """
         if not items:
             return
+        field = f"publish:{channel}"
+        if step and text(self.client.hget(keys.steps(PUBLISHER), field) or "") == step:
+            return  # the transaction applied; only its reply was lost
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(keys.pending(channel), mapping=dict(items))
         pipe.hincrby(keys.stats(channel), "published", len(items))
+        pipe.hset(keys.steps(PUBLISHER), field, step or messages.new_task_id())
         self._send(channel, items, pipe, batch)
 
     def _send(self, channel: int, items: Sequence[messages.Item], pipe: redis.client.Pipeline,
-              batch: int = 1) -> None:
+              batch: int = 1, suspect: bool = False) -> None:
         """Queue the items, ``batch`` a message; on this Redis, in the same transaction as ``pipe``."""
         queue = keys.queue(channel)
         groups = [items[i:i + batch] for i in range(0, len(items), max(1, batch))]
         if self.publisher is None:
-            pipe.lpush(queue, *[messages.build(self.app, queue, channel, group) for group in groups])
+            pipe.lpush(queue, *[messages.build(self.app, queue, channel, group, suspect) for group in groups])
             pipe.execute()
             return
         # Another broker (e.g. RabbitMQ): journal, publish (confirmed), then clear the journal.
         ids = [task_id for task_id, _ in items]
         pipe.zadd(keys.unsent(channel), dict.fromkeys(ids, time.time()))
         pipe.execute()
-        self.publisher.send(queue, channel, groups)
+        self.publisher.send(queue, channel, groups, suspect)
         self.client.zrem(keys.unsent(channel), *ids)
 
-    def republish(self, channel: int, task_ids: Sequence[str]) -> int:
-        """Put outstanding tasks on the queue again (their data from the books); returns how many."""
+    def republish(self, channel: int, task_ids: Sequence[str], suspect: bool = False) -> int:
+        """Put outstanding tasks on the queue again (their data from the books), one a message;
+        returns how many. ``suspect``: see :func:`messages.task_message`."""
         data = self.client.hmget(keys.pending(channel), list(task_ids))
         items = [(t, text(d)) for t, d in zip(task_ids, data, strict=True) if d is not None]
         if items:
-            self._send(channel, items, self.client.pipeline(transaction=True))
+            self._send(channel, items, self.client.pipeline(transaction=True), suspect=suspect)
         return len(items)
 
     def resend_unsent(self, channels: Sequence[int], grace: float = UNSENT_GRACE) -> int:
@@ -200,24 +162,30 @@ class Ledger:
             resent += n
         return resent
 
-    def finish(self, channel: int, device: str, outcomes: Iterable[Outcome],
-               message_id: str = "", busy: float = 0.0) -> Finished:
-        """Record outcomes atomically; returns what the step did.
+    def finish(self, channel: int, device: str, outcomes: Iterable[Outcome], message_id: str = "",
+               busy: float = 0.0, step: str = "", writer: str = "") -> Finished:
+        """Record outcomes atomically (``lua/finish.lua``); returns what the step did.
 
-        ``message_id`` (the Celery message that carried them) leaves the
-        device's in-hand list in the same step; ``busy`` (seconds the tasks
-        took) feeds the producer's choice of how many tasks a message carries.
+        ``message_id`` (the Celery message that carried them) leaves the device's in-hand
+        list and the started marks in the same step; ``busy`` (seconds the tasks took)
+        feeds the producer's choice of how many tasks a message carries. ``step`` and
+        ``writer`` make a retry safe: a call repeated with the same step id by the same
+        writer (one thread of the device) returns the first call's result and changes
+        nothing, so a lost reply never counts a task twice.
         """
-        argv: list[str | float] = [keys.DEAD_RECORD_PREFIX, repr(time.time()), device, str(channel), message_id,
-                                   repr(float(busy))]
-        for o in outcomes:
-            argv += ["ok" if o.ok else "fail", o.task_id, o.result, o.reason, o.traceback]
-        if len(argv) == 6:
+        listed = list(outcomes)
+        if not listed:
             return Finished(0, 0, 0, 0)
+        argv: list[str | float] = [device, str(channel), message_id, repr(float(busy)), step or messages.new_task_id(),
+                                   writer or f"{device}:{threading.get_ident()}"]
+        for o in listed:
+            argv += ["ok" if o.ok else "fail", o.task_id, o.result, o.reason, o.traceback]
         ks = [
             keys.pending(channel), keys.meta(channel), keys.stats(channel), keys.notify(channel),
             keys.results(channel), keys.dead_index(), keys.dead_index(channel), keys.DEAD_CHANNELS,
-            keys.DEVICES_DONE, keys.DEVICES_SEEN, keys.inhand(device), keys.lost(channel),
+            keys.DEVICES_DONE, keys.DEVICES_SEEN, keys.DEVICES_BEATS, keys.inhand(device), keys.lost(channel),
+            keys.started(channel), keys.steps(device),
+            *[keys.dead_record(o.task_id) for o in listed if not o.ok],
         ]
         return Finished(*(int(n) for n in self._finish(keys=ks, args=argv)))
 

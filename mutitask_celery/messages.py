@@ -34,10 +34,12 @@ def new_task_id() -> str:
     return uuid.uuid4().hex
 
 
-def task_message(app: Celery, channel: int, items: Sequence[Item]) -> Any:
+def task_message(app: Celery, channel: int, items: Sequence[Item], suspect: bool = False) -> Any:
     """Celery's protocol-2 message (headers, properties, body) carrying ``items``.
 
     A single task's message has the task's own id, so Flower and the books agree.
+    ``suspect``: the task was running when a device died; the device runs it alone
+    (see :mod:`.isolation`), so if it is the one that kills devices, it dies alone.
     """
     if not items:
         raise ValueError("a message needs at least one item")
@@ -45,12 +47,14 @@ def task_message(app: Celery, channel: int, items: Sequence[Item]) -> Any:
     args: list[Any] = [channel, [list(item) for item in items]]
     shown = ", ".join(data for _, data in items)
     argsrepr = f"[{channel}, {shown[:ARGSREPR_LIMIT]}{'...' if len(shown) > ARGSREPR_LIMIT else ''}]"
-    return app.amqp.as_task_v2(message_id, TASK_NAME, args=args, kwargs={}, argsrepr=argsrepr, kwargsrepr="{}")
+    kwargs = {"suspect": True} if suspect else {}
+    return app.amqp.as_task_v2(message_id, TASK_NAME, args=args, kwargs=kwargs, argsrepr=argsrepr,
+                               kwargsrepr=repr(kwargs))
 
 
-def build(app: Celery, queue: str, channel: int, items: Sequence[Item]) -> str:
+def build(app: Celery, queue: str, channel: int, items: Sequence[Item], suspect: bool = False) -> str:
     """The JSON envelope that kombu's Redis transport keeps in the queue list."""
-    task = task_message(app, channel, items)
+    task = task_message(app, channel, items, suspect)
     body = json.dumps(list(task.body)).encode("utf-8")
     envelope = {
         "body": base64.b64encode(body).decode("ascii"),
@@ -63,7 +67,14 @@ def build(app: Celery, queue: str, channel: int, items: Sequence[Item]) -> str:
             "delivery_info": {"exchange": "", "routing_key": queue},
             "priority": 0,
             "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
+            "delivery_tag": new_delivery_tag(),
         },
     }
     return json.dumps(envelope)
+
+
+def new_delivery_tag() -> str:
+    """A delivery tag of its own for every message we queue, restored ones included: kombu
+    acknowledges by tag, so a late ack from a device cut off from Redis must not hit the
+    later delivery of the same message to another device."""
+    return str(uuid.uuid4())

@@ -131,6 +131,10 @@ class _Feed:
         self.source = source
         self.index = 0
         self.exhausted = False
+        # Taken from the generator, not yet in the books (Redis went away meanwhile), and the
+        # publish step's id: published again with it, they enter the books once.
+        self.unsent: list[messages.Item] = []
+        self.step = ""
 
     def take(self, n: int, store: RedisDeadLetterStore) -> list[messages.Item]:
         items: list[messages.Item] = []
@@ -219,18 +223,17 @@ class Producer:
             if left:
                 log.warning("channel %d still has %d task(s) outstanding from an earlier run; "
                             "this run waits for them too", ch, left)
-        unsent: dict[int, list[messages.Item]] = {ch: [] for ch in channels}
         outage: float | None = None
         try:
             while not self._stop.is_set():
                 try:
                     if outage is not None:  # Redis is back: did it keep the books?
                         self._read_stats(channels)
-                    if self._step(feeds, channels, before, published, unsent):
+                    if self._step(feeds, channels, before, published):
                         break
                     outage = None
                 except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, BrokerUnavailable) as exc:
-                    outage = self._wait_for_redis(outage, exc)  # the unsent tasks go out when it is back
+                    outage = self._wait_for_redis(outage, exc)  # each feed's unsent tasks go out when it is back
         finally:
             self.finished.set()
         try:
@@ -240,24 +243,19 @@ class Producer:
         return self.summary
 
     def _step(self, feeds: list[_Feed], channels: list[int], before: dict[int, ChannelStats],
-              published: dict[int, int], unsent: dict[int, list[messages.Item]]) -> bool:
+              published: dict[int, int]) -> bool:
         """One round: top the channels up, recover, wait for progress. True when the run is over."""
         for feed in feeds:
-            if unsent[feed.channel]:  # taken from the generator before Redis went away
-                self.ledger.publish(feed.channel, unsent[feed.channel])
-                published[feed.channel] += len(unsent[feed.channel])
-                unsent[feed.channel] = []
+            if feed.unsent:  # taken from the generator before Redis went away
+                self._publish(feed, published, 1)
         if not self._paused.is_set() and not self._feeding_stopped.is_set():
             for feed in feeds:
                 outstanding = self.ledger.outstanding(feed.channel)
                 batcher = self._batchers[feed.channel]
                 want = batcher.take(self._channel_size - outstanding, outstanding, self._channel_size)
                 if want > 0 and not feed.exhausted:
-                    unsent[feed.channel] = feed.take(want, self.store)
-                    batch = batcher.batch(self._channel_size)
-                    self.ledger.publish(feed.channel, unsent[feed.channel], batch)
-                    published[feed.channel] += len(unsent[feed.channel])
-                    unsent[feed.channel] = []
+                    feed.unsent, feed.step = feed.take(want, self.store), messages.new_task_id()
+                    self._publish(feed, published, batcher.batch(self._channel_size))
         self._reap(channels)
         self.summary = self._summarize(channels, before, published)
         feeding_over = self._feeding_stopped.is_set() or all(f.exhausted for f in feeds)
@@ -265,6 +263,12 @@ class Producer:
             return True
         self.ledger.wait_for_progress(channels, WAIT_STEP)
         return False
+
+    def _publish(self, feed: _Feed, published: dict[int, int], batch: int) -> None:
+        """Put the feed's unsent tasks in the books and on the queue (once, however often retried)."""
+        self.ledger.publish(feed.channel, feed.unsent, batch, step=feed.step)
+        published[feed.channel] += len(feed.unsent)
+        feed.unsent = []
 
     def _wait_for_redis(self, since: float | None, exc: Exception) -> float:
         """Back off while Redis (or the broker) is away; give up with a clear error after RECONNECT_FOR seconds."""

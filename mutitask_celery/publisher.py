@@ -57,13 +57,15 @@ class BrokerPublisher:
         self._unconfirmed: set[int] = set()
         self._nacked = False
 
-    def send(self, queue: str, channel: int, groups: Sequence[Sequence[messages.Item]]) -> None:
+    def send(self, queue: str, channel: int, groups: Sequence[Sequence[messages.Item]],
+             suspect: bool = False) -> None:
         """Publish one message per group on ``queue``; returns once the broker has them all.
 
         Raises :class:`BrokerUnavailable` when the broker did not take them after
-        :data:`ATTEMPTS` tries with a fresh connection each.
+        :data:`ATTEMPTS` tries with a fresh connection each. ``suspect``: see
+        :func:`messages.task_message`.
         """
-        built = [messages.task_message(self.app, channel, group) for group in groups if group]
+        built = [messages.task_message(self.app, channel, group, suspect) for group in groups if group]
         if not built:
             return
         with self._lock:

@@ -1,30 +1,42 @@
-"""Give a dead device's tasks back within seconds, and bury a poison task.
+"""Give a dead device's tasks back within seconds, once, and bury a poison task.
 
 On a Redis broker, kombu keeps each delivered message in its ``unacked`` hash
 until the worker acknowledges it; when a worker dies, kombu hands the message
-out again only after the visibility timeout (an hour by default). We do
-better: every device notes each message it takes (``inhand:<device>``: message
-id -> delivery tag) and beats a heartbeat into ``devices:seen``. A device
-whose heartbeat is older than ``dead_after`` seconds is dead, and any device
-or server that notices puts its messages back on their queues at once (the
-restore is guarded by kombu's own ``HDEL unacked``, so two reapers never
-restore one message twice). A device that restarts under the same name
-restores what its previous life held.
+out again only after the visibility timeout. We do better: every device notes
+each message it takes (``inhand:<device>``: message id -> "delivery tag|score",
+the score telling this delivery from a later one under the same tag), marks
+the messages whose tasks it starts (``started:<ch>``), and beats a heartbeat
+into ``devices:seen`` / ``devices:beats`` from a thread that does nothing else.
+A device silent for ``dead_after`` seconds is dead; the server and every other
+device look for such devices every heartbeat period, and put what they held
+back on the queues (:meth:`Reaper.reap`). A device that restarts under the same
+name does the same for its previous life at once.
 
-A task whose device died while running it ``max_attempts`` times is a poison
-task (it kills its worker: ``os._exit``, a segfault): it goes to the
-dead-letter store with the reason ``worker lost`` instead of going round again.
+Each message goes back in one Lua step, ``lua/recover.lua``, that decides,
+counts and acts together, fenced three ways: the heartbeat the reaper judged
+too old must still be the device's last (a device heard from since keeps what
+it holds), the note must still be the one read (another reaper acted first),
+and kombu's entry must still be the noted delivery. So of many reapers acting
+at once exactly one takes a message back, and only that one counts a death.
+
+Only started messages are charged: each of their tasks counts one death and
+goes back alone, flagged *suspect*, so that a device runs it alone
+(:mod:`.isolation`); a held or queued message goes back untouched. A task that
+has died alone ``max_attempts`` times is a poison task (it kills its worker:
+``os._exit``, a segfault): it goes to the dead-letter store with the reason
+``worker lost`` in that same step. The prefork pool loses a child, not the
+device: the device takes the message back with the same step, unfenced
+(:meth:`Reaper.worker_lost`).
+
 A last net, the sweep (see :meth:`Reaper.sweep`): kombu takes a message off
 the queue (``BRPOP``) and only then records it as unacked, and a device notes
 it in hand a moment later still; a device killed in either gap would strand
 the task. The server's sweep finds both cases and puts the task back.
-Back-pressure keeps the lists it reads short.
 
 On RabbitMQ none of this is needed: the broker redelivers a dead consumer's
-messages, flagged ``redelivered``, the moment its connection drops (and a
-device killed mid-fetch never took the message from the broker's point of
-view). What the broker cannot know is how often a task killed its device:
-:class:`Redeliveries` counts that from the flag, so a poison task is
+messages, flagged ``redelivered``, the moment its connection drops. What the
+broker cannot know is how often a task killed its device: :class:`Redeliveries`
+counts that from the flag and the start marks, so a poison task is
 dead-lettered there too.
 """
 
@@ -34,12 +46,13 @@ import base64
 import json
 import logging
 from collections.abc import Sequence
-from typing import Any
+from enum import Enum
+from typing import Any, cast
 
 import redis
 
-from . import keys, messages
-from .connection import text
+from . import keys, messages, scripts
+from .connection import redis_now, text
 from .ledger import Ledger, Outcome
 
 log = logging.getLogger(__name__)
@@ -47,16 +60,14 @@ log = logging.getLogger(__name__)
 HEARTBEAT = 2.0
 DEAD_AFTER = 10.0
 MAX_ATTEMPTS = 3
-WORKER_LOST = "worker lost"
+WORKER_LOST = "worker lost"  # lua/recover.lua writes the same reason
+REAP_BATCH = 100  # silent devices looked at per reap (the next reap takes the rest)
+FORGET_AFTER = 86400.0  # seconds of silence, with nothing in hand, before the roster drops a name
 
 
-def redis_now(client: redis.Redis) -> float:
-    """Redis's clock, in which every host's heartbeats are written and judged: the hosts'
-    own clocks may disagree by more than ``dead_after``."""
-    seconds, micros = client.time()
-    return seconds + micros / 1e6
 
-# KEYS: unacked hash, unacked index, queue. ARGV: tag, then the message(s) to queue.
+# The sweep's restore of a message no device noted. KEYS: unacked hash, unacked index, queue.
+# ARGV: tag, then the message(s) to queue.
 _RESTORE = """
 if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
   redis.call('ZREM', KEYS[2], ARGV[1])
@@ -64,29 +75,6 @@ if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
   return 1
 end
 return 0
-"""
-
-
-# KEYS: pending, lost, returned of one channel. ARGV[1]: 'back' (a device gives the
-# message back untouched) or 'again' (it was redelivered); then task ids. Returns per
-# task: -1 not outstanding any more, else the deaths counted so far.
-_SETTLE = """
-local out = {}
-for i = 2, #ARGV do
-  local id = ARGV[i]
-  if redis.call('HEXISTS', KEYS[1], id) == 0 then
-    redis.call('HDEL', KEYS[3], id)
-    out[#out + 1] = -1
-  elseif ARGV[1] == 'back' then
-    redis.call('HSET', KEYS[3], id, '1')
-    out[#out + 1] = 0
-  elseif redis.call('HDEL', KEYS[3], id) == 1 then
-    out[#out + 1] = tonumber(redis.call('HGET', KEYS[2], id) or '0')
-  else
-    out[#out + 1] = redis.call('HINCRBY', KEYS[2], id, 1)
-  end
-end
-return out
 """
 
 
@@ -118,6 +106,23 @@ def _items(message: dict[str, Any]) -> tuple[int, list[str]] | None:
     return None if found is None else (found[0], [task_id for task_id, _ in found[1]])
 
 
+def _redelivered(message: dict[str, Any]) -> dict[str, Any]:
+    """The message as it goes back on its queue: flagged redelivered, with a delivery tag of its own."""
+    message.setdefault("headers", {})["redelivered"] = True
+    properties = message.setdefault("properties", {})
+    properties.setdefault("delivery_info", {})["redelivered"] = True
+    properties["delivery_tag"] = messages.new_delivery_tag()
+    return message
+
+
+def _noted_score(noted: str) -> float | None:
+    """The delivery's ``unacked_index`` score in a device's note ("tag|score"), None if it has none."""
+    try:
+        return float(noted.split("|", 1)[1])
+    except (IndexError, ValueError):
+        return None
+
+
 def _queued_ids(raw: str) -> list[str]:
     """Task ids in a message waiting on a queue (an envelope as kombu stores it)."""
     try:
@@ -134,6 +139,7 @@ class _Unacked:
         self.message = message
         self.routing_key = routing_key
         self.channel = channel
+        self.items = items
         self.ids = [task_id for task_id, _ in items]
 
     @classmethod
@@ -147,16 +153,33 @@ class _Unacked:
         return None if found is None else cls(message, str(routing_key), found[0], found[1])
 
 
+class Recovered(str, Enum):
+    """What became of one message a reaper tried to take back (``lua/recover.lua``)."""
+
+    ALIVE = "alive"  # its device was heard from since it was judged dead: it keeps the message
+    MOVED = "moved"  # another reaper (or the device) acted on it first
+    CHANGED = "changed"  # started meanwhile: read it again
+    GONE = "gone"  # acknowledged, or its tag names a later delivery: the note was stale
+    RESTORED = "restored"  # back on its queue untouched: it had not started, no death
+    SUSPECTS = "suspects"  # it had started: each task back alone, one death each
+    BURIED = "buried"  # its one task died alone max_attempts times: dead-lettered
+
+
 class Reaper:
     """Finds dead devices and puts their messages back (see module docstring)."""
 
     def __init__(self, client: redis.Redis, ledger: Ledger, dead_after: float = DEAD_AFTER,
-                 max_attempts: int = MAX_ATTEMPTS) -> None:
+                 max_attempts: int = MAX_ATTEMPTS, forget_after: float = FORGET_AFTER) -> None:
         self.client = client
         self.ledger = ledger
         self.dead_after = dead_after
         self.max_attempts = max_attempts
+        self.forget_after = forget_after
         self._restore = client.register_script(_RESTORE)
+        self._recover = scripts.load(client, "recover")
+        self._retire = scripts.load(client, "retire")
+        self._forget = scripts.load(client, "forget")
+        self._drop = scripts.load(client, "drop_note")
         self._suspects: dict[int, set[str]] = {}
         self._suspect_tags: set[str] = set()
 
@@ -181,10 +204,10 @@ class Reaper:
         return fixed
 
     def _noted(self) -> set[str]:
-        """Message ids some device notes in hand."""
+        """Message ids some device notes in hand (devices alive or recently dead hold them all)."""
         pipe = self.client.pipeline(transaction=False)
-        for name in self.client.hkeys(keys.DEVICES_SEEN):
-            pipe.hkeys(keys.inhand(text(name)))
+        for name in cast("list[str]", self.client.zrange(keys.DEVICES_BEATS, 0, -1)):
+            pipe.hkeys(keys.inhand(name))
         return {text(m) for ids in pipe.execute() for m in ids}
 
     def _restore_orphans(self, tags: set[str], unacked: dict[str, _Unacked]) -> int:
@@ -193,7 +216,7 @@ class Reaper:
             if any(self.client.hmget(keys.pending(entry.channel), entry.ids)):
                 log.warning("message %s was taken by a device that died before noting it: restored", tag)
                 self._restore(keys=[keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, entry.routing_key],
-                              args=[tag, json.dumps(entry.message)])
+                              args=[tag, json.dumps(_redelivered(entry.message))])
             else:  # finished, only its acknowledgement was lost with its device
                 self._drop_unacked(tag)
         return len(tags)
@@ -223,119 +246,179 @@ class Reaper:
         return len(lost)
 
     def reap(self, now: float | None = None) -> int:
-        """Recover every device silent for ``dead_after`` seconds; returns messages handled."""
+        """Recover every device silent for ``dead_after`` seconds; returns messages handled.
+
+        Looks only at devices alive or recently dead (``devices:beats``); a dead device
+        whose messages are all back leaves that set.
+        """
         now = redis_now(self.client) if now is None else now
         handled = 0
-        for name, seen in self.client.hgetall(keys.DEVICES_SEEN).items():
-            try:
-                silent = now - float(seen)
-            except ValueError:
+        silent = cast("list[tuple[str, float]]", self.client.zrangebyscore(
+            keys.DEVICES_BEATS, "-inf", f"({now - self.dead_after}", start=0, num=REAP_BATCH, withscores=True))
+        for name, beat in silent:
+            seen = self.client.hget(keys.DEVICES_SEEN, name)
+            if seen is None:  # forgotten meanwhile
+                self.client.zrem(keys.DEVICES_BEATS, name)
                 continue
-            if silent > self.dead_after and self.client.exists(keys.inhand(text(name))):
-                log.warning("%s silent for %.0fs: giving its tasks to other devices", text(name), silent)
-                handled += self.recover(text(name), seen=text(seen))
+            if self.client.exists(keys.inhand(name)):
+                log.warning("%s silent for %.0fs: giving its tasks to other devices", name, now - beat)
+                handled += self.recover(name, seen=text(seen))
+            self._retire(keys=[keys.DEVICES_SEEN, keys.DEVICES_BEATS, keys.inhand(name)], args=[name, text(seen)])
         return handled
 
-    def _heartbeat(self, device: str) -> str | None:
-        seen = self.client.hget(keys.DEVICES_SEEN, device)
-        return None if seen is None else text(seen)
-
     def recover(self, device: str, seen: str | None = None) -> int:
-        """Put back every message ``device`` holds (it is dead, or restarting).
+        """Put back every message ``device`` holds (it is dead, or restarting); returns how many
+        were taken back here.
 
         ``seen``: the heartbeat the caller judged too old. Messages go back only while it is
         still the device's last heartbeat: a device heard from since (back from a network
-        cut; noting a message in hand is a heartbeat too) keeps what it holds.
+        cut; taking or starting a message is a heartbeat too) keeps what it holds. None: the
+        device's next life acts, no fence.
         """
         handled = 0
-        for message_id, tag in self.client.hgetall(keys.inhand(device)).items():
-            if seen is not None and self._heartbeat(device) != seen:
+        for message_id, noted in cast("dict[str, str]", self.client.hgetall(keys.inhand(device))).items():
+            outcome = self._take_back(device, seen or "", message_id, noted)
+            if outcome is Recovered.ALIVE:
                 log.warning("%s was heard from again: it keeps what it holds", device)
                 break
-            if self._recover_one(device, text(tag)) and seen is not None:
-                seen = self._heartbeat(device)  # the burial's finish wrote it
-            self.client.hdel(keys.inhand(device), message_id)
-            handled += 1
+            handled += outcome in (Recovered.RESTORED, Recovered.SUSPECTS, Recovered.BURIED)
         return handled
 
-    def _recover_one(self, device: str, tag: str) -> bool:
-        """Put one message back; True when its task was buried instead."""
-        raw = self.client.hget(keys.KOMBU_UNACKED, tag)
-        if raw is None:  # acked meanwhile, or restored by someone else
-            return False
-        try:
-            message, _exchange, routing_key = json.loads(raw)
-        except (ValueError, TypeError):
-            log.error("unreadable unacked message %s: left for kombu's own restore", tag)
-            return False
-        found = _payload(message)
-        if found is not None:
-            channel, items = found
-            pipe = self.client.pipeline(transaction=False)
-            for task_id, _ in items:
-                pipe.hincrby(keys.lost(channel), task_id, 1)
-            attempts = pipe.execute()
-            if len(items) == 1 and attempts[0] >= self.max_attempts:
-                self._bury(device, tag, channel, items[0][0], attempts[0])
-                return True
-            if len(items) > 1:  # one of them may be the poison: each goes back alone
-                singles = [messages.build(self.ledger.app, routing_key, channel, [item]) for item in items]
-                self._restore(keys=[keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, routing_key],
-                              args=[tag, *singles])
-                return False
-        message.setdefault("headers", {})["redelivered"] = True
-        message.get("properties", {}).setdefault("delivery_info", {})["redelivered"] = True
-        self._restore(keys=[keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, routing_key],
-                      args=[tag, json.dumps(message)])
-        return False
+    def worker_lost(self, device: str, message_id: str) -> Recovered:
+        """A pool child of the live ``device`` died running ``message_id`` (prefork): take the
+        message back as for a dead device (the child's death is charged), instead of
+        Celery's requeue, which would count nothing and loop forever on a poison task."""
+        noted = self.client.hget(keys.inhand(device), message_id)
+        if noted is None:
+            return Recovered.GONE
+        return self._take_back(device, "", message_id, text(noted))
 
-    def _bury(self, device: str, tag: str, channel: int, task_id: str, attempts: int) -> None:
-        bury(self.ledger, channel, device, task_id, attempts)
-        self._drop_unacked(tag)
+    def _take_back(self, device: str, judged: str, message_id: str, noted: str) -> Recovered:
+        """One message back in one fenced step (``lua/recover.lua``), read again if it started meanwhile."""
+        for _ in range(3):
+            outcome = self._take_back_once(device, judged, message_id, noted)
+            if outcome is not Recovered.CHANGED:
+                return outcome
+        return Recovered.CHANGED  # a live device keeps starting it: it is not dead, leave it
+
+    def _take_back_once(self, device: str, judged: str, message_id: str, noted: str) -> Recovered:
+        tag = noted.split("|", 1)[0]
+        raw = self.client.hget(keys.KOMBU_UNACKED, tag)
+        entry = _Unacked.parse(text(raw)) if raw is not None else None
+        if entry is None:
+            if raw is not None:
+                log.error("unreadable unacked message %s: left for kombu's own restore", tag)
+            self._drop_note(device, message_id, noted)
+            return Recovered.GONE
+        channel = entry.channel
+        mark = text(self.client.hget(keys.started(channel), message_id) or "")
+        if mark in (device, f"{device}|alone"):
+            queued = [messages.build(self.ledger.app, entry.routing_key, channel, [item], suspect=True)
+                      for item in entry.items]
+        else:
+            queued = [json.dumps(_redelivered(entry.message))]
+        ks = [keys.DEVICES_SEEN, keys.inhand(device), keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX,
+              entry.routing_key, keys.started(channel), keys.lost(channel), keys.pending(channel),
+              keys.meta(channel), keys.stats(channel), keys.dead_index(), keys.dead_index(channel),
+              keys.DEAD_CHANNELS, keys.notify(channel), *[keys.dead_record(t) for t in entry.ids]]
+        argv: list[str | int] = [device, judged, message_id, noted, tag, mark, self.max_attempts, channel,
+                                 len(entry.ids), *entry.ids, *queued]
+        reply = self._recover(keys=ks, args=argv)
+        outcome, deaths = Recovered(text(reply[0])), int(reply[1])
+        if outcome is Recovered.BURIED:
+            log.error("task %s of channel %d killed its device %d times: dead-lettered as %r", entry.ids[0],
+                      channel, deaths, WORKER_LOST)
+        elif outcome is Recovered.SUSPECTS:
+            log.warning("%s died running %d task(s) of channel %d: each goes back alone", device,
+                        len(entry.ids), channel)
+        return outcome
+
+    def drop_stale_notes(self, device: str) -> int:
+        """Drop ``device``'s notes of deliveries kombu no longer holds for it (acknowledged, or put
+        back by kombu at the device's warm shutdown); returns how many."""
+        notes = cast("dict[str, str]", self.client.hgetall(keys.inhand(device)))
+        pipe = self.client.pipeline(transaction=False)
+        for noted in notes.values():
+            pipe.zscore(keys.KOMBU_UNACKED_INDEX, noted.split("|", 1)[0])
+        dropped = 0
+        for (message_id, noted), score in zip(notes.items(), pipe.execute(), strict=True):
+            held = score is not None and _noted_score(noted) == float(score)
+            if not held:
+                self._drop_note(device, message_id, noted)
+                dropped += 1
+        return dropped
+
+    def _drop_note(self, device: str, message_id: str, noted: str) -> None:
+        """Forget a note whose delivery is no longer kombu's to give (acknowledged, or unreadable)."""
+        self._drop(keys=[keys.inhand(device)], args=[message_id, noted])
+
+    def forget_silent(self, now: float | None = None) -> list[str]:
+        """Drop from the roster every device silent for ``forget_after`` seconds with nothing in
+        hand (container names change at every restart: the roster must not grow for ever);
+        returns their names. ``mutitask status`` counts them."""
+        now = redis_now(self.client) if now is None else now
+        forgotten = []
+        for name, seen in self.client.hgetall(keys.DEVICES_SEEN).items():
+            try:
+                old = now - float(seen) > self.forget_after
+            except ValueError:
+                continue
+            name = text(name)
+            if old and self._forget(keys=[keys.DEVICES_SEEN, keys.DEVICES_BEATS, keys.inhand(name),
+                                          keys.DEVICES_INFO, keys.DEVICES_DONE, keys.DEVICES_WANTED,
+                                          keys.DEVICES_FORGOTTEN, keys.steps(name)], args=[name, text(seen)]):
+                forgotten.append(name)
+        if forgotten:
+            log.info("forgot %d device(s) silent for over %.0fs: %s", len(forgotten), self.forget_after,
+                     ", ".join(sorted(forgotten)))
+        return forgotten
+
+
+class Verdict(str, Enum):
+    """What a device does with a message a broker redelivered (:meth:`Redeliveries.settle`)."""
+
+    RUN = "run"
+    RUN_ALONE = "run alone"  # a suspect: it was running when a device died
+    SKIP = "skip"  # finished already, split into suspects, or buried
 
 
 class Redeliveries:
     """Poison tasks on a broker that redelivers by itself (RabbitMQ), counted on the device.
 
-    Each redelivery of an outstanding task counts one death in ``lost:<ch>`` (the
-    count the Redis reaper keeps; finishing the task clears it), except the first
-    redelivery after a device gave the message back untouched (paused, or Redis
-    away: ``returned:<ch>``). Only redelivered messages cost a Redis call.
+    A redelivered message that a device had started (``started:<ch>`` still names it)
+    costs each of its tasks one death in ``lost:<ch>`` (the count the Redis reaper keeps;
+    finishing the task clears it); one only held, or given back untouched, costs none.
+    Only redelivered messages cost a Redis call.
     """
 
     def __init__(self, client: redis.Redis, ledger: Ledger, max_attempts: int = MAX_ATTEMPTS) -> None:
         self.client = client
         self.ledger = ledger
         self.max_attempts = max_attempts
-        self._settle = client.register_script(_SETTLE)
+        self._settle = scripts.load(client, "settle")
 
-    def _call(self, mode: str, channel: int, task_ids: Sequence[str]) -> list[int]:
-        ks = [keys.pending(channel), keys.lost(channel), keys.returned(channel)]
-        return [int(n) for n in self._settle(keys=ks, args=[mode, *task_ids])]
 
-    def given_back(self, channel: int, task_ids: Sequence[str]) -> None:
-        """The device returns the message untouched: its next delivery is no death."""
-        self._call("back", channel, task_ids)
+    def settle(self, channel: int, device: str, message_id: str, items: Sequence[messages.Item]) -> Verdict:
+        """Count the deaths a redelivered message caused; say whether and how it runs.
 
-    def settle(self, channel: int, device: str, items: Sequence[messages.Item]) -> bool:
-        """Count a death for each task of a redelivered message; True when it must not run.
-
-        It must not when all its tasks are finished (only the acknowledgement was
-        lost), when it carries several tasks and one of them killed a device (each
-        goes back alone, so a poison task fails alone), or when its one task has now
-        killed ``max_attempts`` devices (dead-lettered as ``worker lost``).
+        Skipped when all its tasks are finished (only the acknowledgement was lost), when
+        it carries several tasks and one of them had started on a device that died (each
+        goes back alone, flagged suspect), or when its one task has now died
+        ``max_attempts`` times, the last one running alone (dead-lettered as ``worker lost``).
         """
-        deaths = self._call("again", channel, [task_id for task_id, _ in items])
+        ks = [keys.pending(channel), keys.lost(channel), keys.started(channel)]
+        ids = [task_id for task_id, _ in items]
+        alone, *deaths = (int(n) for n in self._settle(keys=ks, args=[message_id, *ids]))
         alive = [(task_id, n) for (task_id, _), n in zip(items, deaths, strict=True) if n >= 0]
         if not alive:
-            return True
+            return Verdict.SKIP
         if max(n for _, n in alive) == 0:
-            return False
+            return Verdict.RUN
         if len(items) > 1:
-            self.ledger.republish(channel, [task_id for task_id, _ in alive])
-            return True
+            self.ledger.republish(channel, [task_id for task_id, _ in alive], suspect=True)
+            return Verdict.SKIP
         task_id, n = alive[0]
-        if n < self.max_attempts:
-            return False
+        if n < self.max_attempts or not alone:
+            return Verdict.RUN_ALONE
         bury(self.ledger, channel, device, task_id, n)
-        return True
+        return Verdict.SKIP

@@ -7,7 +7,7 @@ Built lazily (a device forks or starts threads after import) and rebuilt by
 from __future__ import annotations
 
 from . import celery_app, settings
-from .connection import redis_client
+from .connection import redis_client, same_redis
 from .control import Devices
 from .ledger import Ledger
 from .publisher import BrokerPublisher
@@ -43,11 +43,18 @@ def _fresh() -> settings.Settings:
     return conf
 
 
+def broker_is_store(conf: settings.Settings | None = None) -> bool:
+    """True when tasks travel through the Redis database that holds the books (however the
+    two URLs name it), which lets one script publish, recover or reload atomically."""
+    conf = conf or _fresh()
+    return same_redis(conf.broker, conf.redis_url)
+
+
 def ledger() -> Ledger:
     global _ledger
     conf = _fresh()
     if _ledger is None:
-        _ledger = Ledger(redis_client(conf.redis_url), celery_app.app, conf.broker_is_store, publisher())
+        _ledger = Ledger(redis_client(conf.redis_url), celery_app.app, broker_is_store(conf), publisher())
     return _ledger
 
 
@@ -56,7 +63,7 @@ def store() -> RedisDeadLetterStore:
     conf = _fresh()
     if _store is None:
         _store = RedisDeadLetterStore(
-            redis_client(conf.redis_url), celery_app.app, conf.broker_is_store,
+            redis_client(conf.redis_url), celery_app.app, broker_is_store(conf),
             max_records=conf.dead_letter_max, max_age=conf.dead_letter_max_age, publisher=publisher(),
         )
     return _store
@@ -75,7 +82,7 @@ def publisher() -> BrokerPublisher | None:
     than the books' Redis; None on that Redis, where the books push messages themselves."""
     global _publisher
     conf = _fresh()
-    if conf.broker_is_store:
+    if broker_is_store(conf):
         return None
     if _publisher is None:
         _publisher = BrokerPublisher(celery_app.app)
@@ -87,7 +94,7 @@ def redeliveries() -> Redeliveries | None:
     where the reaper counts deaths."""
     global _redeliveries
     conf = _fresh()
-    if conf.broker_is_store:
+    if broker_is_store(conf):
         return None
     if _redeliveries is None:
         _redeliveries = Redeliveries(redis_client(conf.redis_url), ledger(), max_attempts=conf.max_attempts)
@@ -99,9 +106,9 @@ def reaper() -> Reaper | None:
     redelivers a dead consumer's messages by itself)."""
     global _reaper
     conf = _fresh()
-    if not conf.broker_is_store:
+    if not broker_is_store(conf):
         return None
     if _reaper is None:
         _reaper = Reaper(redis_client(conf.redis_url), ledger(), dead_after=conf.dead_after,
-                         max_attempts=conf.max_attempts)
+                         max_attempts=conf.max_attempts, forget_after=conf.forget_after)
     return _reaper

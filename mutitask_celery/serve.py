@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from . import logs, progress, runtime, settings
+from . import celery_app, logs, progress, runtime, settings
 from .connection import check_redis, redis_client
 from .console import PROMPT, Console
 from .control import Devices, DeviceState
@@ -75,6 +75,7 @@ def serve(
     sources = as_sources(tasks)
     totals = totals_of(sources)
     conf = runtime.reset(settings.current())
+    celery_app.check_compatible(celery_app.app)
     check_redis(conf.redis_url)
     if (publisher := runtime.publisher()) is not None:
         publisher.check()  # RabbitMQ unreachable: one clear error within seconds

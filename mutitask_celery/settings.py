@@ -111,6 +111,15 @@ SETTINGS: tuple[Setting, ...] = (
         "Times a task may kill its device (os._exit, a segfault) before it is dead-lettered as 'worker lost'.",
     ),
     Setting(
+        "forget_after",
+        "MUTITASK_FORGET_AFTER",
+        ("mutitask_forget_after",),
+        86400.0,
+        _optional_positive(float),
+        "Seconds a device may stay silent, with nothing in hand, before the roster forgets its name "
+        "(mutitask status says how many were forgotten).",
+    ),
+    Setting(
         "dead_letter_max",
         "MUTITASK_DEAD_LETTER_MAX",
         ("mutitask_dead_letter_max",),
@@ -154,6 +163,7 @@ class Settings:
     flower_url: str | None = None
     dead_after: float = 10.0
     max_attempts: int = 3
+    forget_after: float = 86400.0
     dead_letter_max: int | None = None
     dead_letter_max_age: float | None = None
     progress: str = "auto"
@@ -164,11 +174,6 @@ class Settings:
         """The URL Celery publishes to and consumes from."""
         return self.broker_url or self.redis_url
 
-    @property
-    def broker_is_store(self) -> bool:
-        """True when tasks travel through the same Redis database as the books,
-        which lets a reload move a record onto its queue in one atomic script."""
-        return _same_redis(self.broker, self.redis_url)
 
 
 def _config_module() -> ModuleType | None:
@@ -239,28 +244,27 @@ def redis_url_from_parts(
     return urlunsplit((parts.scheme or "redis", f"{auth}{host}:{port}", f"/{db}", parts.query, ""))
 
 
+SECRET_PARAMETERS = ("password", "passwd", "secret", "token", "passphrase")  # parts of query names
+
+
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, safe to print or log."""
+    """The URL with every secret replaced by ``***``, safe to print or log: the password
+    of the user part, and any query parameter whose name says it holds one
+    (``?password=``, ``ssl_password=``, ``token=``); paths to certificates stay."""
     try:
         parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)[1]
-        user = parts.username or ""
-        return urlunsplit((parts.scheme, f"{user}:***@{netloc}", parts.path, parts.query, ""))
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{netloc.rsplit('@', 1)[1]}"
+        query = "&".join(_mask_parameter(pair) for pair in parts.query.split("&")) if parts.query else ""
+        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
     except ValueError:
         return "<unparsable URL>"
 
 
-def _same_redis(a: str, b: str) -> bool:
-    pa, pb = urlsplit(a), urlsplit(b)
-    if not pa.scheme.startswith("redis") or pa.scheme != pb.scheme:
-        return False
-
-    def where(p: Any) -> tuple[str, int, str]:
-        return (p.hostname or "localhost", p.port or 6379, p.path.lstrip("/") or "0")
-
-    return where(pa) == where(pb)
+def _mask_parameter(pair: str) -> str:
+    name, sep, _value = pair.partition("=")
+    return f"{name}=***" if sep and any(word in name.lower() for word in SECRET_PARAMETERS) else pair
 
 
 _current: Settings | None = None

@@ -31,7 +31,7 @@ import redis
 from celery import Celery
 
 from . import codec, keys, messages
-from .connection import text
+from .connection import redis_now, text
 from .errors import RecordNotFound
 from .publisher import BrokerPublisher
 
@@ -263,11 +263,30 @@ class RedisDeadLetterStore(DeadLetterStore):
             if batch:
                 yield batch
             return
-        while True:  # each batch leaves the index, so the head is always new
-            batch = self._ids(channel, BATCH)
-            if not batch:
+        yield from self._index_pages(channel)
+
+    def _index_pages(self, channel: int | None) -> Iterator[list[str]]:
+        """The ids in the store when this is called, a page at a time, oldest first.
+
+        The caller moves or deletes each page out of the index; a record it leaves (unreadable,
+        or another channel's) stays at the head and is stepped over. A task that fails again
+        meanwhile re-enters the index later than the call's start (failure times are Redis's
+        clock), so it is not seen again, and the count at the start caps the pages anyway:
+        reloading N records moves at most N, however fast they fail again.
+        """
+        index = keys.dead_index(channel)
+        until = redis_now(self.client)
+        budget = int(self.client.zcard(index))
+        offset = 0
+        while budget > 0:
+            page = cast("list[str]", self.client.zrangebyscore(index, "-inf", until, start=offset,
+                                                               num=min(BATCH, budget)))
+            if not page:
                 return
-            yield batch
+            yield page
+            budget -= len(page)
+            scores = self.client.zmscore(index, page)
+            offset += sum(1 for score in scores if score is not None and score <= until)
 
     def reload(self, channel: int | None = None, ids: Iterable[str] | None = None) -> int:
         moved_total = 0
@@ -296,8 +315,6 @@ class RedisDeadLetterStore(DeadLetterStore):
             if orphans and ids is None:  # index entries whose record is gone
                 self.client.zrem(keys.dead_index(channel), *orphans)
             if len(argv) == 7:
-                if ids is None and not orphans:  # only unreadable records left at the head
-                    break
                 continue
             moved = self._reload(keys=[keys.DEAD_INDEX], args=argv)
             self._publish_moved([to_send[t] + (t,) for t in moved if t in to_send])
@@ -328,11 +345,8 @@ class RedisDeadLetterStore(DeadLetterStore):
                 owners = pipe.execute()
                 batch = [t for t, ch in zip(batch, owners, strict=True) if ch is not None and int(ch) == channel]
             if batch:
-                n = int(self._delete(keys=[keys.DEAD_INDEX, keys.DEAD_DROPPED],
-                                     args=[keys.DEAD_RECORD_PREFIX, "", *batch]))
-                deleted += n
-                if n == 0 and ids is None:
-                    break
+                deleted += int(self._delete(keys=[keys.DEAD_INDEX, keys.DEAD_DROPPED],
+                                            args=[keys.DEAD_RECORD_PREFIX, "", *batch]))
         return deleted
 
     def prune(self) -> int:
@@ -361,7 +375,7 @@ class RedisDeadLetterStore(DeadLetterStore):
     def add_unpublishable(self, channel: int, text: str, reason: str) -> str:
         """Record a yielded item that could not be published (e.g. not JSON-able)."""
         task_id = messages.new_task_id()
-        now = repr(time.time())
+        now = repr(redis_now(self.client))  # failure times are Redis's clock (see _index_pages)
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(keys.dead_record(task_id), mapping={
             "v": str(RECORD_VERSION), "id": task_id, "channel": str(channel), "data": codec.encode(text),

@@ -8,18 +8,25 @@ reason), and all outcomes of a message are written in one atomic step.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 import traceback
 from typing import Any
 
 import redis
+from billiard.einfo import ExceptionWithTraceback
+from billiard.exceptions import WorkerLostError
 from celery import Task
 from celery.exceptions import Reject
+from celery.worker.request import Request
+from celery.worker.state import task_ready
 
-from . import codec, hooks, keys, prefetch, runtime, wanted  # noqa: F401  (hooks: device start/stop behaviour)
+from . import codec, hooks, isolation, keys, messages, prefetch, runtime, wanted
 from .celery_app import TASK_NAME, app
 from .errors import BooksLost, BrokerUnavailable
 from .ledger import Finished, Outcome
+from .recovery import Verdict
 from .registry import ChannelHandler, TaskFormat, handler_for
 
 log = logging.getLogger(__name__)
@@ -76,7 +83,8 @@ FINISH_PATIENCE = 60.0  # seconds a device keeps trying to record outcomes while
 
 
 def _finish(channel: int, device: str, outcomes: list[Outcome], message_id: str, busy: float) -> Finished:
-    """Record outcomes, riding out a Redis restart (the finish script is idempotent per task).
+    """Record outcomes, riding out a Redis restart: every try is the same step (one id), so a
+    try whose reply was lost and the next one apply once.
 
     Raises :class:`BooksLost` when the books came back with fewer tasks finished by this
     device than it had seen (see :mod:`.integrity`).
@@ -84,11 +92,13 @@ def _finish(channel: int, device: str, outcomes: list[Outcome], message_id: str,
     deadline = time.monotonic() + FINISH_PATIENCE
     delay = 0.1
     key = hooks.done_key(device)
+    step, writer = messages.new_task_id(), f"{os.getpid()}:{threading.get_ident()}"
     while True:
         try:
             marks = hooks.books.mark()
             ledger = runtime.ledger()
-            finished = ledger.finish(channel, device, outcomes, message_id=message_id, busy=busy)
+            finished = ledger.finish(channel, device, outcomes, message_id=message_id, busy=busy, step=step,
+                                     writer=writer)
             hooks.books.check({key: finished.device_done}, {key: marks.get(key, 0) + len(outcomes)}, ledger.client)
             return finished
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
@@ -99,37 +109,77 @@ def _finish(channel: int, device: str, outcomes: list[Outcome], message_id: str,
             delay = min(delay * 2, 2.0)
 
 
-def _hand_back(device: str, message_id: str | None, channel: int, items: list[list[Any]]) -> None:
-    """The message goes back to the queue untouched: it is no longer in this device's hands,
-    and on another broker its redelivery counts no death."""
+def _hand_back(device: str, message_id: str, channel: int) -> None:
+    """The message goes back to the queue without an outcome (paused, or Redis away): it is no
+    longer in this device's hands, and whether it had started or not, its next delivery
+    counts no death."""
     try:
-        runtime.ledger().client.hdel(keys.inhand(device), message_id or "")
+        pipe = runtime.ledger().client.pipeline(transaction=True)
+        pipe.hdel(keys.inhand(device), message_id)
+        pipe.hdel(keys.started(channel), message_id)
+        pipe.execute()
     except redis.RedisError:
-        pass  # a stale note is harmless: its delivery tag will not be in kombu's unacked hash
-    redeliveries = runtime.redeliveries()
-    if redeliveries is None:
-        return
-    try:
-        redeliveries.given_back(channel, [str(i[0]) for i in items])
-    except redis.RedisError:
-        pass  # then its redelivery counts one death: a poison task takes max_attempts of them
+        pass  # a stale note is harmless (the fences see it); a stale start mark costs one death
 
 
-def _settle_redelivery(channel: int, device: str, items: list[list[Any]]) -> bool:
-    """True when a redelivered message must not run (see recovery.Redeliveries); on the
-    Redis broker the reaper counts deaths instead, and this is always False."""
+def _settle_redelivery(channel: int, device: str, message_id: str, items: list[list[Any]]) -> Verdict:
+    """How a redelivered message runs (see recovery.Redeliveries); on the Redis broker the
+    reaper counts deaths instead, and it runs as it came."""
     redeliveries = runtime.redeliveries()
     if redeliveries is None:
-        return False
+        return Verdict.RUN
     try:
-        return redeliveries.settle(channel, device, [(str(i[0]), str(i[1])) for i in items])
+        return redeliveries.settle(channel, device, message_id, [(str(i[0]), str(i[1])) for i in items])
     except (redis.RedisError, BrokerUnavailable) as exc:
         raise Reject(f"cannot count the redelivery: {exc}", requeue=True) from exc
 
 
-@app.task(name=TASK_NAME, bind=True, ignore_result=True)  # type: ignore[untyped-decorator]  # celery's, untyped
-def run_items(self: Task, channel: int, items: list[list[Any]]) -> None:
+class DeviceRequest(Request):  # type: ignore[misc]  # celery's, untyped
+    """A task request that takes its message back itself when a pool child dies running it.
+
+    On the prefork pool (``celery -A mutitask_celery worker`` without ``--pool``) a task
+    that kills its process kills a child, not the device; Celery would requeue the message
+    (``task_reject_on_worker_lost``) and count nothing, so a poison task would loop for
+    ever. Here the device takes the message back with the reaper's own step
+    (:meth:`Reaper.worker_lost`): the death is charged, the tasks go back alone, and a
+    task that died ``max_attempts`` times is dead-lettered. On a broker that redelivers by
+    itself (RabbitMQ), Celery's requeue stays and the redelivery is counted.
+    """
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
+        if _child_lost(self, exc_info.exception) and _take_back(self):
+            return None
+        return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+
+def _child_lost(request: Request, exc: BaseException) -> bool:
+    if isinstance(exc, ExceptionWithTraceback):
+        exc = exc.exc
+    if isinstance(exc, (SystemExit, KeyboardInterrupt)):  # billiard may report the exit first
+        return not (request._already_cancelled or request._already_revoked)
+    return isinstance(exc, WorkerLostError)
+
+
+def _take_back(request: Request) -> bool:
+    """True when the message was taken back (and acknowledged) here."""
+    reaper = runtime.reaper()
+    if reaper is None or not request.id:
+        return False
+    try:
+        outcome = reaper.worker_lost(request.hostname, request.id)
+    except redis.RedisError as exc:
+        log.warning("could not take back the message of a lost pool child (%s): Celery requeues it", exc)
+        return False
+    log.warning("a pool child of %s died running message %s: %s", request.hostname, request.id, outcome.value)
+    task_ready(request)
+    request.acknowledge()
+    return True
+
+
+@app.task(name=TASK_NAME, bind=True, ignore_result=True, Request=DeviceRequest)  # type: ignore[untyped-decorator]
+def run_items(self: Task, channel: int, items: list[list[Any]], suspect: bool = False) -> None:
     device = self.request.hostname or "unknown"
+    message_id = self.request.id or ""
     try:
         devices = runtime.devices()
         paused = wanted.local.is_paused(device, lambda: devices.is_paused(device))
@@ -137,10 +187,44 @@ def run_items(self: Task, channel: int, items: list[list[Any]]) -> None:
         raise Reject(f"cannot read the device's wanted state: {exc}", requeue=True) from exc
     if paused:
         # Fetched just before the pause took effect: give it back untouched.
-        _hand_back(device, self.request.id, channel, items)
+        _hand_back(device, message_id, channel)
         raise Reject(f"{device} is paused", requeue=True)
-    if (self.request.delivery_info or {}).get("redelivered") and _settle_redelivery(channel, device, items):
+    alone = suspect  # it was running when a device died: it runs alone (see isolation)
+    if (self.request.delivery_info or {}).get("redelivered"):
+        verdict = _settle_redelivery(channel, device, message_id, items)
+        if verdict is Verdict.SKIP:
+            return
+        alone = alone or verdict is Verdict.RUN_ALONE
+    with isolation.device.slot(alone=alone):
+        outcomes, busy = _run(channel, device, message_id, items, alone or isolation.device.runs_one_at_a_time())
+    prefetch.observe(busy)
+    try:
+        failed = _finish(channel, device, outcomes, message_id, busy).failed
+    except BooksLost as exc:
+        hooks.books_lost(exc)  # the outcomes went to what is left of the books; the device stops
         return
+    except redis.RedisError as exc:
+        # The books could not be written: give the message back rather than
+        # ack a task whose outcome nobody recorded.
+        log.warning("could not record %d outcome(s) on channel %s (%s); requeueing", len(outcomes), channel, exc)
+        _hand_back(device, message_id, channel)
+        raise Reject(str(exc), requeue=True) from exc
+    if failed:
+        try:
+            runtime.store().prune()
+        except redis.RedisError as exc:  # retention can wait for the next failure
+            log.warning("dead-letter retention skipped: %s", exc)
+
+
+def _run(channel: int, device: str, message_id: str, items: list[list[Any]],
+         alone: bool) -> tuple[list[Outcome], float]:
+    """Mark the message started (from now on a death is charged to its tasks; ``alone``: no
+    other task of this process runs beside them), then run them."""
+    try:
+        runtime.devices().started(device, channel, message_id, alone=alone)
+    except redis.RedisError as exc:
+        _hand_back(device, message_id, channel)
+        raise Reject(f"cannot mark the message started: {exc}", requeue=True) from exc
     handler = handler_for(channel)
     started = time.perf_counter()
     if handler is None:
@@ -150,21 +234,4 @@ def run_items(self: Task, channel: int, items: list[list[Any]]) -> None:
         ]
     else:
         outcomes = [run_one(handler, str(task_id), str(data)) for task_id, data in items]
-    busy = time.perf_counter() - started
-    prefetch.observe(busy)
-    try:
-        failed = _finish(channel, device, outcomes, self.request.id or "", busy).failed
-    except BooksLost as exc:
-        hooks.books_lost(exc)  # the outcomes went to what is left of the books; the device stops
-        return
-    except redis.RedisError as exc:
-        # The books could not be written: give the message back rather than
-        # ack a task whose outcome nobody recorded.
-        log.warning("could not record %d outcome(s) on channel %s (%s); requeueing", len(outcomes), channel, exc)
-        _hand_back(device, self.request.id, channel, items)
-        raise Reject(str(exc), requeue=True) from exc
-    if failed:
-        try:
-            runtime.store().prune()
-        except redis.RedisError as exc:  # retention can wait for the next failure
-            log.warning("dead-letter retention skipped: %s", exc)
+    return outcomes, time.perf_counter() - started

@@ -301,7 +301,7 @@ def test_poison_task_is_dead_lettered_after_three_deaths(procs: Processes, r: re
     """RabbitMQ redelivers a killed device's message by itself; the devices count those
     redeliveries, so a task that kills every device running it is dead-lettered all the same."""
     poison_run(procs)
-    assert r.hlen(keys.lost(1)) == 0 and r.hlen(keys.returned(1)) == 0
+    assert r.hlen(keys.lost(1)) == 0 and r.hlen(keys.started(1)) == 0
 
 
 class Died(BaseException):

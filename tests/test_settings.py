@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mutitask_celery import app, settings
+from mutitask_celery.connection import same_redis
 from mutitask_celery.errors import ConfigurationError
 
 CONFIG = types.SimpleNamespace(mutitask_redis_url="redis://config-host:6379/3", broker_url="amqp://config-broker//")
@@ -18,20 +19,20 @@ CONFIG = types.SimpleNamespace(mutitask_redis_url="redis://config-host:6379/3", 
 def test_default_when_nothing_is_set() -> None:
     conf = settings.load_settings(environ={}, config=types.SimpleNamespace())
     assert conf.redis_url == "redis://127.0.0.1:6379/0"
-    assert conf.broker == conf.redis_url and conf.broker_is_store
+    assert conf.broker == conf.redis_url and same_redis(conf.broker, conf.redis_url)
 
 
 def test_celeryconfig_beats_default() -> None:
     conf = settings.load_settings(environ={}, config=CONFIG)
     assert conf.redis_url == "redis://config-host:6379/3"
-    assert conf.broker == "amqp://config-broker//" and not conf.broker_is_store
+    assert conf.broker == "amqp://config-broker//" and not same_redis(conf.broker, conf.redis_url)
 
 
 def test_environment_beats_celeryconfig() -> None:
     env = {"MUTITASK_REDIS_URL": "redis://env-host:6380/1", "MUTITASK_BROKER_URL": "redis://env-host:6380/1"}
     conf = settings.load_settings(environ=env, config=CONFIG)
     assert conf.redis_url == "redis://env-host:6380/1"
-    assert conf.broker_is_store
+    assert same_redis(conf.broker, conf.redis_url)
 
 
 def test_explicit_arguments_beat_everything() -> None:

@@ -10,7 +10,10 @@ Behaviours (the task function):
   poison   the task "poison" kills the device process (os._exit); others return the task
   paced    double, after sleeping $PACE_SECONDS (0.01): a run that lasts long enough to disturb
   shaky    raises ConnectionError the first two times it sees a task, then returns [task, tries]
-Options: --native (task_format='native'), --retries N (retries=N, retry_backoff=0.01).
+  busy     a CPU-bound loop of $BUSY_SECONDS (holds the GIL as real number crunching does), then the task
+  failing  always None (every task fails)
+Options: --native (task_format='native'), --retries N (retries=N, retry_backoff=0.01),
+--concurrency N (tasks at once, threads).
 """
 
 from __future__ import annotations
@@ -53,8 +56,20 @@ def flaky(task):
 def poison(task):
     if task == "poison":
         os._exit(3)  # kills the whole device, as a segfault would
-    time.sleep(0.05)
+    time.sleep(float(os.environ.get("TASK_SECONDS", "0.05")))
     return task
+
+
+def busy(task):
+    deadline = time.monotonic() + float(os.environ.get("BUSY_SECONDS", "10"))
+    n = 0
+    while time.monotonic() < deadline:
+        n += sum(i * i for i in range(1000))
+    return task
+
+
+def failing(task):
+    return None
 
 
 def paced(task):
@@ -79,14 +94,15 @@ def bad_save(result):
 
 
 BEHAVIOURS = {"double": double, "echo": echo, "slow": slow, "tag": tag, "flaky": flaky, "badsave": str,
-              "poison": poison, "shaky": shaky, "paced": paced}
+              "poison": poison, "shaky": shaky, "paced": paced, "busy": busy, "failing": failing}
 
 if __name__ == "__main__":
     device_id, channel, behaviour = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     native = "--native" in sys.argv[4:]
     retries = int(sys.argv[sys.argv.index("--retries") + 1]) if "--retries" in sys.argv else 0
+    concurrency = int(sys.argv[sys.argv.index("--concurrency") + 1]) if "--concurrency" in sys.argv else 1
     base = BaseConfig(deviceID=device_id, TaskChannelID=channel, task_format="native" if native else "text",
-                      retries=retries, retry_backoff=0.01)
+                      retries=retries, retry_backoff=0.01, concurrency=concurrency)
     funcitem = FuncItem(baseConfig=base)
     funcitem.load_task_function(BEHAVIOURS[behaviour])
     if behaviour == "badsave":

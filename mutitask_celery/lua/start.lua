@@ -1,0 +1,12 @@
+--! include clock
+-- start: a device starts running the tasks of a message. Only started messages are charged a
+-- death when their device dies; starting is a heartbeat too, so a reaper that judged the
+-- device dead before this step leaves the message alone (its fence is the heartbeat).
+-- KEYS[1] devices:seen; KEYS[2] devices:beats; KEYS[3] started:<ch> (message id -> device, or
+-- "<device>|alone" when no other task of its process runs beside it: a death then is its own)
+-- ARGV[1] device name; ARGV[2] message id; ARGV[3] '1' when it runs alone.
+local now = redis_now()
+redis.call('HSET', KEYS[1], ARGV[1], now)
+redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('HSET', KEYS[3], ARGV[2], ARGV[3] == '1' and ARGV[1] .. '|alone' or ARGV[1])
+return 1

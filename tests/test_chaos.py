@@ -1,0 +1,24 @@
+"""A short chaos soak (bench/chaos.py) in the default test command: eight devices, one of them
+on the prefork pool, random SIGKILLs, a Redis restart mid-run, 1 % poison tasks. Nothing may
+be lost, nothing healthy buried, nothing saved twice. ``python bench/chaos.py`` is the long one."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+
+@pytest.mark.timeout(600)
+def test_a_short_chaos_soak_ends_every_task_exactly_once() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "chaos.py"), "--tasks", "2000", "--kill-every",
+                          "1.5", "--timeout", "480", "--json"], capture_output=True, text=True, timeout=560)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["lost"] == 0 and figures["wrongly_buried"] == 0 and figures["saved_twice"] == 0, figures
+    assert figures["dead_lettered_poison"] == figures["poison_fed"] == 20, figures
+    assert figures["saved"] == 2000 - 20 and figures["outstanding"] == 0, figures
+    assert figures["redis_restarts"] == 1 and figures["kills"] >= 1, figures
