@@ -117,8 +117,8 @@ def starts(procs: Processes, dev: subprocess.Popen[bytes], after: float = 0.0) -
 def held_tasks(r: redis.Redis, device: str) -> list[str]:
     """The task data of every message the device notes in hand (read from kombu's unacked hash)."""
     data = []
-    for tag in r.hgetall(keys.inhand(device)).values():
-        raw = r.hget(keys.KOMBU_UNACKED, tag)
+    for note in r.hgetall(keys.inhand(device)).values():
+        raw = r.hget(keys.KOMBU_UNACKED, note.split("|", 1)[0])  # a note is "delivery tag|score"
         if raw is None:
             continue
         message = json.loads(raw)[0]
