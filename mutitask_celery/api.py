@@ -22,9 +22,16 @@ def _channel(channel: int | None) -> int | None:
     return None if channel is None else check_channel(channel)
 
 
-def results(channel: int) -> list[Any]:
-    """Every result the default save function stored for ``channel``, decoded, oldest first."""
-    raw = runtime.ledger().client.lrange(keys.results(check_channel(channel)), 0, -1)
+PAGE = 1000  # what results() and failed() return unless told: never a million at once by surprise
+
+
+def results(channel: int, limit: int | None = PAGE, offset: int = 0) -> list[Any]:
+    """Results the default save function stored for ``channel``, decoded, oldest first: a page
+    of ``limit`` from ``offset`` (``limit=None``: all of them)."""
+    stop = -1 if limit is None else offset + limit - 1
+    if limit is not None and limit <= 0:
+        return []
+    raw = runtime.ledger().client.lrange(keys.results(check_channel(channel)), offset, stop)
     return [codec.decode(r) for r in raw]
 
 
@@ -42,8 +49,9 @@ def clear_results(channel: int) -> int:
     return int(pipe.execute()[0])
 
 
-def failed(channel: int | None = None, limit: int | None = None, offset: int = 0) -> list[FailedTask]:
-    """Dead-letter records (one channel, or all), oldest failure first."""
+def failed(channel: int | None = None, limit: int | None = PAGE, offset: int = 0) -> list[FailedTask]:
+    """Dead-letter records (one channel, or all), oldest failure first: a page of ``limit``
+    from ``offset`` (``limit=None``: all of them)."""
     return runtime.store().failed(_channel(channel), limit, offset)
 
 

@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     fsub = failed.add_subparsers(dest="action", required=True)
     ls = fsub.add_parser("list", parents=[common], help="list failed tasks, oldest failure first")
     ls.add_argument("--channel", type=_positive_int)
-    ls.add_argument("--limit", type=_positive_int)
+    ls.add_argument("--limit", type=_positive_int, default=api.PAGE,
+                    help=f"records a page (default {api.PAGE}); --offset for the next")
     ls.add_argument("--offset", type=int, default=0)
     ls.add_argument("--json", action="store_true", help="one JSON array, for scripts")
     show = fsub.add_parser("show", parents=[common], help="one failed task, whole")

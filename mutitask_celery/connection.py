@@ -13,13 +13,15 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.commands.core import Script
 from redis.retry import Retry
 
 from .errors import BooksLost, BrokerUnavailable, ConfigurationError
@@ -67,6 +69,66 @@ def redis_client(url: str) -> redis.Redis:
         )
         _clients[key] = client
     return client
+
+
+class Deferred:
+    """Commands written to Redis now whose replies are read later, on a connection of the
+    calling thread's own.
+
+    Why: a device marks each message started before it runs the message's tasks, and a
+    poison task may kill the process the next instant, so the mark must have left the
+    process before the task runs; but waiting for each reply costs a round trip per message.
+    A command written to the socket reaches Redis even if the process dies right after
+    (the kernel sends what the socket holds before it closes it). The reply is read before
+    the next command on that connection, or by :meth:`settle`.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._local = threading.local()
+        self._loaded: set[str] = set()  # scripts this process made sure Redis knows
+
+    def send(self, script: Script, keys: Sequence[str], args: Sequence[str | int]) -> None:
+        """Write one call of ``script``; raises a ``redis.RedisError`` when it cannot be written."""
+        self.settle()
+        if script.sha not in self._loaded:  # else its first call would only come back NOSCRIPT
+            self._client.script_load(script.script)
+            self._loaded.add(script.sha)
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = self._client.connection_pool.get_connection()
+        try:
+            connection.send_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except redis.RedisError:
+            self._drop()
+            raise
+        self._local.pending = (script, keys, args)
+
+    def settle(self) -> object:
+        """Read the reply of the call written last, if not read yet; raises its error. A
+        Redis that forgot the script (it restarted) gets the call again, now, in full."""
+        pending = getattr(self._local, "pending", None)
+        if pending is None:
+            return None
+        self._local.pending = None
+        try:
+            reply = self._local.connection.read_response()
+        except redis.ConnectionError:
+            self._drop()
+            raise
+        except redis.exceptions.NoScriptError:  # Redis restarted, forgetting its scripts: now, in full
+            script, keys, args = pending
+            return script(keys=keys, args=args)
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+        return reply
+
+    def _drop(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        self._local.connection, self._local.pending = None, None
+        if connection is not None:
+            connection.disconnect()
+            self._client.connection_pool.release(connection)
 
 
 def check_redis(url: str) -> None:

@@ -21,14 +21,14 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from celery import Celery
 
 from . import keys, scripts
 from .celery_app import app as default_app
-from .connection import text
+from .connection import Deferred, text
 from .errors import ConfigurationError
 from .flower import flower_workers
 
@@ -37,6 +37,15 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 1.0
 WANTED_COMMAND = "mutitask_wanted"  # the remote control command a device answers (see hooks)
 _QUEUE = re.compile(rf"^{keys.QUEUE_PREFIX}(\d+)$")
+
+
+class Taken(NamedTuple):
+    """A message a device has just taken: what its note in hand records."""
+
+    message_id: str
+    tag: str  # kombu's delivery tag
+    tasks: int
+    channel: int
 
 
 class DeviceState(str, Enum):
@@ -90,6 +99,7 @@ class Devices:
         self.flower_url = flower_url
         self._heard = scripts.load(client, "heard")
         self._started = scripts.load(client, "start")
+        self._deferred = Deferred(client)  # this thread's steps written now, replies read later
 
     # -- roster ---------------------------------------------------------------
     def expected(self) -> int:
@@ -127,24 +137,43 @@ class Devices:
         self.client.hset(keys.DEVICES_INFO, name, info)
         self.heard(name)
 
-    def heard(self, name: str, in_hand: tuple[str, str] | None = None) -> int:
-        """``name`` lives (``lua/heard.lua``, in Redis's clock); ``in_hand``: (message id,
-        delivery tag) it just took. A heartbeat in Redis's clock, not the device's: hosts'
+    def heard(self, name: str, in_hand: Taken | None = None, wait: bool = True) -> int:
+        """``name`` lives (``lua/heard.lua``, in Redis's clock); ``in_hand``: the message it
+        just took, noted in its hands. A heartbeat in Redis's clock, not the device's: hosts'
         clocks may disagree by more than dead_after. Taking a message proves life too.
 
         Returns how many tasks ``name`` has finished, as the books say, or -1 when the
-        roster had forgotten it (silent too long): its counts start afresh.
+        roster had forgotten it (silent too long): its counts start afresh. ``wait=False``:
+        the step is written now and its reply read later (see :class:`Deferred`); returns 0.
         """
-        return int(self._heard(keys=[keys.DEVICES_SEEN, keys.DEVICES_BEATS, keys.DEVICES_DONE,
-                                     keys.DEVICES_FORGOTTEN, keys.inhand(name), keys.KOMBU_UNACKED_INDEX],
-                               args=[name, *(in_hand or ())]))
+        ks = [keys.DEVICES_SEEN, keys.DEVICES_BEATS, keys.DEVICES_DONE, keys.DEVICES_FORGOTTEN, keys.inhand(name),
+              keys.KOMBU_UNACKED_INDEX]
+        args: list[str | int] = [name]
+        if in_hand is not None:
+            ks += [keys.held(in_hand.channel), keys.notify(in_hand.channel), keys.queue(in_hand.channel)]
+            args += [in_hand.message_id, in_hand.tag, in_hand.tasks, in_hand.channel]
+        if not wait:
+            self._deferred.send(self._heard, ks, args)
+            return 0
+        return int(self._heard(keys=ks, args=args))
 
-    def started(self, name: str, channel: int, message_id: str, alone: bool = False) -> None:
+    def started(self, name: str, channel: int, message_id: str, alone: bool = False, wait: bool = True) -> None:
         """``name`` starts running the tasks of ``message_id`` (``lua/start.lua``): from now on a
         death of the device is charged to them; ``alone``: no other task of its process runs
-        beside them, so a death is theirs. Also a heartbeat."""
-        self._started(keys=[keys.DEVICES_SEEN, keys.DEVICES_BEATS, keys.started(channel)],
-                      args=[name, message_id, "1" if alone else "0"])
+        beside them, so a death is theirs. Also a heartbeat.
+
+        ``wait=False``: the step is written to Redis but its reply is read later (by
+        :meth:`started_settled`, or the next such call): it reaches Redis even if the task
+        kills the process at once, and costs no round trip (see :class:`Deferred`).
+        """
+        self._deferred.send(self._started, [keys.DEVICES_SEEN, keys.DEVICES_BEATS, keys.started(channel)],
+                            [name, message_id, "1" if alone else "0"])
+        if wait:
+            self._deferred.settle()
+
+    def started_settled(self) -> None:
+        """Read the reply of this thread's last :meth:`started` (raises its error, if any)."""
+        self._deferred.settle()
 
     # -- wanted state -----------------------------------------------------------
     def wanted(self, name: str) -> str:

@@ -35,7 +35,7 @@ from celery.worker.control import control_command
 
 from . import celery_app, isolation, keys, prefetch, runtime, wanted
 from .connection import EXIT_CONFIG
-from .control import channels_of
+from .control import Taken, channels_of
 from .errors import BooksLost, ConfigurationError
 from .integrity import EXIT_BOOKS_LOST, Watermarks
 from .recovery import HEARTBEAT
@@ -47,6 +47,7 @@ _stop_threads = threading.Event()
 _queues: list[str] = []  # the queues this device was started with, for `start` after a pause
 _consumer: list[Any] = []  # this worker's consumer, once ready
 books = Watermarks()  # the tasks this device has finished, as the books said (see integrity)
+_unnoted = threading.Event()  # a message went un-noted: the server's sweep must look for it
 
 
 def done_key(name: str) -> str:
@@ -77,6 +78,7 @@ def _on_init(sender: Any = None, **_: Any) -> None:
         return
     try:
         reaper.client.delete(keys.steps(name))  # the previous life's retries are over
+        reaper.announce_death()  # whatever killed the previous life may have stranded a message
         restored = reaper.recover(name)
         if restored:
             log.warning("%s restarted: took back %d message(s) its previous run held", name, restored)
@@ -91,17 +93,27 @@ def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     tag = getattr(message, "delivery_tag", None)
     if request is None or tag is None or runtime.reaper() is None:
         return
+    try:
+        channel, items = request.args[0], request.args[1]
+        taken = Taken(request.id, str(tag), len(items), int(channel))
+    except (IndexError, TypeError, ValueError):
+        return  # not one of our messages
     for attempt in range(1, NOTE_TRIES + 1):
         try:
             # Taking a message proves the device lives: said in the same step, or a device back
             # from a network cut (its last heartbeat old) would have it taken back under it.
-            runtime.devices().heard(request.hostname, in_hand=(request.id, str(tag)))
+            # Written now, its reply read when the next message is noted: the worker's loop does
+            # not wait a round trip per message, and the note reaches Redis even if the device
+            # dies the next instant.
+            runtime.devices().heard(request.hostname, in_hand=taken, wait=False)
             return
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             if attempt == NOTE_TRIES:
                 log.warning("could not note message %s in hand: %s", request.id, exc)
+                _unnoted.set()
         except redis.RedisError as exc:
             log.warning("could not note message %s in hand: %s", request.id, exc)
+            _unnoted.set()
             return
 
 
@@ -122,6 +134,10 @@ def _every(period: float, duty: Callable[[], None], what: str) -> None:
 def _beat(name: str) -> None:
     """One heartbeat, and the books' count of this device's finished tasks checked."""
     devices = runtime.devices()
+    reaper = runtime.reaper()
+    if _unnoted.is_set() and reaper is not None:
+        reaper.announce_death()  # not a death, but the same crack: a message in no device's note
+        _unnoted.clear()
     marks = books.mark()
     done = devices.heard(name)
     if done < 0:  # the roster had forgotten this device: its counts start afresh
@@ -151,6 +167,9 @@ class _Housekeeping:
             if time.monotonic() >= self.next_forget:
                 self.next_forget = time.monotonic() + FORGET_EVERY
                 reaper.forget_silent()
+        ledger = runtime.ledger()
+        for channel in channels_of(_queues):  # reloaded tasks go out even when no server runs
+            ledger.feed_backlog(channel)
 
 
 @control_command(args=[("wanted_state", str)], signature="<running|paused>")  # type: ignore[untyped-decorator]

@@ -26,9 +26,15 @@ Layout (``<ch>`` is a channel number, ``<id>`` a task id):
 ``mutitask:devices:beats``      sorted set device name -> that time: alive or recently dead devices only
 ``mutitask:devices:forgotten``  hash device name -> when it was dropped from the roster (silent too long)
 ``mutitask:devices:done``       hash device name -> tasks it has finished
-``mutitask:inhand:<device>``    hash message id -> "tag|score": the delivery in its hands (kombu's
-                                delivery tag and its ``unacked_index`` score, which tells deliveries apart)
+``mutitask:inhand:<device>``    hash message id -> "tag|score|tasks|channel": the delivery in its
+                                hands (kombu's delivery tag and its ``unacked_index`` score, which tells
+                                deliveries apart)
 ``mutitask:started:<ch>``       hash message id -> device: messages whose tasks a device started running
+``mutitask:held:<ch>``          tasks of the channel in devices' hands (the sum over their notes)
+``mutitask:backlog:<ch>``       sorted set id -> time: reloaded tasks in the books, fed into the channel as
+                                devices make room (a reload never floods a channel)
+``mutitask:channel_sizes``      hash channel -> the ChannelSize its server runs it with (default 50)
+``mutitask:sweep:due``          counter: a device died or restarted, so the server sweeps (see recovery)
 ``mutitask:steps:<writer>``     hash slot -> its last step id and result: a retried step applies once
 ``mutitask:lost:<ch>``          hash task id -> times a device died holding it
 ``mutitask:unsent:<ch>``        sorted set id -> time: in the books, not yet handed to another broker
@@ -55,6 +61,8 @@ DEVICES_SEEN = f"{PREFIX}:devices:seen"
 DEVICES_DONE = f"{PREFIX}:devices:done"
 DEVICES_BEATS = f"{PREFIX}:devices:beats"
 DEVICES_FORGOTTEN = f"{PREFIX}:devices:forgotten"
+SWEEP_DUE = f"{PREFIX}:sweep:due"
+CHANNEL_SIZES = f"{PREFIX}:channel_sizes"
 ALL_DEVICES = "*"  # the field of DEVICES_WANTED that applies to every device
 INHAND_PREFIX = f"{PREFIX}:inhand:"
 LOST_PREFIX = f"{PREFIX}:lost:"
@@ -104,6 +112,17 @@ def inhand(device: str) -> str:
 
 def lost(channel: int) -> str:
     return f"{LOST_PREFIX}{channel}"
+
+
+def backlog(channel: int) -> str:
+    """Reloaded tasks of the channel, in the books, waiting for room in the channel."""
+    return f"{PREFIX}:backlog:{channel}"
+
+
+def held(channel: int) -> str:
+    """How many tasks of the channel devices hold (taken off the queue, not finished): the
+    server's back-pressure counts only the tasks still waiting in the channel."""
+    return f"{PREFIX}:held:{channel}"
 
 
 def started(channel: int) -> str:

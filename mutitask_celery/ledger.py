@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import redis
 from celery import Celery
@@ -32,10 +32,22 @@ from .publisher import BrokerPublisher
 
 log = logging.getLogger(__name__)
 
-NOTIFY_KEEP = 64  # wake-up tokens kept per channel (lua/dead_letter.lua's wake_server); the server needs one
 UNSENT_GRACE = 10.0  # seconds after which a journal entry is a publisher's that died (a call takes ms)
 UNSENT_BATCH = 500
 PUBLISHER = "server"  # the writer whose publish steps keys.steps keeps (one server per channel)
+DEFAULT_CHANNEL_SIZE = 50  # the seed's, for a channel whose server never said
+TARGET_MESSAGE_SECONDS = 0.1  # work one message should carry: short tasks travel together
+MAX_BATCH = 500
+
+
+def batch_size(stats: ChannelStats, cap: int | None = None, since: tuple[int, float] = (0, 0.0)) -> int:
+    """Tasks a message should carry: about :data:`TARGET_MESSAGE_SECONDS` of work, from the
+    channel's measured task time (since ``since``: tasks timed and seconds then), at most
+    ``cap`` and :data:`MAX_BATCH`; 1 before any task was timed."""
+    done, busy = stats.timed - since[0], stats.busy - since[1]
+    if done < 1:
+        return 1
+    return max(1, min(MAX_BATCH, cap or MAX_BATCH, round(TARGET_MESSAGE_SECONDS / max(busy / done, 1e-6))))
 
 @dataclass(frozen=True)
 class Outcome:
@@ -60,6 +72,7 @@ class Finished(NamedTuple):
     failed: int
     duplicates: int
     device_done: int  # the device's finished-task count after this step (see integrity)
+    backlog: int = 0  # reloaded tasks of the channel waiting for room (the device feeds some)
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,41 @@ class ChannelStats:
     busy: float = 0.0  # seconds devices spent running tasks
 
 
+@dataclass
+class Outgoing:
+    """Tasks taken from a generator for one publish step, and their messages, built once."""
+
+    channel: int
+    items: list[messages.Item]
+    batch: int  # tasks a message
+    step: str  # the step's id: a repeated step applies once
+    built: list[str] | None = None
+
+    def groups(self) -> list[list[messages.Item]]:
+        return [self.items[i:i + self.batch] for i in range(0, len(self.items), max(1, self.batch))]
+
+
+@dataclass(frozen=True)
+class ChannelBooks:
+    """One channel's books as the server reads them each round."""
+
+    stats: ChannelStats
+    outstanding: int  # published (or reloaded) and not yet finished
+    held: int  # of those, in devices' hands (taken off the queue)
+    backlog: int = 0  # of those, reloaded and not yet fed into the channel
+
+    @property
+    def waiting(self) -> int:
+        """Tasks waiting in the channel: what ``ChannelSize`` bounds, as in the original."""
+        return max(0, self.outstanding - max(0, self.held) - self.backlog)
+
+
+def _stats(raw: dict[str, str]) -> ChannelStats:
+    fields = ChannelStats.__dataclass_fields__
+    values: dict[str, Any] = {k: (float(v) if k == "busy" else int(v)) for k, v in raw.items() if k in fields}
+    return ChannelStats(**values)
+
+
 class Ledger:
     """Reads and changes the books of the channels in one Redis database."""
 
@@ -87,33 +135,113 @@ class Ledger:
         # Another broker: its publisher (shared with the dead-letter store), None on this Redis.
         self.publisher = None if broker_is_store else (publisher or BrokerPublisher(app))
         self._finish = scripts.load(client, "finish")
+        self._give_back = scripts.load(client, "drop_note")
+        self._publish = scripts.load(client, "publish")
+        self._publish_known = False  # loaded into Redis by this process (round() pipelines EVALSHA)
+        self._feed = scripts.load(client, "feed")
 
     def outstanding(self, channel: int) -> int:
         """Tasks of the channel published (or reloaded) and not yet finished."""
         return int(self.client.hlen(keys.pending(channel)))
 
+    def give_back(self, device: str, channel: int, message_id: str) -> None:
+        """``device`` hands a message back without an outcome (paused, Redis away): it leaves the
+        device's hands, and its next delivery counts no death."""
+        self._give_back(keys=[keys.inhand(device), keys.held(channel), keys.started(channel)],
+                        args=[message_id, "", "1"])
+
     def stats(self, channel: int) -> ChannelStats:
-        raw = self.client.hgetall(keys.stats(channel))
-        fields = ChannelStats.__dataclass_fields__
-        values: dict[str, Any] = {k: (float(v) if k == "busy" else int(v)) for k, v in raw.items() if k in fields}
-        return ChannelStats(**values)
+        return _stats(cast("dict[str, str]", self.client.hgetall(keys.stats(channel))))
 
-    def publish(self, channel: int, items: Sequence[messages.Item], batch: int = 1, step: str = "") -> None:
-        """Enter ``items`` in the books and put them on the channel's queue, ``batch`` tasks a message.
+    def books(self, channels: Sequence[int]) -> dict[int, ChannelBooks]:
+        """Every channel's counters, outstanding and held tasks, in one round trip."""
+        return self.round([], channels)[1]
 
-        ``step``: an id for this publish. Repeated with the same id (the first call's reply
-        was lost with the connection), it does nothing if the first call applied.
+    def publish(self, channel: int, items: Sequence[messages.Item], batch: int = 1, step: str = "",
+                room_for: int = 0) -> tuple[bool, ChannelBooks]:
+        """Enter ``items`` in the books and put them on the channel's queue, ``batch`` tasks a
+        message; returns whether they went (not when ``room_for``, a channel size, 0 for none,
+        left no room for them) and the channel's books after. See :meth:`round`."""
+        out = Outgoing(channel, list(items), batch, step or messages.new_task_id())
+        went, books = self.round([out], [], room_for)
+        return channel in went, books[channel]
+
+    def round(self, outgoing: Sequence[Outgoing], read: Sequence[int], room_for: int = 0,
+              wait: Sequence[int] = (), timeout: float = 0.5) -> tuple[set[int], dict[int, ChannelBooks]]:
+        """The server's round, in one round trip: each outgoing step published if its channel
+        has room (``lua/publish.lua``, which reads the books back), the books of the ``read``
+        channels read, then, if ``wait`` names channels, a block until a device takes or
+        finishes a message of one of them (or ``timeout``). Returns the channels whose tasks
+        went, and the books of all the channels named.
+
+        A step repeated with the same id (its first reply was lost with the connection) does
+        nothing if the first one applied.
         """
-        if not items:
-            return
-        field = f"publish:{channel}"
-        if step and text(self.client.hget(keys.steps(PUBLISHER), field) or "") == step:
-            return  # the transaction applied; only its reply was lost
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(keys.pending(channel), mapping=dict(items))
-        pipe.hincrby(keys.stats(channel), "published", len(items))
-        pipe.hset(keys.steps(PUBLISHER), field, step or messages.new_task_id())
-        self._send(channel, items, pipe, batch)
+        journal = self.publisher is not None
+        if outgoing and not self._publish_known:  # else the first round's NOSCRIPT costs its whole wait
+            self.client.script_load(self._publish.script)
+            self._publish_known = True
+        # Another broker gets the messages only after this round trip: wait after sending them.
+        wait_after = list(wait) if journal and outgoing else []
+        wait = [] if wait_after else wait
+
+        def send() -> list[Any]:
+            pipe = self.client.pipeline(transaction=False)
+            for out in outgoing:
+                pipe.evalsha(self._publish.sha, 7, *self._publish_keys(out.channel), *self._publish_args(out, room_for))
+            for channel in read:
+                pipe.hgetall(keys.stats(channel))
+                pipe.hlen(keys.pending(channel))
+                pipe.get(keys.held(channel))
+                pipe.zcard(keys.backlog(channel))
+            if wait:
+                pipe.blpop([keys.notify(c) for c in wait], timeout=max(timeout, 0.01))
+            return pipe.execute()
+
+        try:
+            replies = send()
+        except redis.exceptions.NoScriptError:  # Redis restarted, forgetting it: none of it applied
+            self.client.script_load(self._publish.script)
+            replies = send()
+        went: set[int] = set()
+        books: dict[int, ChannelBooks] = {}
+        for out, reply in zip(outgoing, replies, strict=False):
+            published, outstanding, held, backlog, *pairs = reply
+            books[out.channel] = ChannelBooks(_stats(dict(zip(pairs[::2], pairs[1::2], strict=True))),
+                                              int(outstanding), int(held), int(backlog))
+            if int(published):
+                went.add(out.channel)
+        rest = replies[len(outgoing):]
+        for i, channel in enumerate(read):
+            stats, outstanding, held, backlog = rest[4 * i:4 * i + 4]
+            books[channel] = ChannelBooks(_stats(stats), int(outstanding), int(held or 0), int(backlog))
+        if journal:  # another broker (e.g. RabbitMQ): publish (confirmed), then clear the journal
+            assert self.publisher is not None
+            for out in outgoing:
+                if out.channel in went and out.items:
+                    self.publisher.send(keys.queue(out.channel), out.channel, out.groups())
+                    self.client.zrem(keys.unsent(out.channel), *[task_id for task_id, _ in out.items])
+        if wait_after:
+            self.wait_for_progress(wait_after, timeout)
+        return went, books
+
+    @staticmethod
+    def _publish_keys(channel: int) -> list[str]:
+        return [keys.pending(channel), keys.stats(channel), keys.held(channel), keys.queue(channel),
+                keys.steps(PUBLISHER), keys.unsent(channel), keys.backlog(channel)]
+
+    def _publish_args(self, out: Outgoing, room_for: int) -> list[str | int | float]:
+        journal = self.publisher is not None
+        argv: list[str | int | float] = [room_for, out.step, f"publish:{out.channel}",
+                                         "journal" if journal else "queue", time.time(), len(out.items)]
+        for task_id, data in out.items:
+            argv += [task_id, data]
+        if not journal:
+            if out.built is None:  # built once, however often the step waits for room
+                queue = keys.queue(out.channel)
+                out.built = [messages.build(self.app, queue, out.channel, group) for group in out.groups()]
+            argv += out.built
+        return argv
 
     def _send(self, channel: int, items: Sequence[messages.Item], pipe: redis.client.Pipeline,
               batch: int = 1, suspect: bool = False) -> None:
@@ -130,6 +258,44 @@ class Ledger:
         pipe.execute()
         self.publisher.send(queue, channel, groups, suspect)
         self.client.zrem(keys.unsent(channel), *ids)
+
+    def channel_sizes(self, sizes: dict[int, int]) -> None:
+        """The server says with which ``ChannelSize`` it runs its channels (reloads and devices
+        feed backlogs by it)."""
+        if sizes:
+            self.client.hset(keys.CHANNEL_SIZES, mapping={str(ch): size for ch, size in sizes.items()})
+
+    def feed_backlog(self, channel: int, channel_size: int | None = None) -> int:
+        """Move reloaded tasks from the channel's backlog into the channel while there is room
+        (``lua/feed.lua``); returns how many went. Any process may do it at any time: the
+        server each round, every device of the channel every couple of seconds, a reload."""
+        size = channel_size or int(self.client.hget(keys.CHANNEL_SIZES, str(channel)) or DEFAULT_CHANNEL_SIZE)
+        books = self.books([channel])[channel]
+        room = size - books.waiting
+        if books.backlog == 0 or room <= 0:
+            return 0
+        ids = cast("list[str]", self.client.zrange(keys.backlog(channel), 0, room - 1))
+        data = self.client.hmget(keys.pending(channel), ids)
+        gone = [t for t, d in zip(ids, data, strict=True) if d is None]
+        if gone:  # finished meanwhile (a copy ran elsewhere): nothing to feed
+            self.client.zrem(keys.backlog(channel), *gone)
+        items = [(t, text(d)) for t, d in zip(ids, data, strict=True) if d is not None]
+        batch = batch_size(books.stats, size)
+        out = Outgoing(channel, items, batch, "")
+        journal = self.publisher is not None
+        argv: list[str | int | float] = [size, "journal" if journal else "queue", time.time()]
+        queue = keys.queue(channel)
+        for group in out.groups():
+            message = "" if journal else messages.build(self.app, queue, channel, group)
+            argv += [len(group), *[t for t, _ in group], message]
+        went = [text(t) for t in self._feed(keys=[keys.backlog(channel), keys.pending(channel), keys.held(channel),
+                                                  queue, keys.unsent(channel)], args=argv)]
+        if journal and went:
+            assert self.publisher is not None
+            sent = set(went)
+            self.publisher.send(queue, channel, [g for g in out.groups() if g[0][0] in sent])
+            self.client.zrem(keys.unsent(channel), *went)
+        return len(went)
 
     def republish(self, channel: int, task_ids: Sequence[str], suspect: bool = False) -> int:
         """Put outstanding tasks on the queue again (their data from the books), one a message;
@@ -175,7 +341,7 @@ class Ledger:
         """
         listed = list(outcomes)
         if not listed:
-            return Finished(0, 0, 0, 0)
+            return Finished(0, 0, 0, 0, 0)
         argv: list[str | float] = [device, str(channel), message_id, repr(float(busy)), step or messages.new_task_id(),
                                    writer or f"{device}:{threading.get_ident()}"]
         for o in listed:
@@ -184,12 +350,13 @@ class Ledger:
             keys.pending(channel), keys.meta(channel), keys.stats(channel), keys.notify(channel),
             keys.results(channel), keys.dead_index(), keys.dead_index(channel), keys.DEAD_CHANNELS,
             keys.DEVICES_DONE, keys.DEVICES_SEEN, keys.DEVICES_BEATS, keys.inhand(device), keys.lost(channel),
-            keys.started(channel), keys.steps(device),
+            keys.started(channel), keys.steps(device), keys.held(channel), keys.backlog(channel),
             *[keys.dead_record(o.task_id) for o in listed if not o.ok],
         ]
         return Finished(*(int(n) for n in self._finish(keys=ks, args=argv)))
 
     def wait_for_progress(self, channels: Sequence[int], timeout: float) -> None:
-        """Block until a device finishes a task of one of ``channels``, or ``timeout`` passes."""
+        """Block until a device takes or finishes a message of one of ``channels``, or ``timeout``
+        passes."""
         if channels:
             self.client.blpop([keys.notify(c) for c in channels], timeout=max(timeout, 0.01))

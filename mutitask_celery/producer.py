@@ -1,11 +1,14 @@
 """The server's side of a run: pull tasks from generators as devices finish them.
 
-For each channel at most ``channel_size`` tasks are outstanding (published and
-not yet finished, as the books in Redis count them). The producer tops each
-channel up to that bound, then blocks on the devices' finish notifications;
-a generator is only ever advanced with ``next()``, never turned into a list.
-The run is over when every generator is exhausted (or feeding was stopped)
-and nothing is outstanding.
+For each channel at most ``channel_size`` tasks are waiting in the channel (published,
+not yet taken by a device), as the original's ``ChannelSize`` bounded its task list;
+devices hold a few messages more each (one or two per slot). The producer tops each
+channel up to that bound, then blocks on the devices' finish notifications; a generator
+is only ever advanced with ``next()``, never turned into a list. The run is over when
+every generator is exhausted (or feeding was stopped) and nothing is outstanding.
+
+Recovery (dead devices, the sweep, a dead publisher's journal) runs in a thread of its
+own (:class:`_Recovery`), so feeding never waits for it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import redis
 from . import codec, messages
 from .errors import BrokerUnavailable, EncodingError
 from .integrity import Watermarks
-from .ledger import ChannelStats, Ledger
+from .ledger import ChannelBooks, ChannelStats, Ledger, Outgoing, batch_size
 from .recovery import HEARTBEAT, Reaper
 from .store import RedisDeadLetterStore
 
@@ -29,9 +32,8 @@ log = logging.getLogger(__name__)
 
 WAIT_STEP = 0.5  # longest a control change (resume, new size) waits to be seen
 RECONNECT_FOR = 120.0  # seconds the run waits for Redis to come back before giving up
-TARGET_MESSAGE_SECONDS = 0.1  # work one message should carry: short tasks travel together
-MAX_BATCH = 100
 COUNTERS = ("published", "succeeded", "failed", "duplicates", "reloaded")  # only ever grow (see integrity)
+_OUTAGE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, BrokerUnavailable)
 
 
 class _Batcher:
@@ -41,41 +43,40 @@ class _Batcher:
     one per message, so Flower shows them one by one and a pause stops them one
     by one; 50 ms tasks travel in pairs, which halves what a device spends per
     task on the broker (a 20-slot device of 50 ms tasks was CPU-bound on that);
-    no-op tasks travel up to 100 a message. Starts at 1 until the first tasks
-    have been timed.
+    no-op tasks travel up to 500 a message, as many as the channel holds at most:
+    Celery's own cost per message (decoding, events, acknowledgement) is then spread
+    over them. Starts at 1 until the first tasks have been timed.
     """
 
     PROBE = 8  # tasks published before the first measurement
 
-    def __init__(self) -> None:
+    def __init__(self, stats: ChannelStats, held_known: bool = True) -> None:
         self.size = 1
         self.measured = False
-        self._timed = -1
-        self._busy = 0.0
+        self._timed, self._busy = stats.timed, stats.busy
+        # Whether the books know which tasks devices hold (notes, on the Redis broker): then a
+        # message may fill the channel, as held tasks do not count; elsewhere half of it, so a
+        # device holding tasks for long never leaves the channel too full for the next message.
+        self._share = 1 if held_known else 2
 
     def update(self, stats: ChannelStats) -> None:
-        if self._timed < 0:
-            self._timed, self._busy = stats.timed, stats.busy
-            return
-        done, busy = stats.timed - self._timed, stats.busy - self._busy
-        if done >= 1:
-            average = max(busy / done, 1e-6)
-            self.size = max(1, min(MAX_BATCH, round(TARGET_MESSAGE_SECONDS / average)))
+        if stats.timed - self._timed >= 1:
+            self.size = batch_size(stats, since=(self._timed, self._busy))
             self._timed, self._busy = stats.timed, stats.busy
             self.measured = True
 
     def batch(self, channel_size: int) -> int:
-        """Never so large that one device takes all the room while others wait."""
-        return max(1, min(self.size, channel_size // 4))
+        """No message larger than the channel (or half of it, see ``__init__``)."""
+        return max(1, min(self.size, channel_size // self._share))
 
-    def take(self, room: int, outstanding: int, channel_size: int) -> int:
+    def take(self, room: int, waiting: int, channel_size: int) -> int:
         """How many tasks to pull now: whole messages, a small probe before any timing."""
         if not self.measured:
-            return max(0, min(room, self.PROBE - outstanding))
+            return max(0, min(room, self.PROBE - waiting))
         batch = self.batch(channel_size)
-        if room < batch and outstanding > 0:
-            return 0  # wait for room for a full message; devices are busy anyway
-        return room if outstanding == 0 else room - room % batch
+        if room < batch and waiting > 0:
+            return 0  # wait for room for a full message; devices have work anyway
+        return room if waiting == 0 else room - room % batch
 
 
 @dataclass
@@ -124,17 +125,19 @@ class RunSummary:
 
 
 class _Feed:
-    """One channel's generator and how far it got."""
+    """One channel of the run: its generator, how far it got, what it has published."""
 
-    def __init__(self, channel: int, source: Iterator[object]) -> None:
+    def __init__(self, channel: int, source: Iterator[object], before: ChannelStats, held_known: bool) -> None:
         self.channel = channel
         self.source = source
         self.index = 0
         self.exhausted = False
-        # Taken from the generator, not yet in the books (Redis went away meanwhile), and the
-        # publish step's id: published again with it, they enter the books once.
-        self.unsent: list[messages.Item] = []
-        self.step = ""
+        self.before = before  # the channel's counters when the run began
+        self.published = 0
+        self.batcher = _Batcher(before, held_known)
+        # Taken from the generator, not yet in the books (no room yet, or Redis went away
+        # meanwhile), with its step's id: published again with it, they enter the books once.
+        self.outgoing: Outgoing | None = None
 
     def take(self, n: int, store: RedisDeadLetterStore) -> list[messages.Item]:
         items: list[messages.Item] = []
@@ -158,6 +161,40 @@ class _Feed:
         return items
 
 
+class _Recovery:
+    """The server's recovery duties, every heartbeat period in a thread of their own: give dead
+    devices' tasks to live ones (even when all devices died), sweep for tasks a dying device
+    stranded when one died (see :meth:`Reaper.sweep_if_due`), and on another broker (which
+    redelivers by itself) publish what a dying publisher left in the journal."""
+
+    def __init__(self, ledger: Ledger, reaper: Reaper | None, channels: list[int]) -> None:
+        self.ledger, self.reaper, self.channels = ledger, reaper, channels
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="mutitask-recovery", daemon=True)
+
+    def __enter__(self) -> _Recovery:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                if self.reaper is not None:
+                    self.reaper.reap()
+                    self.reaper.sweep_if_due(self.channels)
+                self.ledger.resend_unsent(self.channels)
+            except (redis.RedisError, BrokerUnavailable) as exc:
+                log.debug("recovery round skipped: %s", exc)  # the feeding thread reports outages
+            except Exception:  # a bug must not end recovery for the rest of the run
+                log.exception("recovery round failed")
+            if self._stop.wait(HEARTBEAT):
+                return
+
+
 class Producer:
     """Feeds channels from iterators with back-pressure; controllable from another thread."""
 
@@ -166,8 +203,6 @@ class Producer:
         self.ledger = ledger
         self.store = store
         self.reaper = reaper
-        self._next_reap = 0.0
-        self._batchers: dict[int, _Batcher] = {}
         self._channel_size = channel_size
         self._paused = threading.Event()
         self._feeding_stopped = threading.Event()
@@ -175,6 +210,8 @@ class Producer:
         self.finished = threading.Event()
         self.summary = RunSummary()
         self._feeds: list[_Feed] = []
+        self._last: dict[int, ChannelBooks] = {}  # the books as the last round read them
+        self._sizes_said = False
         self._books = Watermarks()
 
     # -- controls (the console calls these from its own thread) ---------------
@@ -185,6 +222,7 @@ class Producer:
     @channel_size.setter
     def channel_size(self, size: int) -> None:
         self._channel_size = size
+        self._sizes_said = False
 
     def pause_feeding(self) -> None:
         self._paused.set()
@@ -210,65 +248,79 @@ class Producer:
 
     # -- the run ---------------------------------------------------------------
     def run(self, sources: list[Iterator[object]]) -> RunSummary:
-        feeds = [_Feed(n, src) for n, src in enumerate(sources, start=1)]
-        self._feeds = feeds
-        channels = [f.channel for f in feeds]
-        before = self._read_stats(channels)
-        self._batchers = {ch: _Batcher() for ch in channels}
+        channels = list(range(1, len(sources) + 1))
+        books = self._read(channels)
+        held_known = self.ledger.publisher is None  # the Redis broker: devices note what they hold
+        self._feeds = [_Feed(ch, src, books[ch].stats, held_known) for ch, src in zip(channels, sources, strict=True)]
+        self._last = books
         for ch in channels:
-            self._batchers[ch].update(before[ch])
-        published = dict.fromkeys(channels, 0)
-        for ch in channels:
-            left = self.ledger.outstanding(ch)
-            if left:
+            if books[ch].outstanding:
                 log.warning("channel %d still has %d task(s) outstanding from an earlier run; "
-                            "this run waits for them too", ch, left)
+                            "this run waits for them too", ch, books[ch].outstanding)
         outage: float | None = None
         try:
-            while not self._stop.is_set():
-                try:
-                    if outage is not None:  # Redis is back: did it keep the books?
-                        self._read_stats(channels)
-                    if self._step(feeds, channels, before, published):
-                        break
-                    outage = None
-                except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, BrokerUnavailable) as exc:
-                    outage = self._wait_for_redis(outage, exc)  # each feed's unsent tasks go out when it is back
+            with _Recovery(self.ledger, self.reaper, channels):
+                while not self._stop.is_set():
+                    try:
+                        if self._step():
+                            break
+                        outage = None
+                    except _OUTAGE as exc:
+                        outage = self._wait_for_redis(outage, exc)  # what a feed had taken goes out when it is back
         finally:
             self.finished.set()
         try:
-            self.summary = self._summarize(channels, before, published)
+            self.summary = self._summarize(self._read(channels))
         except redis.RedisError as exc:
             log.warning("the final summary could not be read: %s", exc)
         return self.summary
 
-    def _step(self, feeds: list[_Feed], channels: list[int], before: dict[int, ChannelStats],
-              published: dict[int, int]) -> bool:
-        """One round: top the channels up, recover, wait for progress. True when the run is over."""
-        for feed in feeds:
-            if feed.unsent:  # taken from the generator before Redis went away
-                self._publish(feed, published, 1)
-        if not self._paused.is_set() and not self._feeding_stopped.is_set():
-            for feed in feeds:
-                outstanding = self.ledger.outstanding(feed.channel)
-                batcher = self._batchers[feed.channel]
-                want = batcher.take(self._channel_size - outstanding, outstanding, self._channel_size)
-                if want > 0 and not feed.exhausted:
-                    feed.unsent, feed.step = feed.take(want, self.store), messages.new_task_id()
-                    self._publish(feed, published, batcher.batch(self._channel_size))
-        self._reap(channels)
-        self.summary = self._summarize(channels, before, published)
-        feeding_over = self._feeding_stopped.is_set() or all(f.exhausted for f in feeds)
-        if feeding_over and all(c.outstanding == 0 for c in self.summary.channels.values()):
+    def _step(self) -> bool:
+        """One round: top the channels up, wait for progress. True when the run is over.
+
+        A channel's tasks are taken from its generator by whole messages (as many as the
+        books read last leave room for, at least one) and go out in one round trip
+        (:meth:`Ledger.round`) that checks the room again (the books may have moved since),
+        reads the books back and then waits for the next take or finish. Tasks that found
+        no room wait, taken, for the next round.
+        """
+        feeding = not self._paused.is_set() and not self._feeding_stopped.is_set()
+        if not self._sizes_said:  # reloads and devices feed the channels' backlogs by it
+            self.ledger.channel_sizes({f.channel: self._channel_size for f in self._feeds})
+            self._sizes_said = True
+        for feed in self._feeds:
+            if feeding and self._last[feed.channel].backlog:  # reloaded tasks first, as room allows
+                self.ledger.feed_backlog(feed.channel, self._channel_size)
+                continue
+            if feeding and feed.outgoing is None and not feed.exhausted:
+                waiting = self._last[feed.channel].waiting
+                batch = feed.batcher.batch(self._channel_size)
+                # Full as the books read last were, devices may have taken some since: a
+                # message is ready all the same, and goes if the round finds room for it.
+                want = feed.batcher.take(self._channel_size - waiting, waiting, self._channel_size) or batch
+                items = feed.take(want, self.store)
+                if items:
+                    feed.outgoing = Outgoing(feed.channel, items, batch, messages.new_task_id())
+        outgoing = [f.outgoing for f in self._feeds if f.outgoing is not None]
+        read = [f.channel for f in self._feeds if f.outgoing is None]
+        more = feeding and any(not f.exhausted or f.outgoing is not None for f in self._feeds)
+        channels = [f.channel for f in self._feeds]
+        went, books = self.ledger.round(outgoing, read, room_for=self._channel_size, wait=channels if more else (),
+                                        timeout=WAIT_STEP)
+        for feed in self._feeds:
+            if feed.channel in went and feed.outgoing is not None:
+                feed.published += len(feed.outgoing.items)
+                feed.outgoing = None
+        self._check(books)
+        self._last = books
+        self.summary = self._summarize(books)
+        if more:
+            return False
+        feeding_over = self._feeding_stopped.is_set() or all(f.exhausted and f.outgoing is None for f in self._feeds)
+        if feeding_over and not went and all(b.outstanding == 0 for b in books.values()):
             return True
         self.ledger.wait_for_progress(channels, WAIT_STEP)
         return False
-
-    def _publish(self, feed: _Feed, published: dict[int, int], batch: int) -> None:
-        """Put the feed's unsent tasks in the books and on the queue (once, however often retried)."""
-        self.ledger.publish(feed.channel, feed.unsent, batch, step=feed.step)
-        published[feed.channel] += len(feed.unsent)
-        feed.unsent = []
 
     def _wait_for_redis(self, since: float | None, exc: Exception) -> float:
         """Back off while Redis (or the broker) is away; give up with a clear error after RECONNECT_FOR seconds."""
@@ -282,40 +334,29 @@ class Producer:
         self._stop.wait(min(2.0, 0.1 * 2 ** min(int(now - since), 5)))
         return since
 
-    def _reap(self, channels: list[int]) -> None:
-        """Every heartbeat period, give dead devices' tasks to live ones (even when all died),
-        and publish again any task a dying device took off the queue but never held; on
-        another broker (which redelivers by itself), any task a dying publisher left unsent."""
-        now = time.monotonic()
-        if now >= self._next_reap:
-            self._next_reap = now + HEARTBEAT
-            if self.reaper is not None:
-                self.reaper.reap()
-                self.reaper.sweep(channels)
-            self.ledger.resend_unsent(channels)
+    def _read(self, channels: list[int]) -> dict[int, ChannelBooks]:
+        """Every channel's books in one round trip, checked (see :meth:`_check`)."""
+        books = self.ledger.books(channels)
+        self._check(books)
+        return books
 
-    def _read_stats(self, channels: list[int]) -> dict[int, ChannelStats]:
-        """Every channel's counters; :class:`BooksLost` when one is lower than seen before."""
-        marks = self._books.mark()
-        stats = {ch: self.ledger.stats(ch) for ch in channels}
-        values = {f"channel {ch} {name}": getattr(s, name) for ch, s in stats.items() for name in COUNTERS}
-        self._books.check(values, marks, self.ledger.client)
-        return stats
+    def _check(self, books: dict[int, ChannelBooks]) -> None:
+        """:class:`BooksLost` when a counter is lower than seen before: Redis lost data. (The
+        producer is this counter's only reader, so the marks need no snapshot before the read.)"""
+        values = {f"channel {ch} {name}": getattr(b.stats, name) for ch, b in books.items() for name in COUNTERS}
+        self._books.check(values, self._books.mark(), self.ledger.client)
 
-    def _summarize(self, channels: list[int], before: dict[int, ChannelStats],
-                   published: dict[int, int]) -> RunSummary:
+    def _summarize(self, books: dict[int, ChannelBooks]) -> RunSummary:
         summary = RunSummary()
-        stats = self._read_stats(channels)
-        for ch in channels:
-            now, then = stats[ch], before[ch]
-            if ch in self._batchers:
-                self._batchers[ch].update(now)
-            summary.channels[ch] = ChannelSummary(
-                channel=ch,
-                published=published[ch],
+        for feed in self._feeds:
+            now, then = books[feed.channel].stats, feed.before
+            feed.batcher.update(now)
+            summary.channels[feed.channel] = ChannelSummary(
+                channel=feed.channel,
+                published=feed.published,
                 succeeded=now.succeeded - then.succeeded,
                 failed=now.failed - then.failed,
                 duplicates=now.duplicates - then.duplicates,
-                outstanding=self.ledger.outstanding(ch),
+                outstanding=books[feed.channel].outstanding,
             )
         return summary

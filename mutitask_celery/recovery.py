@@ -45,6 +45,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from collections.abc import Sequence
 from enum import Enum
 from typing import Any, cast
@@ -62,6 +63,7 @@ DEAD_AFTER = 10.0
 MAX_ATTEMPTS = 3
 WORKER_LOST = "worker lost"  # lua/recover.lua writes the same reason
 REAP_BATCH = 100  # silent devices looked at per reap (the next reap takes the rest)
+SAFETY_SWEEP = 300.0  # seconds between sweeps when no device died: a last net for what nothing announced
 FORGET_AFTER = 86400.0  # seconds of silence, with nothing in hand, before the roster drops a name
 
 
@@ -115,10 +117,18 @@ def _redelivered(message: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
+def _noted_channel(noted: str) -> int:
+    """The channel in a device's note ("tag|score|tasks|channel"); 0 for an old note without one."""
+    try:
+        return int(noted.split("|")[3])
+    except (IndexError, ValueError):
+        return 0
+
+
 def _noted_score(noted: str) -> float | None:
     """The delivery's ``unacked_index`` score in a device's note ("tag|score"), None if it has none."""
     try:
-        return float(noted.split("|", 1)[1])
+        return float(noted.split("|")[1])
     except (IndexError, ValueError):
         return None
 
@@ -182,6 +192,29 @@ class Reaper:
         self._drop = scripts.load(client, "drop_note")
         self._suspects: dict[int, set[str]] = {}
         self._suspect_tags: set[str] = set()
+        self._due_seen: int | None = None
+        self._sweeps_left = 0
+        self._next_safety = 0.0
+
+    def sweep_if_due(self, channels: Sequence[int]) -> int:
+        """Sweep (see :meth:`sweep`) only when it can find something: the cracks it mends open
+        only when a device process dies, and a death is announced (``sweep:due``, by the reaper
+        that finds a silent device and by a device that starts again). Then it sweeps twice in
+        a row, as a crack is confirmed at two sweeps; otherwise once every
+        :data:`SAFETY_SWEEP` seconds. So recovery costs the server what changed, not what is
+        outstanding."""
+        due = int(self.client.get(keys.SWEEP_DUE) or 0)
+        now = time.monotonic()
+        if due != self._due_seen or now >= self._next_safety:
+            self._due_seen, self._sweeps_left, self._next_safety = due, 2, now + SAFETY_SWEEP
+        if self._sweeps_left <= 0:
+            return 0
+        self._sweeps_left -= 1
+        return self.sweep(channels)
+
+    def announce_death(self) -> None:
+        """A device process died (or restarted): the server should sweep."""
+        self.client.incr(keys.SWEEP_DUE)
 
     def sweep(self, channels: Sequence[int]) -> int:
         """Put back what fell between the cracks; returns how many tasks or messages.
@@ -255,6 +288,8 @@ class Reaper:
         handled = 0
         silent = cast("list[tuple[str, float]]", self.client.zrangebyscore(
             keys.DEVICES_BEATS, "-inf", f"({now - self.dead_after}", start=0, num=REAP_BATCH, withscores=True))
+        if silent:
+            self.announce_death()
         for name, beat in silent:
             seen = self.client.hget(keys.DEVICES_SEEN, name)
             if seen is None:  # forgotten meanwhile
@@ -320,7 +355,8 @@ class Reaper:
         ks = [keys.DEVICES_SEEN, keys.inhand(device), keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX,
               entry.routing_key, keys.started(channel), keys.lost(channel), keys.pending(channel),
               keys.meta(channel), keys.stats(channel), keys.dead_index(), keys.dead_index(channel),
-              keys.DEAD_CHANNELS, keys.notify(channel), *[keys.dead_record(t) for t in entry.ids]]
+              keys.DEAD_CHANNELS, keys.notify(channel), keys.held(channel),
+              *[keys.dead_record(t) for t in entry.ids]]
         argv: list[str | int] = [device, judged, message_id, noted, tag, mark, self.max_attempts, channel,
                                  len(entry.ids), *entry.ids, *queued]
         reply = self._recover(keys=ks, args=argv)
@@ -350,7 +386,8 @@ class Reaper:
 
     def _drop_note(self, device: str, message_id: str, noted: str) -> None:
         """Forget a note whose delivery is no longer kombu's to give (acknowledged, or unreadable)."""
-        self._drop(keys=[keys.inhand(device)], args=[message_id, noted])
+        channel = _noted_channel(noted)
+        self._drop(keys=[keys.inhand(device), keys.held(channel), keys.started(channel)], args=[message_id, noted, "0"])
 
     def forget_silent(self, now: float | None = None) -> list[str]:
         """Drop from the roster every device silent for ``forget_after`` seconds with nothing in

@@ -65,6 +65,7 @@ def store() -> RedisDeadLetterStore:
         _store = RedisDeadLetterStore(
             redis_client(conf.redis_url), celery_app.app, broker_is_store(conf),
             max_records=conf.dead_letter_max, max_age=conf.dead_letter_max_age, publisher=publisher(),
+            feed=ledger().feed_backlog,
         )
     return _store
 

@@ -22,7 +22,7 @@ from celery.exceptions import Reject
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
-from . import codec, hooks, isolation, keys, messages, prefetch, runtime, wanted
+from . import codec, hooks, isolation, messages, prefetch, runtime, wanted
 from .celery_app import TASK_NAME, app
 from .errors import BooksLost, BrokerUnavailable
 from .ledger import Finished, Outcome
@@ -93,9 +93,11 @@ def _finish(channel: int, device: str, outcomes: list[Outcome], message_id: str,
     delay = 0.1
     key = hooks.done_key(device)
     step, writer = messages.new_task_id(), f"{os.getpid()}:{threading.get_ident()}"
+    # Taken once, before the first try: a try whose reply was lost may have applied, and the
+    # heartbeat may have seen its count since; the retry replies with that try's count.
+    marks = hooks.books.mark()
     while True:
         try:
-            marks = hooks.books.mark()
             ledger = runtime.ledger()
             finished = ledger.finish(channel, device, outcomes, message_id=message_id, busy=busy, step=step,
                                      writer=writer)
@@ -114,10 +116,7 @@ def _hand_back(device: str, message_id: str, channel: int) -> None:
     longer in this device's hands, and whether it had started or not, its next delivery
     counts no death."""
     try:
-        pipe = runtime.ledger().client.pipeline(transaction=True)
-        pipe.hdel(keys.inhand(device), message_id)
-        pipe.hdel(keys.started(channel), message_id)
-        pipe.execute()
+        runtime.ledger().give_back(device, channel, message_id)
     except redis.RedisError:
         pass  # a stale note is harmless (the fences see it); a stale start mark costs one death
 
@@ -199,7 +198,7 @@ def run_items(self: Task, channel: int, items: list[list[Any]], suspect: bool = 
         outcomes, busy = _run(channel, device, message_id, items, alone or isolation.device.runs_one_at_a_time())
     prefetch.observe(busy)
     try:
-        failed = _finish(channel, device, outcomes, message_id, busy).failed
+        finished = _finish(channel, device, outcomes, message_id, busy)
     except BooksLost as exc:
         hooks.books_lost(exc)  # the outcomes went to what is left of the books; the device stops
         return
@@ -209,19 +208,22 @@ def run_items(self: Task, channel: int, items: list[list[Any]], suspect: bool = 
         log.warning("could not record %d outcome(s) on channel %s (%s); requeueing", len(outcomes), channel, exc)
         _hand_back(device, message_id, channel)
         raise Reject(str(exc), requeue=True) from exc
-    if failed:
-        try:
+    try:
+        if finished.failed:
             runtime.store().prune()
-        except redis.RedisError as exc:  # retention can wait for the next failure
-            log.warning("dead-letter retention skipped: %s", exc)
+        if finished.backlog:  # reloaded tasks wait for room: let them in, server or no server
+            runtime.ledger().feed_backlog(channel)
+    except redis.RedisError as exc:  # both can wait for the next message
+        log.warning("dead-letter retention or backlog feeding skipped: %s", exc)
 
 
 def _run(channel: int, device: str, message_id: str, items: list[list[Any]],
          alone: bool) -> tuple[list[Outcome], float]:
     """Mark the message started (from now on a death is charged to its tasks; ``alone``: no
     other task of this process runs beside them), then run them."""
+    devices = runtime.devices()
     try:
-        runtime.devices().started(device, channel, message_id, alone=alone)
+        devices.started(device, channel, message_id, alone=alone, wait=False)
     except redis.RedisError as exc:
         _hand_back(device, message_id, channel)
         raise Reject(f"cannot mark the message started: {exc}", requeue=True) from exc
@@ -234,4 +236,9 @@ def _run(channel: int, device: str, message_id: str, items: list[list[Any]],
         ]
     else:
         outcomes = [run_one(handler, str(task_id), str(data)) for task_id, data in items]
-    return outcomes, time.perf_counter() - started
+    busy = time.perf_counter() - started
+    try:
+        devices.started_settled()
+    except redis.RedisError as exc:  # the tasks ran; had the device died, no death would have been charged
+        log.warning("marking message %s started failed: %s", message_id, exc)
+    return outcomes, busy

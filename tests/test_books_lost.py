@@ -113,3 +113,30 @@ def test_watermarks_take_replies_out_of_order_for_no_loss() -> None:
     assert marks.mark() == {"done": 16000}
     with pytest.raises(BooksLost, match="done was 16000, now 12"):
         marks.check({"done": 12}, marks.mark())
+
+
+def test_a_retried_finish_seen_by_the_heartbeat_is_no_loss(r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first try of a finish applies but its reply is lost (a network cut); the heartbeat
+    sees the new count before the retry returns it: that is no loss of data."""
+    from mutitask_celery import hooks, runtime, tasks
+    from mutitask_celery.ledger import Outcome
+
+    device = "device1@h"
+    runtime.ledger().publish(1, [("t1", '"a"'), ("t2", '"b"')])
+    hooks.books.forget(hooks.done_key(device))
+    real = runtime.ledger().finish
+    tries: list[int] = []
+
+    def finish(*args: object, **kwargs: object) -> object:
+        done = real(*args, **kwargs)  # type: ignore[arg-type]
+        tries.append(1)
+        if len(tries) == 1:
+            hooks._beat(device)  # the heartbeat reads the count this try made, then...
+            raise redis.TimeoutError("Timeout reading from socket")  # ...its reply is lost
+        return done
+
+    monkeypatch.setattr(runtime.ledger(), "finish", finish)
+    monkeypatch.setattr(tasks.time, "sleep", lambda _: None)
+    done = tasks._finish(1, device, [Outcome("t1", ok=True, result='"A"')], "m1", 0.0)
+    assert len(tries) == 2 and done.succeeded == 1 and done.device_done == 1
+    assert runtime.ledger().stats(1).duplicates == 0

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -67,20 +68,41 @@ def test_legacy_scripts_run_every_task_once(procs: Processes, r: redis.Redis) ->
     assert runtime.ledger().outstanding(1) == 0
 
 
-def test_back_pressure_never_exceeds_channel_size(procs: Processes, r: redis.Redis) -> None:
-    procs.device(1, 1)
-    procs.device(2, 1)
-    seen: list[int] = []
+def waiting(r: redis.Redis, channel: int) -> int:
+    """Tasks waiting in the channel: published, not yet taken by a device (what ChannelSize bounds)."""
+    pipe = r.pipeline(transaction=True)
+    pipe.hlen(keys.pending(channel))
+    pipe.get(keys.held(channel))
+    outstanding, held = pipe.execute()
+    return int(outstanding) - int(held or 0)
 
-    def generator():  # records how many were outstanding each time it is pulled
+
+def test_back_pressure_never_exceeds_channel_size(procs: Processes, r: redis.Redis) -> None:
+    procs.device(1, 1, "slow", env={"SLOW_SECONDS": "0.01"})
+    procs.device(2, 1, "slow", env={"SLOW_SECONDS": "0.01"})
+    seen: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:  # samples the channel while the run goes on
+        while not done.is_set():
+            seen.append(waiting(r, 1))
+            done.wait(0.002)
+
+    def generator():  # ...and each time the generator is pulled
         for i in range(200):
-            seen.append(runtime.ledger().outstanding(1))
+            seen.append(waiting(r, 1))
             yield str(i + 1)
 
-    summary = serve.serve(generator(), channel_size=7, stdin=io.StringIO(""), out=io.StringIO())
-    assert len(seen) == 200 and summary.published == 200
-    assert max(seen) < 7  # pulled only when there was room
-    assert summary.succeeded + summary.failed == 200
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        summary = serve.serve(generator(), channel_size=7, stdin=io.StringIO(""), out=io.StringIO())
+    finally:
+        done.set()
+        watcher.join()
+    assert summary.published == 200 and summary.succeeded + summary.failed == 200
+    assert max(seen) <= 7  # never more than ChannelSize tasks waiting in the channel
+    assert runtime.ledger().outstanding(1) == 0 and int(r.get(keys.held(1)) or 0) == 0
 
 
 def test_two_channels_each_with_its_devices(procs: Processes, r: redis.Redis) -> None:

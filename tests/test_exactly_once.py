@@ -173,7 +173,7 @@ def test_a_reload_moves_what_was_there_and_ends(procs: Processes, r: redis.Redis
     assert not reload.is_alive() and moved == [count]
     wait_until(lambda: mt.failed_count(1) == count and runtime.ledger().outstanding(1) == 0, 60,
                "every task to fail again")
-    assert {record.failures for record in mt.failed(1)} == {2}
+    assert {record.failures for record in mt.failed(1, limit=None)} == {2}
 
 
 def test_a_warm_shutdown_leaves_no_stale_note(procs: Processes, r: redis.Redis, fast: None,
@@ -216,3 +216,39 @@ def test_a_celeryconfig_that_breaks_the_promises_is_refused(procs: Processes, r:
     out = procs.output(server)
     assert complaint in out and "Traceback" not in out
     assert r.hlen(keys.pending(1)) == 0  # refused before a task was published
+
+
+def test_reloaded_tasks_go_back_through_back_pressure(procs: Processes, r: redis.Redis, fast: None) -> None:
+    """A big reload, no server running: the tasks wait in the channel's backlog, and the
+    devices feed them in as they make room; the channel never holds more than its size."""
+    sys.path.insert(0, str(HELPERS.parent.parent / "bench"))
+    from fill import fill_dead_letters
+
+    count, size = 3000, 40
+    runtime.ledger().channel_sizes({1: size})
+    ids = set(fill_dead_letters(count))
+    assert mt.reload_failed(channel=1) == count and mt.failed_count() == 0
+    assert r.zcard(keys.backlog(1)) + len(r.lrange(keys.queue(1), 0, -1)) >= count - size
+    seen: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            pipe = r.pipeline(transaction=True)
+            pipe.hlen(keys.pending(1)).get(keys.held(1)).zcard(keys.backlog(1))
+            outstanding, held, backlog = pipe.execute()
+            seen.append(int(outstanding) - int(held or 0) - int(backlog))
+            done.wait(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for n in (1, 2):
+            procs.device(n, 1, "echo", env=FAST)
+        wait_until(lambda: mt.results_count(1) == count, 120, "every reloaded task's result")
+    finally:
+        done.set()
+        watcher.join()
+    assert max(seen) <= size and r.zcard(keys.backlog(1)) == 0 and runtime.ledger().outstanding(1) == 0
+    assert {task for _, task in mt.results(1, limit=None)} == {f"task {n}" for n in range(count)}
+    assert len(ids) == count

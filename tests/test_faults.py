@@ -91,8 +91,8 @@ def test_ten_thousand_tasks_with_a_device_killed_three_times(procs: Processes, r
     assert not thread.is_alive(), "the run did not complete"
     summary = out["summary"]
     good = [n * 2 for n in range(count) if not expected_double(n)]
-    assert sorted(mt.results(1)) == good  # every success saved exactly once
-    failed = sorted(int(f.data) for f in mt.failed(1))
+    assert sorted(mt.results(1, limit=None)) == good  # every success saved exactly once
+    failed = sorted(int(f.data) for f in mt.failed(1, limit=None))
     assert failed == [n for n in range(count) if expected_double(n)]  # every failure recorded once
     assert (summary.published, summary.succeeded, summary.failed) == (count, len(good), len(failed))
     assert summary.channels[1].duplicates <= 3  # at most the one task in hand at each kill ran twice
@@ -122,8 +122,8 @@ def test_redis_restarted_mid_run_loses_nothing(procs: Processes, tmp_path: Path,
         second = LocalRedis(workdir=tmp_path, appendonly=True, port=port).start()  # ...and comes back
         assert server.wait(300) == 0, procs.output(server)
         good = [n * 2 for n in range(count) if not expected_double(n)]
-        assert sorted(mt.results(1)) == good
-        assert sorted(int(f.data) for f in mt.failed(1)) == [n for n in range(count) if expected_double(n)]
+        assert sorted(mt.results(1, limit=None)) == good
+        assert sorted(int(f.data) for f in mt.failed(1, limit=None)) == [n for n in range(count) if expected_double(n)]
         assert runtime.ledger().outstanding(1) == 0
     finally:
         procs.stop_all()

@@ -22,6 +22,7 @@ import redis
 import mutitask_celery as mt
 from mutitask_celery import keys, runtime
 from mutitask_celery.connection import redis_now
+from mutitask_celery.control import Taken
 from mutitask_celery.ledger import Outcome
 from mutitask_celery.recovery import Reaper
 
@@ -39,7 +40,8 @@ def deliver(r: redis.Redis, channel: int, device: str, started: bool = True, alo
     r.hset(keys.KOMBU_UNACKED, tag, json.dumps([envelope, "", keys.queue(channel)]))
     r.zadd(keys.KOMBU_UNACKED_INDEX, {tag: time.time()})
     message_id = envelope["headers"]["id"]
-    runtime.devices().heard(device, in_hand=(message_id, tag))
+    tasks = len(json.loads(base64.b64decode(envelope["body"]))[0][1])
+    runtime.devices().heard(device, in_hand=Taken(message_id, tag, tasks, channel))
     if started:
         runtime.devices().started(device, channel, message_id, alone=alone)
     return message_id, tag
@@ -98,6 +100,7 @@ def test_many_reapers_count_one_death_once(r: redis.Redis, redis_url: str, barri
         assert Counter(int(n) for n in r.hmget(keys.lost(1), ids)) == {1: 40}  # one death, counted once
         assert r.llen(keys.queue(1)) == 40 and r.hlen(keys.KOMBU_UNACKED) == 0
         assert r.hlen(keys.inhand("device9@h")) == 0 and r.hlen(keys.started(1)) == 0
+        assert r.get(keys.held(1)) == "0"  # the notes' tasks left the count of tasks in hand
         assert r.zscore(keys.DEVICES_BEATS, "device9@h") is None  # retired: nothing left in hand
 
 
@@ -200,7 +203,7 @@ def test_a_retried_finish_applies_once(r: redis.Redis, redis_url: str) -> None:
     outcomes = [Outcome("a", ok=True, result='"A"'), Outcome("b", ok=False, reason="returned None")]
     first = runtime.ledger().finish(1, "device1@h", outcomes, step="s1", writer="w")
     again = runtime.ledger().finish(1, "device1@h", outcomes, step="s1", writer="w")
-    assert first == again == (1, 1, 0, 2)
+    assert first == again == (1, 1, 0, 2, 0)
     assert r.hget(keys.stats(1), "duplicates") is None and mt.results(1) == ["A"]
     assert r.hget(keys.DEVICES_DONE, "device1@h") == "2"
 
@@ -287,7 +290,7 @@ def test_forgotten_devices_leave_the_roster_and_status_says_so(r: redis.Redis, r
                                        "device9@busy": f"{now - 90000:.6f}", "device1@new": f"{now - 5:.6f}"})
     r.hset(keys.DEVICES_INFO, mapping={n: json.dumps({"channels": [1]})
                                        for n in ("device7@old", "device8@old", "device9@busy", "device1@new")})
-    r.hset(keys.inhand("device9@busy"), "m", "tag|1")  # still holds a message: kept for a reaper
+    r.hset(keys.inhand("device9@busy"), "m", "tag|1|1|1")  # still holds a message: kept for a reaper
     forgotten = Reaper(r, runtime.ledger(), forget_after=86400).forget_silent()
     assert sorted(forgotten) == ["device7@old", "device8@old"]
     assert sorted(r.hkeys(keys.DEVICES_INFO)) == ["device1@new", "device9@busy"]

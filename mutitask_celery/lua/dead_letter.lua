@@ -19,8 +19,3 @@ local function write_dead_letter(rec, index_all, index_ch, channels, meta, id, c
   redis.call('ZADD', index_ch, now, id)
   redis.call('SADD', channels, channel)
 end
-
-local function wake_server(notify)
-  redis.call('LPUSH', notify, '1')
-  redis.call('LTRIM', notify, 0, 63)
-end

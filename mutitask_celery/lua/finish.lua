@@ -1,4 +1,6 @@
 --! include dead_letter
+--! include wake
+--! include note
 -- finish: record the outcomes of one message in one step: each task leaves the books and its
 -- result is saved (default save function) or its dead-letter record written, and counted. A task
 -- no longer in the books was finished before (a message delivered twice): counted as run twice.
@@ -7,19 +9,21 @@
 -- KEYS[5] ResultChannel<ch>; KEYS[6] dead index, all; KEYS[7] dead index of <ch>;
 -- KEYS[8] channels with dead letters; KEYS[9] devices:done; KEYS[10] devices:seen;
 -- KEYS[11] devices:beats; KEYS[12] inhand:<device>; KEYS[13] lost:<ch>; KEYS[14] started:<ch>;
--- KEYS[15] steps:<device>; KEYS[16..] the dead-letter record of each failed outcome, in order.
+-- KEYS[15] steps:<device>; KEYS[16] held:<ch>; KEYS[17] backlog:<ch>; KEYS[18..] the
+-- dead-letter record of each failed outcome, in order.
 -- ARGV[1] device; ARGV[2] channel; ARGV[3] message id ('' for none); ARGV[4] seconds the tasks
 -- took; ARGV[5] step id; ARGV[6] the writer's field in steps:<device>; then per outcome five
 -- values: 'ok' or 'fail', task id, result (JSON, '' for none), reason, traceback.
--- Returns {succeeded, failed, run twice, tasks the device has finished}.
+-- Returns {succeeded, failed, run twice, tasks the device has finished, reloaded tasks in the
+-- channel's backlog (the device then feeds some in: a reload flows with no server running)}.
 local device, channel, message_id, step, writer = ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6]
 local last = redis.call('HGET', KEYS[15], writer)
 if last then
   local id, a, b, c, d = string.match(last, '^([^|]*)|(%d+),(%d+),(%d+),(%d+)$')
-  if id == step then return {tonumber(a), tonumber(b), tonumber(c), tonumber(d)} end
+  if id == step then return {tonumber(a), tonumber(b), tonumber(c), tonumber(d), redis.call('ZCARD', KEYS[17])} end
 end
 local now = redis_now()
-local ok, failed, dup, record = 0, 0, 0, 15
+local ok, failed, dup, record = 0, 0, 0, 17
 for i = 7, #ARGV, 5 do
   local kind, id, result, reason, tb = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   if kind ~= 'ok' then record = record + 1 end
@@ -48,11 +52,11 @@ redis.call('HINCRBY', KEYS[3], 'timed', ok + failed + dup)
 redis.call('HINCRBYFLOAT', KEYS[3], 'busy', ARGV[4])
 local done = redis.call('HINCRBY', KEYS[9], device, ok + failed + dup)
 if message_id ~= '' then
-  redis.call('HDEL', KEYS[12], message_id)
+  drop_note(KEYS[12], KEYS[16], message_id)
   redis.call('HDEL', KEYS[14], message_id)
 end
 redis.call('HSET', KEYS[10], device, now)  -- finishing proves the device lives
 redis.call('ZADD', KEYS[11], now, device)
 if ok + failed > 0 then wake_server(KEYS[4]) end
 redis.call('HSET', KEYS[15], writer, step .. '|' .. ok .. ',' .. failed .. ',' .. dup .. ',' .. done)
-return {ok, failed, dup, done}
+return {ok, failed, dup, done, redis.call('ZCARD', KEYS[17])}

@@ -1,22 +1,31 @@
 --! include clock
+--! include wake
 -- heard: a device lives (in Redis's clock); optionally, the messages it has just taken.
 -- KEYS[1] devices:seen       name -> last heartbeat, as text (the reapers' fence compares it)
 -- KEYS[2] devices:beats      name -> last heartbeat: who is alive or recently dead
 -- KEYS[3] devices:done       name -> tasks it has finished
 -- KEYS[4] devices:forgotten  name -> when the roster dropped it
--- KEYS[5] inhand:<device>    message id -> "tag|score"
+-- KEYS[5] inhand:<device>    message id -> "tag|score|tasks|channel"
 -- KEYS[6] unacked_index      kombu's: delivery tag -> when it was delivered
--- ARGV[1] device name; then (message id, delivery tag) pairs to note in hand.
+-- KEYS[7] held:<ch>          tasks of the channel in devices' hands (only with a message to note)
+-- KEYS[8] notify:<ch>        the server's wake-up list, for when taking a message left the channel empty
+-- KEYS[9] the channel's queue
+-- ARGV[1] device name; then, to note a message just taken: its id, delivery tag, number of
+-- tasks and channel.
 -- Returns the tasks the device has finished (it only ever grows: see integrity.py), or -1
 -- when the roster had forgotten the device (its counts start afresh).
 local now = redis_now()
 redis.call('HSET', KEYS[1], ARGV[1], now)
 redis.call('ZADD', KEYS[2], now, ARGV[1])
-for i = 2, #ARGV, 2 do
+if #ARGV >= 5 then
   -- The delivery's score tells it from a later delivery of the same message, which kombu
   -- gives the same tag: a reaper acts only while the score is still the one noted here.
-  local score = redis.call('ZSCORE', KEYS[6], ARGV[i + 1]) or ''
-  redis.call('HSET', KEYS[5], ARGV[i], ARGV[i + 1] .. '|' .. score)
+  local score = redis.call('ZSCORE', KEYS[6], ARGV[3]) or ''
+  if redis.call('HSETNX', KEYS[5], ARGV[2], ARGV[3] .. '|' .. score .. '|' .. ARGV[4] .. '|' .. ARGV[5]) == 1 then
+    redis.call('INCRBY', KEYS[7], ARGV[4])
+    -- The server refills as devices finish; if the channel ran dry, it should not wait for that.
+    if redis.call('LLEN', KEYS[9]) == 0 then wake_server(KEYS[8]) end
+  end
 end
 if redis.call('HDEL', KEYS[4], ARGV[1]) == 1 then return -1 end
 return tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')

@@ -1,4 +1,6 @@
 --! include dead_letter
+--! include wake
+--! include note
 -- recover: take one message back from a device that died (or whose pool child died), deciding,
 -- counting and acting in one step, so that of several reapers acting at once exactly one takes
 -- the message back, and only that one counts a death.
@@ -17,7 +19,8 @@
 -- KEYS[12] dead index of the channel
 -- KEYS[13] the set of channels with dead letters
 -- KEYS[14] notify:<ch>
--- KEYS[15..14+n] the dead-letter record of each task, in the order of ARGV[10..]
+-- KEYS[15] held:<ch>         tasks in devices' hands (the note's leave it)
+-- KEYS[16..15+n] the dead-letter record of each task, in the order of ARGV[10..]
 -- ARGV[1] device; ARGV[2] the heartbeat judged too old ('' when the device itself, or its next
 --   life, acts: no fence); ARGV[3] message id; ARGV[4] the note as read ("tag|score");
 -- ARGV[5] delivery tag; ARGV[6] the start mark as read ('' for none); ARGV[7] deaths that bury a
@@ -37,8 +40,8 @@ local mark = redis.call('HGET', KEYS[6], message_id) or ''
 if mark ~= ARGV[6] then return {'changed', 0} end
 local alone = mark == device .. '|alone'
 local started = alone or mark == device
-redis.call('HDEL', KEYS[2], message_id)
-local noted_score = tonumber(string.match(noted, '|(.*)$') or '')
+drop_note(KEYS[2], KEYS[15], message_id, noted)
+local noted_score = tonumber(string.match(noted, '^[^|]*|([^|]*)') or '')
 local score = redis.call('ZSCORE', KEYS[4], tag)
 if redis.call('HEXISTS', KEYS[3], tag) == 0 or not noted_score or not score or tonumber(score) ~= noted_score then
   return {'gone', 0}  -- compared as numbers: Redis versions write a score's text differently
@@ -64,7 +67,7 @@ if #alive == 0 then return {'gone', 0} end
 if n == 1 and alone and most >= tonumber(ARGV[7]) then
   local id, now = ARGV[10], redis_now()
   local reason = 'worker lost: the device died while running it, ' .. most .. ' time(s)'
-  write_dead_letter(KEYS[15], KEYS[11], KEYS[12], KEYS[13], KEYS[9], id, ARGV[8],
+  write_dead_letter(KEYS[16], KEYS[11], KEYS[12], KEYS[13], KEYS[9], id, ARGV[8],
     redis.call('HGET', KEYS[8], id), reason, '', device, '', now)
   redis.call('HDEL', KEYS[8], id)
   redis.call('HDEL', KEYS[7], id)

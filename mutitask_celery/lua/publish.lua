@@ -1,0 +1,34 @@
+-- publish: enter tasks in the books and put their messages on the channel's queue (or, for a
+-- broker that is not this Redis, in the journal of what its publisher must send), if the
+-- channel has room for them; and read the channel's books after, all in one step. A step
+-- repeated after its reply was lost (the same step id) is not applied twice.
+-- KEYS[1] pending:<ch>; KEYS[2] stats:<ch>; KEYS[3] held:<ch>; KEYS[4] the queue;
+-- KEYS[5] steps:server; KEYS[6] unsent:<ch> (the other broker's journal); KEYS[7] backlog:<ch>
+-- ARGV[1] channel size: publish only while fewer tasks than that wait in the channel, counting
+--   these ('0': no bound); ARGV[2] step id; ARGV[3] this channel's field in steps:server;
+-- ARGV[4] 'queue' (this Redis is the broker) or 'journal'; ARGV[5] the journal's time;
+-- ARGV[6] n, the tasks; ARGV[7..6+2n] (id, data) pairs; then the messages to queue.
+-- Returns {1 if published (now or by the earlier try) else 0, outstanding, held, backlog, then
+-- the channel's counters as field/value pairs}.
+local n = tonumber(ARGV[6])
+local function books(published)
+  return {published, redis.call('HLEN', KEYS[1]), tonumber(redis.call('GET', KEYS[3]) or '0'),
+          redis.call('ZCARD', KEYS[7]), unpack(redis.call('HGETALL', KEYS[2]))}
+end
+if n == 0 then return books(0) end
+if redis.call('HGET', KEYS[5], ARGV[3]) == ARGV[2] then return books(1) end
+local size = tonumber(ARGV[1])
+if size > 0 then
+  local waiting = redis.call('HLEN', KEYS[1]) - math.max(0, tonumber(redis.call('GET', KEYS[3]) or '0'))
+                  - redis.call('ZCARD', KEYS[7])
+  if waiting > 0 and waiting + n > size then return books(0) end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 7, 6 + 2 * n))
+redis.call('HINCRBY', KEYS[2], 'published', n)
+redis.call('HSET', KEYS[5], ARGV[3], ARGV[2])
+if ARGV[4] == 'queue' then
+  redis.call('LPUSH', KEYS[4], unpack(ARGV, 7 + 2 * n, #ARGV))
+else
+  for i = 7, 6 + 2 * n, 2 do redis.call('ZADD', KEYS[6], ARGV[5], ARGV[i]) end
+end
+return books(1)
