@@ -30,8 +30,8 @@ from typing import Any
 
 from common import HERE, ROOT
 
-from mutitask_celery.localredis import LocalRedis, free_port
-from mutitask_celery.processes import stop_process_groups
+from mutitask_celery.tools.localredis import LocalRedis, free_port
+from mutitask_celery.tools.processes import stop_process_groups
 
 sys.path.insert(0, str(HERE))
 from chaos_job import name  # noqa: E402

@@ -18,8 +18,8 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from mutitask_celery import runtime, settings  # noqa: E402
-from mutitask_celery.localredis import LocalRedis  # noqa: E402
-from mutitask_celery.processes import stop_process_groups  # noqa: E402
+from mutitask_celery.tools.localredis import LocalRedis  # noqa: E402
+from mutitask_celery.tools.processes import stop_process_groups  # noqa: E402
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from common import parse_args  # noqa: E402
 from fill import fill_dead_letters  # noqa: E402
 
 from mutitask_celery import runtime, settings  # noqa: E402
-from mutitask_celery.localredis import LocalRedis  # noqa: E402
+from mutitask_celery.tools.localredis import LocalRedis  # noqa: E402
 
 # Peak RSS is read from VmHWM, not getrusage: on Linux ru_maxrss survives exec,
 # so a child would report its parent's (the filler's) peak.

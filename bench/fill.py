@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from mutitask_celery import codec, keys, messages, runtime
-from mutitask_celery.ledger import Outcome
+from mutitask_celery import codec, keys, runtime
+from mutitask_celery.books import messages
+from mutitask_celery.books.ledger import Outcome
 
 CHUNK = 1000
 

@@ -22,7 +22,8 @@ TASK_SECONDS = 0.05
 
 
 def one_run(count: int, devices: int, slots: int) -> float:
-    from mutitask_celery import runtime, serve
+    from mutitask_celery import runtime
+    from mutitask_celery.serving import serve
 
     runtime.ledger().client.flushdb()
     host = socket.gethostname()

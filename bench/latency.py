@@ -25,7 +25,8 @@ def main() -> None:
     args = parse_args(parser, tasks=20, pauses=3)
     with private_redis():
         import mutitask_celery as mt
-        from mutitask_celery import codec, messages, runtime
+        from mutitask_celery import codec, runtime
+        from mutitask_celery.books import messages
 
         name = f"device1@{socket.gethostname()}"
         with processes([[sys.executable, str(HERE / "noop_device.py"), "1", "stamp"]]):

@@ -18,8 +18,9 @@ import time
 
 from common import parse_args, private_redis, spread
 
-from mutitask_celery import codec, messages, runtime
-from mutitask_celery.recovery import HEARTBEAT
+from mutitask_celery import codec, runtime
+from mutitask_celery.books import messages
+from mutitask_celery.books.recovery import HEARTBEAT
 
 
 def fill(channels: int, outstanding: int) -> None:

@@ -32,7 +32,9 @@ ORIGINAL_CEILING = 20.0
 
 
 def ours(count: int, channel_size: int, max_batch: int | None = None) -> float:
-    from mutitask_celery import ledger, runtime, serve
+    from mutitask_celery import runtime
+    from mutitask_celery.books import ledger
+    from mutitask_celery.serving import serve
 
     runtime.ledger().client.flushdb()
     host = socket.gethostname()

@@ -24,7 +24,7 @@ import local_site  # noqa: E402
 from make_images import make_images  # noqa: E402
 
 import mutitask_celery as mt  # noqa: E402
-from mutitask_celery.processes import stop_process_groups  # noqa: E402
+from mutitask_celery.tools.processes import stop_process_groups  # noqa: E402
 
 
 def run_example(name: str, env: dict[str, str], quiet_devices: bool) -> None:

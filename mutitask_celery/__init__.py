@@ -7,8 +7,7 @@ The legacy API lives in :mod:`mutitask_celery.server` and
 
 from __future__ import annotations
 
-from . import tasks as _tasks  # noqa: F401  (registers mutitask.run before any worker starts)
-from .api import (
+from mutitask_celery.api import (
     clear_results,
     delete_failed,
     devices,
@@ -23,9 +22,11 @@ from .api import (
     start,
     stop,
 )
-from .celery_app import app
-from .control import Device, DeviceState
-from .errors import (
+from mutitask_celery.books.dead_letters import FailedTask
+from mutitask_celery.celery_app import app
+from mutitask_celery.control import Device, DeviceState
+from mutitask_celery.device import tasks as _tasks  # noqa: F401  (registers mutitask.run before any worker starts)
+from mutitask_celery.errors import (
     BooksLost,
     BrokerUnavailable,
     ConfigurationError,
@@ -35,9 +36,8 @@ from .errors import (
     MutitaskError,
     RecordNotFound,
 )
-from .producer import ChannelSummary, RunSummary
-from .registry import TaskFormat, register_channel
-from .store import FailedTask
+from mutitask_celery.serving.channels import TaskFormat, register_channel
+from mutitask_celery.serving.producer import ChannelSummary, RunSummary
 
 __version__ = "0.1.0"
 

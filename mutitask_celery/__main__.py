@@ -1,5 +1,5 @@
 """``python -m mutitask_celery``: the ``mutitask`` command."""
 
-from .cli import main
+from mutitask_celery.tools.cli import main
 
 raise SystemExit(main())

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from . import codec, keys, runtime
-from .control import Device
-from .registry import check_channel
-from .store import FailedTask
+from mutitask_celery import codec, keys, runtime
+from mutitask_celery.books.dead_letters import FailedTask
+from mutitask_celery.control import Device
+from mutitask_celery.serving.channels import check_channel
 
 DeviceSelector = str | int | Iterable[str | int]
 

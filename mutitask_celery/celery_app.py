@@ -12,9 +12,9 @@ from typing import Any
 
 from celery import Celery
 
-from . import kombu_guard
-from . import settings as _settings
-from .errors import ConfigurationError
+from mutitask_celery import settings as _settings
+from mutitask_celery.device import kombu_guard
+from mutitask_celery.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ CELERY_DEFAULTS: dict[str, Any] = {
     # Do not hoard: a device starts holding only the task in hand per slot, so a
     # long task never keeps another waiting behind it while devices sit idle.
     # While its messages take under half a second it holds one more per slot
-    # (mutitask_celery.prefetch), which hides the broker round trip before each
+    # (mutitask_celery.device.prefetch), which hides the broker round trip before each
     # task. A paused device runs none of what it holds (tasks.run_items checks
     # the wanted state first), and the server's ChannelSize bounds the total.
     "worker_prefetch_multiplier": 1,

@@ -14,7 +14,7 @@ import base64
 import json
 from typing import Any
 
-from .errors import EncodingError
+from mutitask_celery.errors import EncodingError
 
 TAG = "__mt__"
 _SCALARS = (str, int, float, bool, type(None))

@@ -24,9 +24,9 @@ from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
 
-from .errors import BooksLost, BrokerUnavailable, ConfigurationError
-from .integrity import EXIT_BOOKS_LOST
-from .settings import mask_url
+from mutitask_celery.books.integrity import EXIT_BOOKS_LOST
+from mutitask_celery.errors import BooksLost, BrokerUnavailable, ConfigurationError
+from mutitask_celery.settings import mask_url
 
 log = logging.getLogger(__name__)
 

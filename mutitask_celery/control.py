@@ -26,11 +26,12 @@ from typing import Any, NamedTuple
 import redis
 from celery import Celery
 
-from . import keys, scripts
-from .celery_app import app as default_app
-from .connection import Deferred, text
-from .errors import ConfigurationError
-from .flower import flower_workers
+from mutitask_celery import keys
+from mutitask_celery.books import scripts
+from mutitask_celery.celery_app import app as default_app
+from mutitask_celery.connection import Deferred, text
+from mutitask_celery.errors import ConfigurationError
+from mutitask_celery.flower import flower_workers
 
 log = logging.getLogger(__name__)
 

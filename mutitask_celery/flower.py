@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from .errors import ConfigurationError, MutitaskError
-from .settings import mask_url
+from mutitask_celery.errors import ConfigurationError, MutitaskError
+from mutitask_celery.settings import mask_url
 
 __all__ = ["FlowerAuthError", "FlowerError", "FlowerWorker", "flower_workers"]
 

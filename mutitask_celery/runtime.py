@@ -6,13 +6,13 @@ Built lazily (a device forks or starts threads after import) and rebuilt by
 
 from __future__ import annotations
 
-from . import celery_app, settings
-from .connection import redis_client, same_redis
-from .control import Devices
-from .ledger import Ledger
-from .publisher import BrokerPublisher
-from .recovery import Reaper, Redeliveries
-from .store import RedisDeadLetterStore
+from mutitask_celery import celery_app, settings
+from mutitask_celery.books.dead_letters import RedisDeadLetterStore
+from mutitask_celery.books.ledger import Ledger
+from mutitask_celery.books.publisher import BrokerPublisher
+from mutitask_celery.books.recovery import Reaper, Redeliveries
+from mutitask_celery.connection import redis_client, same_redis
+from mutitask_celery.control import Devices
 
 _ledger: Ledger | None = None
 _store: RedisDeadLetterStore | None = None

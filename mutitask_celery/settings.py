@@ -18,7 +18,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-from .errors import ConfigurationError
+from mutitask_celery.errors import ConfigurationError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 CONFIG_MODULE = "celeryconfig"

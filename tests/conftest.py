@@ -22,8 +22,8 @@ from typing import IO, Any
 import pytest
 import redis
 
-from mutitask_celery.localredis import LocalRedis, free_port  # noqa: F401 (tests import free_port)
-from mutitask_celery.processes import stop_process_groups
+from mutitask_celery.tools.localredis import LocalRedis, free_port  # noqa: F401 (tests import free_port)
+from mutitask_celery.tools.processes import stop_process_groups
 
 ROOT = Path(__file__).resolve().parent.parent
 HELPERS = Path(__file__).resolve().parent / "helpers"
@@ -248,7 +248,7 @@ def broker(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Broker]:
 
 def run_in_thread(tasks: list[str], channel_size: int = 10) -> tuple[threading.Thread, dict[str, Any]]:
     """A server run of ``tasks`` in a thread; its RunSummary lands in ``out["summary"]``."""
-    from mutitask_celery import serve
+    from mutitask_celery.serving import serve
 
     out: dict[str, Any] = {}
 

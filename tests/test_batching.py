@@ -8,9 +8,10 @@ import redis
 from conftest import Processes
 
 import mutitask_celery as mt
-from mutitask_celery import runtime, serve
-from mutitask_celery.ledger import MAX_BATCH, ChannelStats
-from mutitask_celery.producer import _Batcher
+from mutitask_celery import runtime
+from mutitask_celery.books.ledger import MAX_BATCH, ChannelStats
+from mutitask_celery.serving import serve
+from mutitask_celery.serving.producer import _Batcher
 
 
 def expected_double(n: int) -> str:

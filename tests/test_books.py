@@ -12,10 +12,11 @@ import pytest
 import redis
 
 import mutitask_celery as mt
-from mutitask_celery import codec, keys, messages, runtime
-from mutitask_celery.console import Console
-from mutitask_celery.ledger import Outcome
-from mutitask_celery.producer import Producer
+from mutitask_celery import codec, keys, runtime
+from mutitask_celery.books import messages
+from mutitask_celery.books.ledger import Outcome
+from mutitask_celery.legacy.console import Console
+from mutitask_celery.serving.producer import Producer
 
 
 def publish(channel: int, values: list[object]) -> list[str]:
@@ -221,7 +222,7 @@ def test_retention_cap_drops_the_oldest_and_counts(r: redis.Redis, monkeypatch: 
 
 
 def test_retention_age_drops_old_records(r: redis.Redis) -> None:
-    from mutitask_celery.store import RedisDeadLetterStore
+    from mutitask_celery.books.dead_letters import RedisDeadLetterStore
 
     old, new = publish(2, ["old", "new"])
     fail(2, old)

@@ -1,6 +1,6 @@
 """Books that go backwards: a Redis that comes back without its data stops the run with one
 clear error and a non-zero exit, on the server and on every device, never a summary with
-negative counts (mutitask_celery/integrity.py)."""
+negative counts (mutitask_celery/books/integrity.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import redis
 from conftest import HELPERS, Processes, wait_until
 
 from mutitask_celery import keys
+from mutitask_celery.books.integrity import EXIT_BOOKS_LOST, Watermarks
 from mutitask_celery.errors import BooksLost
-from mutitask_celery.integrity import EXIT_BOOKS_LOST, Watermarks
-from mutitask_celery.localredis import LocalRedis, free_port
+from mutitask_celery.tools.localredis import LocalRedis, free_port
 
 # Celery 5.7 / kombu 5.7: a worker whose BRPOP is pending with a message unacked when Redis goes
 # away may die restoring it ("Unrecoverable error: AttributeError(...'hostname')"); see the closing
@@ -118,12 +118,13 @@ def test_watermarks_take_replies_out_of_order_for_no_loss() -> None:
 def test_a_retried_finish_seen_by_the_heartbeat_is_no_loss(r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first try of a finish applies but its reply is lost (a network cut); the heartbeat
     sees the new count before the retry returns it: that is no loss of data."""
-    from mutitask_celery import hooks, runtime, tasks
-    from mutitask_celery.ledger import Outcome
+    from mutitask_celery import runtime
+    from mutitask_celery.books.ledger import Outcome
+    from mutitask_celery.device import lifecycle, tasks
 
     device = "device1@h"
     runtime.ledger().publish(1, [("t1", '"a"'), ("t2", '"b"')])
-    hooks.books.forget(hooks.done_key(device))
+    lifecycle.books.forget(lifecycle.done_key(device))
     real = runtime.ledger().finish
     tries: list[int] = []
 
@@ -131,7 +132,7 @@ def test_a_retried_finish_seen_by_the_heartbeat_is_no_loss(r: redis.Redis, monke
         done = real(*args, **kwargs)  # type: ignore[arg-type]
         tries.append(1)
         if len(tries) == 1:
-            hooks._beat(device)  # the heartbeat reads the count this try made, then...
+            lifecycle._beat(device)  # the heartbeat reads the count this try made, then...
             raise redis.TimeoutError("Timeout reading from socket")  # ...its reply is lost
         return done
 

@@ -10,8 +10,9 @@ import redis
 from conftest import free_port
 
 import mutitask_celery as mt
-from mutitask_celery import codec, messages, runtime
-from mutitask_celery.ledger import Outcome
+from mutitask_celery import codec, runtime
+from mutitask_celery.books import messages
+from mutitask_celery.books.ledger import Outcome
 
 
 def mutitask(*args: str, url: str) -> subprocess.CompletedProcess[str]:

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 from conftest import Processes, wait_until
 
-from mutitask_celery.embedded import SYSTEM_NAMES
-from mutitask_celery.localredis import free_port
+from mutitask_celery.tools.embedded import SYSTEM_NAMES
+from mutitask_celery.tools.localredis import free_port
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and prctl (Linux)")
 
@@ -277,8 +277,8 @@ def test_demo_help_and_bad_usage() -> None:
 
 
 def test_child_entry_point_is_demo_job() -> None:
-    """The demo's server and devices run as ``python -m mutitask_celery.demo_job``; bad arguments are usage."""
+    """The demo's server and devices run as ``python -m mutitask_celery.tools.demo_job``; bad arguments are usage."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    bad = subprocess.run([sys.executable, "-m", "mutitask_celery.demo_job", "device", "9"], capture_output=True,
+    bad = subprocess.run([sys.executable, "-m", "mutitask_celery.tools.demo_job", "device", "9"], capture_output=True,
                          text=True, env=env, timeout=60, check=False)
-    assert bad.returncode == 2 and "usage: python -m mutitask_celery.demo_job" in bad.stderr, bad.stderr
+    assert bad.returncode == 2 and "usage: python -m mutitask_celery.tools.demo_job" in bad.stderr, bad.stderr

@@ -22,7 +22,7 @@ from conftest import HELPERS, ROOT, Processes, free_port, wait_until
 from helpers.shipped_redis import ShippedRedis
 
 from mutitask_celery import codec, keys, settings
-from mutitask_celery.recovery import HEARTBEAT
+from mutitask_celery.books.recovery import HEARTBEAT
 
 COUNT = 1000
 PACE = "0.005"  # seconds a task takes: about 2 s of work per device, so the restart comes mid-run

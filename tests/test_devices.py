@@ -19,8 +19,10 @@ import redis
 from conftest import HELPERS, Processes, device_is_up, wait_until
 
 import mutitask_celery as mt
-from mutitask_celery import codec, keys, messages, runtime, serve
+from mutitask_celery import codec, keys, runtime
+from mutitask_celery.books import messages
 from mutitask_celery.control import Device, DeviceState
+from mutitask_celery.serving import serve
 
 HOST = socket.gethostname()
 D1, D2 = f"device1@{HOST}", f"device2@{HOST}"

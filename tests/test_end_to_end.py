@@ -21,8 +21,9 @@ import redis
 from conftest import HELPERS, Broker, Processes, device_is_up, poison_run, run_in_thread, wait_until
 
 import mutitask_celery as mt
-from mutitask_celery import keys, runtime, serve
+from mutitask_celery import keys, runtime
 from mutitask_celery.control import DeviceState
+from mutitask_celery.serving import serve
 
 HOST = socket.gethostname()
 FAST = {"MUTITASK_DEAD_AFTER": "3"}  # Redis broker: a silent device is dead after 3 s (default 10)

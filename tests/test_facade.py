@@ -10,8 +10,8 @@ import pytest
 import redis
 
 import mutitask_celery
-from mutitask_celery import serve
 from mutitask_celery.errors import ConfigurationError, FunctionError, InvalidTasksError, MutitaskError
+from mutitask_celery.serving import serve
 
 
 @pytest.mark.parametrize("module", ["Mutitask.server", "mutitask_celery.server"])
@@ -28,7 +28,7 @@ def test_client_imports(module: str) -> None:
 
 def test_shim_is_the_same_code() -> None:
     from Mutitask.client import Terminal as Old
-    from mutitask_celery.client import Terminal as New
+    from mutitask_celery.legacy.client import Terminal as New
 
     assert Old is New
 

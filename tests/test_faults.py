@@ -13,7 +13,8 @@ import redis
 from conftest import HELPERS, Processes, device_is_up, poison_run, run_in_thread, wait_until
 
 import mutitask_celery as mt
-from mutitask_celery import codec, keys, messages, runtime
+from mutitask_celery import codec, keys, runtime
+from mutitask_celery.books import messages
 
 HOST = socket.gethostname()
 FAST = {"MUTITASK_DEAD_AFTER": "3"}  # declare a silent device dead after 3 s (default 10)
@@ -104,7 +105,7 @@ def test_ten_thousand_tasks_with_a_device_killed_three_times(procs: Processes, r
 def test_redis_restarted_mid_run_loses_nothing(procs: Processes, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from mutitask_celery import settings
-    from mutitask_celery.localredis import LocalRedis, free_port
+    from mutitask_celery.tools.localredis import LocalRedis, free_port
 
     port = free_port()
     first = LocalRedis(workdir=tmp_path, appendonly=True, port=port).start()

@@ -22,9 +22,10 @@ import pytest
 import redis
 from conftest import Processes, free_port, wait_until
 
-from mutitask_celery import runtime, serve
+from mutitask_celery import runtime
 from mutitask_celery.errors import ConfigurationError
 from mutitask_celery.flower import FlowerAuthError, FlowerError, FlowerWorker, flower_workers
+from mutitask_celery.serving import serve
 
 HOST = socket.gethostname()
 DEVICES = (f"device1@{HOST}", f"device2@{HOST}")

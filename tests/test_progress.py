@@ -16,8 +16,8 @@ import threading
 import redis
 from conftest import HELPERS, ROOT, Processes, device_is_up, wait_until
 
-from mutitask_celery import progress
-from mutitask_celery.producer import ChannelSummary, RunSummary
+from mutitask_celery.serving import progress
+from mutitask_celery.serving.producer import ChannelSummary, RunSummary
 
 D1 = f"device1@{socket.gethostname()}"
 
@@ -76,7 +76,7 @@ def test_log_lines_when_the_output_is_not_a_terminal(procs: Processes, r: redis.
                           env={"MUTITASK_PROGRESS_EVERY": "0.3"})
     assert server.wait(60) == 0
     out = procs.output(server)
-    lines = [line for line in out.splitlines() if "mutitask_celery.progress: channel 1: published" in line]
+    lines = [line for line in out.splitlines() if "mutitask_celery.serving.progress: channel 1: published" in line]
     assert len(lines) >= 2, out
     assert " INFO " in lines[0] and "tasks/s" in lines[0]
     assert "\x1b[" not in out  # no terminal codes in a log

@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from mutitask_celery import codec
-from mutitask_celery.console import Console, ConsoleError
-from mutitask_celery.store import FailedTask, decode_record
+from mutitask_celery.books.dead_letters import FailedTask, decode_record
+from mutitask_celery.legacy.console import Console, ConsoleError
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 scalars = st.none() | st.booleans() | st.integers() | finite | st.text()

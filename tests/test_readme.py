@@ -26,8 +26,9 @@ import redis
 from conftest import HELPERS, ROOT, Processes, device_is_up, wait_until
 
 import mutitask_celery as mt
-from mutitask_celery import codec, messages, runtime, settings
-from mutitask_celery.localredis import free_port
+from mutitask_celery import codec, runtime, settings
+from mutitask_celery.books import messages
+from mutitask_celery.tools.localredis import free_port
 
 README = ROOT / "README.md"
 VENV_BIN = str(Path(sys.executable).parent)

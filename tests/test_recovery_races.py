@@ -21,10 +21,10 @@ import redis
 
 import mutitask_celery as mt
 from mutitask_celery import keys, runtime
+from mutitask_celery.books.ledger import Outcome
+from mutitask_celery.books.recovery import Reaper
 from mutitask_celery.connection import redis_now
 from mutitask_celery.control import Taken
-from mutitask_celery.ledger import Outcome
-from mutitask_celery.recovery import Reaper
 
 TRIALS = 5
 REAPERS = 6
@@ -179,7 +179,7 @@ def test_a_stale_note_never_takes_back_another_devices_delivery(r: redis.Redis, 
     time.sleep(0.002)  # kombu stamps deliveries with time(): make the two stamps differ
     _, tag2 = deliver(r, 1, "device2@h")
     assert tag2 == tag
-    assert Reaper(r, runtime.ledger()).recover("device1@h") == 0  # what hooks._on_init does
+    assert Reaper(r, runtime.ledger()).recover("device1@h") == 0  # what lifecycle._on_init does
     assert r.hexists(keys.KOMBU_UNACKED, tag) and r.llen(keys.queue(1)) == 0
     assert r.hget(keys.lost(1), "M") is None and r.hlen(keys.inhand("device1@h")) == 0
 
@@ -227,7 +227,7 @@ def test_our_redis_clients_never_resend_a_command(redis_url: str) -> None:
 def test_a_suspect_runs_with_no_other_task_beside_it() -> None:
     """Eight threads at a barrier, ordinary tasks and suspects mixed, many rounds: whenever a
     suspect runs, nothing else does; ordinary tasks do share the device."""
-    from mutitask_celery.isolation import Isolation
+    from mutitask_celery.device.isolation import Isolation
 
     device = Isolation()
     running: list[str] = []
@@ -303,7 +303,7 @@ def test_forgotten_devices_leave_the_roster_and_status_says_so(r: redis.Redis, r
 
 
 def test_the_heartbeat_outlives_any_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    from mutitask_celery import hooks
+    from mutitask_celery.device import lifecycle
 
     calls: list[int] = []
 
@@ -314,14 +314,14 @@ def test_the_heartbeat_outlives_any_error(monkeypatch: pytest.MonkeyPatch) -> No
         if len(calls) == 2:
             raise redis.ConnectionError("Redis away")
         if len(calls) == 4:
-            hooks._stop_threads.set()
+            lifecycle._stop_threads.set()
 
-    hooks._stop_threads.clear()
-    thread = threading.Thread(target=hooks._every, args=(0.01, duty, "test duty"))
+    lifecycle._stop_threads.clear()
+    thread = threading.Thread(target=lifecycle._every, args=(0.01, duty, "test duty"))
     thread.start()
     thread.join(10)
     assert not thread.is_alive() and len(calls) == 4
-    hooks._stop_threads.clear()
+    lifecycle._stop_threads.clear()
 
 
 def test_one_redis_named_two_ways_is_recognised(redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:

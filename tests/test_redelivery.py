@@ -11,10 +11,11 @@ import pytest
 import redis
 
 import mutitask_celery as mt
-from mutitask_celery import codec, keys, messages
-from mutitask_celery.ledger import Ledger, Outcome
-from mutitask_celery.publisher import BrokerPublisher
-from mutitask_celery.recovery import Redeliveries, Verdict
+from mutitask_celery import codec, keys
+from mutitask_celery.books import messages
+from mutitask_celery.books.ledger import Ledger, Outcome
+from mutitask_celery.books.publisher import BrokerPublisher
+from mutitask_celery.books.recovery import Redeliveries, Verdict
 
 
 class Recorder(BrokerPublisher):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mutitask_celery import wanted
-from mutitask_celery.prefetch import LONG, SHORT, PrefetchTuner
+from mutitask_celery.device import wanted
+from mutitask_celery.device.prefetch import LONG, SHORT, PrefetchTuner
 
 
 class FakeQoS:

@@ -26,7 +26,7 @@ from typing import Any
 
 from celery import Celery
 
-from .celery_app import TASK_NAME
+from mutitask_celery.celery_app import TASK_NAME
 
 Item = tuple[str, str]  # (task id, task data as codec JSON text)
 ARGSREPR_LIMIT = 200

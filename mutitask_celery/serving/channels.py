@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from .errors import ConfigurationError, FunctionError
+from mutitask_celery.errors import ConfigurationError, FunctionError
 
 TaskFunction = Callable[[Any], Any]
 SaveFunction = Callable[[Any], Any]

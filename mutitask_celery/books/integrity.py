@@ -19,7 +19,7 @@ from collections.abc import Mapping
 
 import redis
 
-from .errors import BooksLost
+from mutitask_celery.errors import BooksLost
 
 EXIT_BOOKS_LOST = 4  # the exit code of a server or device that stopped on BooksLost
 ADVICE = ("The run cannot be counted from these books: see 'When Redis loses data' in the README "

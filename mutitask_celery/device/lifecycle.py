@@ -33,12 +33,13 @@ from celery.signals import task_received, worker_init, worker_ready, worker_shut
 from celery.worker import state as worker_state
 from celery.worker.control import control_command
 
-from . import celery_app, isolation, keys, prefetch, runtime, wanted
-from .connection import EXIT_CONFIG
-from .control import Taken, channels_of
-from .errors import BooksLost, ConfigurationError
-from .integrity import EXIT_BOOKS_LOST, Watermarks
-from .recovery import HEARTBEAT
+from mutitask_celery import celery_app, keys, runtime
+from mutitask_celery.books.integrity import EXIT_BOOKS_LOST, Watermarks
+from mutitask_celery.books.recovery import HEARTBEAT
+from mutitask_celery.connection import EXIT_CONFIG
+from mutitask_celery.control import Taken, channels_of
+from mutitask_celery.device import isolation, prefetch, wanted
+from mutitask_celery.errors import BooksLost, ConfigurationError
 
 log = logging.getLogger(__name__)
 FORGET_EVERY = 60.0  # seconds between looks for long-silent names to drop from the roster

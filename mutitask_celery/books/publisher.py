@@ -29,10 +29,10 @@ from celery import Celery
 from kombu.connection import Connection
 from kombu.messaging import Producer
 
-from . import messages
-from .celery_app import TASK_NAME
-from .errors import BrokerUnavailable
-from .settings import mask_url
+from mutitask_celery.books import messages
+from mutitask_celery.celery_app import TASK_NAME
+from mutitask_celery.errors import BrokerUnavailable
+from mutitask_celery.settings import mask_url
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TextIO
 
-from .producer import RunSummary
+from mutitask_celery.serving.producer import RunSummary
 
 log = logging.getLogger(__name__)
 

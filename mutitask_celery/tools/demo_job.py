@@ -1,9 +1,9 @@
 """The job of ``mutitask demo``, and its child processes: what the server and devices run.
 
 Why a module of its own: the demo's server and devices are separate processes
-(``python -m mutitask_celery.demo_job server SITE IMAGES`` and
-``python -m mutitask_celery.demo_job device N``, started by
-:mod:`mutitask_celery.demo`, not meant to be run by hand). They need the job,
+(``python -m mutitask_celery.tools.demo_job server SITE IMAGES`` and
+``python -m mutitask_celery.tools.demo_job device N``, started by
+:mod:`mutitask_celery.tools.demo`, not meant to be run by hand). They need the job,
 its task functions (channel 1 fetches web pages, channel 2 convolves images)
 and the entry point, not the orchestration that starts Redis, watches the
 processes, handles signals and prints the tables; and that orchestration reads
@@ -27,10 +27,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from . import runtime, settings
-from .connection import check_redis
-from .device import device_name
-from .errors import BrokerUnavailable
+from mutitask_celery import runtime, settings
+from mutitask_celery.connection import check_redis
+from mutitask_celery.device.worker import device_name
+from mutitask_celery.errors import BrokerUnavailable
 
 PAGES = 30
 FLAKY_EVERY = 7  # pages 7, 14, 21, 28 answer 503 the first time they are asked
@@ -42,7 +42,7 @@ CHANNELS = (1, 2)
 DEVICES = {1: (1,), 2: (2,), 3: (1, 2)}  # device -> channels it works
 WHAT = {1: "web pages", 2: "image convolutions"}
 
-# The exit codes of ``mutitask demo`` (see mutitask_celery.demo's epilog), and of its child processes.
+# The exit codes of ``mutitask demo`` (see mutitask_celery.tools.demo's epilog), and of its child processes.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
@@ -168,7 +168,7 @@ def _images(folder: str) -> Iterator[str]:
 
 def _run_server(site: str, images: str) -> int:
     """The server: the legacy API, one generator per channel; returns when every task has finished."""
-    from .server import BaseConfig, Terminal
+    from mutitask_celery.legacy.server import BaseConfig, Terminal
 
     summary = Terminal(baseConfig=BaseConfig(deviceNumb=len(DEVICES))).run([_pages(site), _images(images)])
     return EXIT_OK if summary.published == PAGES + IMAGES else EXIT_FAILED
@@ -179,15 +179,15 @@ def _run_device(number: int) -> int:
     functions: dict[int, Callable[[str], Any]] = {1: fetch_page, 2: convolve_image}
     channels = DEVICES[number]
     if len(channels) == 1:
-        from .client import BaseConfig, FuncItem, Terminal
+        from mutitask_celery.legacy.client import BaseConfig, FuncItem, Terminal
 
         base = BaseConfig(deviceID=number, TaskChannelID=channels[0])
         funcitem = FuncItem(baseConfig=base)
         funcitem.load_task_function(functions[channels[0]])
         return Terminal(baseConfig=base, funcItem=funcitem).run()
-    from .connection import exit_on_unreachable
-    from .device import run_worker
-    from .registry import register_channel
+    from mutitask_celery.connection import exit_on_unreachable
+    from mutitask_celery.device.worker import run_worker
+    from mutitask_celery.serving.channels import register_channel
 
     conf = runtime.reset(settings.configure())
     with exit_on_unreachable():
@@ -202,7 +202,7 @@ def _child_main(argv: Sequence[str]) -> int:
         return _run_server(argv[1], argv[2])
     if len(argv) == 2 and argv[0] == "device" and argv[1].isdigit() and int(argv[1]) in DEVICES:
         return _run_device(int(argv[1]))
-    print("usage: python -m mutitask_celery.demo_job (server SITE IMAGES | device N): the demo's own processes; "
+    print("usage: python -m mutitask_celery.tools.demo_job (server SITE IMAGES | device N): the demo's own processes; "
           "run `mutitask demo`", file=sys.stderr)
     return EXIT_USAGE
 

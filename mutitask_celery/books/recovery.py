@@ -52,9 +52,10 @@ from typing import Any, cast
 
 import redis
 
-from . import keys, messages, scripts
-from .connection import redis_now, text
-from .ledger import Ledger, Outcome
+from mutitask_celery import keys
+from mutitask_celery.books import messages, scripts
+from mutitask_celery.books.ledger import Ledger, Outcome
+from mutitask_celery.connection import redis_now, text
 
 log = logging.getLogger(__name__)
 

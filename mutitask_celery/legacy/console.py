@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from .control import Device, Devices
-from .errors import MutitaskError
-from .producer import Producer
-from .store import DeadLetterStore
+from mutitask_celery.books.dead_letters import DeadLetterStore
+from mutitask_celery.control import Device, Devices
+from mutitask_celery.errors import MutitaskError
+from mutitask_celery.serving.producer import Producer
 
 log = logging.getLogger(__name__)
 

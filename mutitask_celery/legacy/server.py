@@ -1,0 +1,93 @@
+"""Legacy server API: ``from mutitask_celery.server import BaseConfig, Terminal``.
+
+Only translates the original's names and arguments; the work is done by
+:mod:`mutitask_celery.serving.serve`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mutitask_celery import settings
+from mutitask_celery.connection import exit_on_unreachable
+from mutitask_celery.errors import ConfigurationError
+from mutitask_celery.serving.producer import RunSummary
+from mutitask_celery.serving.serve import serve
+
+__all__ = ["BaseConfig", "Terminal"]
+
+
+def _positive(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+class BaseConfig:
+    """The server's settings, with the original's argument names.
+
+    ``host``/``port``/``db``/``password`` given here win over
+    ``MUTITASK_REDIS_URL`` and ``celeryconfig.py``; left out, those decide.
+    New, optional: ``start_paused=True`` gives the original's start (devices
+    wait for ``start_all``).
+    """
+
+    def __init__(
+        self,
+        deviceNumb: int,
+        host: str | None = None,
+        port: int | None = None,
+        db: int | None = None,
+        password: str | None = None,
+        ChannelSize: int = 50,
+        MonitorWaitTime: float = 5,
+        *,
+        start_paused: bool = False,
+    ) -> None:
+        self.device_count = _positive("deviceNumb", deviceNumb)
+        self.channel_size = _positive("ChannelSize", ChannelSize)
+        if isinstance(MonitorWaitTime, bool) or not isinstance(MonitorWaitTime, (int, float)) or MonitorWaitTime <= 0:
+            raise ConfigurationError(f"MonitorWaitTime must be a positive number, got {MonitorWaitTime!r}")
+        self.monitor_wait = float(MonitorWaitTime)
+        self.start_paused = bool(start_paused)
+        base = settings.load_settings().redis_url
+        self.redis_url = settings.redis_url_from_parts(host, port, db, password, base=base)
+
+    # The original's attribute names, read-only views of the new ones.
+    @property
+    def DeviceNumb(self) -> int:
+        return self.device_count
+
+    @property
+    def ChannelSize(self) -> int:
+        return self.channel_size
+
+    def apply(self) -> settings.Settings:
+        return settings.configure(redis_url=self.redis_url)
+
+
+class Terminal:
+    """``Terminal(baseConfig=...).run(tasks)``: publish the tasks and see them through."""
+
+    def __init__(self, baseConfig: BaseConfig) -> None:
+        if not isinstance(baseConfig, BaseConfig):
+            raise ConfigurationError(
+                f"baseConfig must be a Mutitask.server.BaseConfig, got {type(baseConfig).__name__}"
+            )
+        self.config = baseConfig
+
+    def run(self, tasks: Any) -> RunSummary:
+        """``tasks``: a generator/iterator, or a list of them (channel N is the N-th).
+
+        When Redis cannot be reached, the script ends with one clear line (the
+        URL, password masked) and exit code 3, not a traceback.
+        """
+        self.config.apply()
+        with exit_on_unreachable():
+            return serve(
+            tasks,
+            self.config.channel_size,
+            expected_devices=self.config.device_count,
+            start_paused=self.config.start_paused,
+            monitor_wait=self.config.monitor_wait,
+            )
