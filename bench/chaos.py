@@ -63,6 +63,42 @@ class Device:
         return self.proc is None or self.proc.poll() is not None
 
 
+def _supervise(server: subprocess.Popen[bytes], devices: list[Device], client: Any, redis_server: LocalRedis,
+               args: argparse.Namespace, rng: random.Random) -> tuple[float, float, int, float, int]:
+    """The soak itself, until the server exits: restart dead devices, SIGKILL one now and then,
+    restart Redis once. Returns when it started and ended, the kills, the last kill's time and
+    the Redis restarts."""
+    import redis
+
+    kills = redis_restarts = 0
+    started = last_kill = time.monotonic()
+    next_kill = started + rng.expovariate(1 / args.kill_every)
+    while server.poll() is None:
+        if time.monotonic() - started > args.timeout:
+            raise SystemExit(f"the soak did not end within {args.timeout:.0f}s")
+        for device in devices:
+            if device.dead():
+                device.start()
+        now = time.monotonic()
+        if now >= next_kill:
+            victim = rng.choice(devices)
+            if not victim.dead() and victim.proc is not None:
+                victim.proc.kill()
+                kills += 1
+                last_kill = now
+            next_kill = now + rng.expovariate(1 / args.kill_every)
+        if not redis_restarts:
+            try:
+                if client.llen("ResultChannel1") >= 0.4 * args.tasks:
+                    redis_server.stop()  # SIGTERM: Redis's own shutdown, its file flushed
+                    redis_server.start()
+                    redis_restarts += 1
+            except redis.RedisError:
+                pass
+        time.sleep(0.1)  # the supervisor's poll: nothing to block on across many children
+    return started, time.monotonic(), kills, last_kill, redis_restarts
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="mutitask-chaos-"))
     port = free_port()
@@ -73,8 +109,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     devices = [Device(n, "prefork" if n == 1 else "threads", env, workdir) for n in range(1, args.devices + 1)]
     server: subprocess.Popen[bytes] | None = None
     rng = random.Random(args.seed)
-    kills = redis_restarts = 0
-    last_kill = time.monotonic()
     try:
         for device in devices:
             device.start()
@@ -82,36 +116,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             server = subprocess.Popen([sys.executable, str(HERE / "chaos_job.py"), str(args.tasks),
                                        str(args.poison_every), str(args.channel_size)], env=env, stdout=log,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        started = time.monotonic()
-        next_kill = started + rng.expovariate(1 / args.kill_every)
         books = redis_server.url
         import redis
 
         client = redis.Redis.from_url(books, decode_responses=True, socket_timeout=5)
-        while server.poll() is None:
-            if time.monotonic() - started > args.timeout:
-                raise SystemExit(f"the soak did not end within {args.timeout:.0f}s (see {workdir})")
-            for device in devices:
-                if device.dead():
-                    device.start()
-            now = time.monotonic()
-            if now >= next_kill:
-                victim = rng.choice(devices)
-                if not victim.dead() and victim.proc is not None:
-                    victim.proc.kill()
-                    kills += 1
-                    last_kill = now
-                next_kill = now + rng.expovariate(1 / args.kill_every)
-            if not redis_restarts:
-                try:
-                    if client.llen("ResultChannel1") >= 0.4 * args.tasks:
-                        redis_server.stop()  # SIGTERM: Redis's own shutdown, its file flushed
-                        redis_server.start()
-                        redis_restarts += 1
-                except redis.RedisError:
-                    pass
-            time.sleep(0.1)  # the supervisor's poll: nothing to block on across many children
-        ended = time.monotonic()
+        started, ended, kills, last_kill, redis_restarts = _supervise(server, devices, client, redis_server,
+                                                                      args, rng)
         out = (workdir / "server.log").read_text(errors="replace")
         if server.returncode != 0:
             raise SystemExit(f"the server exited {server.returncode}:\n{out[-3000:]}")

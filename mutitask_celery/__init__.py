@@ -39,7 +39,7 @@ from mutitask_celery.errors import (
 from mutitask_celery.serving.channels import TaskFormat, register_channel
 from mutitask_celery.serving.producer import ChannelSummary, RunSummary
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one version source: pyproject.toml reads it from here
 
 __all__ = [
     "app",

@@ -24,16 +24,13 @@ from redis.backoff import NoBackoff
 from redis.commands.core import Script
 from redis.retry import Retry
 
-from mutitask_celery.books.integrity import EXIT_BOOKS_LOST
-from mutitask_celery.errors import BooksLost, BrokerUnavailable, ConfigurationError
+from mutitask_celery.errors import BooksLost, BrokerUnavailable, ConfigurationError, ExitCode
 from mutitask_celery.settings import mask_url
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 5.0
 SOCKET_TIMEOUT = 5.0  # seconds a reply may take before the connection counts as lost
-EXIT_UNREACHABLE = 3
-EXIT_CONFIG = 2
 _clients: dict[tuple[int, str], redis.Redis] = {}
 
 
@@ -151,13 +148,13 @@ def exit_on_unreachable() -> Iterator[None]:
     except BrokerUnavailable as exc:
         # A script that set up no logging gets exactly this line on stderr (logging's last resort).
         log.critical("mutitask: %s", exc)
-        raise SystemExit(EXIT_UNREACHABLE) from None
+        raise SystemExit(ExitCode.UNREACHABLE) from None
     except BooksLost as exc:
         log.critical("mutitask: %s", exc)
-        raise SystemExit(EXIT_BOOKS_LOST) from None
+        raise SystemExit(ExitCode.BOOKS_LOST) from None
     except ConfigurationError as exc:  # e.g. a celeryconfig.py that breaks our promises
         log.critical("mutitask: %s", exc)
-        raise SystemExit(EXIT_CONFIG) from None
+        raise SystemExit(ExitCode.USAGE) from None
 
 
 def _addresses(host: str, port: int) -> set[str]:

@@ -12,9 +12,13 @@ written for the original (catching ``TypeError`` or ``ValueError``) still works:
      ├── BrokerUnavailable (ConnectionError)  Redis/broker cannot be reached
      ├── BooksLost (RuntimeError)          Redis came back without data the books held
      └── RecordNotFound (KeyError)         no dead-letter record with that id
+
+and :class:`ExitCode`, the exit codes of the package's processes.
 """
 
 from __future__ import annotations
+
+from enum import IntEnum
 
 
 class MutitaskError(Exception):
@@ -48,3 +52,16 @@ class BooksLost(MutitaskError, RuntimeError):
 
 class RecordNotFound(MutitaskError, KeyError):
     """No dead-letter record has the given id."""
+
+
+class ExitCode(IntEnum):
+    """How every process of the package ends: the ``mutitask`` command, the demo, a legacy
+    server or device script, a Celery worker stopped by the package. One set, so a unit
+    file or a shell script reads the same code the same way."""
+
+    OK = 0
+    NOT_FOUND = 1  # a record or device asked for does not exist (or no device answered)
+    FAILED = 1  # the demo: it could not show what it shows
+    USAGE = 2  # bad usage or configuration (ConfigurationError)
+    UNREACHABLE = 3  # Redis or the broker cannot be reached (BrokerUnavailable)
+    BOOKS_LOST = 4  # Redis lost data the books held (BooksLost): see the README

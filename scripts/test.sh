@@ -7,5 +7,6 @@ bash scripts/setup.sh test
 bash scripts/rabbitmq.sh  # the end-to-end tests also run with RabbitMQ as the broker
 # Habits first: lint everything, type-check the package strictly (pyproject.toml says what).
 .venv/bin/python -m ruff check .
+.venv/bin/python -m ruff format --check .
 .venv/bin/python -m mypy
 exec .venv/bin/python -m pytest "$@"

@@ -143,6 +143,19 @@ def procs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Processes]
                 sys.stderr.write(log.read_text(errors="replace")[-4000:])
 
 
+# A test that asks for none of these, and is not marked ``services`` (it starts servers or
+# processes itself), needs no redis-server: it is in the unit tier, ``pytest -m unit``.
+SERVICE_FIXTURES = frozenset({"redis_server", "redis_url", "r", "procs", "rabbitmq", "broker"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        if not uses & SERVICE_FIXTURES and not item.get_closest_marker("services") \
+                and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.unit)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     rep = yield

@@ -14,8 +14,8 @@ import redis
 from conftest import HELPERS, Processes, wait_until
 
 from mutitask_celery import keys
-from mutitask_celery.books.integrity import EXIT_BOOKS_LOST, Watermarks
-from mutitask_celery.errors import BooksLost
+from mutitask_celery.books.integrity import Watermarks
+from mutitask_celery.errors import BooksLost, ExitCode
 from mutitask_celery.tools.localredis import LocalRedis, free_port
 
 # Celery 5.7 / kombu 5.7: a worker whose BRPOP is pending with a message unacked when Redis goes
@@ -43,7 +43,7 @@ def test_redis_back_without_its_data_stops_server_and_devices(procs: Processes, 
         first.stop()  # no append-only file: Redis comes back empty
         (tmp_path / "b").mkdir()
         second = LocalRedis(workdir=tmp_path / "b", appendonly=False, port=port).start()
-        assert server.wait(120) == EXIT_BOOKS_LOST, procs.output(server)
+        assert server.wait(120) == ExitCode.BOOKS_LOST, procs.output(server)
         out = procs.output(server)
         assert re.search(r"Redis lost data since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", out), out
         assert "channel 1 succeeded was" in out and "Traceback" not in out
@@ -54,7 +54,7 @@ def test_redis_back_without_its_data_stops_server_and_devices(procs: Processes, 
             output = procs.output(device)
             if code == 1 and KOMBU_RACE in output:
                 continue  # died of the known kombu/Celery race when Redis went away, before it could tell
-            assert code == EXIT_BOOKS_LOST, output
+            assert code == ExitCode.BOOKS_LOST, output
             assert "Redis lost data since" in output
             told += 1
         assert told >= 1

@@ -11,6 +11,8 @@ import sys
 import pytest
 from conftest import ROOT
 
+pytestmark = pytest.mark.services  # the soak starts its own redis-server and devices
+
 
 @pytest.mark.timeout(600)
 def test_a_short_chaos_soak_ends_every_task_exactly_once() -> None:

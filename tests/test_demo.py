@@ -266,6 +266,7 @@ def test_redis_url_must_answer_and_hold_an_empty_database(r: Any, redis_url: str
     assert gone.returncode == 3 and f"cannot reach Redis at {nobody}" in gone.stderr, gone.stderr
 
 
+@pytest.mark.services  # runs the demo's command line, which may start a server
 def test_demo_help_and_bad_usage() -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     shown = subprocess.run([sys.executable, "-m", "mutitask_celery", "demo", "--help"], capture_output=True,

@@ -24,6 +24,8 @@ from helpers.shipped_redis import ShippedRedis
 from mutitask_celery import codec, keys, settings
 from mutitask_celery.books.recovery import HEARTBEAT
 
+pytestmark = pytest.mark.services  # runs the shipped redis.conf in a redis-server of its own
+
 COUNT = 1000
 PACE = "0.005"  # seconds a task takes: about 2 s of work per device, so the restart comes mid-run
 DEAD_AFTER = "3"

@@ -30,6 +30,8 @@ from mutitask_celery import codec, runtime, settings
 from mutitask_celery.books import messages
 from mutitask_celery.tools.localredis import free_port
 
+pytestmark = pytest.mark.services  # the README's commands start servers, devices and benchmarks
+
 README = ROOT / "README.md"
 VENV_BIN = str(Path(sys.executable).parent)
 HOST = socket.gethostname()

@@ -273,14 +273,8 @@ class RedisDeadLetterStore(DeadLetterStore):
         else:
             for ch in [channel] if channel is not None else self._channels():
                 moved[ch] = self._reload_channel(ch)
-            if channel is None:  # what the channels' indexes did not hold: stray index entries
-                for page in self._index_pages(None):
-                    grouped = self._by_channel(page)
-                    strays = set(page) - {t for ids in grouped.values() for t in ids}
-                    if strays:  # an index entry whose record is gone
-                        self.client.zrem(keys.DEAD_INDEX, *strays)
-                    for ch, chosen in grouped.items():
-                        moved[ch] = moved.get(ch, 0) + self._reload_page(ch, chosen)[0]
+            if channel is None:
+                self._reload_strays(moved)
         for ch, n in moved.items():
             if n and self.feed is not None:
                 self.feed(ch)  # the first ones go out at once, if devices have room
@@ -288,6 +282,17 @@ class RedisDeadLetterStore(DeadLetterStore):
         if total:
             log.info("reloaded %d failed task(s); they go out as devices make room", total)
         return total
+
+    def _reload_strays(self, moved: dict[int, int]) -> None:
+        """What the channels' indexes did not hold (only the global index names them), added
+        to ``moved``; an index entry whose record is gone is dropped."""
+        for page in self._index_pages(None):
+            grouped = self._by_channel(page)
+            strays = set(page) - {t for ids in grouped.values() for t in ids}
+            if strays:
+                self.client.zrem(keys.DEAD_INDEX, *strays)
+            for ch, chosen in grouped.items():
+                moved[ch] = moved.get(ch, 0) + self._reload_page(ch, chosen)[0]
 
     def _reload_channel(self, channel: int) -> int:
         """Every record of the channel when called (as :meth:`_index_pages` bounds it), a page

@@ -20,14 +20,14 @@ from collections.abc import Mapping
 import redis
 
 from mutitask_celery.errors import BooksLost
+from mutitask_celery.tables import local_time
 
-EXIT_BOOKS_LOST = 4  # the exit code of a server or device that stopped on BooksLost
 ADVICE = ("The run cannot be counted from these books: see 'When Redis loses data' in the README "
           "(reload what the dead-letter store still holds, rerun the channels, or resume).")
 
 
 def _when(ts: float | None) -> str:
-    return "this process started" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    return "this process started" if ts is None else local_time(ts)
 
 
 def redis_restart(client: redis.Redis) -> str:

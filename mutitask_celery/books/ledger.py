@@ -125,6 +125,24 @@ def _stats(raw: dict[str, str]) -> ChannelStats:
     return ChannelStats(**values)
 
 
+def _round_replies(outgoing: Sequence[Outgoing], read: Sequence[int],
+                   replies: list[Any]) -> tuple[set[int], dict[int, ChannelBooks]]:
+    """A round's replies read back: the channels whose tasks went, and every named channel's books."""
+    went: set[int] = set()
+    books: dict[int, ChannelBooks] = {}
+    for out, reply in zip(outgoing, replies, strict=False):
+        published, outstanding, held, backlog, *pairs = reply
+        books[out.channel] = ChannelBooks(_stats(dict(zip(pairs[::2], pairs[1::2], strict=True))),
+                                          int(outstanding), int(held), int(backlog))
+        if int(published):
+            went.add(out.channel)
+    rest = replies[len(outgoing):]
+    for i, channel in enumerate(read):
+        stats, outstanding, held, backlog = rest[4 * i:4 * i + 4]
+        books[channel] = ChannelBooks(_stats(stats), int(outstanding), int(held or 0), int(backlog))
+    return went, books
+
+
 class Ledger:
     """Reads and changes the books of the channels in one Redis database."""
 
@@ -204,18 +222,7 @@ class Ledger:
         except redis.exceptions.NoScriptError:  # Redis restarted, forgetting it: none of it applied
             self.client.script_load(self._publish.script)
             replies = send()
-        went: set[int] = set()
-        books: dict[int, ChannelBooks] = {}
-        for out, reply in zip(outgoing, replies, strict=False):
-            published, outstanding, held, backlog, *pairs = reply
-            books[out.channel] = ChannelBooks(_stats(dict(zip(pairs[::2], pairs[1::2], strict=True))),
-                                              int(outstanding), int(held), int(backlog))
-            if int(published):
-                went.add(out.channel)
-        rest = replies[len(outgoing):]
-        for i, channel in enumerate(read):
-            stats, outstanding, held, backlog = rest[4 * i:4 * i + 4]
-            books[channel] = ChannelBooks(_stats(stats), int(outstanding), int(held or 0), int(backlog))
+        went, books = _round_replies(outgoing, read, replies)
         if journal:  # another broker (e.g. RabbitMQ): publish (confirmed), then clear the journal
             assert self.publisher is not None
             for out in outgoing:

@@ -34,12 +34,11 @@ from celery.worker import state as worker_state
 from celery.worker.control import control_command
 
 from mutitask_celery import celery_app, keys, runtime
-from mutitask_celery.books.integrity import EXIT_BOOKS_LOST, Watermarks
+from mutitask_celery.books.integrity import Watermarks
 from mutitask_celery.books.recovery import HEARTBEAT
-from mutitask_celery.connection import EXIT_CONFIG
 from mutitask_celery.control import Taken, channels_of
 from mutitask_celery.device import isolation, prefetch, wanted
-from mutitask_celery.errors import BooksLost, ConfigurationError
+from mutitask_celery.errors import BooksLost, ConfigurationError, ExitCode
 
 log = logging.getLogger(__name__)
 FORGET_EVERY = 60.0  # seconds between looks for long-silent names to drop from the roster
@@ -61,7 +60,7 @@ def books_lost(exc: BooksLost) -> None:
     exit code 4, as the server does."""
     if worker_state.should_stop is None:
         log.critical("mutitask: %s This device stops.", exc)
-        worker_state.should_stop = EXIT_BOOKS_LOST
+        worker_state.should_stop = ExitCode.BOOKS_LOST
 
 
 @worker_init.connect  # type: ignore[untyped-decorator]  # celery's signals are untyped
@@ -72,7 +71,7 @@ def _on_init(sender: Any = None, **_: Any) -> None:
         celery_app.check_compatible(celery_app.app)
     except ConfigurationError as exc:
         log.critical("mutitask: %s", exc)
-        raise SystemExit(EXIT_CONFIG) from None
+        raise SystemExit(ExitCode.USAGE) from None
     name = getattr(sender, "hostname", None)
     reaper = runtime.reaper()
     if not name or reaper is None:

@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from mutitask_celery import runtime, settings
-from mutitask_celery.books.integrity import EXIT_BOOKS_LOST
 from mutitask_celery.connection import check_redis, exit_on_unreachable
 from mutitask_celery.device.worker import device_name, run_worker
-from mutitask_celery.errors import ConfigurationError, FunctionError
+from mutitask_celery.errors import ConfigurationError, ExitCode, FunctionError
 from mutitask_celery.serving.channels import (
     SaveFunction,
     TaskFunction,
@@ -122,6 +121,6 @@ class Terminal:
             retry_backoff=self.config.retry_backoff,
         )
         code = run_worker(self.name, [self.config.channel], concurrency=self.config.concurrency)
-        if code == EXIT_BOOKS_LOST:  # Redis lost data: the script ends with that code, not 0
+        if code == ExitCode.BOOKS_LOST:  # Redis lost data: the script ends with that code, not 0
             raise SystemExit(code)
         return code

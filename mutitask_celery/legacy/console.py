@@ -18,6 +18,7 @@ from mutitask_celery.books.dead_letters import DeadLetterStore
 from mutitask_celery.control import Device, Devices
 from mutitask_celery.errors import MutitaskError
 from mutitask_celery.serving.producer import Producer
+from mutitask_celery.tables import format_table, local_time
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ def _ago(ts: float | None) -> str:
     if ts is None:
         return "never"
     seconds = max(0.0, time.time() - ts)
-    return f"{seconds:.1f}s ago" if seconds < 120 else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+    return f"{seconds:.1f}s ago" if seconds < 120 else local_time(ts)
 
 
 def format_devices(devices: Sequence[Device]) -> str:
@@ -208,5 +209,4 @@ def format_devices(devices: Sequence[Device]) -> str:
     for d in devices:
         rows.append((d.name, str(d.state.code), d.state.value, ",".join(map(str, d.channels)) or "-",
                      str(d.in_hand), str(d.done), _ago(d.last_heard)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    return format_table(rows)

@@ -146,6 +146,16 @@ def _isatty(stream: TextIO) -> bool:
 POLL = 0.1  # how often a piped console looks for new lines while the run goes on
 
 
+def _read_stream(console: Console, stdin: TextIO) -> None:
+    """Execute the lines of a stream with no file descriptor (e.g. ``io.StringIO``) to its end or ``stop``."""
+    try:
+        for line in stdin:
+            if not console.execute(line):
+                return
+    except (OSError, ValueError):  # not readable after all (e.g. closed)
+        pass
+
+
 def _read_commands(console: Console, stdin: TextIO, finished: threading.Event) -> None:
     """Execute piped lines as console commands as they come.
 
@@ -156,12 +166,7 @@ def _read_commands(console: Console, stdin: TextIO, finished: threading.Event) -
     try:
         fd = stdin.fileno()
     except (AttributeError, OSError, ValueError):  # an in-memory stream: read it to its end
-        try:
-            for line in stdin:
-                if not console.execute(line):
-                    return
-        except (OSError, ValueError):  # not readable after all (e.g. closed)
-            pass
+        _read_stream(console, stdin)
         return
     pending = b""
     while True:

@@ -9,17 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from mutitask_celery import api, keys, runtime, settings
 from mutitask_celery.books.dead_letters import FailedTask
 from mutitask_celery.connection import check_redis
 from mutitask_celery.control import Devices
-from mutitask_celery.errors import BrokerUnavailable, ConfigurationError, RecordNotFound
+from mutitask_celery.errors import BrokerUnavailable, ConfigurationError, ExitCode, RecordNotFound
 from mutitask_celery.legacy.console import format_devices
-
-EXIT_OK, EXIT_NOT_FOUND, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+from mutitask_celery.tables import format_table, local_time
 
 EPILOG = """\
 examples:
@@ -38,18 +36,13 @@ exit codes: 0 done, 1 not found (or no device answered), 2 bad usage, 3 Redis un
 """
 
 
-def _when(ts: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
-
-
 def _table(records: Sequence[FailedTask]) -> str:
     rows = [("ID", "CH", "FAILS", "LAST FAILED", "DEVICE", "REASON", "TASK")]
     for r in records:
         task = r.as_dict()["data"]
-        rows.append((r.id, str(r.channel), str(r.failures), _when(r.last_failed), r.device,
+        rows.append((r.id, str(r.channel), str(r.failures), local_time(r.last_failed), r.device,
                      r.reason[:40], task[:40] + ("..." if len(task) > 40 else "")))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    return format_table(rows)
 
 
 def _selection(args: argparse.Namespace) -> tuple[int | None, list[str] | None]:
@@ -82,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common], help="every device and its state")
     status.add_argument("--json", action="store_true")
     status.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for devices to answer")
+    status.set_defaults(handler=_status)
     for name, text in (("pause", "devices finish the task in hand and take no new one"),
                        ("start", "paused devices take tasks again"),
                        ("stop", "devices finish the task in hand and exit")):
@@ -89,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("devices", nargs="*", metavar="DEVICE", help="device3, device3@host or 3")
         p.add_argument("--all", action="store_true")
         p.add_argument("--json", action="store_true")
+        p.set_defaults(handler=_control)
     failed = sub.add_parser("failed", help="the dead-letter store", epilog=EPILOG,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     fsub = failed.add_subparsers(dest="action", required=True)
@@ -98,24 +93,29 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"records a page (default {api.PAGE}); --offset for the next")
     ls.add_argument("--offset", type=int, default=0)
     ls.add_argument("--json", action="store_true", help="one JSON array, for scripts")
+    ls.set_defaults(handler=_failed_list)
     show = fsub.add_parser("show", parents=[common], help="one failed task, whole")
     show.add_argument("id")
     show.add_argument("--json", action="store_true")
+    show.set_defaults(handler=_failed_show)
     count = fsub.add_parser("count", parents=[common], help="how many failed tasks, per channel")
     count.add_argument("--channel", type=_positive_int)
     count.add_argument("--json", action="store_true")
+    count.set_defaults(handler=_failed_count)
     for name, text in (("reload", "put failed tasks back on their channels"), ("delete", "delete failed tasks")):
         p = fsub.add_parser(name, parents=[common], help=text)
         p.add_argument("ids", nargs="*", metavar="ID")
         p.add_argument("--all", action="store_true")
         p.add_argument("--channel", type=_positive_int)
         p.add_argument("--json", action="store_true")
+        p.set_defaults(handler=_failed_move)
     from mutitask_celery.tools import demo
 
     demo_parser = sub.add_parser("demo", help="a server and three devices working a real job on this machine "
                                  "(no Redis needed)", description=demo.DESCRIPTION, epilog=demo.DEMO_EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.add_arguments(demo_parser)
+    demo_parser.set_defaults(handler=_demo)
     return parser
 
 
@@ -124,74 +124,98 @@ def _channels_with_records() -> list[int]:
     return sorted(int(c) for c in client.smembers(keys.DEAD_CHANNELS))
 
 
-def _devices_command(args: argparse.Namespace) -> int:
-    if args.command == "status":
-        base = runtime.devices()
-        found = Devices(base.client, timeout=args.timeout, flower_url=base.flower_url).devices()
-        if args.json:
-            print(json.dumps([d.as_dict() for d in found], indent=1))
-            return EXIT_OK
-        print(format_devices(found) if found else "no device has started yet")
-        forgotten = base.forgotten()
-        if forgotten:
-            after = settings.current().forget_after
-            print(f"forgotten: {len(forgotten)} device(s) silent for over {after:.0f} s with nothing in hand "
-                  f"(the latest {_when(max(forgotten.values()))}); one that starts again comes back")
-        return EXIT_OK
+def _status(args: argparse.Namespace) -> int:
+    """``mutitask status``: every device and its state, then how many names were forgotten."""
+    base = runtime.devices()
+    found = Devices(base.client, timeout=args.timeout, flower_url=base.flower_url).devices()
+    if args.json:
+        print(json.dumps([d.as_dict() for d in found], indent=1))
+        return ExitCode.OK
+    print(format_devices(found) if found else "no device has started yet")
+    forgotten = base.forgotten()
+    if forgotten:
+        after = settings.current().forget_after
+        print(f"forgotten: {len(forgotten)} device(s) silent for over {after:.0f} s with nothing in hand "
+              f"(the latest {local_time(max(forgotten.values()))}); one that starts again comes back")
+    return ExitCode.OK
+
+
+def _control(args: argparse.Namespace) -> int:
+    """``mutitask pause|start|stop DEVICE... | --all``: one control command, exit 1 if no device did it."""
     if args.all == bool(args.devices):
         raise ConfigurationError("say which: one or more DEVICEs, or --all")
     selectors = None if args.all else args.devices
-    done = getattr(runtime.devices(), args.command)(selectors)
+    devices = runtime.devices()
+    act = {"pause": devices.pause, "start": devices.start, "stop": devices.stop}[args.command]
+    done = act(selectors)
     verb = {"pause": "paused", "start": "started", "stop": "stopped"}[args.command]
     print(json.dumps({verb: done}) if args.json else f"{verb}: {', '.join(done) or 'none'}")
-    return EXIT_OK if done else EXIT_NOT_FOUND
+    return ExitCode.OK if done else ExitCode.NOT_FOUND
+
+
+def _failed_list(args: argparse.Namespace) -> int:
+    """``mutitask failed list``: a page of records, oldest failure first."""
+    records = api.failed(args.channel, args.limit, args.offset)
+    print(json.dumps([r.as_dict() for r in records], indent=1) if args.json else _table(records))
+    return ExitCode.OK
+
+
+def _failed_show(args: argparse.Namespace) -> int:
+    """``mutitask failed show ID``: one record, whole, with its traceback."""
+    record = api.get_failed(args.id)
+    if args.json:
+        print(json.dumps(record.as_dict(), indent=1))
+        return ExitCode.OK
+    for key, value in record.as_dict().items():
+        if key in ("first_failed", "last_failed"):
+            value = local_time(float(value))
+        print(f"{key:>12}: {value}")
+    return ExitCode.OK
+
+
+def _failed_count(args: argparse.Namespace) -> int:
+    """``mutitask failed count``: records per channel, in all, and what the retention limits dropped."""
+    channels = [args.channel] if args.channel else _channels_with_records()
+    counts = {str(c): api.failed_count(c) for c in channels}
+    total = api.failed_count(args.channel)
+    dropped = api.failed_dropped(args.channel)
+    if args.json:
+        print(json.dumps({"total": total, "channels": counts, "dropped": dropped}))
+        return ExitCode.OK
+    for c, n in counts.items():
+        print(f"channel {c}: {n}")
+    print(f"total: {total}")
+    if dropped:
+        print(f"dropped by the retention limits: {dropped}")
+    return ExitCode.OK
+
+
+def _failed_move(args: argparse.Namespace) -> int:
+    """``mutitask failed reload|delete``: chosen records, a channel's or all; exit 1 if no chosen ID existed."""
+    channel, ids = _selection(args)
+    action = api.reload_failed if args.action == "reload" else api.delete_failed
+    n = action(channel, ids)
+    verb = "reloaded" if args.action == "reload" else "deleted"
+    print(json.dumps({verb: n}) if args.json else f"{verb} {n} failed task(s)")
+    return ExitCode.NOT_FOUND if ids and n == 0 else ExitCode.OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """``mutitask demo``: brings its own Redis unless given --redis-url, so no check of the configured one."""
+    from mutitask_celery.tools.demo import main as demo_main
+
+    return demo_main(args)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` and run its sub-command's function (each parser names it as ``handler``)."""
     args = build_parser().parse_args(argv)
-    if args.command == "demo":  # brings its own Redis unless given --redis-url: no check of the configured one
-        from mutitask_celery.tools.demo import main as demo_main
-
-        return demo_main(args)
-    conf = settings.configure(redis_url=args.redis_url)
-    runtime.reset(conf)
-    check_redis(conf.redis_url)
-    if args.command != "failed":
-        return _devices_command(args)
-    if args.action == "list":
-        records = api.failed(args.channel, args.limit, args.offset)
-        print(json.dumps([r.as_dict() for r in records], indent=1) if args.json else _table(records))
-    elif args.action == "show":
-        record = api.get_failed(args.id)
-        if args.json:
-            print(json.dumps(record.as_dict(), indent=1))
-        else:
-            for key, value in record.as_dict().items():
-                if key in ("first_failed", "last_failed"):
-                    value = _when(float(value))
-                print(f"{key:>12}: {value}")
-    elif args.action == "count":
-        channels = [args.channel] if args.channel else _channels_with_records()
-        counts = {str(c): api.failed_count(c) for c in channels}
-        total = api.failed_count(args.channel)
-        dropped = api.failed_dropped(args.channel)
-        if args.json:
-            print(json.dumps({"total": total, "channels": counts, "dropped": dropped}))
-        else:
-            for c, n in counts.items():
-                print(f"channel {c}: {n}")
-            print(f"total: {total}")
-            if dropped:
-                print(f"dropped by the retention limits: {dropped}")
-    else:
-        channel, ids = _selection(args)
-        action = api.reload_failed if args.action == "reload" else api.delete_failed
-        n = action(channel, ids)
-        verb = "reloaded" if args.action == "reload" else "deleted"
-        print(json.dumps({verb: n}) if args.json else f"{verb} {n} failed task(s)")
-        if ids and n == 0:
-            return EXIT_NOT_FOUND
-    return EXIT_OK
+    if args.handler is not _demo:
+        conf = settings.configure(redis_url=args.redis_url)
+        runtime.reset(conf)
+        check_redis(conf.redis_url)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,13 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(argv)
     except RecordNotFound as exc:
         print(f"mutitask: no failed task with id {exc.args[0]}", file=sys.stderr)
-        return EXIT_NOT_FOUND
+        return ExitCode.NOT_FOUND
     except ConfigurationError as exc:
         print(f"mutitask: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     except BrokerUnavailable as exc:
         print(f"mutitask: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return ExitCode.UNREACHABLE
 
 
 if __name__ == "__main__":

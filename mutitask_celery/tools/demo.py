@@ -48,14 +48,13 @@ from typing import Any
 from mutitask_celery import api, runtime, settings
 from mutitask_celery.connection import check_redis, redis_client
 from mutitask_celery.device.worker import device_name
-from mutitask_celery.errors import ConfigurationError
+from mutitask_celery.errors import ConfigurationError, ExitCode
 from mutitask_celery.legacy.console import format_devices
 from mutitask_celery.settings import mask_url
+from mutitask_celery.tables import format_table
 from mutitask_celery.tools.demo_job import (
     CHANNELS,
     DEVICES,
-    EXIT_FAILED,
-    EXIT_OK,
     FLAKY_EVERY,
     IMAGES,
     LATE_IMAGES,
@@ -111,11 +110,6 @@ class DemoFailed(Exception):
 
 def say(text: str = "") -> None:
     print(text, flush=True)
-
-
-def _table(rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
 
 class Demo:
@@ -270,7 +264,7 @@ class Demo:
             reason = r.reason.splitlines()[-1].replace(f": {data!r}", "") if r.reason else ""
             rows.append((str(r.channel), data.replace(str(self.workdir), "...")[-40:], r.device.split("@")[0],
                          reason[:70]))
-        say(_table(rows))
+        say(format_table(rows))
         return len(records)
 
     def reload(self, expected: int) -> None:
@@ -295,7 +289,7 @@ class Demo:
             s = runtime.ledger().stats(c)
             rows.append((str(c), WHAT[c], str(s.published), str(s.succeeded), str(s.failed), str(s.reloaded),
                          str(api.failed_count(c)), str(api.results_count(c))))
-        say(_table(rows))
+        say(format_table(rows))
         say("(FAILED counts failures on the first try; DONE counts every task that succeeded, "
             "reloaded ones included)")
 
@@ -362,7 +356,7 @@ class Demo:
         self.reload(expected)
         self.status()
         say("\ndemo: done: every task succeeded in the end")
-        return EXIT_OK
+        return ExitCode.OK
 
 
 def run_demo(redis_url: str | None = None, server: str = "auto", timeout: float = DEFAULT_TIMEOUT) -> int:
@@ -383,7 +377,7 @@ def run_demo(redis_url: str | None = None, server: str = "auto", timeout: float 
         return 128 + signal.SIGINT
     except DemoFailed as exc:
         print(f"demo: {exc}", file=sys.stderr, flush=True)
-        return EXIT_FAILED
+        return ExitCode.FAILED
     finally:
         demo.close(failed=failed)
 

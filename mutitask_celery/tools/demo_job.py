@@ -30,7 +30,7 @@ from typing import Any
 from mutitask_celery import runtime, settings
 from mutitask_celery.connection import check_redis
 from mutitask_celery.device.worker import device_name
-from mutitask_celery.errors import BrokerUnavailable
+from mutitask_celery.errors import BrokerUnavailable, ExitCode
 
 PAGES = 30
 FLAKY_EVERY = 7  # pages 7, 14, 21, 28 answer 503 the first time they are asked
@@ -43,7 +43,6 @@ DEVICES = {1: (1,), 2: (2,), 3: (1, 2)}  # device -> channels it works
 WHAT = {1: "web pages", 2: "image convolutions"}
 
 # The exit codes of ``mutitask demo`` (see mutitask_celery.tools.demo's epilog), and of its child processes.
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
 # -- the job: what the devices run ---------------------------------------------------------
@@ -171,7 +170,7 @@ def _run_server(site: str, images: str) -> int:
     from mutitask_celery.legacy.server import BaseConfig, Terminal
 
     summary = Terminal(baseConfig=BaseConfig(deviceNumb=len(DEVICES))).run([_pages(site), _images(images)])
-    return EXIT_OK if summary.published == PAGES + IMAGES else EXIT_FAILED
+    return ExitCode.OK if summary.published == PAGES + IMAGES else ExitCode.FAILED
 
 
 def _run_device(number: int) -> int:
@@ -204,7 +203,7 @@ def _child_main(argv: Sequence[str]) -> int:
         return _run_device(int(argv[1]))
     print("usage: python -m mutitask_celery.tools.demo_job (server SITE IMAGES | device N): the demo's own processes; "
           "run `mutitask demo`", file=sys.stderr)
-    return EXIT_USAGE
+    return ExitCode.USAGE
 
 
 if __name__ == "__main__":
@@ -212,4 +211,4 @@ if __name__ == "__main__":
         raise SystemExit(_child_main(sys.argv[1:]))
     except BrokerUnavailable as exc:
         print(f"mutitask demo: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_UNREACHABLE) from None
+        raise SystemExit(ExitCode.UNREACHABLE) from None
