@@ -48,23 +48,47 @@ class Device:
         self.lives = 0
 
     def start(self) -> None:
-        args = [sys.executable, "-m", "celery", "-A", "mutitask_celery", "worker", "-Q", "channel1",
-                "-n", f"device{self.n}@chaos", "-I", "chaos_job", "-c", "2", "--without-mingle",
-                "--without-gossip", "--loglevel", "WARNING"]
+        args = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "mutitask_celery",
+            "worker",
+            "-Q",
+            "channel1",
+            "-n",
+            f"device{self.n}@chaos",
+            "-I",
+            "chaos_job",
+            "-c",
+            "2",
+            "--without-mingle",
+            "--without-gossip",
+            "--loglevel",
+            "WARNING",
+        ]
         if self.pool != "prefork":
             args += ["--pool", self.pool]
         self.lives += 1
         log = open(self.logdir / f"device{self.n}.log", "ab")  # noqa: SIM115  (the child keeps it)
-        self.proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=str(HERE),
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            args, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=str(HERE), start_new_session=True
+        )
         log.close()
 
     def dead(self) -> bool:
         return self.proc is None or self.proc.poll() is not None
 
 
-def _supervise(server: subprocess.Popen[bytes], devices: list[Device], client: Any, redis_server: LocalRedis,
-               args: argparse.Namespace, rng: random.Random) -> tuple[float, float, int, float, int]:
+def _supervise(
+    server: subprocess.Popen[bytes],
+    devices: list[Device],
+    client: Any,
+    redis_server: LocalRedis,
+    args: argparse.Namespace,
+    rng: random.Random,
+) -> tuple[float, float, int, float, int]:
     """The soak itself, until the server exits: restart dead devices, SIGKILL one now and then,
     restart Redis once. Returns when it started and ended, the kills, the last kill's time and
     the Redis restarts."""
@@ -103,9 +127,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="mutitask-chaos-"))
     port = free_port()
     redis_server = LocalRedis(workdir=workdir, appendonly=True, port=port).start()
-    env = {**os.environ, "MUTITASK_REDIS_URL": redis_server.url, "MUTITASK_BROKER_URL": "",
-           "MUTITASK_DEAD_AFTER": DEAD_AFTER, "MUTITASK_PROGRESS": "off",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])}
+    env = {
+        **os.environ,
+        "MUTITASK_REDIS_URL": redis_server.url,
+        "MUTITASK_BROKER_URL": "",
+        "MUTITASK_DEAD_AFTER": DEAD_AFTER,
+        "MUTITASK_PROGRESS": "off",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)]),
+    }
     devices = [Device(n, "prefork" if n == 1 else "threads", env, workdir) for n in range(1, args.devices + 1)]
     server: subprocess.Popen[bytes] | None = None
     rng = random.Random(args.seed)
@@ -113,22 +142,37 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for device in devices:
             device.start()
         with open(workdir / "server.log", "wb") as log:
-            server = subprocess.Popen([sys.executable, str(HERE / "chaos_job.py"), str(args.tasks),
-                                       str(args.poison_every), str(args.channel_size)], env=env, stdout=log,
-                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            server = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(HERE / "chaos_job.py"),
+                    str(args.tasks),
+                    str(args.poison_every),
+                    str(args.channel_size),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         books = redis_server.url
         import redis
 
         client = redis.Redis.from_url(books, decode_responses=True, socket_timeout=5)
-        started, ended, kills, last_kill, redis_restarts = _supervise(server, devices, client, redis_server,
-                                                                      args, rng)
+        started, ended, kills, last_kill, redis_restarts = _supervise(server, devices, client, redis_server, args, rng)
         out = (workdir / "server.log").read_text(errors="replace")
         if server.returncode != 0:
             raise SystemExit(f"the server exited {server.returncode}:\n{out[-3000:]}")
         summary = json.loads(out.split("SUMMARY ", 1)[1].splitlines()[0])
         figures = check(client, args, summary)
-        figures.update(kills=kills, redis_restarts=redis_restarts, device_lives=sum(d.lives for d in devices),
-                       seconds=round(ended - started, 1), balanced_after_last_kill=round(ended - last_kill, 1))
+        figures.update(
+            kills=kills,
+            redis_restarts=redis_restarts,
+            device_lives=sum(d.lives for d in devices),
+            seconds=round(ended - started, 1),
+            balanced_after_last_kill=round(ended - last_kill, 1),
+        )
         return figures
     finally:
         stop_process_groups([p for p in [server, *(d.proc for d in devices)] if p is not None], grace=10)

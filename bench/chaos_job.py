@@ -34,8 +34,17 @@ if __name__ == "__main__":
 
     count, poison_every, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     summary = Terminal(baseConfig=BaseConfig(deviceNumb=8, ChannelSize=size)).run(
-        name(i, poison_every) for i in range(count))
-    print("SUMMARY " + json.dumps({"published": summary.published, "succeeded": summary.succeeded,
-                                   "failed": summary.failed,
-                                   "duplicates": sum(c.duplicates for c in summary.channels.values())}),
-          flush=True)
+        name(i, poison_every) for i in range(count)
+    )
+    print(
+        "SUMMARY "
+        + json.dumps(
+            {
+                "published": summary.published,
+                "succeeded": summary.succeeded,
+                "failed": summary.failed,
+                "duplicates": sum(c.duplicates for c in summary.channels.values()),
+            }
+        ),
+        flush=True,
+    )

@@ -34,11 +34,20 @@ def private_redis() -> Iterator[str]:
 
 
 @contextmanager
-def processes(commands: Sequence[Sequence[str]],
-              env: dict[str, str] | None = None) -> Iterator[list[subprocess.Popen[bytes]]]:
+def processes(
+    commands: Sequence[Sequence[str]], env: dict[str, str] | None = None
+) -> Iterator[list[subprocess.Popen[bytes]]]:
     """Start each command (quietly); stop them all at the end, whatever happens."""
-    procs = [subprocess.Popen(list(c), env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, start_new_session=True) for c in commands]
+    procs = [
+        subprocess.Popen(
+            list(c),
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for c in commands
+    ]
     try:
         yield procs
     finally:
@@ -74,8 +83,9 @@ def spread(values: Sequence[float]) -> tuple[float, float, float]:
 def parse_args(parser: argparse.ArgumentParser, **small: Any) -> argparse.Namespace:
     """Parse, with ``--quick``: the same run at tiny sizes, so a test can check that every
     benchmark command in the README runs (its figures then mean nothing)."""
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny sizes, to check the script runs; the figures mean nothing")
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes, to check the script runs; the figures mean nothing"
+    )
     args = parser.parse_args()
     if args.quick:
         for name, value in small.items():

@@ -43,8 +43,13 @@ print(n, seconds, hwm)
 def one_run(url: str, count: int) -> tuple[float, float]:
     runtime.ledger().client.flushdb()
     fill_dead_letters(count)
-    out = subprocess.run([sys.executable, "-c", RELOADER], env={**os.environ, "MUTITASK_REDIS_URL": url},
-                         capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", RELOADER],
+        env={**os.environ, "MUTITASK_REDIS_URL": url},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     moved, seconds, rss_kb = int(out[0]), float(out[1]), int(out[2])
     assert moved == count, (moved, count)
     return seconds, rss_kb / 1024
@@ -64,9 +69,11 @@ def main() -> None:
             runs = [one_run(server.url, count) for _ in range(args.runs)]
             secs = sorted(s for s, _ in runs)
             rss = sorted(m for _, m in runs)
-            print(f"{count:>9} {secs[0]:>7.2f} {statistics.median(secs):>7.2f} {secs[-1]:>7.2f}   "
-                  f"{count / statistics.median(secs):>10.0f} {rss[0]:>8.1f} {statistics.median(rss):>8.1f} "
-                  f"{rss[-1]:>8.1f}")
+            print(
+                f"{count:>9} {secs[0]:>7.2f} {statistics.median(secs):>7.2f} {secs[-1]:>7.2f}   "
+                f"{count / statistics.median(secs):>10.0f} {rss[0]:>8.1f} {statistics.median(rss):>8.1f} "
+                f"{rss[-1]:>8.1f}"
+            )
 
 
 if __name__ == "__main__":

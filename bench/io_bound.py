@@ -27,13 +27,16 @@ def one_run(count: int, devices: int, slots: int) -> float:
 
     runtime.ledger().client.flushdb()
     host = socket.gethostname()
-    cmds = [[sys.executable, str(HERE / "noop_device.py"), str(n), "sleep", str(slots)]
-            for n in range(1, devices + 1)]
+    cmds = [[sys.executable, str(HERE / "noop_device.py"), str(n), "sleep", str(slots)] for n in range(1, devices + 1)]
     with processes(cmds):
         devices_up([f"device{n}@{host}" for n in range(1, devices + 1)])
         start = time.perf_counter()
-        summary = serve.serve((str(n) for n in range(count)), channel_size=max(50, 2 * devices * slots),
-                              stdin=io.StringIO(""), out=io.StringIO())
+        summary = serve.serve(
+            (str(n) for n in range(count)),
+            channel_size=max(50, 2 * devices * slots),
+            stdin=io.StringIO(""),
+            out=io.StringIO(),
+        )
         elapsed = time.perf_counter() - start
     assert summary.succeeded == count, summary
     return elapsed / (count * TASK_SECONDS / (devices * slots))
@@ -52,8 +55,10 @@ def main() -> None:
         for devices, slots in setups:
             ratios = spread([one_run(args.tasks, devices, slots) for _ in range(args.runs)])
             ideal = args.tasks * TASK_SECONDS / (devices * slots)
-            print(f"{devices} device(s) x {slots} slot(s), ideal {ideal:.1f}s: elapsed/ideal "
-                  f"min {ratios[0]:.3f} median {ratios[1]:.3f} max {ratios[2]:.3f}")
+            print(
+                f"{devices} device(s) x {slots} slot(s), ideal {ideal:.1f}s: elapsed/ideal "
+                f"min {ratios[0]:.3f} median {ratios[1]:.3f} max {ratios[2]:.3f}"
+            )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,9 @@ def main() -> None:
                 pauses.append((time.perf_counter() - start) * 1000)
                 mt.start(1)
         d, p = spread(delays), spread(pauses)
-        print(f"publish -> start, idle device, {args.tasks} tasks (ms): "
-              f"min {d[0]:.2f} median {d[1]:.2f} max {d[2]:.2f}")
+        print(
+            f"publish -> start, idle device, {args.tasks} tasks (ms): min {d[0]:.2f} median {d[1]:.2f} max {d[2]:.2f}"
+        )
         print(f"pause() until it holds, {args.pauses} pauses (ms): min {p[0]:.1f} median {p[1]:.1f} max {p[2]:.1f}")
 
 

@@ -52,14 +52,24 @@ def main() -> None:
         cmds = [[sys.executable, str(HERE / "noop_device.py"), str(n)] for n in (1, 2)]
         with processes(cmds):
             devices_up([f"device1@{host}", f"device2@{host}"])
-            server = subprocess.Popen([sys.executable, "-c", SERVER, str(args.tasks), str(args.channel_size)],
-                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=os.environ.copy())
+            server = subprocess.Popen(
+                [sys.executable, "-c", SERVER, str(args.tasks), str(args.channel_size)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env=os.environ.copy(),
+            )
             samples: list[tuple[float, int, int, float]] = []
             start = time.perf_counter()
             while server.poll() is None:
                 try:
-                    samples.append((rss_mb(server.pid), client.hlen(keys.pending(1)), client.llen(keys.queue(1)),
-                                    int(client.info("memory")["used_memory"]) / 2**20))
+                    samples.append(
+                        (
+                            rss_mb(server.pid),
+                            client.hlen(keys.pending(1)),
+                            client.llen(keys.queue(1)),
+                            int(client.info("memory")["used_memory"]) / 2**20,
+                        )
+                    )
                 except FileNotFoundError:
                     break
                 time.sleep(args.every)  # the sampling period of this benchmark
@@ -69,10 +79,14 @@ def main() -> None:
     quarter = max(1, len(samples) // 4)
     rss = [s[0] for s in samples]
     print(f"{args.tasks} tasks in {elapsed:.0f}s ({args.tasks / elapsed:.0f}/s), ChannelSize {args.channel_size}")
-    print(f"server RSS MB: peak {max(rss):.1f}, first-quarter median {statistics.median(rss[:quarter]):.1f}, "
-          f"last-quarter median {statistics.median(rss[-quarter:]):.1f}")
-    print(f"Redis: most tasks outstanding {max(s[1] for s in samples)}, most messages queued "
-          f"{max(s[2] for s in samples)}, peak used_memory {max(s[3] for s in samples):.1f} MB")
+    print(
+        f"server RSS MB: peak {max(rss):.1f}, first-quarter median {statistics.median(rss[:quarter]):.1f}, "
+        f"last-quarter median {statistics.median(rss[-quarter:]):.1f}"
+    )
+    print(
+        f"Redis: most tasks outstanding {max(s[1] for s in samples)}, most messages queued "
+        f"{max(s[2] for s in samples)}, peak used_memory {max(s[3] for s in samples):.1f} MB"
+    )
 
 
 if __name__ == "__main__":

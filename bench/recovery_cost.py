@@ -73,8 +73,10 @@ def main() -> None:
     print(f"{args.channels} channels x {args.outstanding} outstanding, no device dying, over {args.seconds:.0f} s:")
     print(f"  recovery's share of the time (min / median / max): {100 * lo:.2f}% / {100 * med:.2f}% / {100 * hi:.2f}%")
     lo, med, hi = spread(sweeps)
-    print(f"  one full sweep (after a death; every 300 s otherwise): {1000 * lo:.0f} / {1000 * med:.0f} / "
-          f"{1000 * hi:.0f} ms")
+    print(
+        f"  one full sweep (after a death; every 300 s otherwise): {1000 * lo:.0f} / {1000 * med:.0f} / "
+        f"{1000 * hi:.0f} ms"
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,9 @@ def ours(count: int, channel_size: int, max_batch: int | None = None) -> float:
         with processes(cmds):
             devices_up([f"device1@{host}", f"device2@{host}"])
             start = time.perf_counter()
-            summary = serve.serve((str(n) for n in range(count)), channel_size=channel_size,
-                                  stdin=io.StringIO(""), out=io.StringIO())
+            summary = serve.serve(
+                (str(n) for n in range(count)), channel_size=channel_size, stdin=io.StringIO(""), out=io.StringIO()
+            )
             elapsed = time.perf_counter() - start
     finally:
         ledger.MAX_BATCH = saved
@@ -65,8 +66,27 @@ def plain(count: int) -> float:
 
     host = socket.gethostname()
     names = [f"plain1@{host}", f"plain2@{host}"]
-    cmds = [[sys.executable, "-m", "celery", "-A", "plain_celery_app", "worker", "-Q", "plain", "-c", "1",
-             "-n", name, "--without-mingle", "--without-gossip", "-l", "WARNING"] for name in names]
+    cmds = [
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "plain_celery_app",
+            "worker",
+            "-Q",
+            "plain",
+            "-c",
+            "1",
+            "-n",
+            name,
+            "--without-mingle",
+            "--without-gossip",
+            "-l",
+            "WARNING",
+        ]
+        for name in names
+    ]
     with processes(cmds, env={"PYTHONPATH": str(HERE)}):
         devices_up(names, app=plain_celery_app.app)
         start = time.perf_counter()
@@ -113,18 +133,25 @@ def measure(runs: int, what: Callable[[], float]) -> tuple[float, float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=100_000, help="tasks a run of mutitask_celery (batched)")
-    parser.add_argument("--slow-tasks", type=int, default=10_000,
-                        help="tasks a run of plain Celery and of mutitask_celery one task a message")
+    parser.add_argument(
+        "--slow-tasks",
+        type=int,
+        default=10_000,
+        help="tasks a run of plain Celery and of mutitask_celery one task a message",
+    )
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--chart", help="where to save the chart (default: bench/results/throughput.png; "
-                        "none with --quick)")
+    parser.add_argument(
+        "--chart", help="where to save the chart (default: bench/results/throughput.png; none with --quick)"
+    )
     args = parse_args(parser, tasks=300, slow_tasks=300, runs=1)
     with private_redis():
         rows = [
             ("mutitask_celery, ChannelSize 50 (the seed's default)", measure(args.runs, lambda: ours(args.tasks, 50))),
             ("mutitask_celery, ChannelSize 1000", measure(args.runs, lambda: ours(args.tasks, 1000))),
-            ("mutitask_celery, ChannelSize 1000, one task a message",
-             measure(args.runs, lambda: ours(args.slow_tasks, 1000, max_batch=1))),
+            (
+                "mutitask_celery, ChannelSize 1000, one task a message",
+                measure(args.runs, lambda: ours(args.slow_tasks, 1000, max_batch=1)),
+            ),
             ("plain Celery (defaults)", measure(args.runs, lambda: plain(args.slow_tasks))),
         ]
     celery = rows[-1][1]
@@ -133,8 +160,10 @@ def main() -> None:
     for label, (lo, med, hi) in rows:
         print(f"  {label:<{width}}  {lo:>8.0f} {med:>8.0f} {hi:>8.0f}   {med / celery[1]:6.1f}x")
     print(f"  {'original MutiTask (ceiling: 50 ms sleep per task)':<{width}}  {ORIGINAL_CEILING:>8.0f}")
-    print(f"worst against best, ChannelSize 50: {rows[0][1][0] / celery[2]:.1f}x; "
-          f"ChannelSize 1000: {rows[1][1][0] / celery[2]:.1f}x")
+    print(
+        f"worst against best, ChannelSize 50: {rows[0][1][0] / celery[2]:.1f}x; "
+        f"ChannelSize 1000: {rows[1][1][0] / celery[2]:.1f}x"
+    )
     path = args.chart or (None if args.quick else str(HERE / "results" / "throughput.png"))
     if path:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -33,10 +33,18 @@ def run_example(name: str, env: dict[str, str], quiet_devices: bool) -> None:
     out = subprocess.DEVNULL if quiet_devices else None
     try:
         for n in (1, 2):
-            devices.append(subprocess.Popen([sys.executable, str(HERE / f"{name}_device{n}.py")], env=env,
-                                            stdout=out, stderr=subprocess.DEVNULL, start_new_session=True))
-        server = subprocess.run([sys.executable, str(HERE / f"{name}_server.py")], env=env,
-                                stdin=subprocess.DEVNULL, check=False)
+            devices.append(
+                subprocess.Popen(
+                    [sys.executable, str(HERE / f"{name}_device{n}.py")],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+        server = subprocess.run(
+            [sys.executable, str(HERE / f"{name}_server.py")], env=env, stdin=subprocess.DEVNULL, check=False
+        )
         if server.returncode != 0:
             raise SystemExit(f"{name}_server.py exited with {server.returncode}")
     finally:
@@ -54,8 +62,12 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="mutitask-demo-") as images:
             make_images(Path(images))
-            env = {**os.environ, "MUTITASK_DEMO_SITE": f"http://127.0.0.1:{site.server_port}",
-                   "MUTITASK_DEMO_IMAGES": images, "PYTHONUNBUFFERED": "1"}
+            env = {
+                **os.environ,
+                "MUTITASK_DEMO_SITE": f"http://127.0.0.1:{site.server_port}",
+                "MUTITASK_DEMO_IMAGES": images,
+                "PYTHONUNBUFFERED": "1",
+            }
             for name in ("spider", "convolve"):
                 mt.delete_failed(1)
                 mt.clear_results(1)

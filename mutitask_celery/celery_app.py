@@ -111,20 +111,29 @@ def check_compatible(celery_app: Celery) -> None:
     conf = celery_app.conf
     problems = []
     if not conf.task_acks_late:
-        problems.append("task_acks_late is off: a device would acknowledge a message before running it, "
-                        "and a device that dies mid-task would lose its tasks")
+        problems.append(
+            "task_acks_late is off: a device would acknowledge a message before running it, "
+            "and a device that dies mid-task would lose its tasks"
+        )
     if "json" not in {str(c).split("/")[-1] for c in (conf.accept_content or [])}:
         problems.append(f"accept_content {conf.accept_content!r} leaves out json: devices could not read the tasks")
     options = conf.broker_transport_options or {}
     if str(conf.broker_url or "").startswith("redis"):
         for option in _KOMBU_KEY_OPTIONS:
             if options.get(option):
-                problems.append(f"broker_transport_options[{option!r}] is set: the reapers read kombu's delivered "
-                                "messages under its default key names, and would find none")
+                problems.append(
+                    f"broker_transport_options[{option!r}] is set: the reapers read kombu's delivered "
+                    "messages under its default key names, and would find none"
+                )
     if problems:
-        raise ConfigurationError("this Celery configuration breaks mutitask's promises (fix celeryconfig.py): "
-                                 + "; ".join(problems))
+        raise ConfigurationError(
+            "this Celery configuration breaks mutitask's promises (fix celeryconfig.py): " + "; ".join(problems)
+        )
     timeout = options.get("visibility_timeout")
     if timeout is not None and float(timeout) < LOW_VISIBILITY:
-        log.warning("broker_transport_options['visibility_timeout'] is %s s: a task running or held longer gets "
-                    "a second copy from kombu (mutitask's default is %d s)", timeout, VISIBILITY_TIMEOUT)
+        log.warning(
+            "broker_transport_options['visibility_timeout'] is %s s: a task running or held longer gets "
+            "a second copy from kombu (mutitask's default is %d s)",
+            timeout,
+            VISIBILITY_TIMEOUT,
+        )

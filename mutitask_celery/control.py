@@ -75,9 +75,16 @@ class Device:
     wanted: str = "running"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "channels": self.channels, "state": self.state.value,
-                "code": self.state.code, "in_hand": self.in_hand, "done": self.done,
-                "last_heard": self.last_heard, "wanted": self.wanted}
+        return {
+            "name": self.name,
+            "channels": self.channels,
+            "state": self.state.value,
+            "code": self.state.code,
+            "in_hand": self.in_hand,
+            "done": self.done,
+            "last_heard": self.last_heard,
+            "wanted": self.wanted,
+        }
 
 
 def short_name(name: str) -> str:
@@ -92,8 +99,13 @@ def channels_of(queue_names: Iterable[str]) -> list[int]:
 class Devices:
     """Status and control of the devices sharing one Redis and one broker."""
 
-    def __init__(self, client: redis.Redis, app: Celery | None = None, timeout: float = DEFAULT_TIMEOUT,
-                 flower_url: str | None = None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        app: Celery | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        flower_url: str | None = None,
+    ) -> None:
         self.client = client
         self.app = app or default_app
         self.timeout = timeout
@@ -147,8 +159,14 @@ class Devices:
         roster had forgotten it (silent too long): its counts start afresh. ``wait=False``:
         the step is written now and its reply read later (see :class:`Deferred`); returns 0.
         """
-        ks = [keys.DEVICES_SEEN, keys.DEVICES_BEATS, keys.DEVICES_DONE, keys.DEVICES_FORGOTTEN, keys.inhand(name),
-              keys.KOMBU_UNACKED_INDEX]
+        ks = [
+            keys.DEVICES_SEEN,
+            keys.DEVICES_BEATS,
+            keys.DEVICES_DONE,
+            keys.DEVICES_FORGOTTEN,
+            keys.inhand(name),
+            keys.KOMBU_UNACKED_INDEX,
+        ]
         args: list[str | int] = [name]
         if in_hand is not None:
             ks += [keys.held(in_hand.channel), keys.notify(in_hand.channel), keys.queue(in_hand.channel)]
@@ -167,8 +185,11 @@ class Devices:
         :meth:`started_settled`, or the next such call): it reaches Redis even if the task
         kills the process at once, and costs no round trip (see :class:`Deferred`).
         """
-        self._deferred.send(self._started, [keys.DEVICES_SEEN, keys.DEVICES_BEATS, keys.started(channel)],
-                            [name, message_id, "1" if alone else "0"])
+        self._deferred.send(
+            self._started,
+            [keys.DEVICES_SEEN, keys.DEVICES_BEATS, keys.started(channel)],
+            [name, message_id, "1" if alone else "0"],
+        )
         if wait:
             self._deferred.settle()
 
@@ -225,9 +246,14 @@ class Devices:
         online = self._online([n for n in names if n in known])
         if not online:
             return []
-        replies = self.app.control.broadcast(WANTED_COMMAND, arguments={"wanted_state": state.value},
-                                             destination=online, reply=True, timeout=self.timeout,
-                                             limit=len(online))
+        replies = self.app.control.broadcast(
+            WANTED_COMMAND,
+            arguments={"wanted_state": state.value},
+            destination=online,
+            reply=True,
+            timeout=self.timeout,
+            limit=len(online),
+        )
         return sorted(n for reply in replies for n in reply)
 
     def pause(self, selectors: Iterable[str | int] | None = None) -> list[str]:
@@ -276,8 +302,10 @@ class Devices:
         inspect = self.app.control.inspect(destination=online, timeout=self.timeout, limit=len(online))
         active = inspect.active() or {}
         queues = inspect.active_queues() or {}
-        return {name: (len(active.get(name, [])), channels_of(q.get("name", "") for q in queues.get(name, [])))
-                for name in online}
+        return {
+            name: (len(active.get(name, [])), channels_of(q.get("name", "") for q in queues.get(name, [])))
+            for name in online
+        }
 
     def devices(self) -> list[Device]:
         """One record per device: every one ever seen, plus expected ones that never came."""
@@ -300,8 +328,17 @@ class Devices:
                 paused = not consuming or wanted == DeviceState.PAUSED.value
                 state = DeviceState.PAUSED if paused else DeviceState.RUNNING
             last = now if name in live else (float(seen[name]) if name in seen else None)
-            result.append(Device(name=name, channels=channels, state=state, in_hand=in_hand,
-                                 done=int(done.get(name, 0)), last_heard=last, wanted=wanted))
+            result.append(
+                Device(
+                    name=name,
+                    channels=channels,
+                    state=state,
+                    in_hand=in_hand,
+                    done=int(done.get(name, 0)),
+                    last_heard=last,
+                    wanted=wanted,
+                )
+            )
         present = {short_name(n) for n in known}
         for n in range(1, self.expected() + 1):
             if f"device{n}" not in present:

@@ -95,13 +95,14 @@ def flower_workers(url: str, timeout: float = 3.0) -> dict[str, FlowerWorker]:
     infos: dict[str, Any] = dict(known)
     fresh: set[str] = set()
     for name in sorted(name for name, up in alive.items() if up):
-        answer = client.get_json(f"/api/workers?refresh=1&workername={quote(name, safe='')}",
-                                 missing_ok=True)
+        answer = client.get_json(f"/api/workers?refresh=1&workername={quote(name, safe='')}", missing_ok=True)
         if isinstance(answer, dict) and isinstance(answer.get(name), dict):
             infos[name] = answer[name]
             fresh.add(name)
-    return {name: client.worker(name, bool(alive.get(name)), infos.get(name), name in fresh)
-            for name in sorted(set(alive) | set(infos))}
+    return {
+        name: client.worker(name, bool(alive.get(name)), infos.get(name), name in fresh)
+        for name in sorted(set(alive) | set(infos))
+    }
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -169,21 +170,24 @@ class _Client:
         detail = f": {body}" if body else ""
         if exc.code == 401 and "FLOWER_UNAUTHENTICATED_API" in body:
             # Flower 2.x without --basic-auth closes its API unless told otherwise.
-            return self.error("has no authentication set up and so keeps its API closed "
-                              "(HTTP 401): start it with FLOWER_UNAUTHENTICATED_API=1 in its "
-                              "environment, or with --basic-auth=user:password", auth=True)
+            return self.error(
+                "has no authentication set up and so keeps its API closed "
+                "(HTTP 401): start it with FLOWER_UNAUTHENTICATED_API=1 in its "
+                "environment, or with --basic-auth=user:password",
+                auth=True,
+            )
         if exc.code == 401 and "Authorization" in self.headers:
             return self.error("refused the user and password in the URL (HTTP 401)", auth=True)
         if exc.code == 401:
-            return self.error(f"wants credentials (HTTP 401){detail}; give them in the URL: "
-                              "http://user:password@host:port", auth=True)
+            return self.error(
+                f"wants credentials (HTTP 401){detail}; give them in the URL: http://user:password@host:port", auth=True
+            )
         if exc.code == 403:
             return self.error(f"refused access (HTTP 403){detail}", auth=True)
         if 300 <= exc.code < 400:
             location = exc.headers.get("Location", "")
             if "/login" in location:
-                return self.error("asks for an OAuth login; this client speaks basic auth only",
-                                  auth=True)
+                return self.error("asks for an OAuth login; this client speaks basic auth only", auth=True)
             return self.error(f"redirects GET {path} (HTTP {exc.code}); is the URL its base URL?")
         if exc.code == 404:
             return self.error(f"has no GET {path} (HTTP 404); is the URL its base URL?")
@@ -201,8 +205,9 @@ class _Client:
             last_heard = float(stamp) if stamp is not None else None
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise self.error(f"described {name!r} in an unexpected shape ({exc!r})") from None
-        return FlowerWorker(name=name, online=online, active=active, processed=processed,
-                            queues=queues, last_heard=last_heard)
+        return FlowerWorker(
+            name=name, online=online, active=active, processed=processed, queues=queues, last_heard=last_heard
+        )
 
 
 def _excerpt(body: bytes) -> str:

@@ -63,8 +63,12 @@ def store() -> RedisDeadLetterStore:
     conf = _fresh()
     if _store is None:
         _store = RedisDeadLetterStore(
-            redis_client(conf.redis_url), celery_app.app, broker_is_store(conf),
-            max_records=conf.dead_letter_max, max_age=conf.dead_letter_max_age, publisher=publisher(),
+            redis_client(conf.redis_url),
+            celery_app.app,
+            broker_is_store(conf),
+            max_records=conf.dead_letter_max,
+            max_age=conf.dead_letter_max_age,
+            publisher=publisher(),
             feed=ledger().feed_backlog,
         )
     return _store
@@ -110,6 +114,11 @@ def reaper() -> Reaper | None:
     if not broker_is_store(conf):
         return None
     if _reaper is None:
-        _reaper = Reaper(redis_client(conf.redis_url), ledger(), dead_after=conf.dead_after,
-                         max_attempts=conf.max_attempts, forget_after=conf.forget_after)
+        _reaper = Reaper(
+            redis_client(conf.redis_url),
+            ledger(),
+            dead_after=conf.dead_after,
+            max_attempts=conf.max_attempts,
+            forget_after=conf.forget_after,
+        )
     return _reaper

@@ -175,7 +175,6 @@ class Settings:
         return self.broker_url or self.redis_url
 
 
-
 def _config_module() -> ModuleType | None:
     try:
         return importlib.import_module(CONFIG_MODULE)

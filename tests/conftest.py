@@ -92,14 +92,31 @@ class Processes:
         self.logdir = logdir
         self.started: list[tuple[subprocess.Popen[bytes], Path]] = []
 
-    def start(self, args: list[str], name: str, env: dict[str, str] | None = None,
-              stdin: int | IO[Any] | None = subprocess.DEVNULL, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        args: list[str],
+        name: str,
+        env: dict[str, str] | None = None,
+        stdin: int | IO[Any] | None = subprocess.DEVNULL,
+        cwd: Path | None = None,
+    ) -> subprocess.Popen[bytes]:
         log = self.logdir / f"{name}.log"
-        full_env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HELPERS)]),
-                    "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), str(HELPERS)]),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
         with open(log, "wb") as out:
-            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=stdin,
-                                    env=full_env, cwd=str(cwd or ROOT), start_new_session=True)
+            proc = subprocess.Popen(
+                args,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=stdin,
+                env=full_env,
+                cwd=str(cwd or ROOT),
+                start_new_session=True,
+            )
         self.started.append((proc, log))
         return proc
 
@@ -113,11 +130,19 @@ class Processes:
     def python(self, script: str | Path, *args: str, name: str | None = None, **kw: Any) -> subprocess.Popen[bytes]:
         return self.start([sys.executable, str(script), *args], name or Path(script).stem, **kw)
 
-    def device(self, device_id: int, channel: int, behaviour: str = "double", *extra: str,
-               **kw: Any) -> subprocess.Popen[bytes]:
+    def device(
+        self, device_id: int, channel: int, behaviour: str = "double", *extra: str, **kw: Any
+    ) -> subprocess.Popen[bytes]:
         """A legacy client script (tests/helpers/device.py) as device ``device_id``."""
-        return self.python(HELPERS / "device.py", str(device_id), str(channel), behaviour, *extra,
-                           name=f"device{device_id}-ch{channel}", **kw)
+        return self.python(
+            HELPERS / "device.py",
+            str(device_id),
+            str(channel),
+            behaviour,
+            *extra,
+            name=f"device{device_id}-ch{channel}",
+            **kw,
+        )
 
     def output(self, proc: subprocess.Popen[bytes]) -> str:
         for p, log in self.started:
@@ -151,8 +176,11 @@ SERVICE_FIXTURES = frozenset({"redis_server", "redis_url", "r", "procs", "rabbit
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         uses = set(getattr(item, "fixturenames", ()))
-        if not uses & SERVICE_FIXTURES and not item.get_closest_marker("services") \
-                and not item.get_closest_marker("slow"):
+        if (
+            not uses & SERVICE_FIXTURES
+            and not item.get_closest_marker("services")
+            and not item.get_closest_marker("slow")
+        ):
             item.add_marker(pytest.mark.unit)
 
 
@@ -198,12 +226,19 @@ def rabbitmq() -> str:
     """
     problem = ""
     if not _answers(RABBITMQ_HOST, RABBITMQ_PORT):
-        started = subprocess.run(["bash", str(ROOT / "scripts" / "rabbitmq.sh")], capture_output=True, text=True,
-                                 stdin=subprocess.DEVNULL, timeout=600)
+        started = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "rabbitmq.sh")],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=600,
+        )
         if started.returncode != 0 or not _answers(RABBITMQ_HOST, RABBITMQ_PORT):
             last = (started.stderr or started.stdout).strip().splitlines()[-1:] or ["no output"]
-            problem = (f"RabbitMQ does not answer on {RABBITMQ_HOST}:{RABBITMQ_PORT} and scripts/rabbitmq.sh "
-                       f"could not start it ({last[0]})")
+            problem = (
+                f"RabbitMQ does not answer on {RABBITMQ_HOST}:{RABBITMQ_PORT} and scripts/rabbitmq.sh "
+                f"could not start it ({last[0]})"
+            )
     if not problem and shutil.which("rabbitmqctl") is None:
         problem = "rabbitmqctl is not installed: the amqp tests need it to make a vhost of their own"
     if problem:
@@ -266,8 +301,7 @@ def run_in_thread(tasks: list[str], channel_size: int = 10) -> tuple[threading.T
     out: dict[str, Any] = {}
 
     def run() -> None:
-        out["summary"] = serve.serve(iter(tasks), channel_size=channel_size, stdin=io.StringIO(""),
-                                     out=io.StringIO())
+        out["summary"] = serve.serve(iter(tasks), channel_size=channel_size, stdin=io.StringIO(""), out=io.StringIO())
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()

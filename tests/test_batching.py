@@ -22,8 +22,7 @@ def test_short_tasks_share_messages_and_keep_their_own_outcomes(procs: Processes
     procs.device(1, 1)
     procs.device(2, 1)
     count = 3000
-    summary = serve.serve((str(n) for n in range(count)), channel_size=400, stdin=io.StringIO(""),
-                          out=io.StringIO())
+    summary = serve.serve((str(n) for n in range(count)), channel_size=400, stdin=io.StringIO(""), out=io.StringIO())
     stats = runtime.ledger().stats(1)
     assert stats.messages < count / 5  # batched...
     good = [n * 2 for n in range(count) if not expected_double(n)]

@@ -63,9 +63,15 @@ def test_a_result_is_saved_once_even_when_finished_twice(r: redis.Redis) -> None
 
 def test_each_outcome_in_a_message_is_its_own(r: redis.Redis) -> None:
     a, b, c = publish(2, [1, 2, 3])
-    runtime.ledger().finish(2, "d@h", [
-        Outcome(a, ok=True, result="2"), Outcome(b, ok=False, reason="ValueError: no"), Outcome(c, ok=True, result="6"),
-    ])
+    runtime.ledger().finish(
+        2,
+        "d@h",
+        [
+            Outcome(a, ok=True, result="2"),
+            Outcome(b, ok=False, reason="ValueError: no"),
+            Outcome(c, ok=True, result="6"),
+        ],
+    )
     assert mt.results(2) == [2, 6]
     assert [f.id for f in mt.failed(2)] == [b]
 
@@ -73,8 +79,9 @@ def test_each_outcome_in_a_message_is_its_own(r: redis.Redis) -> None:
 def test_failure_record_keeps_why_where_when(r: redis.Redis) -> None:
     image = np.arange(6, dtype=np.uint8).reshape(2, 3)
     (task_id,) = publish(1, [image])
-    runtime.ledger().finish(1, "device3@host", [Outcome(task_id, ok=False, reason="ValueError: bad",
-                                                        traceback="Traceback ...")])
+    runtime.ledger().finish(
+        1, "device3@host", [Outcome(task_id, ok=False, reason="ValueError: bad", traceback="Traceback ...")]
+    )
     (record,) = mt.failed(1)
     assert record.id == task_id and record.channel == 1
     assert np.array_equal(record.data, image) and record.data.dtype == np.uint8
@@ -148,8 +155,10 @@ def test_results_count_and_clear(r: redis.Redis) -> None:
 def test_unreadable_records_are_skipped_with_a_warning(r: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
     (good,) = publish(1, ["ok"])
     fail(1, good)
-    for bad, fields in [("future", {"v": "99", "id": "future", "channel": "1", "data": '"x"'}),
-                        ("broken", {"v": "1", "id": "broken", "channel": "one", "data": "{"})]:
+    for bad, fields in [
+        ("future", {"v": "99", "id": "future", "channel": "1", "data": '"x"'}),
+        ("broken", {"v": "1", "id": "broken", "channel": "one", "data": "{"}),
+    ]:
         r.hset(keys.dead_record(bad), mapping=fields)
         r.zadd(keys.dead_index(1), {bad: 1.0})
     assert [f.id for f in mt.failed(1)] == [good]
@@ -180,13 +189,16 @@ def test_console_fail_channel_commands(r: redis.Redis) -> None:
     assert sorted(v for _, v in queued(r, 10)) == ["b", "c"] and mt.failed_count() == 0
 
 
-@pytest.mark.parametrize("line, message", [
-    ("bogus", "unknown command 'bogus'"),
-    ("detect_fail_task_channel", "usage: detect_fail_task_channel C"),
-    ("detect_fail_task_channel x", "C must be a non-negative integer"),
-    ("reset_task_max 0", "N must be at least 1"),
-    ("reload_one_fail_channel_one_task 1 -1", "I must be a non-negative integer"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("bogus", "unknown command 'bogus'"),
+        ("detect_fail_task_channel", "usage: detect_fail_task_channel C"),
+        ("detect_fail_task_channel x", "C must be a non-negative integer"),
+        ("reset_task_max 0", "N must be at least 1"),
+        ("reload_one_fail_channel_one_task 1 -1", "I must be a non-negative integer"),
+    ],
+)
 def test_console_refuses_bad_lines_with_a_message(line: str, message: str, r: redis.Redis) -> None:
     con, out = console()
     assert con.execute(line) is True
@@ -260,8 +272,12 @@ def test_retention_settings_are_validated() -> None:
     from mutitask_celery import settings
     from mutitask_celery.errors import ConfigurationError
 
-    assert settings.load_settings(environ={"MUTITASK_DEAD_LETTER_MAX": "none"},
-                                  config=types.SimpleNamespace()).dead_letter_max is None
+    assert (
+        settings.load_settings(
+            environ={"MUTITASK_DEAD_LETTER_MAX": "none"}, config=types.SimpleNamespace()
+        ).dead_letter_max
+        is None
+    )
     conf = settings.load_settings(environ={}, config=types.SimpleNamespace(mutitask_dead_letter_max_age=86400))
     assert conf.dead_letter_max_age == 86400.0
     with pytest.raises(ConfigurationError, match="MUTITASK_DEAD_LETTER_MAX"):

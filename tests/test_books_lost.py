@@ -35,9 +35,32 @@ def test_redis_back_without_its_data_stops_server_and_devices(procs: Processes, 
     try:
         env = {**ENV, "MUTITASK_REDIS_URL": first.url}
         devices = [procs.device(n, 1, "paced", env=env) for n in (1, 2)]
-        devices.append(procs.start([sys.executable, "-m", "celery", "-A", "mutitask_celery", "worker", "-Q",
-                                    "channel1", "-n", "device3@%h", "-I", "channel_one", "--pool", "threads",
-                                    "-c", "1", "--without-mingle", "--without-gossip"], "celery-device3", env=env))
+        devices.append(
+            procs.start(
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "mutitask_celery",
+                    "worker",
+                    "-Q",
+                    "channel1",
+                    "-n",
+                    "device3@%h",
+                    "-I",
+                    "channel_one",
+                    "--pool",
+                    "threads",
+                    "-c",
+                    "1",
+                    "--without-mingle",
+                    "--without-gossip",
+                ],
+                "celery-device3",
+                env=env,
+            )
+        )
         server = procs.python(HELPERS / "server.py", "2000", name="server", env=env)
         wait_until(lambda: first_client_count(first) >= 300 and done_by_all(first), 120, "300 results")
         first.stop()  # no append-only file: Redis comes back empty

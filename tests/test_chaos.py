@@ -16,8 +16,22 @@ pytestmark = pytest.mark.services  # the soak starts its own redis-server and de
 
 @pytest.mark.timeout(600)
 def test_a_short_chaos_soak_ends_every_task_exactly_once() -> None:
-    out = subprocess.run([sys.executable, str(ROOT / "bench" / "chaos.py"), "--tasks", "2000", "--kill-every",
-                          "1.5", "--timeout", "480", "--json"], capture_output=True, text=True, timeout=560)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "chaos.py"),
+            "--tasks",
+            "2000",
+            "--kill-every",
+            "1.5",
+            "--timeout",
+            "480",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=560,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     assert figures["lost"] == 0 and figures["wrongly_buried"] == 0 and figures["saved_twice"] == 0, figures

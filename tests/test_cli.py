@@ -16,8 +16,13 @@ from mutitask_celery.books.ledger import Outcome
 
 
 def mutitask(*args: str, url: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mutitask_celery", *args, "--redis-url", url],
-                          capture_output=True, text=True, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "mutitask_celery", *args, "--redis-url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def make_failures(channel: int, values: list[object]) -> list[str]:
@@ -36,7 +41,10 @@ def test_list_show_count(r: redis.Redis, redis_url: str) -> None:
     shown = json.loads(mutitask("failed", "show", ids[1], "--json", url=redis_url).stdout)
     assert shown["data"] == "(1, 2)" and shown["device"] == "device1@h" and shown["failures"] == 1
     assert json.loads(mutitask("failed", "count", "--json", url=redis_url).stdout) == {
-        "total": 3, "channels": {"1": 2, "11": 1}, "dropped": 0}
+        "total": 3,
+        "channels": {"1": 2, "11": 1},
+        "dropped": 0,
+    }
 
 
 def test_reload_and_delete(r: redis.Redis, redis_url: str) -> None:
@@ -44,8 +52,7 @@ def test_reload_and_delete(r: redis.Redis, redis_url: str) -> None:
     out = mutitask("failed", "reload", ids[0], url=redis_url)
     assert out.returncode == 0 and out.stdout.strip() == "reloaded 1 failed task(s)"
     assert mt.failed_count(1) == 2 and runtime.ledger().outstanding(1) == 1
-    assert json.loads(mutitask("failed", "delete", "--channel", "1", "--json", url=redis_url).stdout) == {
-        "deleted": 2}
+    assert json.loads(mutitask("failed", "delete", "--channel", "1", "--json", url=redis_url).stdout) == {"deleted": 2}
     assert mt.failed_count() == 0
 
 
@@ -62,6 +69,7 @@ def test_exit_codes(r: redis.Redis, redis_url: str) -> None:
 
 
 def test_help_has_examples() -> None:
-    out = subprocess.run([sys.executable, "-m", "mutitask_celery", "--help"], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "mutitask_celery", "--help"], capture_output=True, text=True, check=True
+    )
     assert "mutitask failed reload --all" in out.stdout and "exit codes" in out.stdout

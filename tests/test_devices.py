@@ -68,8 +68,9 @@ def test_state_transitions(procs: Processes, r: redis.Redis) -> None:
 
 
 @pytest.mark.parametrize("seconds, count, holds", [("0.5", 8, 1), ("0.05", 60, 2)], ids=["slow", "quick"])
-def test_pause_lets_the_task_in_hand_finish_and_starts_no_other(procs: Processes, r: redis.Redis, seconds: str,
-                                                                count: int, holds: int) -> None:
+def test_pause_lets_the_task_in_hand_finish_and_starts_no_other(
+    procs: Processes, r: redis.Redis, seconds: str, count: int, holds: int
+) -> None:
     """Quick tasks: the device holds a second message (prefetch 2), and still starts it only if not paused."""
     dev = procs.device(1, 1, "slow", env={"SLOW_SECONDS": seconds})
     wait_until(device_is_up(D1), 30, "device1")
@@ -133,8 +134,13 @@ def test_start_paused_waits_for_start_all(procs: Processes, r: redis.Redis) -> N
     read_end, write_end = os.pipe()
     result: dict[str, object] = {}
     with os.fdopen(read_end) as commands, os.fdopen(write_end, "w") as operator:
-        run = threading.Thread(target=lambda: result.update(summary=serve.serve(
-            iter(["x", "y"]), channel_size=5, stdin=commands, out=io.StringIO(), start_paused=True)))
+        run = threading.Thread(
+            target=lambda: result.update(
+                summary=serve.serve(
+                    iter(["x", "y"]), channel_size=5, stdin=commands, out=io.StringIO(), start_paused=True
+                )
+            )
+        )
         run.start()
         wait_until(lambda: r.llen(keys.queue(1)) == 2, 30, "both tasks to wait on the queue")
         assert status(D1).state is DeviceState.PAUSED and status(D1).done == 0
@@ -201,8 +207,9 @@ def test_cli_status_pause_start_stop(procs: Processes, r: redis.Redis, redis_url
     wait_until(device_is_up(D1), 30, "device1")
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "mutitask_celery", *args], capture_output=True, text=True,
-                              timeout=60, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "mutitask_celery", *args], capture_output=True, text=True, timeout=60, check=False
+        )
 
     (row,) = json.loads(cli("status", "--json").stdout)
     assert row["name"] == D1 and row["state"] == "running" and row["code"] == 1

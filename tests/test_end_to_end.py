@@ -33,7 +33,7 @@ pytestmark = pytest.mark.usefixtures("broker")  # every test: [redis] and [amqp]
 
 def summary_of(procs: Processes, server: subprocess.Popen[bytes]) -> dict[str, dict[str, int]]:
     line = [x for x in procs.output(server).splitlines() if x.startswith("SUMMARY ")][-1]
-    return json.loads(line[len("SUMMARY "):])
+    return json.loads(line[len("SUMMARY ") :])
 
 
 def starts(procs: Processes, dev: subprocess.Popen[bytes]) -> list[str]:
@@ -159,8 +159,25 @@ def test_save_function_failure_keeps_the_result(procs: Processes, r: redis.Redis
 
 
 def test_celery_worker_command_is_a_device_beside_a_legacy_one(procs: Processes, r: redis.Redis) -> None:
-    celery = [sys.executable, "-m", "celery", "-A", "mutitask_celery", "worker", "-Q", "channel1",
-              "-n", "device3@%h", "-I", "channel_one", "--pool", "threads", "-c", "1", "--without-mingle"]
+    celery = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "mutitask_celery",
+        "worker",
+        "-Q",
+        "channel1",
+        "-n",
+        "device3@%h",
+        "-I",
+        "channel_one",
+        "--pool",
+        "threads",
+        "-c",
+        "1",
+        "--without-mingle",
+    ]
     procs.start(celery, "celery-device3", env={"DEVICE_TAG": "celery"})
     procs.device(1, 1, "tag", env={"DEVICE_TAG": "legacy"})
     wait_until(device_is_up(f"device3@{HOST}"), 30, "device3 (celery worker) to answer")
@@ -172,11 +189,25 @@ def test_celery_worker_command_is_a_device_beside_a_legacy_one(procs: Processes,
     assert {tag for tag, _ in results} == {"celery", "legacy"}
 
 
-def test_celeryconfig_imports_make_a_celery_worker_a_device(procs: Processes, r: redis.Redis,
-                                                            tmp_path: Path) -> None:
+def test_celeryconfig_imports_make_a_celery_worker_a_device(procs: Processes, r: redis.Redis, tmp_path: Path) -> None:
     (tmp_path / "celeryconfig.py").write_text('imports = ["channel_one"]\n')
-    celery = [sys.executable, "-m", "celery", "-A", "mutitask_celery", "worker", "-Q", "channel1",
-              "-n", "device5@%h", "--pool", "threads", "-c", "1", "--without-mingle"]
+    celery = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "mutitask_celery",
+        "worker",
+        "-Q",
+        "channel1",
+        "-n",
+        "device5@%h",
+        "--pool",
+        "threads",
+        "-c",
+        "1",
+        "--without-mingle",
+    ]
     procs.start(celery, "celery-device5", env={"DEVICE_TAG": "from-config"}, cwd=tmp_path)
     summary = serve.serve(iter(["a", "b"]), channel_size=2, stdin=io.StringIO(""), out=io.StringIO())
     assert summary.succeeded == 2
@@ -184,8 +215,23 @@ def test_celeryconfig_imports_make_a_celery_worker_a_device(procs: Processes, r:
 
 
 def test_message_for_a_channel_without_function_is_dead_lettered(procs: Processes, r: redis.Redis) -> None:
-    celery = [sys.executable, "-m", "celery", "-A", "mutitask_celery", "worker", "-Q", "channel2",
-              "-n", "device4@%h", "--pool", "threads", "-c", "1", "--without-mingle"]
+    celery = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "mutitask_celery",
+        "worker",
+        "-Q",
+        "channel2",
+        "-n",
+        "device4@%h",
+        "--pool",
+        "threads",
+        "-c",
+        "1",
+        "--without-mingle",
+    ]
     procs.start(celery, "celery-device4")
     summary = serve.serve([iter([]), iter(["x"])], channel_size=5, stdin=io.StringIO(""), out=io.StringIO())
     assert summary.channels[2].failed == 1
@@ -195,8 +241,9 @@ def test_message_for_a_channel_without_function_is_dead_lettered(procs: Processe
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_signal_finishes_the_task_in_hand_then_exits(sig: signal.Signals, procs: Processes, r: redis.Redis,
-                                                     broker: Broker) -> None:
+def test_signal_finishes_the_task_in_hand_then_exits(
+    sig: signal.Signals, procs: Processes, r: redis.Redis, broker: Broker
+) -> None:
     dev = procs.device(1, 1, "slow", env={"SLOW_SECONDS": "2"})
     wait_until(device_is_up(f"device1@{HOST}"), 30, "device1 to answer")
     runtime.ledger().publish(1, [("t1", '"in hand"'), ("t2", '"next"')])
@@ -223,8 +270,9 @@ def test_server_script_exits_zero_with_piped_commands(procs: Processes, r: redis
     assert "Traceback" not in out
 
 
-def test_unserializable_item_is_dead_lettered_and_the_run_goes_on(procs: Processes, r: redis.Redis,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
+def test_unserializable_item_is_dead_lettered_and_the_run_goes_on(
+    procs: Processes, r: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
     procs.device(1, 1, "echo")
     marker = object()
     summary = serve.serve(iter(["a", marker, "b"]), channel_size=5, stdin=io.StringIO(""), out=io.StringIO())
@@ -251,8 +299,7 @@ def test_generator_that_raises_midway(procs: Processes, r: redis.Redis, caplog: 
 def test_retries_on_a_real_device(procs: Processes, r: redis.Redis) -> None:
     procs.device(1, 1, "shaky", "--retries", "2")
     procs.device(2, 2, "shaky", "--retries", "1")
-    summary = serve.serve([iter(["a", "b"]), iter(["c"])], channel_size=5, stdin=io.StringIO(""),
-                          out=io.StringIO())
+    summary = serve.serve([iter(["a", "b"]), iter(["c"])], channel_size=5, stdin=io.StringIO(""), out=io.StringIO())
     assert sorted(mt.results(1)) == [["a", 3], ["b", 3]]  # third try succeeded
     assert summary.channels[2].failed == 1  # one retry was not enough
     (record,) = mt.failed(2)
@@ -263,8 +310,9 @@ def start_times(procs: Processes, dev: subprocess.Popen[bytes]) -> list[float]:
     return [float(line.split()[2]) for line in procs.output(dev).splitlines() if line.startswith("START ")]
 
 
-def test_a_device_killed_mid_task_loses_nothing(procs: Processes, r: redis.Redis, broker: Broker,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_device_killed_mid_task_loses_nothing(
+    procs: Processes, r: redis.Redis, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """SIGKILL while a task runs: RabbitMQ hands the message to another device at once (the
     connection dropped), on Redis the reaper does after MUTITASK_DEAD_AFTER; either way every
     task ends exactly once in the books."""
@@ -333,7 +381,8 @@ class Died(BaseException):
 
 @pytest.mark.parametrize("broker", ["amqp"], indirect=True)  # on Redis the move and the push are one script
 def test_a_reload_that_dies_before_publishing_is_published_by_the_next_run(
-        procs: Processes, r: redis.Redis, broker: Broker, tmp_path: Path) -> None:
+    procs: Processes, r: redis.Redis, broker: Broker, tmp_path: Path
+) -> None:
     flag = tmp_path / "now-it-works"
     procs.device(1, 1, "flaky", env={"FLAKY_FLAG": str(flag)})
     assert serve.serve(iter(["a", "b", "c"]), channel_size=5, stdin=io.StringIO(""), out=io.StringIO()).failed == 3

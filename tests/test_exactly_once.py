@@ -40,18 +40,40 @@ def fast(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> Iterator[None]:
     settings._current = None
 
 
-def celery_device(procs: Processes, n: int, module: str, pool: str | None, concurrency: int,
-                  env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+def celery_device(
+    procs: Processes,
+    n: int,
+    module: str,
+    pool: str | None,
+    concurrency: int,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.Popen[bytes]:
     """``celery -A mutitask_celery worker`` as device ``n`` (Celery's default pool when ``pool`` is None)."""
-    args = [sys.executable, "-m", "celery", "-A", "mutitask_celery", "worker", "-Q", "channel1", "-n",
-            f"device{n}@%h", "-I", module, "-c", str(concurrency), "--without-mingle", "--without-gossip"]
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "mutitask_celery",
+        "worker",
+        "-Q",
+        "channel1",
+        "-n",
+        f"device{n}@%h",
+        "-I",
+        module,
+        "-c",
+        str(concurrency),
+        "--without-mingle",
+        "--without-gossip",
+    ]
     if pool is not None:
         args += ["--pool", pool]
     return procs.start(args, f"celery-device{n}-{pool or 'default'}", env=env, cwd=cwd)
 
 
-def supervised(start: Callable[[], subprocess.Popen[bytes]], done: Callable[[], bool],
-               timeout: float) -> int:
+def supervised(start: Callable[[], subprocess.Popen[bytes]], done: Callable[[], bool], timeout: float) -> int:
     """Run a device as systemd would (restart it whenever it dies) until ``done()``; returns restarts."""
     device = start()
     restarts = 0
@@ -70,8 +92,9 @@ def outcomes(n: int) -> Callable[[], bool]:
     return lambda: mt.results_count(1) + mt.failed_count(1) >= n
 
 
-def test_a_killed_device_is_charged_only_what_it_was_running(procs: Processes, r: redis.Redis, fast: None,
-                                                              tmp_path: Path) -> None:
+def test_a_killed_device_is_charged_only_what_it_was_running(
+    procs: Processes, r: redis.Redis, fast: None, tmp_path: Path
+) -> None:
     """device1 runs one long task and holds eight more when it is SIGKILLed; five live devices
     reap it at once. With MAX_ATTEMPTS=1, the running task dies once and is dead-lettered (it
     was running alone); a charge to any held message, or a death counted twice, would bury
@@ -97,16 +120,18 @@ def test_a_killed_device_is_charged_only_what_it_was_running(procs: Processes, r
     assert (stats.succeeded, stats.failed, stats.duplicates) == (8, 1, 0)
 
 
-def test_a_poison_task_beside_innocent_ones_is_the_only_one_buried(procs: Processes, r: redis.Redis,
-                                                                   fast: None) -> None:
+def test_a_poison_task_beside_innocent_ones_is_the_only_one_buried(
+    procs: Processes, r: redis.Redis, fast: None
+) -> None:
     """A device of three slots runs the poison beside two innocent tasks and holds more; a
     supervisor restarts it whenever the poison kills it."""
     innocent = [f"i{n}" for n in range(12)]
     tasks = [*innocent[:2], "poison", *innocent[2:]]  # the device takes two innocent ones first
     thread, out = run_in_thread(tasks, channel_size=20)
     env = {**FAST, "TASK_SECONDS": "0.5"}
-    restarts = supervised(lambda: procs.device(1, 1, "poison", "--concurrency", "3", env=env),
-                          lambda: not thread.is_alive(), 180)
+    restarts = supervised(
+        lambda: procs.device(1, 1, "poison", "--concurrency", "3", env=env), lambda: not thread.is_alive(), 180
+    )
     summary = out["summary"]
     assert (summary.published, summary.succeeded, summary.failed) == (13, 12, 1)
     (record,) = mt.failed(1)
@@ -115,18 +140,21 @@ def test_a_poison_task_beside_innocent_ones_is_the_only_one_buried(procs: Proces
     assert 3 <= restarts <= 4  # three deaths, the last ones alone (one more if the first was beside others)
 
 
-@pytest.mark.parametrize("pool,concurrency", [(None, 2), ("solo", 1), ("threads", 2)],
-                         ids=["prefork-default", "solo", "threads"])
-def test_a_poison_task_in_a_batch_is_buried_on_every_pool(procs: Processes, r: redis.Redis, fast: None,
-                                                          pool: str | None, concurrency: int) -> None:
+@pytest.mark.parametrize(
+    "pool,concurrency", [(None, 2), ("solo", 1), ("threads", 2)], ids=["prefork-default", "solo", "threads"]
+)
+def test_a_poison_task_in_a_batch_is_buried_on_every_pool(
+    procs: Processes, r: redis.Redis, fast: None, pool: str | None, concurrency: int
+) -> None:
     """``celery -A mutitask_celery worker`` (Celery's default pool is prefork: a poison task kills
     a pool child, not the device) and the solo and threads pools; the poison travels in a
     message of four tasks, as short tasks do."""
     items = [(f"id-{name}", codec.encode(name)) for name in ("a", "b", "poison", "c")]
     runtime.ledger().publish(1, items, batch=4)
     runtime.ledger().publish(1, [(f"id-{name}", codec.encode(name)) for name in ("d", "e")])
-    restarts = supervised(lambda: celery_device(procs, 1, "poison_tasks", pool, concurrency, env=FAST),
-                          outcomes(6), 180)
+    restarts = supervised(
+        lambda: celery_device(procs, 1, "poison_tasks", pool, concurrency, env=FAST), outcomes(6), 180
+    )
     (record,) = mt.failed(1)
     assert record.data == "poison" and record.reason.startswith("worker lost")
     assert sorted(mt.results(1)) == ["a", "b", "c", "d", "e"]
@@ -137,8 +165,7 @@ def test_a_poison_task_in_a_batch_is_buried_on_every_pool(procs: Processes, r: r
         assert restarts == 0  # the device itself never died: only its pool children did
 
 
-def test_a_live_device_busy_on_the_cpu_is_never_taken_for_dead(procs: Processes, r: redis.Redis,
-                                                               fast: None) -> None:
+def test_a_live_device_busy_on_the_cpu_is_never_taken_for_dead(procs: Processes, r: redis.Redis, fast: None) -> None:
     """Thousands of names that will never beat again sit in the roster (container hostnames
     change at every restart); a live device runs a CPU-bound task for 12 s, three times the
     dead_after of 3 s, while another device reaps."""
@@ -171,13 +198,13 @@ def test_a_reload_moves_what_was_there_and_ends(procs: Processes, r: redis.Redis
     reload.start()
     reload.join(60)
     assert not reload.is_alive() and moved == [count]
-    wait_until(lambda: mt.failed_count(1) == count and runtime.ledger().outstanding(1) == 0, 60,
-               "every task to fail again")
+    wait_until(
+        lambda: mt.failed_count(1) == count and runtime.ledger().outstanding(1) == 0, 60, "every task to fail again"
+    )
     assert {record.failures for record in mt.failed(1, limit=None)} == {2}
 
 
-def test_a_warm_shutdown_leaves_no_stale_note(procs: Processes, r: redis.Redis, fast: None,
-                                              tmp_path: Path) -> None:
+def test_a_warm_shutdown_leaves_no_stale_note(procs: Processes, r: redis.Redis, fast: None, tmp_path: Path) -> None:
     """device1 holds a second message when it is told to stop: kombu puts it back with its
     delivery tag, device1 forgets it, device2 runs it, and device1 restarting under its name
     takes nothing from device2."""
@@ -200,12 +227,16 @@ def test_a_warm_shutdown_leaves_no_stale_note(procs: Processes, r: redis.Redis, 
     assert runtime.ledger().stats(1).duplicates == 0 and r.hlen(keys.lost(1)) == 0
 
 
-@pytest.mark.parametrize("config,complaint", [
-    ("task_acks_late = False\n", "task_acks_late is off"),
-    ("broker_transport_options = {'global_keyprefix': 'app1:'}\n", "global_keyprefix"),
-])
-def test_a_celeryconfig_that_breaks_the_promises_is_refused(procs: Processes, r: redis.Redis, tmp_path: Path,
-                                                           config: str, complaint: str) -> None:
+@pytest.mark.parametrize(
+    "config,complaint",
+    [
+        ("task_acks_late = False\n", "task_acks_late is off"),
+        ("broker_transport_options = {'global_keyprefix': 'app1:'}\n", "global_keyprefix"),
+    ],
+)
+def test_a_celeryconfig_that_breaks_the_promises_is_refused(
+    procs: Processes, r: redis.Redis, tmp_path: Path, config: str, complaint: str
+) -> None:
     (tmp_path / "celeryconfig.py").write_text(config)
     env = {"PYTHONPATH": f"{tmp_path}:{HELPERS.parent.parent}:{HELPERS}"}
     device = celery_device(procs, 1, "channel_one", "threads", 1, env=env, cwd=tmp_path)

@@ -50,8 +50,12 @@ def test_spider_example(procs: Processes, r: redis.Redis) -> None:
     assert sorted(int(f.data.rstrip("/").rsplit("/", 1)[1]) for f in records) == sorted(failing)
     assert {f.reason for f in records} == {"returned None"}
     stats = runtime.ledger().stats(1)
-    assert (stats.published, stats.succeeded, stats.failed, stats.duplicates) == (200, 200 - len(failing),
-                                                                                   len(failing), 0)
+    assert (stats.published, stats.succeeded, stats.failed, stats.duplicates) == (
+        200,
+        200 - len(failing),
+        len(failing),
+        0,
+    )
     assert runtime.ledger().outstanding(1) == 0
 
 
@@ -78,11 +82,11 @@ def test_convolve_example(procs: Processes, r: redis.Redis, tmp_path: Path) -> N
 
 
 def test_demo_script_runs_and_leaves_no_process(redis_url: str) -> None:
-    out = subprocess.run([sys.executable, str(EXAMPLES / "run_demo.py")], capture_output=True, text=True,
-                         timeout=300, check=False)
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "run_demo.py")], capture_output=True, text=True, timeout=300, check=False
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "channel 1: published 200, succeeded 189, failed 11" in out.stdout
     assert "channel 1: published 200, succeeded 200, failed 0" in out.stdout
     leftover = subprocess.run(["pgrep", "-f", str(EXAMPLES / "spider_device")], capture_output=True, text=True)
     assert leftover.stdout == ""
-

@@ -68,9 +68,14 @@ def test_tasks_forms_map_to_channels() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"deviceNumb": 0}, {"deviceNumb": "5"}, {"deviceNumb": 2, "ChannelSize": 0},
-     {"deviceNumb": 2, "ChannelSize": 2.5}, {"deviceNumb": 2, "MonitorWaitTime": -1},
-     {"deviceNumb": 2, "port": "x"}],
+    [
+        {"deviceNumb": 0},
+        {"deviceNumb": "5"},
+        {"deviceNumb": 2, "ChannelSize": 0},
+        {"deviceNumb": 2, "ChannelSize": 2.5},
+        {"deviceNumb": 2, "MonitorWaitTime": -1},
+        {"deviceNumb": 2, "port": "x"},
+    ],
 )
 def test_server_config_errors(kwargs: dict[str, object]) -> None:
     from Mutitask.server import BaseConfig
@@ -81,10 +86,15 @@ def test_server_config_errors(kwargs: dict[str, object]) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"deviceID": 0, "TaskChannelID": 1}, {"deviceID": 1, "TaskChannelID": -2},
-     {"deviceID": 1, "TaskChannelID": "1"}, {"deviceID": 1, "TaskChannelID": 1, "task_format": "pickle"},
-     {"deviceID": 1, "TaskChannelID": 1, "concurrency": 0}, {"deviceID": 1, "TaskChannelID": 1, "retries": -1},
-     {"deviceID": 1, "TaskChannelID": 1, "retry_backoff": "soon"}],
+    [
+        {"deviceID": 0, "TaskChannelID": 1},
+        {"deviceID": 1, "TaskChannelID": -2},
+        {"deviceID": 1, "TaskChannelID": "1"},
+        {"deviceID": 1, "TaskChannelID": 1, "task_format": "pickle"},
+        {"deviceID": 1, "TaskChannelID": 1, "concurrency": 0},
+        {"deviceID": 1, "TaskChannelID": 1, "retries": -1},
+        {"deviceID": 1, "TaskChannelID": 1, "retry_backoff": "soon"},
+    ],
 )
 def test_client_config_errors(kwargs: dict[str, object]) -> None:
     from Mutitask.client import BaseConfig

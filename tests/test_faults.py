@@ -33,8 +33,9 @@ def starts(procs: Processes, dev: subprocess.Popen[bytes]) -> list[str]:
     return [line.split()[1] for line in procs.output(dev).splitlines() if line.startswith("START ")]
 
 
-def test_task_of_a_killed_device_is_delivered_again_within_seconds(procs: Processes, r: redis.Redis,
-                                                                   fast_reaper: None) -> None:
+def test_task_of_a_killed_device_is_delivered_again_within_seconds(
+    procs: Processes, r: redis.Redis, fast_reaper: None
+) -> None:
     victim = procs.device(1, 1, "slow", env={"SLOW_SECONDS": "30", **FAST})
     wait_until(device_is_up(f"device1@{HOST}"), 30, "device1")
     runtime.ledger().publish(1, [(messages.new_task_id(), codec.encode("held"))])
@@ -62,8 +63,7 @@ def test_a_restarted_device_gives_back_what_it_held(procs: Processes, r: redis.R
     wait_until(lambda: mt.results(1) == ["held"], 10, "the result")
 
 
-def test_poison_task_is_dead_lettered_after_three_deaths(procs: Processes, r: redis.Redis,
-                                                         fast_reaper: None) -> None:
+def test_poison_task_is_dead_lettered_after_three_deaths(procs: Processes, r: redis.Redis, fast_reaper: None) -> None:
     poison_run(procs, env=FAST)
     assert r.hlen(keys.lost(1)) == 0
     # The run ends once every task has its outcome; a device acks just after recording one.
@@ -76,8 +76,9 @@ def expected_double(n: int) -> str:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_ten_thousand_tasks_with_a_device_killed_three_times(procs: Processes, r: redis.Redis,
-                                                             fast_reaper: None) -> None:
+def test_ten_thousand_tasks_with_a_device_killed_three_times(
+    procs: Processes, r: redis.Redis, fast_reaper: None
+) -> None:
     count = 10_000
     thread, out = run_in_thread([str(n) for n in range(count)])
     procs.device(1, 1, env=FAST)
@@ -102,8 +103,9 @@ def test_ten_thousand_tasks_with_a_device_killed_three_times(procs: Processes, r
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_redis_restarted_mid_run_loses_nothing(procs: Processes, tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_redis_restarted_mid_run_loses_nothing(
+    procs: Processes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mutitask_celery import settings
     from mutitask_celery.tools.localredis import LocalRedis, free_port
 

@@ -34,8 +34,13 @@ TASKS = 30
 START_TIMEOUT = 30
 CHROMIUM_TIMEOUT = 60
 CHROMIUM_FLAGS = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
     # Virtual time lets the page's ajax refresh (/workers?json=1) land before the dump.
     "--virtual-time-budget=5000",
 )
@@ -55,8 +60,17 @@ def start_flower(procs: Processes, *options: str, env: dict[str, str] | None = N
     ``redis_url`` fixture sets MUTITASK_REDIS_URL for children); returns its base
     URL once the port answers HTTP. ``procs`` stops it with the test."""
     port = free_port()
-    args = [sys.executable, "-m", "celery", "-A", "mutitask_celery", "flower",
-            f"--port={port}", "--address=127.0.0.1", *options]
+    args = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "mutitask_celery",
+        "flower",
+        f"--port={port}",
+        "--address=127.0.0.1",
+        *options,
+    ]
     proc = procs.start(args, f"flower-{port}", env=env)
     url = f"http://127.0.0.1:{port}"
 
@@ -84,14 +98,18 @@ def not_shown(error: BaseException, *secrets: str) -> bool:
     """No secret in what a traceback would print of ``error``: its message, its
     args, and no chained exception (whose request could carry the header)."""
     printed = "".join(traceback.format_exception_only(type(error), error)) + repr(error.args)
-    chained = error.__cause__ is not None or (error.__context__ is not None
-                                              and not error.__suppress_context__)
+    chained = error.__cause__ is not None or (error.__context__ is not None and not error.__suppress_context__)
     return not chained and not any(secret in printed for secret in secrets)
 
 
-def wait_for_devices(url: str, ok: Callable[[FlowerWorker], bool], what: str,
-                     names: tuple[str, ...] = DEVICES, timeout: float = START_TIMEOUT,
-                     processed: int | None = None) -> dict[str, FlowerWorker]:
+def wait_for_devices(
+    url: str,
+    ok: Callable[[FlowerWorker], bool],
+    what: str,
+    names: tuple[str, ...] = DEVICES,
+    timeout: float = START_TIMEOUT,
+    processed: int | None = None,
+) -> dict[str, FlowerWorker]:
     """Poll Flower until every device of ``names`` is listed and ``ok``, and
     (when given) their processed counts add up to ``processed``; returns them."""
 
@@ -118,8 +136,7 @@ def run_tasks(n: int) -> int:
     """Run ``n`` tasks; returns how many Celery messages carried them (what Flower counts as
     processed: short tasks travel several to a message)."""
     before = runtime.ledger().stats(1).messages
-    summary = serve.serve(iter([str(i) for i in range(n)]), channel_size=5,
-                          stdin=io.StringIO(""), out=io.StringIO())
+    summary = serve.serve(iter([str(i) for i in range(n)]), channel_size=5, stdin=io.StringIO(""), out=io.StringIO())
     assert summary.published == n and summary.succeeded + summary.failed == n
     return runtime.ledger().stats(1).messages - before
 
@@ -140,8 +157,7 @@ def test_workers_online_with_processed_counts(procs: Processes, r: redis.Redis) 
     # A stopped device says worker-offline: listed offline, with what Flower last knew.
     device2.send_signal(signal.SIGTERM)
     assert device2.wait(15) == 0
-    (gone,) = wait_for_devices(url, lambda w: not w.online, "offline", names=DEVICES[1:],
-                               timeout=15).values()
+    (gone,) = wait_for_devices(url, lambda w: not w.online, "offline", names=DEVICES[1:], timeout=15).values()
     # Flower applies inspect replies in its own loop after answering, so its cached count
     # may lag; it never invents tasks, and an offline device holds none.
     assert gone.processed <= seen[DEVICES[1]].processed and gone.active == 0
@@ -179,8 +195,9 @@ def test_basic_auth_and_a_wrong_password(procs: Processes, r: redis.Redis) -> No
         flower_workers(url)
 
 
-def test_devices_reads_flower_when_configured(procs: Processes, r: redis.Redis,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_devices_reads_flower_when_configured(
+    procs: Processes, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import mutitask_celery as mt
     from mutitask_celery import settings
     from mutitask_celery.control import DeviceState
@@ -244,8 +261,9 @@ def run_chromium(procs: Processes, chromium: str, profile: Path, name: str, *arg
 def test_workers_page_in_a_browser(procs: Processes, r: redis.Redis, tmp_path: Path) -> None:
     chromium = chromium_binary()
     if chromium is None:
-        pytest.skip("Chromium is not installed (apt-get install -y chromium); "
-                    "it renders Flower's workers page for this test")
+        pytest.skip(
+            "Chromium is not installed (apt-get install -y chromium); it renders Flower's workers page for this test"
+        )
     procs.device(1, 1)
     procs.device(2, 1)
     url = start_flower(procs, env={"FLOWER_UNAUTHENTICATED_API": "1"})
@@ -253,8 +271,7 @@ def test_workers_page_in_a_browser(procs: Processes, r: redis.Redis, tmp_path: P
     carried = run_tasks(TASKS)
     wait_for_devices(url, idle, f"idle after {TASKS} tasks", timeout=15, processed=carried)
 
-    output = run_chromium(procs, chromium, tmp_path / "profile-dom", "chromium-dom",
-                          "--dump-dom", f"{url}/workers")
+    output = run_chromium(procs, chromium, tmp_path / "profile-dom", "chromium-dom", "--dump-dom", f"{url}/workers")
     dom = re.search(r"<html.*</html>", output, re.S)  # the log also holds Chromium's stderr
     assert dom is not None, output[-3000:]
     for name in DEVICES:
@@ -266,7 +283,14 @@ def test_workers_page_in_a_browser(procs: Processes, r: redis.Redis, tmp_path: P
     artifacts.mkdir(parents=True, exist_ok=True)
     shot = artifacts / "flower-workers.png"
     shot.unlink(missing_ok=True)
-    run_chromium(procs, chromium, tmp_path / "profile-shot", "chromium-screenshot",
-                 f"--screenshot={shot}", "--window-size=1280,800", f"{url}/workers")
+    run_chromium(
+        procs,
+        chromium,
+        tmp_path / "profile-shot",
+        "chromium-screenshot",
+        f"--screenshot={shot}",
+        "--window-size=1280,800",
+        f"{url}/workers",
+    )
     assert shot.is_file() and shot.stat().st_size > 0
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -53,8 +53,7 @@ class Cluster:
     url: str  # what the hosts use: redis://:<password>@10.213.0.1:6390/0
 
     def env(self, **extra: str) -> dict[str, str]:
-        return {"MUTITASK_REDIS_URL": self.url, "MUTITASK_BROKER_URL": "", "MUTITASK_DEAD_AFTER": DEAD_AFTER,
-                **extra}
+        return {"MUTITASK_REDIS_URL": self.url, "MUTITASK_BROKER_URL": "", "MUTITASK_DEAD_AFTER": DEAD_AFTER, **extra}
 
     def device(self, procs: Processes, n: int, host: str) -> subprocess.Popen[bytes]:
         args = [sys.executable, str(HELPERS / "device.py"), str(n), "1", "slow"]
@@ -83,10 +82,33 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
             pytest.skip(f"cannot make network namespaces on this machine: {exc}")
         password = secrets.token_hex(12)
         sock = sockdir / "redis.sock"
-        redis_proc.start(net.command("h1", [
-            "redis-server", "--bind", net.address("h1"), "--port", str(PORT), "--requirepass", password,
-            "--unixsocket", str(sock), "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
-            "--dir", str(sockdir), "--logfile", str(tmp_path / "redis-h1.log")]), "redis-h1")
+        redis_proc.start(
+            net.command(
+                "h1",
+                [
+                    "redis-server",
+                    "--bind",
+                    net.address("h1"),
+                    "--port",
+                    str(PORT),
+                    "--requirepass",
+                    password,
+                    "--unixsocket",
+                    str(sock),
+                    "--unixsocketperm",
+                    "700",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(sockdir),
+                    "--logfile",
+                    str(tmp_path / "redis-h1.log"),
+                ],
+            ),
+            "redis-h1",
+        )
         r = redis.Redis(unix_socket_path=str(sock), password=password, decode_responses=True, socket_timeout=5)
 
         def up() -> bool:
@@ -128,20 +150,30 @@ def held_tasks(r: redis.Redis, device: str) -> list[str]:
 
 
 def test_three_hosts_books_balance_and_a_cut_host_gets_its_tasks_delivered_again(
-        cluster: Cluster, procs: Processes) -> None:
+    cluster: Cluster, procs: Processes
+) -> None:
     r, net = cluster.r, cluster.net
     devices = {n: cluster.device(procs, n, host) for n, host in enumerate(HOSTS, start=1)}
     names = {n: cluster.name(n, host) for n, host in enumerate(HOSTS, start=1)}
-    wait_until(lambda: set(names.values()) <= set(r.hkeys(keys.DEVICES_INFO)), 60,
-               "the three devices to enter the roster over their links")
-    server = procs.start(net.command("h2", [sys.executable, str(HELPERS / "server.py"), str(COUNT), "50"]),
-                         "server-h2", env=cluster.env())
+    wait_until(
+        lambda: set(names.values()) <= set(r.hkeys(keys.DEVICES_INFO)),
+        60,
+        "the three devices to enter the roster over their links",
+    )
+    server = procs.start(
+        net.command("h2", [sys.executable, str(HELPERS / "server.py"), str(COUNT), "50"]),
+        "server-h2",
+        env=cluster.env(),
+    )
 
     # Mid-run, with a task in device3's hands: pull h3's cable.
     held: list[str] = []
     for _ in range(5):
-        wait_until(lambda: r.llen(keys.results(1)) >= 10 and r.exists(keys.inhand(names[3])), 60,
-                   "device3 to hold a task mid-run")
+        wait_until(
+            lambda: r.llen(keys.results(1)) >= 10 and r.exists(keys.inhand(names[3])),
+            60,
+            "device3 to hold a task mid-run",
+        )
         net.cut("h3")
         cut_at = time.time()
         held = held_tasks(r, names[3])  # device3 can change nothing in Redis now
@@ -158,8 +190,11 @@ def test_three_hosts_books_balance_and_a_cut_host_gets_its_tasks_delivered_again
     assert devices[3].poll() is None
     # Cut off, device3's calls to Redis time out (socket timeout: redis-py's default is 5 s) and
     # it retries on new connections, rather than waiting on the dead ones for TCP to give up.
-    wait_until(lambda: any(w in procs.output(devices[3]) for w in LOST_REDIS), 60,
-               "device3 to notice it lost Redis (a socket timeout on its Redis connections)")
+    wait_until(
+        lambda: any(w in procs.output(devices[3]) for w in LOST_REDIS),
+        60,
+        "device3 to notice it lost Redis (a socket timeout on its Redis connections)",
+    )
     net.restore("h3")
     restored_at = time.time()
 
@@ -170,10 +205,16 @@ def test_three_hosts_books_balance_and_a_cut_host_gets_its_tasks_delivered_again
 
     # Back on the network, device3 is heard again and records its late outcome: counted as run
     # twice, and not saved a second time.
-    wait_until(lambda: float(r.hget(keys.DEVICES_SEEN, names[3]) or 0) > restored_at, 60,
-               "device3 to reach Redis again after its link came back")
-    wait_until(lambda: int(r.hget(keys.stats(1), "duplicates") or 0) >= len(held), 60,
-               "device3's late outcome to be counted as a task run twice")
+    wait_until(
+        lambda: float(r.hget(keys.DEVICES_SEEN, names[3]) or 0) > restored_at,
+        60,
+        "device3 to reach Redis again after its link came back",
+    )
+    wait_until(
+        lambda: int(r.hget(keys.stats(1), "duplicates") or 0) >= len(held),
+        60,
+        "device3's late outcome to be counted as a task run twice",
+    )
     results = [json.loads(x) for x in r.lrange(keys.results(1), 0, -1)]
     assert sorted(results, key=int) == [str(n) for n in range(COUNT)]  # each task saved exactly once
     assert r.zcard(keys.dead_index()) == 0 and r.hlen(keys.pending(1)) == 0
@@ -188,11 +229,17 @@ def test_a_server_whose_clock_runs_ahead_leaves_live_devices_alone(cluster: Clus
     env = cluster.env(SLOW_SECONDS="8")
     names = [cluster.name(n, host) for n, host in enumerate(HOSTS, start=1)]
     for n, host in enumerate(HOSTS, start=1):
-        procs.start(net.command(host, [sys.executable, str(HELPERS / "device.py"), str(n), "1", "slow"]),
-                    f"device{n}-{host}", env=env)
+        procs.start(
+            net.command(host, [sys.executable, str(HELPERS / "device.py"), str(n), "1", "slow"]),
+            f"device{n}-{host}",
+            env=env,
+        )
     wait_until(lambda: set(names) <= set(r.hkeys(keys.DEVICES_INFO)), 60, "the three devices")
-    server = procs.start(net.command("h2", [sys.executable, str(HELPERS / "skewed.py"), "15",
-                                            str(HELPERS / "server.py"), "1"]), "server-h2", env=cluster.env())
+    server = procs.start(
+        net.command("h2", [sys.executable, str(HELPERS / "skewed.py"), "15", str(HELPERS / "server.py"), "1"]),
+        "server-h2",
+        env=cluster.env(),
+    )
     assert server.wait(60) == 0, procs.output(server)
     summary = json.loads(procs.output(server).split("SUMMARY ", 1)[1].splitlines()[0])["1"]
     assert (summary["published"], summary["succeeded"], summary["failed"]) == (1, 1, 0), summary

@@ -72,8 +72,7 @@ def test_the_bar_draws_in_the_bottom_line_and_gives_the_screen_back() -> None:
 def test_log_lines_when_the_output_is_not_a_terminal(procs: Processes, r: redis.Redis) -> None:
     procs.device(1, 1, "slow", env={"SLOW_SECONDS": "0.05"})
     wait_until(device_is_up(D1), 30, "device1")
-    server = procs.python(HELPERS / "server.py", "60", "5", name="server",
-                          env={"MUTITASK_PROGRESS_EVERY": "0.3"})
+    server = procs.python(HELPERS / "server.py", "60", "5", name="server", env={"MUTITASK_PROGRESS_EVERY": "0.3"})
     assert server.wait(60) == 0
     out = procs.output(server)
     lines = [line for line in out.splitlines() if "mutitask_celery.serving.progress: channel 1: published" in line]
@@ -88,8 +87,14 @@ def test_live_bar_on_a_terminal_keeps_the_console_usable(procs: Processes, r: re
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HELPERS)]), "TERM": "xterm"}
-    server = subprocess.Popen([sys.executable, str(HELPERS / "server.py"), "100", "5"], stdin=follower,
-                              stdout=follower, stderr=follower, env=env, start_new_session=True)
+    server = subprocess.Popen(
+        [sys.executable, str(HELPERS / "server.py"), "100", "5"],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=env,
+        start_new_session=True,
+    )
     procs.adopt(server)
     os.close(follower)
     seen = bytearray()

@@ -16,19 +16,23 @@ from mutitask_celery.legacy.console import Console, ConsoleError
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 scalars = st.none() | st.booleans() | st.integers() | finite | st.text()
-hashable = st.recursive(scalars, lambda inner: st.tuples(inner, inner) | st.frozensets(inner, max_size=3),
-                        max_leaves=5)
+hashable = st.recursive(scalars, lambda inner: st.tuples(inner, inner) | st.frozensets(inner, max_size=3), max_leaves=5)
 values = st.recursive(
     scalars | st.binary(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
-    | st.dictionaries(st.text(max_size=5), inner, max_size=4)
-    | st.dictionaries(st.integers(), inner, max_size=3)
-    | st.sets(st.integers() | st.text(max_size=4), max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+        | st.dictionaries(st.integers(), inner, max_size=3)
+        | st.sets(st.integers() | st.text(max_size=4), max_size=4)
+    ),
     max_leaves=12,
 )
-arrays = hnp.arrays(dtype=st.sampled_from(["uint8", "int32", "int64", "float32", "float64", "bool"]),
-                    shape=hnp.array_shapes(min_dims=0, max_dims=3, max_side=4),
-                    elements={"allow_nan": False, "allow_infinity": False})
+arrays = hnp.arrays(
+    dtype=st.sampled_from(["uint8", "int32", "int64", "float32", "float64", "bool"]),
+    shape=hnp.array_shapes(min_dims=0, max_dims=3, max_side=4),
+    elements={"allow_nan": False, "allow_infinity": False},
+)
 
 
 @given(values)
@@ -50,8 +54,9 @@ def test_text_form_literal_evals_back(value: object) -> None:
 def test_any_array_round_trips(array: np.ndarray) -> None:
     back = codec.decode(codec.encode(array))
     assert back.dtype == array.dtype and back.shape == array.shape and np.array_equal(back, array)
-    assert np.array_equal(np.array(ast.literal_eval(codec.to_text(back)), dtype=array.dtype).reshape(array.shape),
-                          array)
+    assert np.array_equal(
+        np.array(ast.literal_eval(codec.to_text(back)), dtype=array.dtype).reshape(array.shape), array
+    )
 
 
 @given(hashable)
@@ -96,9 +101,26 @@ def test_parser_reads_every_command_with_numbers(name: str, numbers: list[int]) 
         assert parsed[1] == numbers
 
 
-fields = st.dictionaries(st.sampled_from(["v", "id", "channel", "data", "reason", "traceback", "device",
-                                          "first_failed", "last_failed", "failures", "result", "other"]),
-                         st.text(max_size=12) | st.integers().map(str) | values.map(codec.encode), max_size=12)
+fields = st.dictionaries(
+    st.sampled_from(
+        [
+            "v",
+            "id",
+            "channel",
+            "data",
+            "reason",
+            "traceback",
+            "device",
+            "first_failed",
+            "last_failed",
+            "failures",
+            "result",
+            "other",
+        ]
+    ),
+    st.text(max_size=12) | st.integers().map(str) | values.map(codec.encode),
+    max_size=12,
+)
 
 
 @given(fields)

@@ -55,13 +55,25 @@ def commands(first_line: str) -> list[str]:
 
 
 def shell_env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PATH": VENV_BIN + os.pathsep + os.environ["PATH"],
-            "PYTHONPATH": os.pathsep.join([str(ROOT), str(HELPERS)]), "PYTHONUNBUFFERED": "1", **extra}
+    return {
+        **os.environ,
+        "PATH": VENV_BIN + os.pathsep + os.environ["PATH"],
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(HELPERS)]),
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
 
 
 def sh(line: str, cwd: Path = ROOT, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["bash", "-c", line], cwd=str(cwd), env=shell_env(**env), capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        ["bash", "-c", line],
+        cwd=str(cwd),
+        env=shell_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def script(tmp_path: Path, first_line: str) -> Path:
@@ -78,7 +90,7 @@ KNOWN = {
     "celery -A mutitask_celery worker -Q channel1 -n device1@%h -I mytasks --pool threads --concurrency 4",
     "# status and control",
     "mutitask status",
-    "celery -A mutitask_celery flower --basic-auth=admin:\"$FLOWER_PASSWORD\"",
+    'celery -A mutitask_celery flower --basic-auth=admin:"$FLOWER_PASSWORD"',
     "# the dead-letter store",
     "mutitask failed count",
     "python bench/throughput.py --runs 3",
@@ -98,8 +110,9 @@ def test_the_configuration_table_is_the_settings_table() -> None:
 
 
 def test_the_two_commands(tmp_path: Path) -> None:
-    demo, tests = commands("bash scripts/demo.sh    # a server and three devices working a real job here; "
-                           "needs no Redis installed")
+    demo, tests = commands(
+        "bash scripts/demo.sh    # a server and three devices working a real job here; needs no Redis installed"
+    )
     assert (demo, tests) == ("bash scripts/demo.sh", "bash scripts/test.sh")
     done = sh(demo, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -113,8 +126,9 @@ def test_the_two_commands(tmp_path: Path) -> None:
 
 
 def test_the_legacy_scripts_run_unchanged(procs: Processes, r: redis.Redis, tmp_path: Path) -> None:
-    device = procs.python(script(tmp_path, "# device.py (start as many as you like, each with its own deviceID)"),
-                          name="readme-device")
+    device = procs.python(
+        script(tmp_path, "# device.py (start as many as you like, each with its own deviceID)"), name="readme-device"
+    )
     wait_until(device_is_up(D1), 30, "the README's device")
     server = procs.python(script(tmp_path, "# server.py"), name="readme-server")
     assert server.wait(120) == 0, procs.output(server)
@@ -125,11 +139,15 @@ def test_the_legacy_scripts_run_unchanged(procs: Processes, r: redis.Redis, tmp_
 
 def test_the_celery_way(procs: Processes, r: redis.Redis, tmp_path: Path) -> None:
     script(tmp_path, "# mytasks.py")
-    (line,) = commands("celery -A mutitask_celery worker -Q channel1 -n device1@%h -I mytasks "
-                       "--pool threads --concurrency 4")
-    procs.start(["bash", "-c", f"exec {line}"], "readme-celery-worker", cwd=tmp_path,
-                env={"PATH": shell_env()["PATH"],
-                     "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])})
+    (line,) = commands(
+        "celery -A mutitask_celery worker -Q channel1 -n device1@%h -I mytasks --pool threads --concurrency 4"
+    )
+    procs.start(
+        ["bash", "-c", f"exec {line}"],
+        "readme-celery-worker",
+        cwd=tmp_path,
+        env={"PATH": shell_env()["PATH"], "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])},
+    )
     wait_until(device_is_up(D1), 60, "the README's celery worker")
     runtime.ledger().publish(1, [(messages.new_task_id(), codec.encode(w)) for w in ("a", "bb", "ccc")])
     wait_until(lambda: mt.results_count(1) == 3, 30, "three results")
@@ -139,8 +157,13 @@ def test_the_celery_way(procs: Processes, r: redis.Redis, tmp_path: Path) -> Non
 def test_status_and_control(procs: Processes, r: redis.Redis, tmp_path: Path) -> None:
     procs.device(1, 1)
     wait_until(device_is_up(D1), 30, "device1")
-    sample = subprocess.run([sys.executable, str(script(tmp_path, "# status and control"))], env=shell_env(),
-                            capture_output=True, text=True, timeout=60)
+    sample = subprocess.run(
+        [sys.executable, str(script(tmp_path, "# status and control"))],
+        env=shell_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert sample.returncode == 0, sample.stderr
     assert f"{D1} running [1]" in sample.stdout
     assert mt.devices()[0].state.value == "running"  # paused, then started again
@@ -155,9 +178,16 @@ def test_flower(procs: Processes, r: redis.Redis) -> None:
     (line,) = commands('celery -A mutitask_celery flower --basic-auth=admin:"$FLOWER_PASSWORD"')
     port = free_port()
     password = base64.b16encode(os.urandom(8)).decode()
-    procs.start(["bash", "-c", f"exec {line}"], "readme-flower",
-                env={"PATH": shell_env()["PATH"], "FLOWER_PASSWORD": password, "FLOWER_PORT": str(port),
-                     "FLOWER_ADDRESS": "127.0.0.1"})
+    procs.start(
+        ["bash", "-c", f"exec {line}"],
+        "readme-flower",
+        env={
+            "PATH": shell_env()["PATH"],
+            "FLOWER_PASSWORD": password,
+            "FLOWER_PORT": str(port),
+            "FLOWER_ADDRESS": "127.0.0.1",
+        },
+    )
     auth = "Basic " + base64.b64encode(f"admin:{password}".encode()).decode()
 
     def page(path: str, authorization: str | None = auth) -> int:
@@ -187,8 +217,13 @@ def fill_dead_letters(procs: Processes) -> None:
 
 def test_the_dead_letter_store(procs: Processes, r: redis.Redis, tmp_path: Path) -> None:
     fill_dead_letters(procs)
-    sample = subprocess.run([sys.executable, str(script(tmp_path, "# the dead-letter store"))], env=shell_env(),
-                            capture_output=True, text=True, timeout=60)
+    sample = subprocess.run(
+        [sys.executable, str(script(tmp_path, "# the dead-letter store"))],
+        env=shell_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert sample.returncode == 0, sample.stderr
     assert "returned None" in sample.stdout and "ValueError: unlucky 13" in sample.stdout
     assert mt.failed_count(1) == 0 and runtime.ledger().outstanding(1) == 5  # all back on the channel
@@ -211,7 +246,13 @@ def test_the_dead_letter_commands(procs: Processes, r: redis.Redis) -> None:
 def test_the_benchmark_commands(line: str, tmp_path: Path) -> None:
     words = shlex.split(line)
     extra = ["--quick"] + (["--chart", str(tmp_path / "chart.png")] if "throughput" in line else [])
-    done = subprocess.run([sys.executable, *words[1:], *extra], cwd=str(ROOT), env=shell_env(),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, *words[1:], *extra],
+        cwd=str(ROOT),
+        env=shell_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip(), "a benchmark prints its figures"

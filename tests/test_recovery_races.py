@@ -77,8 +77,14 @@ def reap_together(r: redis.Redis, url: str, max_attempts: int = 3, barrier: bool
     reapers = []
     for _ in range(REAPERS):
         client = redis.Redis.from_url(url, decode_responses=True)
-        reapers.append(Reaper(BarrierClient(client, wall) if barrier else client,  # type: ignore[arg-type]
-                              ledger, dead_after=10, max_attempts=max_attempts))
+        reapers.append(
+            Reaper(
+                BarrierClient(client, wall) if barrier else client,  # type: ignore[arg-type]
+                ledger,
+                dead_after=10,
+                max_attempts=max_attempts,
+            )
+        )
     threads = [threading.Thread(target=reaper.reap) for reaper in reapers]
     for t in threads:
         t.start()
@@ -286,16 +292,31 @@ def test_forgotten_devices_leave_the_roster_and_status_says_so(r: redis.Redis, r
     import sys
 
     now = redis_now(r)
-    r.hset(keys.DEVICES_SEEN, mapping={"device7@old": f"{now - 90000:.6f}", "device8@old": f"{now - 90000:.6f}",
-                                       "device9@busy": f"{now - 90000:.6f}", "device1@new": f"{now - 5:.6f}"})
-    r.hset(keys.DEVICES_INFO, mapping={n: json.dumps({"channels": [1]})
-                                       for n in ("device7@old", "device8@old", "device9@busy", "device1@new")})
+    r.hset(
+        keys.DEVICES_SEEN,
+        mapping={
+            "device7@old": f"{now - 90000:.6f}",
+            "device8@old": f"{now - 90000:.6f}",
+            "device9@busy": f"{now - 90000:.6f}",
+            "device1@new": f"{now - 5:.6f}",
+        },
+    )
+    r.hset(
+        keys.DEVICES_INFO,
+        mapping={
+            n: json.dumps({"channels": [1]}) for n in ("device7@old", "device8@old", "device9@busy", "device1@new")
+        },
+    )
     r.hset(keys.inhand("device9@busy"), "m", "tag|1|1|1")  # still holds a message: kept for a reaper
     forgotten = Reaper(r, runtime.ledger(), forget_after=86400).forget_silent()
     assert sorted(forgotten) == ["device7@old", "device8@old"]
     assert sorted(r.hkeys(keys.DEVICES_INFO)) == ["device1@new", "device9@busy"]
-    out = subprocess.run([sys.executable, "-m", "mutitask_celery", "status", "--timeout", "0.2"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "mutitask_celery", "status", "--timeout", "0.2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert "forgotten: 2 device(s) silent for over 86400 s" in out.stdout
     assert runtime.devices().heard("device7@old") == -1  # back after all: its counts start afresh
@@ -341,14 +362,17 @@ def test_one_redis_named_two_ways_is_recognised(redis_server: Any, monkeypatch: 
         runtime.reset()
 
 
-@pytest.mark.parametrize("url", [
-    "redis://user:s3cr3t@h:1/0",
-    "rediss://:s3cr3t@h:6380/0?ssl_ca_certs=/etc/ca.pem&ssl_cert_reqs=required",
-    "redis://h:1/0?password=s3cr3t",
-    "rediss://u:s3cr3t@h/0?ssl_certfile=/c.pem&ssl_keyfile=/k.pem&ssl_password=s3cr3t",
-    "amqp://guest:s3cr3t@rabbit:5672/vhost",
-    "redis://h/0?token=s3cr3t&socket_timeout=5",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://user:s3cr3t@h:1/0",
+        "rediss://:s3cr3t@h:6380/0?ssl_ca_certs=/etc/ca.pem&ssl_cert_reqs=required",
+        "redis://h:1/0?password=s3cr3t",
+        "rediss://u:s3cr3t@h/0?ssl_certfile=/c.pem&ssl_keyfile=/k.pem&ssl_password=s3cr3t",
+        "amqp://guest:s3cr3t@rabbit:5672/vhost",
+        "redis://h/0?token=s3cr3t&socket_timeout=5",
+    ],
+)
 def test_every_secret_is_masked_in_every_url_form(url: str) -> None:
     from mutitask_celery.settings import mask_url
 

@@ -27,8 +27,7 @@ class Recorder(BrokerPublisher):
         self.fail = False
         self.suspects = False
 
-    def send(self, queue: str, channel: int, groups: Sequence[Sequence[messages.Item]],
-             suspect: bool = False) -> None:
+    def send(self, queue: str, channel: int, groups: Sequence[Sequence[messages.Item]], suspect: bool = False) -> None:
         if self.fail:
             raise ConnectionError("broker gone")
         self.sent.append((queue, [[task_id for task_id, _ in group] for group in groups]))

@@ -11,8 +11,9 @@ from mutitask_celery.serving.channels import ChannelHandler, TaskFormat, registe
 
 
 def handler(fn, retries: int = 0, save=None, fmt: TaskFormat = TaskFormat.TEXT) -> ChannelHandler:  # type: ignore[no-untyped-def]
-    return ChannelHandler(channel=1, task_function=fn, save_function=save, task_format=fmt,
-                          retries=retries, retry_backoff=0.0)
+    return ChannelHandler(
+        channel=1, task_function=fn, save_function=save, task_format=fmt, retries=retries, retry_backoff=0.0
+    )
 
 
 def test_exceptions_are_retried_then_succeed() -> None:

@@ -20,14 +20,57 @@ def tls_redis(procs: Processes, tmp_path: Path) -> str:
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed (scripts/setup.sh installs it)")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-                    "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
     port = free_port()
-    procs.start(["redis-server", "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
-                 "--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
-                 "--tls-auth-clients", "no", "--requirepass", PASSWORD, "--save", "", "--appendonly", "no",
-                 "--dir", str(tmp_path)], "redis-tls")
+    procs.start(
+        [
+            "redis-server",
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            str(cert),
+            "--tls-key-file",
+            str(key),
+            "--tls-ca-cert-file",
+            str(cert),
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            PASSWORD,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        "redis-tls",
+    )
 
     def listening() -> bool:
         with socket.socket() as s:
@@ -51,9 +94,13 @@ def test_a_run_over_tls_with_a_password_that_is_never_shown(procs: Processes, tl
 
 def test_wrong_password_is_a_clear_error_within_seconds(procs: Processes, tls_redis: str) -> None:
     wrong = tls_redis.replace(PASSWORD, "not-the-password")
-    out = subprocess.run([sys.executable, str(HELPERS / "server.py"), "3"], capture_output=True, text=True,
-                         timeout=10, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(HELPERS.parent.parent),
-                                          "MUTITASK_REDIS_URL": wrong})
+    out = subprocess.run(
+        [sys.executable, str(HELPERS / "server.py"), "3"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(HELPERS.parent.parent), "MUTITASK_REDIS_URL": wrong},
+    )
     assert out.returncode == 3 and "Traceback" not in out.stderr
     assert "refused the password" in out.stderr and "rediss://:***@127.0.0.1" in out.stderr
     assert "not-the-password" not in out.stderr + out.stdout
@@ -61,7 +108,11 @@ def test_wrong_password_is_a_clear_error_within_seconds(procs: Processes, tls_re
 
 def test_plain_connection_to_a_tls_port_fails_clearly(procs: Processes, tls_redis: str) -> None:
     plain = tls_redis.replace("rediss://", "redis://").split("?")[0]
-    out = subprocess.run([sys.executable, "-m", "mutitask_celery", "failed", "count", "--redis-url", plain],
-                         capture_output=True, text=True, timeout=20)
+    out = subprocess.run(
+        [sys.executable, "-m", "mutitask_celery", "failed", "count", "--redis-url", plain],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert out.returncode == 3 and "Redis at redis://:***@127.0.0.1" in out.stderr
     assert PASSWORD not in out.stderr

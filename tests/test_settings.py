@@ -37,8 +37,13 @@ def test_environment_beats_celeryconfig() -> None:
 
 def test_explicit_arguments_beat_everything() -> None:
     env = {"MUTITASK_REDIS_URL": "redis://env-host:6380/1"}
-    url = settings.redis_url_from_parts(host="10.0.0.5", port=7000, db=2, password="p@ss:w/rd",
-                                        base=settings.load_settings(environ=env, config=CONFIG).redis_url)
+    url = settings.redis_url_from_parts(
+        host="10.0.0.5",
+        port=7000,
+        db=2,
+        password="p@ss:w/rd",
+        base=settings.load_settings(environ=env, config=CONFIG).redis_url,
+    )
     conf = settings.load_settings({"redis_url": url}, environ=env, config=CONFIG)
     assert conf.redis_url == "redis://:p%40ss%3Aw%2Frd@10.0.0.5:7000/2"
 
@@ -77,8 +82,14 @@ def _broker_seen_from(tmp_path: Path, config_text: str | None, env: dict[str, st
     if config_text is not None:
         (tmp_path / "celeryconfig.py").write_text(config_text)
     code = "import mutitask_celery; print(mutitask_celery.app.conf.broker_url)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
-                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path), **env})
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path), **env},
+    )
     return out.stdout.strip()
 
 
@@ -91,10 +102,18 @@ def test_celeryconfig_file_is_read_by_the_app(tmp_path: Path) -> None:
 
 def test_celeryconfig_overrides_our_celery_defaults(tmp_path: Path) -> None:
     (tmp_path / "celeryconfig.py").write_text("worker_prefetch_multiplier = 4\ntask_acks_late = False\n")
-    code = ("import mutitask_celery as mt; c = mt.app.conf; "
-            "print(c.worker_prefetch_multiplier, c.task_acks_late, c.task_serializer)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True,
-                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)})
+    code = (
+        "import mutitask_celery as mt; c = mt.app.conf; "
+        "print(c.worker_prefetch_multiplier, c.task_acks_late, c.task_serializer)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tmp_path)},
+    )
     assert out.stdout.split() == ["4", "False", "json"]  # the user's two, and our default for the rest
 
 
@@ -112,7 +131,8 @@ def test_environment_set_after_import_is_honoured(r: object, redis_url: str) -> 
         "print(mt.app.conf.broker_url, mt.results_count(1))\n"
     )
     env = {"PATH": "/usr/bin:/bin", "MUTITASK_REDIS_URL": "redis://127.0.0.1:1/0"}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env,
-                         cwd=Path(__file__).parent)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=Path(__file__).parent
+    )
     assert out.stdout.split() == [redis_url, "0"]
     assert r.get("marker") == "here"  # type: ignore[attr-defined]

@@ -56,15 +56,20 @@ local function delete(id)
 end
 """
 
-_DELETE = _DELETE_LUA + """
+_DELETE = (
+    _DELETE_LUA
+    + """
 local n = 0
 for i = 3, #ARGV do n = n + delete(ARGV[i]) end
 return n
 """
+)
 
 # Retention: drop records older than ARGV[3] (a time, '' for none), then the
 # oldest beyond ARGV[4] records ('' for no cap), at most ARGV[5] per call.
-_PRUNE = _DELETE_LUA + """
+_PRUNE = (
+    _DELETE_LUA
+    + """
 local n, budget = 0, tonumber(ARGV[5])
 if ARGV[3] ~= '' then
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3], 'LIMIT', 0, budget)) do
@@ -79,6 +84,7 @@ if ARGV[4] ~= '' then
 end
 return n
 """
+)
 PRUNE_BUDGET = 1000
 
 
@@ -100,9 +106,14 @@ class FailedTask:
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly form (task data and result as their JSON text values)."""
         return {
-            "id": self.id, "channel": self.channel, "data": codec.to_text(self.data),
-            "reason": self.reason, "traceback": self.traceback, "device": self.device,
-            "first_failed": self.first_failed, "last_failed": self.last_failed,
+            "id": self.id,
+            "channel": self.channel,
+            "data": codec.to_text(self.data),
+            "reason": self.reason,
+            "traceback": self.traceback,
+            "device": self.device,
+            "first_failed": self.first_failed,
+            "last_failed": self.last_failed,
             "failures": self.failures,
             "result": None if self.result is None else codec.to_text(self.result),
         }
@@ -177,9 +188,16 @@ class DeadLetterStore(ABC):
 class RedisDeadLetterStore(DeadLetterStore):
     """The store in Redis, next to the books (see module docstring)."""
 
-    def __init__(self, client: redis.Redis, app: Celery, broker_is_store: bool = True,
-                 max_records: int | None = None, max_age: float | None = None,
-                 publisher: BrokerPublisher | None = None, feed: Callable[[int], object] | None = None) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        app: Celery,
+        broker_is_store: bool = True,
+        max_records: int | None = None,
+        max_age: float | None = None,
+        publisher: BrokerPublisher | None = None,
+        feed: Callable[[int], object] | None = None,
+    ) -> None:
         self.client = client
         self.app = app
         self.broker_is_store = broker_is_store
@@ -250,8 +268,9 @@ class RedisDeadLetterStore(DeadLetterStore):
         budget = int(self.client.zcard(index))
         offset = 0
         while budget > 0:
-            page = cast("list[str]", self.client.zrangebyscore(index, "-inf", until, start=offset,
-                                                               num=min(BATCH, budget)))
+            page = cast(
+                "list[str]", self.client.zrangebyscore(index, "-inf", until, start=offset, num=min(BATCH, budget))
+            )
             if not page:
                 return
             yield page
@@ -302,8 +321,9 @@ class RedisDeadLetterStore(DeadLetterStore):
         budget = int(self.client.zcard(index))
         moved = offset = 0
         while budget > 0:
-            page = cast("list[str]", self.client.zrangebyscore(index, "-inf", until, start=offset,
-                                                               num=min(RELOAD_PAGE, budget)))
+            page = cast(
+                "list[str]", self.client.zrangebyscore(index, "-inf", until, start=offset, num=min(RELOAD_PAGE, budget))
+            )
             if not page:
                 break
             budget -= len(page)
@@ -337,8 +357,15 @@ class RedisDeadLetterStore(DeadLetterStore):
         """Move a page of the channel's records (``lua/reload.lua``); returns how many moved, and
         the ids left alone (another channel's, unreadable, or newer)."""
         prefix = keys.DEAD_RECORD_PREFIX  # keys.dead_record, without a call per record
-        ks = [keys.DEAD_INDEX, keys.dead_index(channel), keys.pending(channel), keys.meta(channel),
-              keys.stats(channel), keys.backlog(channel), *[prefix + t for t in ids]]
+        ks = [
+            keys.DEAD_INDEX,
+            keys.dead_index(channel),
+            keys.pending(channel),
+            keys.meta(channel),
+            keys.stats(channel),
+            keys.backlog(channel),
+            *[prefix + t for t in ids],
+        ]
         moved, *left = self._reload(keys=ks, args=[channel, repr(time.time()), RECORD_VERSION, *ids])
         for task_id in left:
             log.warning("not reloading dead-letter record %s: unreadable or written by a newer version", task_id)
@@ -354,8 +381,9 @@ class RedisDeadLetterStore(DeadLetterStore):
                 owners = pipe.execute()
                 batch = [t for t, ch in zip(batch, owners, strict=True) if ch is not None and int(ch) == channel]
             if batch:
-                deleted += int(self._delete(keys=[keys.DEAD_INDEX, keys.DEAD_DROPPED],
-                                            args=[keys.DEAD_RECORD_PREFIX, "", *batch]))
+                deleted += int(
+                    self._delete(keys=[keys.DEAD_INDEX, keys.DEAD_DROPPED], args=[keys.DEAD_RECORD_PREFIX, "", *batch])
+                )
         return deleted
 
     def prune(self) -> int:
@@ -366,8 +394,12 @@ class RedisDeadLetterStore(DeadLetterStore):
         cap = "" if self.max_records is None else str(self.max_records)
         dropped = 0
         while True:
-            n = int(self._prune(keys=[keys.DEAD_INDEX, keys.DEAD_DROPPED],
-                                args=[keys.DEAD_RECORD_PREFIX, "count", oldest, cap, PRUNE_BUDGET]))
+            n = int(
+                self._prune(
+                    keys=[keys.DEAD_INDEX, keys.DEAD_DROPPED],
+                    args=[keys.DEAD_RECORD_PREFIX, "count", oldest, cap, PRUNE_BUDGET],
+                )
+            )
             dropped += n
             if n < PRUNE_BUDGET:
                 break
@@ -386,11 +418,22 @@ class RedisDeadLetterStore(DeadLetterStore):
         task_id = messages.new_task_id()
         now = repr(redis_now(self.client))  # failure times are Redis's clock (see _index_pages)
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(keys.dead_record(task_id), mapping={
-            "v": str(RECORD_VERSION), "id": task_id, "channel": str(channel), "data": codec.encode(text),
-            "reason": reason, "traceback": "", "device": "server", "first_failed": now,
-            "last_failed": now, "failures": "1", "result": "",
-        })
+        pipe.hset(
+            keys.dead_record(task_id),
+            mapping={
+                "v": str(RECORD_VERSION),
+                "id": task_id,
+                "channel": str(channel),
+                "data": codec.encode(text),
+                "reason": reason,
+                "traceback": "",
+                "device": "server",
+                "first_failed": now,
+                "last_failed": now,
+                "failures": "1",
+                "result": "",
+            },
+        )
         pipe.zadd(keys.dead_index(), {task_id: float(now)})
         pipe.zadd(keys.dead_index(channel), {task_id: float(now)})
         pipe.sadd(keys.DEAD_CHANNELS, channel)

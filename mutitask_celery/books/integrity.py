@@ -22,8 +22,10 @@ import redis
 from mutitask_celery.errors import BooksLost
 from mutitask_celery.tables import local_time
 
-ADVICE = ("The run cannot be counted from these books: see 'When Redis loses data' in the README "
-          "(reload what the dead-letter store still holds, rerun the channels, or resume).")
+ADVICE = (
+    "The run cannot be counted from these books: see 'When Redis loses data' in the README "
+    "(reload what the dead-letter store still holds, rerun the channels, or resume)."
+)
 
 
 def _when(ts: float | None) -> str:
@@ -63,14 +65,16 @@ class Watermarks:
         with self._lock:
             self._high.pop(name, None)
 
-    def check(self, values: Mapping[str, int], at_least: Mapping[str, int],
-              client: redis.Redis | None = None) -> None:
+    def check(self, values: Mapping[str, int], at_least: Mapping[str, int], client: redis.Redis | None = None) -> None:
         """Raise :class:`BooksLost` when a value is below its ``at_least``; else keep the new highs.
 
         ``client``: the Redis to ask, for the message only, when it restarted.
         """
-        lower = [f"{name} was {at_least[name]}, now {value}" for name, value in values.items()
-                 if value < at_least.get(name, 0)]
+        lower = [
+            f"{name} was {at_least[name]}, now {value}"
+            for name, value in values.items()
+            if value < at_least.get(name, 0)
+        ]
         if lower:
             note = "" if client is None else redis_restart(client)
             raise BooksLost(f"Redis lost data since {_when(self.whole_at)}{note}: {'; '.join(lower)}. {ADVICE}")

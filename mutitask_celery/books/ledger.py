@@ -50,6 +50,7 @@ def batch_size(stats: ChannelStats, cap: int | None = None, since: tuple[int, fl
         return 1
     return max(1, min(MAX_BATCH, cap or MAX_BATCH, round(TARGET_MESSAGE_SECONDS / max(busy / done, 1e-6))))
 
+
 @dataclass(frozen=True)
 class Outcome:
     """How one task ended on a device.
@@ -101,7 +102,7 @@ class Outgoing:
     built: list[str] | None = None
 
     def groups(self) -> list[list[messages.Item]]:
-        return [self.items[i:i + self.batch] for i in range(0, len(self.items), max(1, self.batch))]
+        return [self.items[i : i + self.batch] for i in range(0, len(self.items), max(1, self.batch))]
 
 
 @dataclass(frozen=True)
@@ -125,20 +126,22 @@ def _stats(raw: dict[str, str]) -> ChannelStats:
     return ChannelStats(**values)
 
 
-def _round_replies(outgoing: Sequence[Outgoing], read: Sequence[int],
-                   replies: list[Any]) -> tuple[set[int], dict[int, ChannelBooks]]:
+def _round_replies(
+    outgoing: Sequence[Outgoing], read: Sequence[int], replies: list[Any]
+) -> tuple[set[int], dict[int, ChannelBooks]]:
     """A round's replies read back: the channels whose tasks went, and every named channel's books."""
     went: set[int] = set()
     books: dict[int, ChannelBooks] = {}
     for out, reply in zip(outgoing, replies, strict=False):
         published, outstanding, held, backlog, *pairs = reply
-        books[out.channel] = ChannelBooks(_stats(dict(zip(pairs[::2], pairs[1::2], strict=True))),
-                                          int(outstanding), int(held), int(backlog))
+        books[out.channel] = ChannelBooks(
+            _stats(dict(zip(pairs[::2], pairs[1::2], strict=True))), int(outstanding), int(held), int(backlog)
+        )
         if int(published):
             went.add(out.channel)
-    rest = replies[len(outgoing):]
+    rest = replies[len(outgoing) :]
     for i, channel in enumerate(read):
-        stats, outstanding, held, backlog = rest[4 * i:4 * i + 4]
+        stats, outstanding, held, backlog = rest[4 * i : 4 * i + 4]
         books[channel] = ChannelBooks(_stats(stats), int(outstanding), int(held or 0), int(backlog))
     return went, books
 
@@ -146,8 +149,9 @@ def _round_replies(outgoing: Sequence[Outgoing], read: Sequence[int],
 class Ledger:
     """Reads and changes the books of the channels in one Redis database."""
 
-    def __init__(self, client: redis.Redis, app: Celery, broker_is_store: bool = True,
-                 publisher: BrokerPublisher | None = None) -> None:
+    def __init__(
+        self, client: redis.Redis, app: Celery, broker_is_store: bool = True, publisher: BrokerPublisher | None = None
+    ) -> None:
         self.client = client
         self.app = app
         self.broker_is_store = broker_is_store
@@ -166,8 +170,9 @@ class Ledger:
     def give_back(self, device: str, channel: int, message_id: str) -> None:
         """``device`` hands a message back without an outcome (paused, Redis away): it leaves the
         device's hands, and its next delivery counts no death."""
-        self._give_back(keys=[keys.inhand(device), keys.held(channel), keys.started(channel)],
-                        args=[message_id, "", "1"])
+        self._give_back(
+            keys=[keys.inhand(device), keys.held(channel), keys.started(channel)], args=[message_id, "", "1"]
+        )
 
     def stats(self, channel: int) -> ChannelStats:
         return _stats(cast("dict[str, str]", self.client.hgetall(keys.stats(channel))))
@@ -176,8 +181,9 @@ class Ledger:
         """Every channel's counters, outstanding and held tasks, in one round trip."""
         return self.round([], channels)[1]
 
-    def publish(self, channel: int, items: Sequence[messages.Item], batch: int = 1, step: str = "",
-                room_for: int = 0) -> tuple[bool, ChannelBooks]:
+    def publish(
+        self, channel: int, items: Sequence[messages.Item], batch: int = 1, step: str = "", room_for: int = 0
+    ) -> tuple[bool, ChannelBooks]:
         """Enter ``items`` in the books and put them on the channel's queue, ``batch`` tasks a
         message; returns whether they went (not when ``room_for``, a channel size, 0 for none,
         left no room for them) and the channel's books after. See :meth:`round`."""
@@ -185,8 +191,14 @@ class Ledger:
         went, books = self.round([out], [], room_for)
         return channel in went, books[channel]
 
-    def round(self, outgoing: Sequence[Outgoing], read: Sequence[int], room_for: int = 0,
-              wait: Sequence[int] = (), timeout: float = 0.5) -> tuple[set[int], dict[int, ChannelBooks]]:
+    def round(
+        self,
+        outgoing: Sequence[Outgoing],
+        read: Sequence[int],
+        room_for: int = 0,
+        wait: Sequence[int] = (),
+        timeout: float = 0.5,
+    ) -> tuple[set[int], dict[int, ChannelBooks]]:
         """The server's round, in one round trip: each outgoing step published if its channel
         has room (``lua/publish.lua``, which reads the books back), the books of the ``read``
         channels read, then, if ``wait`` names channels, a block until a device takes or
@@ -235,13 +247,26 @@ class Ledger:
 
     @staticmethod
     def _publish_keys(channel: int) -> list[str]:
-        return [keys.pending(channel), keys.stats(channel), keys.held(channel), keys.queue(channel),
-                keys.steps(PUBLISHER), keys.unsent(channel), keys.backlog(channel)]
+        return [
+            keys.pending(channel),
+            keys.stats(channel),
+            keys.held(channel),
+            keys.queue(channel),
+            keys.steps(PUBLISHER),
+            keys.unsent(channel),
+            keys.backlog(channel),
+        ]
 
     def _publish_args(self, out: Outgoing, room_for: int) -> list[str | int | float]:
         journal = self.publisher is not None
-        argv: list[str | int | float] = [room_for, out.step, f"publish:{out.channel}",
-                                         "journal" if journal else "queue", time.time(), len(out.items)]
+        argv: list[str | int | float] = [
+            room_for,
+            out.step,
+            f"publish:{out.channel}",
+            "journal" if journal else "queue",
+            time.time(),
+            len(out.items),
+        ]
         for task_id, data in out.items:
             argv += [task_id, data]
         if not journal:
@@ -251,11 +276,17 @@ class Ledger:
             argv += out.built
         return argv
 
-    def _send(self, channel: int, items: Sequence[messages.Item], pipe: redis.client.Pipeline,
-              batch: int = 1, suspect: bool = False) -> None:
+    def _send(
+        self,
+        channel: int,
+        items: Sequence[messages.Item],
+        pipe: redis.client.Pipeline,
+        batch: int = 1,
+        suspect: bool = False,
+    ) -> None:
         """Queue the items, ``batch`` a message; on this Redis, in the same transaction as ``pipe``."""
         queue = keys.queue(channel)
-        groups = [items[i:i + batch] for i in range(0, len(items), max(1, batch))]
+        groups = [items[i : i + batch] for i in range(0, len(items), max(1, batch))]
         if self.publisher is None:
             pipe.lpush(queue, *[messages.build(self.app, queue, channel, group, suspect) for group in groups])
             pipe.execute()
@@ -296,8 +327,13 @@ class Ledger:
         for group in out.groups():
             message = "" if journal else messages.build(self.app, queue, channel, group)
             argv += [len(group), *[t for t, _ in group], message]
-        went = [text(t) for t in self._feed(keys=[keys.backlog(channel), keys.pending(channel), keys.held(channel),
-                                                  queue, keys.unsent(channel)], args=argv)]
+        went = [
+            text(t)
+            for t in self._feed(
+                keys=[keys.backlog(channel), keys.pending(channel), keys.held(channel), queue, keys.unsent(channel)],
+                args=argv,
+            )
+        ]
         if journal and went:
             assert self.publisher is not None
             sent = set(went)
@@ -324,20 +360,36 @@ class Ledger:
             return 0
         resent = 0
         for channel in channels:
-            ids = [str(task_id) for task_id in self.client.zrangebyscore(
-                keys.unsent(channel), "-inf", time.time() - grace, start=0, num=UNSENT_BATCH)]
+            ids = [
+                str(task_id)
+                for task_id in self.client.zrangebyscore(
+                    keys.unsent(channel), "-inf", time.time() - grace, start=0, num=UNSENT_BATCH
+                )
+            ]
             if not ids:
                 continue
             n = self.republish(channel, ids)
             self.client.zrem(keys.unsent(channel), *ids)
             if n:
-                log.warning("channel %d: %d task(s) were in the books but never reached the broker "
-                            "(their publisher died): publishing them again", channel, n)
+                log.warning(
+                    "channel %d: %d task(s) were in the books but never reached the broker "
+                    "(their publisher died): publishing them again",
+                    channel,
+                    n,
+                )
             resent += n
         return resent
 
-    def finish(self, channel: int, device: str, outcomes: Iterable[Outcome], message_id: str = "",
-               busy: float = 0.0, step: str = "", writer: str = "") -> Finished:
+    def finish(
+        self,
+        channel: int,
+        device: str,
+        outcomes: Iterable[Outcome],
+        message_id: str = "",
+        busy: float = 0.0,
+        step: str = "",
+        writer: str = "",
+    ) -> Finished:
         """Record outcomes atomically (``lua/finish.lua``); returns what the step did.
 
         ``message_id`` (the Celery message that carried them) leaves the device's in-hand
@@ -350,15 +402,34 @@ class Ledger:
         listed = list(outcomes)
         if not listed:
             return Finished(0, 0, 0, 0, 0)
-        argv: list[str | float] = [device, str(channel), message_id, repr(float(busy)), step or messages.new_task_id(),
-                                   writer or f"{device}:{threading.get_ident()}"]
+        argv: list[str | float] = [
+            device,
+            str(channel),
+            message_id,
+            repr(float(busy)),
+            step or messages.new_task_id(),
+            writer or f"{device}:{threading.get_ident()}",
+        ]
         for o in listed:
             argv += ["ok" if o.ok else "fail", o.task_id, o.result, o.reason, o.traceback]
         ks = [
-            keys.pending(channel), keys.meta(channel), keys.stats(channel), keys.notify(channel),
-            keys.results(channel), keys.dead_index(), keys.dead_index(channel), keys.DEAD_CHANNELS,
-            keys.DEVICES_DONE, keys.DEVICES_SEEN, keys.DEVICES_BEATS, keys.inhand(device), keys.lost(channel),
-            keys.started(channel), keys.steps(device), keys.held(channel), keys.backlog(channel),
+            keys.pending(channel),
+            keys.meta(channel),
+            keys.stats(channel),
+            keys.notify(channel),
+            keys.results(channel),
+            keys.dead_index(),
+            keys.dead_index(channel),
+            keys.DEAD_CHANNELS,
+            keys.DEVICES_DONE,
+            keys.DEVICES_SEEN,
+            keys.DEVICES_BEATS,
+            keys.inhand(device),
+            keys.lost(channel),
+            keys.started(channel),
+            keys.steps(device),
+            keys.held(channel),
+            keys.backlog(channel),
             *[keys.dead_record(o.task_id) for o in listed if not o.ok],
         ]
         return Finished(*(int(n) for n in self._finish(keys=ks, args=argv)))

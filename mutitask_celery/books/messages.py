@@ -60,8 +60,9 @@ def task_message(app: Celery, channel: int, items: Sequence[Item], suspect: bool
     shown = ", ".join(data for _, data in items)
     argsrepr = f"[{channel}, {shown[:ARGSREPR_LIMIT]}{'...' if len(shown) > ARGSREPR_LIMIT else ''}]"
     kwargs = {"suspect": True} if suspect else {}
-    return app.amqp.as_task_v2(message_id, TASK_NAME, args=args, kwargs=kwargs, argsrepr=argsrepr,
-                               kwargsrepr=repr(kwargs))
+    return app.amqp.as_task_v2(
+        message_id, TASK_NAME, args=args, kwargs=kwargs, argsrepr=argsrepr, kwargsrepr=repr(kwargs)
+    )
 
 
 def build(app: Celery, queue: str, channel: int, items: Sequence[Item], suspect: bool = False) -> str:

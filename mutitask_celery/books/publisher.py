@@ -57,8 +57,7 @@ class BrokerPublisher:
         self._unconfirmed: set[int] = set()
         self._nacked = False
 
-    def send(self, queue: str, channel: int, groups: Sequence[Sequence[messages.Item]],
-             suspect: bool = False) -> None:
+    def send(self, queue: str, channel: int, groups: Sequence[Sequence[messages.Item]], suspect: bool = False) -> None:
         """Publish one message per group on ``queue``; returns once the broker has them all.
 
         Raises :class:`BrokerUnavailable` when the broker did not take them after
@@ -82,9 +81,11 @@ class BrokerPublisher:
                     if attempt == ATTEMPTS:
                         raise BrokerUnavailable(
                             f"the broker at {mask_url(self.app.conf.broker_url)} did not take "
-                            f"{len(built)} message(s) for {queue}: {exc}") from exc
-                    log.warning("publishing to %s failed (%s): trying again (%d of %d)", queue, exc,
-                                attempt + 1, ATTEMPTS)
+                            f"{len(built)} message(s) for {queue}: {exc}"
+                        ) from exc
+                    log.warning(
+                        "publishing to %s failed (%s): trying again (%d of %d)", queue, exc, attempt + 1, ATTEMPTS
+                    )
                     time.sleep(delay)  # the broker is restarting or the network blinked
                     delay *= 2
 
@@ -96,8 +97,9 @@ class BrokerPublisher:
                 self._open()
             except Exception as exc:  # refused, unknown host, wrong password or vhost: all unusable
                 self._drop()
-                raise BrokerUnavailable(f"cannot reach the broker at {mask_url(self.app.conf.broker_url)}: "
-                                        f"{exc}") from None
+                raise BrokerUnavailable(
+                    f"cannot reach the broker at {mask_url(self.app.conf.broker_url)}: {exc}"
+                ) from None
 
     def close(self) -> None:
         """Drop the connection (the settings changed, or the process is done with it)."""
@@ -112,7 +114,11 @@ class BrokerPublisher:
     def _recoverable(self, exc: BaseException) -> bool:
         connection = self._connection or self.app.connection_for_write()
         errors: tuple[type[BaseException], ...] = (
-            OSError, Unconfirmed, *connection.connection_errors, *connection.channel_errors)
+            OSError,
+            Unconfirmed,
+            *connection.connection_errors,
+            *connection.channel_errors,
+        )
         return isinstance(exc, errors)
 
     def _open(self) -> Producer:

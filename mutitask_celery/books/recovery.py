@@ -68,7 +68,6 @@ SAFETY_SWEEP = 300.0  # seconds between sweeps when no device died: a last net f
 FORGET_AFTER = 86400.0  # seconds of silence, with nothing in hand, before the roster drops a name
 
 
-
 # The sweep's restore of a message no device noted. KEYS: unacked hash, unacked index, queue.
 # ARGV: tag, then the message(s) to queue.
 _RESTORE = """
@@ -179,8 +178,14 @@ class Recovered(str, Enum):
 class Reaper:
     """Finds dead devices and puts their messages back (see module docstring)."""
 
-    def __init__(self, client: redis.Redis, ledger: Ledger, dead_after: float = DEAD_AFTER,
-                 max_attempts: int = MAX_ATTEMPTS, forget_after: float = FORGET_AFTER) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        ledger: Ledger,
+        dead_after: float = DEAD_AFTER,
+        max_attempts: int = MAX_ATTEMPTS,
+        forget_after: float = FORGET_AFTER,
+    ) -> None:
         self.client = client
         self.ledger = ledger
         self.dead_after = dead_after
@@ -226,8 +231,11 @@ class Reaper:
         kombu's unacked record), and an unacked message no device notes in
         hand (it died before noting it).
         """
-        unacked = {text(tag): entry for tag, raw in self.client.hgetall(keys.KOMBU_UNACKED).items()
-                   if (entry := _Unacked.parse(text(raw))) is not None}
+        unacked = {
+            text(tag): entry
+            for tag, raw in self.client.hgetall(keys.KOMBU_UNACKED).items()
+            if (entry := _Unacked.parse(text(raw))) is not None
+        }
         held = {task_id for entry in unacked.values() for task_id in entry.ids}
         noted = self._noted()
         orphans = {tag for tag, entry in unacked.items() if entry.message.get("headers", {}).get("id") not in noted}
@@ -249,8 +257,10 @@ class Reaper:
             entry = unacked[tag]
             if any(self.client.hmget(keys.pending(entry.channel), entry.ids)):
                 log.warning("message %s was taken by a device that died before noting it: restored", tag)
-                self._restore(keys=[keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, entry.routing_key],
-                              args=[tag, json.dumps(_redelivered(entry.message))])
+                self._restore(
+                    keys=[keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, entry.routing_key],
+                    args=[tag, json.dumps(_redelivered(entry.message))],
+                )
             else:  # finished, only its acknowledgement was lost with its device
                 self._drop_unacked(tag)
         return len(tags)
@@ -274,8 +284,12 @@ class Reaper:
         lost = missing & self._suspects.get(channel, set())
         self._suspects[channel] = missing - lost
         if lost:
-            log.warning("channel %d: %d outstanding task(s) were on no queue and in no device's hands "
-                        "(a device died while taking them): publishing them again", channel, len(lost))
+            log.warning(
+                "channel %d: %d outstanding task(s) were on no queue and in no device's hands "
+                "(a device died while taking them): publishing them again",
+                channel,
+                len(lost),
+            )
             self.ledger.republish(channel, sorted(lost))
         return len(lost)
 
@@ -287,8 +301,12 @@ class Reaper:
         """
         now = redis_now(self.client) if now is None else now
         handled = 0
-        silent = cast("list[tuple[str, float]]", self.client.zrangebyscore(
-            keys.DEVICES_BEATS, "-inf", f"({now - self.dead_after}", start=0, num=REAP_BATCH, withscores=True))
+        silent = cast(
+            "list[tuple[str, float]]",
+            self.client.zrangebyscore(
+                keys.DEVICES_BEATS, "-inf", f"({now - self.dead_after}", start=0, num=REAP_BATCH, withscores=True
+            ),
+        )
         if silent:
             self.announce_death()
         for name, beat in silent:
@@ -349,25 +367,57 @@ class Reaper:
         channel = entry.channel
         mark = text(self.client.hget(keys.started(channel), message_id) or "")
         if mark in (device, f"{device}|alone"):
-            queued = [messages.build(self.ledger.app, entry.routing_key, channel, [item], suspect=True)
-                      for item in entry.items]
+            queued = [
+                messages.build(self.ledger.app, entry.routing_key, channel, [item], suspect=True)
+                for item in entry.items
+            ]
         else:
             queued = [json.dumps(_redelivered(entry.message))]
-        ks = [keys.DEVICES_SEEN, keys.inhand(device), keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX,
-              entry.routing_key, keys.started(channel), keys.lost(channel), keys.pending(channel),
-              keys.meta(channel), keys.stats(channel), keys.dead_index(), keys.dead_index(channel),
-              keys.DEAD_CHANNELS, keys.notify(channel), keys.held(channel),
-              *[keys.dead_record(t) for t in entry.ids]]
-        argv: list[str | int] = [device, judged, message_id, noted, tag, mark, self.max_attempts, channel,
-                                 len(entry.ids), *entry.ids, *queued]
+        ks = [
+            keys.DEVICES_SEEN,
+            keys.inhand(device),
+            keys.KOMBU_UNACKED,
+            keys.KOMBU_UNACKED_INDEX,
+            entry.routing_key,
+            keys.started(channel),
+            keys.lost(channel),
+            keys.pending(channel),
+            keys.meta(channel),
+            keys.stats(channel),
+            keys.dead_index(),
+            keys.dead_index(channel),
+            keys.DEAD_CHANNELS,
+            keys.notify(channel),
+            keys.held(channel),
+            *[keys.dead_record(t) for t in entry.ids],
+        ]
+        argv: list[str | int] = [
+            device,
+            judged,
+            message_id,
+            noted,
+            tag,
+            mark,
+            self.max_attempts,
+            channel,
+            len(entry.ids),
+            *entry.ids,
+            *queued,
+        ]
         reply = self._recover(keys=ks, args=argv)
         outcome, deaths = Recovered(text(reply[0])), int(reply[1])
         if outcome is Recovered.BURIED:
-            log.error("task %s of channel %d killed its device %d times: dead-lettered as %r", entry.ids[0],
-                      channel, deaths, WORKER_LOST)
+            log.error(
+                "task %s of channel %d killed its device %d times: dead-lettered as %r",
+                entry.ids[0],
+                channel,
+                deaths,
+                WORKER_LOST,
+            )
         elif outcome is Recovered.SUSPECTS:
-            log.warning("%s died running %d task(s) of channel %d: each goes back alone", device,
-                        len(entry.ids), channel)
+            log.warning(
+                "%s died running %d task(s) of channel %d: each goes back alone", device, len(entry.ids), channel
+            )
         return outcome
 
     def drop_stale_notes(self, device: str) -> int:
@@ -402,13 +452,27 @@ class Reaper:
             except ValueError:
                 continue
             name = text(name)
-            if old and self._forget(keys=[keys.DEVICES_SEEN, keys.DEVICES_BEATS, keys.inhand(name),
-                                          keys.DEVICES_INFO, keys.DEVICES_DONE, keys.DEVICES_WANTED,
-                                          keys.DEVICES_FORGOTTEN, keys.steps(name)], args=[name, text(seen)]):
+            if old and self._forget(
+                keys=[
+                    keys.DEVICES_SEEN,
+                    keys.DEVICES_BEATS,
+                    keys.inhand(name),
+                    keys.DEVICES_INFO,
+                    keys.DEVICES_DONE,
+                    keys.DEVICES_WANTED,
+                    keys.DEVICES_FORGOTTEN,
+                    keys.steps(name),
+                ],
+                args=[name, text(seen)],
+            ):
                 forgotten.append(name)
         if forgotten:
-            log.info("forgot %d device(s) silent for over %.0fs: %s", len(forgotten), self.forget_after,
-                     ", ".join(sorted(forgotten)))
+            log.info(
+                "forgot %d device(s) silent for over %.0fs: %s",
+                len(forgotten),
+                self.forget_after,
+                ", ".join(sorted(forgotten)),
+            )
         return forgotten
 
 
@@ -434,7 +498,6 @@ class Redeliveries:
         self.ledger = ledger
         self.max_attempts = max_attempts
         self._settle = scripts.load(client, "settle")
-
 
     def settle(self, channel: int, device: str, message_id: str, items: Sequence[messages.Item]) -> Verdict:
         """Count the deaths a redelivered message caused; say whether and how it runs.

@@ -158,8 +158,11 @@ class _Housekeeping:
         was = wanted.local.paused
         wanted.local.refresh(partial(devices.is_paused, self.name))  # a change made while unreachable
         if wanted.local.paused is not None and wanted.local.paused != was and _consumer:
-            log.warning("%s is wanted %s (changed while it was out of reach)", self.name,
-                        "paused" if wanted.local.paused else "running")
+            log.warning(
+                "%s is wanted %s (changed while it was out of reach)",
+                self.name,
+                "paused" if wanted.local.paused else "running",
+            )
             _consume(_consumer[0], not wanted.local.paused)
         reaper = runtime.reaper()
         if reaper is not None:
@@ -217,10 +220,18 @@ def _on_ready(sender: Any = None, **_: Any) -> None:
     except redis.RedisError as exc:
         log.warning("%s could not enter the device roster: %s", name, exc)
     _stop_threads.clear()
-    threading.Thread(target=_every, args=(HEARTBEAT, partial(_beat, name), f"heartbeat of {name}"),
-                     name="mutitask-heartbeat", daemon=True).start()
-    threading.Thread(target=_every, args=(HEARTBEAT, _Housekeeping(name), f"housekeeping of {name}"),
-                     name="mutitask-housekeeping", daemon=True).start()
+    threading.Thread(
+        target=_every,
+        args=(HEARTBEAT, partial(_beat, name), f"heartbeat of {name}"),
+        name="mutitask-heartbeat",
+        daemon=True,
+    ).start()
+    threading.Thread(
+        target=_every,
+        args=(HEARTBEAT, _Housekeeping(name), f"housekeeping of {name}"),
+        name="mutitask-housekeeping",
+        daemon=True,
+    ).start()
 
 
 @worker_shutdown.connect  # type: ignore[untyped-decorator]  # celery's signals are untyped

@@ -58,8 +58,14 @@ def run_one(handler: ChannelHandler, task_id: str, data: str) -> Outcome:
                     reason += f" (after {attempt} retr{'y' if attempt == 1 else 'ies'})"
                 return _failure(task_id, reason, exc)
             delay = handler.retry_backoff * 2**attempt
-            log.info("task %s raised %s: retry %d of %d in %.1fs", task_id, type(exc).__name__,
-                     attempt + 1, handler.retries, delay)
+            log.info(
+                "task %s raised %s: retry %d of %d in %.1fs",
+                task_id,
+                type(exc).__name__,
+                attempt + 1,
+                handler.retries,
+                delay,
+            )
             time.sleep(delay)  # the backoff the user asked for, in this task's own thread
             attempt += 1
     if result is None:
@@ -101,8 +107,9 @@ def _finish(channel: int, device: str, outcomes: list[Outcome], message_id: str,
     while True:
         try:
             ledger = runtime.ledger()
-            finished = ledger.finish(channel, device, outcomes, message_id=message_id, busy=busy, step=step,
-                                     writer=writer)
+            finished = ledger.finish(
+                channel, device, outcomes, message_id=message_id, busy=busy, step=step, writer=writer
+            )
             lifecycle.books.check({key: finished.device_done}, {key: marks.get(key, 0) + len(outcomes)}, ledger.client)
             return finished
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
@@ -219,8 +226,9 @@ def run_items(self: Task, channel: int, items: list[list[Any]], suspect: bool = 
         log.warning("dead-letter retention or backlog feeding skipped: %s", exc)
 
 
-def _run(channel: int, device: str, message_id: str, items: list[list[Any]],
-         alone: bool) -> tuple[list[Outcome], float]:
+def _run(
+    channel: int, device: str, message_id: str, items: list[list[Any]], alone: bool
+) -> tuple[list[Outcome], float]:
     """Mark the message started (from now on a death is charged to its tasks; ``alone``: no
     other task of this process runs beside them), then run them."""
     devices = runtime.devices()

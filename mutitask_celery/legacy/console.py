@@ -40,8 +40,7 @@ class Command:
 class Console:
     """Executes console lines against a running producer and the dead-letter store."""
 
-    def __init__(self, producer: Producer, store: DeadLetterStore, devices: Devices,
-                 out: TextIO | None = None) -> None:
+    def __init__(self, producer: Producer, store: DeadLetterStore, devices: Devices, out: TextIO | None = None) -> None:
         self.producer = producer
         self.store = store
         self.devices = devices
@@ -49,38 +48,85 @@ class Console:
         self.stopped = False
         table = [
             Command("help", (), "list the commands (help COMMAND: one of them)", lambda a: self._help()),
-            Command("detect_all", (), "status of every device (1 running, 0 paused, -1 off-line)",
-                    lambda a: self._detect(None)),
+            Command(
+                "detect_all",
+                (),
+                "status of every device (1 running, 0 paused, -1 off-line)",
+                lambda a: self._detect(None),
+            ),
             Command("detect_one", ("N",), "status of device N", lambda a: self._detect(a[0])),
             Command("add_device", (), "expect one device more", lambda a: self._expect(+1)),
             Command("del_device", (), "expect one device fewer (the last)", lambda a: self._expect(-1)),
-            Command("pause_all", (), "every device stops taking new tasks (the task in hand finishes)",
-                    lambda a: self._control("pause", None)),
+            Command(
+                "pause_all",
+                (),
+                "every device stops taking new tasks (the task in hand finishes)",
+                lambda a: self._control("pause", None),
+            ),
             Command("pause_one", ("N",), "device N stops taking new tasks", lambda a: self._control("pause", a[0])),
             Command("start_all", (), "every device takes tasks again", lambda a: self._control("start", None)),
             Command("start_one", ("N",), "device N takes tasks again", lambda a: self._control("start", a[0])),
-            Command("stop_all", (), "every device finishes its task in hand and goes off-line",
-                    lambda a: self._control("stop", None)),
-            Command("stop_one", ("N",), "device N finishes its task in hand and goes off-line",
-                    lambda a: self._control("stop", a[0])),
-            Command("detect_fail_task_channel", ("C",), "how many failed tasks channel C holds",
-                    lambda a: f"channel {a[0]}: {self.store.count(a[0])} failed task(s)"),
-            Command("reload_all_fail_channel", (), "every failed task back into its channel",
-                    lambda a: f"reloaded {self.store.reload()} task(s)"),
-            Command("reload_one_fail_channel_all_task", ("C",), "every failed task of channel C back",
-                    lambda a: f"reloaded {self.store.reload(a[0])} task(s) of channel {a[0]}"),
-            Command("reload_one_fail_channel_one_task", ("C", "I"), "failed task number I (from 0) of channel C back",
-                    lambda a: self._one(a, reload=True)),
-            Command("del_one_task_by_fail_channel", ("C", "I"), "delete failed task number I (from 0) of channel C",
-                    lambda a: self._one(a, reload=False)),
-            Command("pause_allot", (), "stop pulling tasks from the generators for now",
-                    lambda a: self._allot(self.producer.pause_feeding, "paused")),
-            Command("start_allot", (), "resume pulling tasks from the generators",
-                    lambda a: self._allot(self.producer.resume_feeding, "resumed")),
-            Command("stop_allot", (), "stop pulling tasks for good (the run ends when the rest finish)",
-                    lambda a: self._allot(self.producer.stop_feeding, "stopped for good")),
-            Command("reset_task_max", ("N",), "most tasks outstanding per channel (ChannelSize)",
-                    self._reset_size),
+            Command(
+                "stop_all",
+                (),
+                "every device finishes its task in hand and goes off-line",
+                lambda a: self._control("stop", None),
+            ),
+            Command(
+                "stop_one",
+                ("N",),
+                "device N finishes its task in hand and goes off-line",
+                lambda a: self._control("stop", a[0]),
+            ),
+            Command(
+                "detect_fail_task_channel",
+                ("C",),
+                "how many failed tasks channel C holds",
+                lambda a: f"channel {a[0]}: {self.store.count(a[0])} failed task(s)",
+            ),
+            Command(
+                "reload_all_fail_channel",
+                (),
+                "every failed task back into its channel",
+                lambda a: f"reloaded {self.store.reload()} task(s)",
+            ),
+            Command(
+                "reload_one_fail_channel_all_task",
+                ("C",),
+                "every failed task of channel C back",
+                lambda a: f"reloaded {self.store.reload(a[0])} task(s) of channel {a[0]}",
+            ),
+            Command(
+                "reload_one_fail_channel_one_task",
+                ("C", "I"),
+                "failed task number I (from 0) of channel C back",
+                lambda a: self._one(a, reload=True),
+            ),
+            Command(
+                "del_one_task_by_fail_channel",
+                ("C", "I"),
+                "delete failed task number I (from 0) of channel C",
+                lambda a: self._one(a, reload=False),
+            ),
+            Command(
+                "pause_allot",
+                (),
+                "stop pulling tasks from the generators for now",
+                lambda a: self._allot(self.producer.pause_feeding, "paused"),
+            ),
+            Command(
+                "start_allot",
+                (),
+                "resume pulling tasks from the generators",
+                lambda a: self._allot(self.producer.resume_feeding, "resumed"),
+            ),
+            Command(
+                "stop_allot",
+                (),
+                "stop pulling tasks for good (the run ends when the rest finish)",
+                lambda a: self._allot(self.producer.stop_feeding, "stopped for good"),
+            ),
+            Command("reset_task_max", ("N",), "most tasks outstanding per channel (ChannelSize)", self._reset_size),
             Command("stop", (), "stop every device and the server", lambda a: self._stop()),
         ]
         self.commands = {c.name: c for c in table}
@@ -165,16 +211,20 @@ class Console:
         done = getattr(self.devices, action)(selectors)
         verb = {"pause": "paused", "start": "started", "stop": "stopped"}[action]
         if not done:
-            return f"no device answered ({verb} none; the wish is kept for when they come)" if action != "stop" \
+            return (
+                f"no device answered ({verb} none; the wish is kept for when they come)"
+                if action != "stop"
                 else "no device was online to stop"
+            )
         return f"{verb}: {', '.join(done)}"
 
     def _one(self, args: list[int], reload: bool) -> str:
         channel, index = args
         ids = self.store.ids_at(channel, [index])
         if not ids:
-            raise ConsoleError(f"channel {channel} has no failed task number {index} "
-                               f"(it holds {self.store.count(channel)})")
+            raise ConsoleError(
+                f"channel {channel} has no failed task number {index} (it holds {self.store.count(channel)})"
+            )
         if reload:
             return f"reloaded {self.store.reload(channel, ids)} task(s)"
         return f"deleted {self.store.delete(channel, ids)} task(s)"
@@ -207,6 +257,15 @@ def format_devices(devices: Sequence[Device]) -> str:
     """A table of devices with the original's codes beside the words."""
     rows = [("DEVICE", "CODE", "STATE", "CHANNELS", "IN HAND", "DONE", "LAST HEARD")]
     for d in devices:
-        rows.append((d.name, str(d.state.code), d.state.value, ",".join(map(str, d.channels)) or "-",
-                     str(d.in_hand), str(d.done), _ago(d.last_heard)))
+        rows.append(
+            (
+                d.name,
+                str(d.state.code),
+                d.state.value,
+                ",".join(map(str, d.channels)) or "-",
+                str(d.in_hand),
+                str(d.done),
+                _ago(d.last_heard),
+            )
+        )
     return format_table(rows)

@@ -85,9 +85,9 @@ class Terminal:
         self.config.apply()
         with exit_on_unreachable():
             return serve(
-            tasks,
-            self.config.channel_size,
-            expected_devices=self.config.device_count,
-            start_paused=self.config.start_paused,
-            monitor_wait=self.config.monitor_wait,
+                tasks,
+                self.config.channel_size,
+                expected_devices=self.config.device_count,
+                start_paused=self.config.start_paused,
+                monitor_wait=self.config.monitor_wait,
             )

@@ -113,4 +113,3 @@ def register_channel(
 
 def handler_for(channel: int) -> ChannelHandler | None:
     return _handlers.get(channel)
-

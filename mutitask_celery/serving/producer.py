@@ -92,10 +92,7 @@ class ChannelSummary:
     outstanding: int = 0
 
     def line(self) -> str:
-        text = (
-            f"channel {self.channel}: published {self.published}, succeeded {self.succeeded}, "
-            f"failed {self.failed}"
-        )
+        text = f"channel {self.channel}: published {self.published}, succeeded {self.succeeded}, failed {self.failed}"
         if self.duplicates:
             text += f", run twice {self.duplicates}"
         if self.outstanding:
@@ -149,8 +146,11 @@ class _Feed:
                 self.exhausted = True
                 break
             except Exception:
-                log.exception("the task generator of channel %d raised at item %d; "
-                              "its earlier tasks still run", self.channel, self.index)
+                log.exception(
+                    "the task generator of channel %d raised at item %d; its earlier tasks still run",
+                    self.channel,
+                    self.index,
+                )
                 self.exhausted = True
                 break
             self.index += 1
@@ -199,8 +199,9 @@ class _Recovery:
 class Producer:
     """Feeds channels from iterators with back-pressure; controllable from another thread."""
 
-    def __init__(self, ledger: Ledger, store: RedisDeadLetterStore, channel_size: int,
-                 reaper: Reaper | None = None) -> None:
+    def __init__(
+        self, ledger: Ledger, store: RedisDeadLetterStore, channel_size: int, reaper: Reaper | None = None
+    ) -> None:
         self.ledger = ledger
         self.store = store
         self.reaper = reaper
@@ -256,8 +257,11 @@ class Producer:
         self._last = books
         for ch in channels:
             if books[ch].outstanding:
-                log.warning("channel %d still has %d task(s) outstanding from an earlier run; "
-                            "this run waits for them too", ch, books[ch].outstanding)
+                log.warning(
+                    "channel %d still has %d task(s) outstanding from an earlier run; this run waits for them too",
+                    ch,
+                    books[ch].outstanding,
+                )
         outage: float | None = None
         try:
             with _Recovery(self.ledger, self.reaper, channels):
@@ -306,8 +310,9 @@ class Producer:
         read = [f.channel for f in self._feeds if f.outgoing is None]
         more = feeding and any(not f.exhausted or f.outgoing is not None for f in self._feeds)
         channels = [f.channel for f in self._feeds]
-        went, books = self.ledger.round(outgoing, read, room_for=self._channel_size, wait=channels if more else (),
-                                        timeout=WAIT_STEP)
+        went, books = self.ledger.round(
+            outgoing, read, room_for=self._channel_size, wait=channels if more else (), timeout=WAIT_STEP
+        )
         for feed in self._feeds:
             if feed.channel in went and feed.outgoing is not None:
                 feed.published += len(feed.outgoing.items)
@@ -330,8 +335,9 @@ class Producer:
             log.warning("lost Redis or the broker (%s): waiting up to %.0fs for it to come back", exc, RECONNECT_FOR)
             since = now
         elif now - since > RECONNECT_FOR:
-            raise BrokerUnavailable(f"Redis or the broker did not come back within {RECONNECT_FOR:.0f}s: "
-                                    f"{exc}") from None
+            raise BrokerUnavailable(
+                f"Redis or the broker did not come back within {RECONNECT_FOR:.0f}s: {exc}"
+            ) from None
         self._stop.wait(min(2.0, 0.1 * 2 ** min(int(now - since), 5)))
         return since
 

@@ -60,8 +60,10 @@ class ChannelProgress:
     def text(self) -> str:
         """``channel 1: published 1200, done 1150 (3 failed), 95.1 tasks/s, 0:12 left``"""
         shown = f"{self.done}/{self.total}" if self.total is not None else str(self.done)
-        return (f"channel {self.channel}: published {self.published}, done {shown} ({self.failed} failed), "
-                f"{self.rate:.1f} tasks/s, {_duration(self.left)} left")
+        return (
+            f"channel {self.channel}: published {self.published}, done {shown} ({self.failed} failed), "
+            f"{self.rate:.1f} tasks/s, {_duration(self.left)} left"
+        )
 
 
 def _duration(seconds: float | None) -> str:

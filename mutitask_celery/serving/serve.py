@@ -102,8 +102,9 @@ def serve(
         if interactive:
             summary = _run_interactive(producer, console, sources, stdin, out)
         else:
-            reader = threading.Thread(target=_read_commands, args=(console, stdin, producer.finished),
-                                      name="mutitask-console", daemon=True)
+            reader = threading.Thread(
+                target=_read_commands, args=(console, stdin, producer.finished), name="mutitask-console", daemon=True
+            )
             reader.start()
             summary = producer.run(sources)
             reader.join()  # piped commands already written still run before the run returns
@@ -190,8 +191,9 @@ def _read_commands(console: Console, stdin: TextIO, finished: threading.Event) -
         console.execute(pending.decode(errors="replace"))
 
 
-def _run_interactive(producer: Producer, console: Console, sources: list[Iterator[Any]],
-                     stdin: TextIO, out: TextIO) -> RunSummary:
+def _run_interactive(
+    producer: Producer, console: Console, sources: list[Iterator[Any]], stdin: TextIO, out: TextIO
+) -> RunSummary:
     worker = threading.Thread(target=producer.run, args=(sources,), name="mutitask-producer", daemon=True)
     worker.start()
     console.say("console ready: type help for the commands, stop to end")

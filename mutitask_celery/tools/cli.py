@@ -40,8 +40,17 @@ def _table(records: Sequence[FailedTask]) -> str:
     rows = [("ID", "CH", "FAILS", "LAST FAILED", "DEVICE", "REASON", "TASK")]
     for r in records:
         task = r.as_dict()["data"]
-        rows.append((r.id, str(r.channel), str(r.failures), local_time(r.last_failed), r.device,
-                     r.reason[:40], task[:40] + ("..." if len(task) > 40 else "")))
+        rows.append(
+            (
+                r.id,
+                str(r.channel),
+                str(r.failures),
+                local_time(r.last_failed),
+                r.device,
+                r.reason[:40],
+                task[:40] + ("..." if len(task) > 40 else ""),
+            )
+        )
     return format_table(rows)
 
 
@@ -63,8 +72,10 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="mutitask", description="Inspect and manage mutitask_celery runs.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="mutitask",
+        description="Inspect and manage mutitask_celery runs.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     url_help = f"Redis URL (default: $MUTITASK_REDIS_URL, celeryconfig.py, {settings.DEFAULT_REDIS_URL})"
     parser.add_argument("--redis-url", help=url_help)
@@ -76,21 +87,28 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true")
     status.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for devices to answer")
     status.set_defaults(handler=_status)
-    for name, text in (("pause", "devices finish the task in hand and take no new one"),
-                       ("start", "paused devices take tasks again"),
-                       ("stop", "devices finish the task in hand and exit")):
+    for name, text in (
+        ("pause", "devices finish the task in hand and take no new one"),
+        ("start", "paused devices take tasks again"),
+        ("stop", "devices finish the task in hand and exit"),
+    ):
         p = sub.add_parser(name, parents=[common], help=text)
         p.add_argument("devices", nargs="*", metavar="DEVICE", help="device3, device3@host or 3")
         p.add_argument("--all", action="store_true")
         p.add_argument("--json", action="store_true")
         p.set_defaults(handler=_control)
-    failed = sub.add_parser("failed", help="the dead-letter store", epilog=EPILOG,
-                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    failed = sub.add_parser(
+        "failed", help="the dead-letter store", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     fsub = failed.add_subparsers(dest="action", required=True)
     ls = fsub.add_parser("list", parents=[common], help="list failed tasks, oldest failure first")
     ls.add_argument("--channel", type=_positive_int)
-    ls.add_argument("--limit", type=_positive_int, default=api.PAGE,
-                    help=f"records a page (default {api.PAGE}); --offset for the next")
+    ls.add_argument(
+        "--limit",
+        type=_positive_int,
+        default=api.PAGE,
+        help=f"records a page (default {api.PAGE}); --offset for the next",
+    )
     ls.add_argument("--offset", type=int, default=0)
     ls.add_argument("--json", action="store_true", help="one JSON array, for scripts")
     ls.set_defaults(handler=_failed_list)
@@ -111,9 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(handler=_failed_move)
     from mutitask_celery.tools import demo
 
-    demo_parser = sub.add_parser("demo", help="a server and three devices working a real job on this machine "
-                                 "(no Redis needed)", description=demo.DESCRIPTION, epilog=demo.DEMO_EPILOG,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo_parser = sub.add_parser(
+        "demo",
+        help="a server and three devices working a real job on this machine (no Redis needed)",
+        description=demo.DESCRIPTION,
+        epilog=demo.DEMO_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     demo.add_arguments(demo_parser)
     demo_parser.set_defaults(handler=_demo)
     return parser
@@ -135,8 +157,10 @@ def _status(args: argparse.Namespace) -> int:
     forgotten = base.forgotten()
     if forgotten:
         after = settings.current().forget_after
-        print(f"forgotten: {len(forgotten)} device(s) silent for over {after:.0f} s with nothing in hand "
-              f"(the latest {local_time(max(forgotten.values()))}); one that starts again comes back")
+        print(
+            f"forgotten: {len(forgotten)} device(s) silent for over {after:.0f} s with nothing in hand "
+            f"(the latest {local_time(max(forgotten.values()))}); one that starts again comes back"
+        )
     return ExitCode.OK
 
 

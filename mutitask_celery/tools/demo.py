@@ -96,6 +96,7 @@ interrupted (130 Ctrl-C, 143 SIGTERM)
 
 # -- the demo ------------------------------------------------------------------------------
 
+
 class Interrupted(Exception):
     """SIGINT, SIGTERM or SIGHUP arrived; the demo stops everything and exits 128 + signal."""
 
@@ -182,12 +183,14 @@ class Demo:
             if keys:
                 raise ConfigurationError(
                     f"the database at {mask_url(url)} holds {keys} keys: the demo needs an empty one "
-                    "(e.g. redis://127.0.0.1:6379/15), or no --redis-url for a private server")
+                    "(e.g. redis://127.0.0.1:6379/15), or no --redis-url for a private server"
+                )
             self.url = url
             say(f"demo: using the Redis at {mask_url(url)}")
         else:
-            self.redis = LocalRedis(self.workdir / "redis", server=self.server_choice,
-                                    own_session=True, die_with_parent=True)
+            self.redis = LocalRedis(
+                self.workdir / "redis", server=self.server_choice, own_session=True, die_with_parent=True
+            )
             self.redis.workdir.mkdir()
             self._begin()
             try:
@@ -212,8 +215,7 @@ class Demo:
                 make_image(self.images, n)
         flaky = ", ".join(str(n) for n in range(FLAKY_EVERY, PAGES + 1, FLAKY_EVERY))
         late = ", ".join(f"{n:02d}.pgm" for n in LATE_IMAGES)
-        say(f"demo: a local web site on {self.site.url} with {PAGES} pages (pages {flaky} answer 503 "
-            "the first time)")
+        say(f"demo: a local web site on {self.site.url} with {PAGES} pages (pages {flaky} answer 503 the first time)")
         say(f"demo: {IMAGES - len(LATE_IMAGES)} of {IMAGES} images in {self.images} ({late} arrive later)")
 
     def _child_env(self) -> dict[str, str]:
@@ -227,9 +229,14 @@ class Demo:
         try:
             with open(log, "wb") as out:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "mutitask_celery.tools.demo_job", *args], env=self._child_env(),
-                    cwd=self.workdir, stdin=subprocess.DEVNULL, stdout=out if stdout_to_log else None,
-                    stderr=out, start_new_session=True, preexec_fn=parent_death_preexec(),
+                    [sys.executable, "-m", "mutitask_celery.tools.demo_job", *args],
+                    env=self._child_env(),
+                    cwd=self.workdir,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out if stdout_to_log else None,
+                    stderr=out,
+                    start_new_session=True,
+                    preexec_fn=parent_death_preexec(),
                 )
             self.procs.append((name, proc, log))
         finally:
@@ -247,10 +254,13 @@ class Demo:
         say("demo: the three devices are up")
 
     def run_server(self) -> None:
-        proc = self.spawn("server", ["server", self.site.url if self.site else "", str(self.images)],
-                          stdout_to_log=False)
-        say(f"demo: the server (legacy API), pid {proc.pid}, publishes {PAGES} pages on channel 1 "
-            f"and {IMAGES} images on channel 2")
+        proc = self.spawn(
+            "server", ["server", self.site.url if self.site else "", str(self.images)], stdout_to_log=False
+        )
+        say(
+            f"demo: the server (legacy API), pid {proc.pid}, publishes {PAGES} pages on channel 1 "
+            f"and {IMAGES} images on channel 2"
+        )
         code = self._wait(lambda: proc.poll(), "the server to finish")
         if code != 0:
             raise DemoFailed(f"the server exited with {code}")
@@ -262,8 +272,9 @@ class Demo:
         for r in records:
             data = r.data if isinstance(r.data, str) else repr(r.data)
             reason = r.reason.splitlines()[-1].replace(f": {data!r}", "") if r.reason else ""
-            rows.append((str(r.channel), data.replace(str(self.workdir), "...")[-40:], r.device.split("@")[0],
-                         reason[:70]))
+            rows.append(
+                (str(r.channel), data.replace(str(self.workdir), "...")[-40:], r.device.split("@")[0], reason[:70])
+            )
         say(format_table(rows))
         return len(records)
 
@@ -273,8 +284,7 @@ class Demo:
         say("\ndemo: the late images have arrived and the pages answer now: reloading the failed tasks")
         moved = api.reload_failed()
         say(f"demo: reloaded {moved} failed task(s) onto their channels")
-        self._wait(lambda: all(runtime.ledger().outstanding(c) == 0 for c in CHANNELS),
-                   "the reloaded tasks to finish")
+        self._wait(lambda: all(runtime.ledger().outstanding(c) == 0 for c in CHANNELS), "the reloaded tasks to finish")
         left = api.failed_count()
         if moved != expected or left:
             raise DemoFailed(f"reloaded {moved} of {expected}; {left} still in the dead-letter store")
@@ -287,11 +297,20 @@ class Demo:
         rows = [("CHANNEL", "JOB", "PUBLISHED", "DONE", "FAILED", "RELOADED", "DEAD-LETTERED NOW", "RESULTS")]
         for c in CHANNELS:
             s = runtime.ledger().stats(c)
-            rows.append((str(c), WHAT[c], str(s.published), str(s.succeeded), str(s.failed), str(s.reloaded),
-                         str(api.failed_count(c)), str(api.results_count(c))))
+            rows.append(
+                (
+                    str(c),
+                    WHAT[c],
+                    str(s.published),
+                    str(s.succeeded),
+                    str(s.failed),
+                    str(s.reloaded),
+                    str(api.failed_count(c)),
+                    str(api.results_count(c)),
+                )
+            )
         say(format_table(rows))
-        say("(FAILED counts failures on the first try; DONE counts every task that succeeded, "
-            "reloaded ones included)")
+        say("(FAILED counts failures on the first try; DONE counts every task that succeeded, reloaded ones included)")
 
     def _wait(self, predicate: Callable[[], Any], what: str) -> Any:
         """Poll ``predicate`` until it returns something other than None or False; a device (or the
@@ -317,8 +336,11 @@ class Demo:
             text = log.read_text(errors="replace") if log.exists() else ""
             if text.strip():
                 tail = "\n".join(text.splitlines()[-15:])
-                print(f"----- {name} (pid {proc.pid}, exit {proc.returncode}), last lines -----\n{tail}",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"----- {name} (pid {proc.pid}, exit {proc.returncode}), last lines -----\n{tail}",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def close(self, failed: bool = False) -> None:
         """Stop the devices and the server (SIGTERM to each process group, SIGKILL after the grace),
@@ -341,8 +363,10 @@ class Demo:
                 else:
                     os.environ[name] = value
             if self.procs or self.redis is not None:
-                say(f"demo: stopped {len(self.procs)} process(es)"
-                    f"{' and the Redis server' if self.redis is not None else ''}; removed {self._workdir}")
+                say(
+                    f"demo: stopped {len(self.procs)} process(es)"
+                    f"{' and the Redis server' if self.redis is not None else ''}; removed {self._workdir}"
+                )
         finally:
             for signum, handler in (self._old_handlers or before).items():
                 signal.signal(signum, handler)
@@ -384,15 +408,27 @@ def run_demo(redis_url: str | None = None, server: str = "auto", timeout: float 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``mutitask demo``."""
-    parser.add_argument("--redis-url", default=argparse.SUPPRESS, metavar="URL",
-                        help="run against this Redis (its database must be empty) instead of a private server")
-    parser.add_argument("--server", default="auto", metavar="{auto,system,embedded,PATH}",
-                        help="the private server: redis-server from PATH when it is 6.2 or newer, else the "
-                             "embedded Valkey (auto, the default); only one of them (system, embedded); "
-                             "or the binary at PATH")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-                        help=f"give up on a step (devices starting, the run, the reload) after this long "
-                             f"(default {DEFAULT_TIMEOUT:g})")
+    parser.add_argument(
+        "--redis-url",
+        default=argparse.SUPPRESS,
+        metavar="URL",
+        help="run against this Redis (its database must be empty) instead of a private server",
+    )
+    parser.add_argument(
+        "--server",
+        default="auto",
+        metavar="{auto,system,embedded,PATH}",
+        help="the private server: redis-server from PATH when it is 6.2 or newer, else the "
+        "embedded Valkey (auto, the default); only one of them (system, embedded); "
+        "or the binary at PATH",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        metavar="SECONDS",
+        help=f"give up on a step (devices starting, the run, the reload) after this long (default {DEFAULT_TIMEOUT:g})",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -400,4 +436,3 @@ def main(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise ConfigurationError("--timeout must be positive")
     return run_demo(getattr(args, "redis_url", None), args.server, args.timeout)
-

@@ -47,6 +47,7 @@ WHAT = {1: "web pages", 2: "image convolutions"}
 
 # -- the job: what the devices run ---------------------------------------------------------
 
+
 def fetch_page(url: str) -> str | None:
     """Channel 1's task function: the page's title, or None (a failure) unless it answers 200."""
     try:
@@ -65,7 +66,7 @@ def read_pgm(path: str | Path) -> list[list[int]]:
     if magic != b"P5" or int(maxval) != 255:
         raise ValueError(f"{path}: not an 8-bit binary PGM image")
     w, h = int(width), int(height)
-    return [list(pixels[r * w:(r + 1) * w]) for r in range(h)]
+    return [list(pixels[r * w : (r + 1) * w]) for r in range(h)]
 
 
 def write_pgm(path: Path, rows: Sequence[Sequence[int]]) -> None:
@@ -100,8 +101,12 @@ def convolve_image(path: str) -> dict[str, Any]:
     result = convolve(read_pgm(path))
     flat = [v for row in result for v in row]
     digest = hashlib.sha256(json.dumps(result).encode()).hexdigest()[:12]
-    return {"image": Path(path).name, "size": [len(result[0]), len(result)],
-            "mean": round(sum(flat) / len(flat), 2), "sha256": digest}
+    return {
+        "image": Path(path).name,
+        "size": [len(result[0]), len(result)],
+        "mean": round(sum(flat) / len(flat), 2),
+        "sha256": digest,
+    }
 
 
 def make_image(folder: Path, number: int) -> Path:
@@ -112,6 +117,7 @@ def make_image(folder: Path, number: int) -> Path:
 
 
 # -- the local web site ---------------------------------------------------------------------
+
 
 class FlakySite:
     """``/page/<n>``: every FLAKY_EVERY-th page answers 503 the first time it is asked, then 200."""
@@ -154,6 +160,7 @@ class FlakySite:
 
 
 # -- the child processes -------------------------------------------------------------------
+
 
 def _pages(site: str) -> Iterator[str]:
     for n in range(1, PAGES + 1):
@@ -201,8 +208,11 @@ def _child_main(argv: Sequence[str]) -> int:
         return _run_server(argv[1], argv[2])
     if len(argv) == 2 and argv[0] == "device" and argv[1].isdigit() and int(argv[1]) in DEVICES:
         return _run_device(int(argv[1]))
-    print("usage: python -m mutitask_celery.tools.demo_job (server SITE IMAGES | device N): the demo's own processes; "
-          "run `mutitask demo`", file=sys.stderr)
+    print(
+        "usage: python -m mutitask_celery.tools.demo_job (server SITE IMAGES | device N): the demo's own processes; "
+        "run `mutitask demo`",
+        file=sys.stderr,
+    )
     return ExitCode.USAGE
 
 

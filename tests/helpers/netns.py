@@ -78,8 +78,10 @@ class Network:
         _check(_ip("-n", self.switch, "link", "set", "br0", "up"), "switch up")
         for host in self.hosts:
             ns, port = self.ns(host), f"p-{host}"
-            _check(_ip("-n", self.switch, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns),
-                   f"veth pair for {host}")
+            _check(
+                _ip("-n", self.switch, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns),
+                f"veth pair for {host}",
+            )
             _check(_ip("-n", self.switch, "link", "set", port, "master", "br0"), f"{port} on the switch")
             _check(_ip("-n", self.switch, "link", "set", port, "up"), f"{port} up")
             _check(_ip("-n", ns, "addr", "add", f"{self.address(host)}/24", "dev", "eth0"), f"address of {host}")

@@ -46,9 +46,28 @@ class ShippedRedis:
 
     def _certificate(self) -> None:
         """A self-signed certificate for 127.0.0.1 that is its own CA (the conf names all three files)."""
-        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(self.key),
-                        "-out", str(self.cert), "-days", "1", "-subj", "/CN=127.0.0.1",
-                        "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                str(self.key),
+                "-out",
+                str(self.cert),
+                "-days",
+                "1",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ],
+            check=True,
+            capture_output=True,
+        )
         self.ca.write_bytes(self.cert.read_bytes())
 
     def _adapted(self, text: str) -> str:
@@ -63,8 +82,9 @@ class ShippedRedis:
             "dir": str(self.data),
         }
         for directive, value in values.items():
-            text, n = re.subn(rf"^{re.escape(directive)} .*$", f"{directive} {value}", text, count=1,
-                              flags=re.MULTILINE)
+            text, n = re.subn(
+                rf"^{re.escape(directive)} .*$", f"{directive} {value}", text, count=1, flags=re.MULTILINE
+            )
             if n != 1:
                 raise AssertionError(f"{CONF.name} has no '{directive}' line to adapt: update this helper")
         return text + f"\n# added by the test\nlogfile {self.log}\n"
@@ -72,15 +92,19 @@ class ShippedRedis:
     def url(self, user: str = "mutitask") -> str:
         auth = f"{user}:{self.passwords[user]}@"
         if self.tls:
-            return (f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.ca}&ssl_cert_reqs=required")
+            return f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_ca_certs={self.ca}&ssl_cert_reqs=required"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def client(self, user: str = "mutitask") -> redis.Redis:
         return redis.Redis.from_url(self.url(user), decode_responses=True, socket_timeout=10)
 
     def start(self) -> ShippedRedis:
-        self.proc = subprocess.Popen(["redis-server", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            ["redis-server", str(self.conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 20
         delay = 0.02
         while True:
