@@ -77,6 +77,7 @@ def main() -> int:
         return 130
     finally:
         site.shutdown()
+        site.server_close()
     print("\nThe demo ran both of the seed's examples unchanged on Celery.")
     return 0
 

@@ -287,6 +287,13 @@ def current() -> Settings:
     return _current
 
 
+def forget() -> None:
+    """Read the settings afresh at the next :func:`current` (``celeryconfig.py`` or the
+    environment changed); what :func:`configure` was given stays."""
+    global _current
+    _current = None
+
+
 def configure(**explicit: Any) -> Settings:
     """Re-resolve with explicit values on top (the legacy ``BaseConfig`` arguments)."""
     global _current, _explicit, _seen_env

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import pytest
 import redis
@@ -61,10 +61,12 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         server.close()
 
 
-def _reset_package_state() -> None:
+def fresh_settings() -> None:
+    """Settings read afresh (the environment or celeryconfig.py changed) and the process-wide
+    objects rebuilt from them."""
     from mutitask_celery import runtime, settings
 
-    settings._current = None
+    settings.forget()
     runtime.reset()
 
 
@@ -74,15 +76,22 @@ def redis_url(redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> Ite
     redis_server.client.flushall()
     monkeypatch.setenv("MUTITASK_REDIS_URL", redis_server.url)
     monkeypatch.delenv("MUTITASK_BROKER_URL", raising=False)
-    _reset_package_state()
+    fresh_settings()
     yield redis_server.url
     monkeypatch.undo()
-    _reset_package_state()
+    fresh_settings()
 
 
 @pytest.fixture
 def r(redis_server: RedisServer, redis_url: str) -> redis.Redis:
     return redis_server.client
+
+
+class Start(NamedTuple):
+    """A task a helper device started, and when (its clock)."""
+
+    task: str
+    at: float
 
 
 class Processes:
@@ -149,6 +158,16 @@ class Processes:
             if p is proc:
                 return log.read_text(errors="replace")
         raise KeyError(proc)
+
+    def starts(self, proc: subprocess.Popen[bytes], after: float = 0.0) -> list[Start]:
+        """The tasks a 'slow' helper device started (its ``START <task> <time>`` lines), in
+        order, those after ``after`` (a Unix time) if given."""
+        found = []
+        for line in self.output(proc).splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "START" and float(parts[2]) > after:
+                found.append(Start(parts[1], float(parts[2])))
+        return found
 
     def stop_all(self) -> None:
         stop_process_groups(proc for proc, _ in self.started)
@@ -287,9 +306,9 @@ def broker(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Broker]:
         url = f"amqp://guest:guest@{address}/{vhost}"
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("MUTITASK_BROKER_URL", url)
-            _reset_package_state()
+            fresh_settings()
             yield Broker("amqp", url)
-        _reset_package_state()
+        fresh_settings()
     finally:
         _rabbitmqctl("delete_vhost", vhost)
 

@@ -10,6 +10,7 @@ import json
 import numpy as np
 import pytest
 import redis
+from conftest import fresh_settings
 
 import mutitask_celery as mt
 from mutitask_celery import codec, keys, runtime
@@ -219,11 +220,9 @@ def test_console_controls_the_producer(r: redis.Redis) -> None:
 
 
 def test_retention_cap_drops_the_oldest_and_counts(r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mutitask_celery import settings
 
     monkeypatch.setenv("MUTITASK_DEAD_LETTER_MAX", "3")
-    settings._current = None
-    runtime.reset()
+    fresh_settings()
     ids = publish(1, list(range(5)))
     for task_id in ids:
         fail(1, task_id)

@@ -40,16 +40,6 @@ def publish(values: list[str], channel: int = 1) -> None:
     runtime.ledger().publish(channel, [(messages.new_task_id(), codec.encode(v)) for v in values])
 
 
-def starts(procs: Processes, dev: subprocess.Popen[bytes]) -> list[tuple[str, float]]:
-    """(task, time) of every task the 'slow' device started, from its output."""
-    out = []
-    for line in procs.output(dev).splitlines():
-        if line.startswith("START "):
-            _, task, when = line.split()
-            out.append((task, float(when)))
-    return out
-
-
 def test_state_transitions(procs: Processes, r: redis.Redis) -> None:
     dev = procs.device(1, 1)
     wait_until(device_is_up(D1), 30, "device1")
@@ -75,13 +65,13 @@ def test_pause_lets_the_task_in_hand_finish_and_starts_no_other(
     dev = procs.device(1, 1, "slow", env={"SLOW_SECONDS": seconds})
     wait_until(device_is_up(D1), 30, "device1")
     publish([str(i) for i in range(count)])
-    wait_until(lambda: len(starts(procs, dev)) >= 5 * holds - 3, 30, "tasks to start")
+    wait_until(lambda: len(procs.starts(dev)) >= 5 * holds - 3, 30, "tasks to start")
     stats = mt.app.control.inspect(destination=[D1], timeout=5, limit=1).stats() or {}
     assert stats[D1]["prefetch_count"] == holds
     assert mt.pause("all") == [D1]
     paused_at = time.time()
     wait_until(lambda: status(D1).in_hand == 0, 10, "the task in hand to finish")
-    started = starts(procs, dev)
+    started = procs.starts(dev)
     assert all(when < paused_at for _, when in started), (started, paused_at)
     # Every task started before the pause ended saved; the rest are still waiting, none lost.
     wait_until(lambda: mt.results_count(1) == len(started), 10, "the results of the tasks that ran")

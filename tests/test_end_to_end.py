@@ -36,11 +36,6 @@ def summary_of(procs: Processes, server: subprocess.Popen[bytes]) -> dict[str, d
     return json.loads(line[len("SUMMARY ") :])
 
 
-def starts(procs: Processes, dev: subprocess.Popen[bytes]) -> list[str]:
-    """Tasks the 'slow' device started, from its output."""
-    return [line.split()[1] for line in procs.output(dev).splitlines() if line.startswith("START ")]
-
-
 def expected_double(n: int) -> str:
     if n % 10 == 0:
         return "returned None"
@@ -247,7 +242,7 @@ def test_signal_finishes_the_task_in_hand_then_exits(
     dev = procs.device(1, 1, "slow", env={"SLOW_SECONDS": "2"})
     wait_until(device_is_up(f"device1@{HOST}"), 30, "device1 to answer")
     runtime.ledger().publish(1, [("t1", '"in hand"'), ("t2", '"next"')])
-    wait_until(lambda: len(starts(procs, dev)) == 1, 10, "the device to start the first task")
+    wait_until(lambda: len(procs.starts(dev)) == 1, 10, "the device to start the first task")
     os.kill(dev.pid, sig)
     started = time.monotonic()
     assert dev.wait(15) == 0
@@ -321,7 +316,7 @@ def test_a_device_killed_mid_task_loses_nothing(
     wait_until(device_is_up(f"device3@{HOST}"), 30, "device3")
     count = 300
     thread, out = run_in_thread([str(n) for n in range(count)])
-    wait_until(lambda: starts(procs, victim), 30, "device3 to start a task")
+    wait_until(lambda: procs.starts(victim), 30, "device3 to start a task")
     procs.device(1, 1, env=FAST)
     procs.device(2, 1, env=FAST)
     wait_until(lambda: mt.results_count(1) >= 50, 60, "the run to be under way")
@@ -343,7 +338,7 @@ def test_pause_holds_the_run_and_start_resumes_it(procs: Processes, r: redis.Red
     dev = procs.device(1, 1, "slow", env={"SLOW_SECONDS": "0.2"})
     wait_until(device_is_up(name), 30, "device1")
     thread, out = run_in_thread([str(n) for n in range(15)], channel_size=5)
-    wait_until(lambda: len(starts(procs, dev)) >= 2, 30, "two tasks to start")
+    wait_until(lambda: len(procs.starts(dev)) >= 2, 30, "two tasks to start")
     assert mt.pause("all") == [name]
     paused_at = time.time()
 

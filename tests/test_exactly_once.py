@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import HELPERS, Processes, device_is_up, run_in_thread, wait_until
+from conftest import HELPERS, Processes, device_is_up, fresh_settings, run_in_thread, wait_until
 
 import mutitask_celery as mt
 from mutitask_celery import codec, keys, runtime, settings
@@ -34,10 +34,9 @@ FAST = {"MUTITASK_DEAD_AFTER": "3"}  # a silent device is dead after 3 s (defaul
 def fast(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> Iterator[None]:
     """This process (the server thread) and the devices: dead after 3 s."""
     monkeypatch.setenv("MUTITASK_DEAD_AFTER", "3")
-    settings._current = None
-    runtime.reset()
+    fresh_settings()
     yield
-    settings._current = None
+    settings.forget()
 
 
 def celery_device(

@@ -40,6 +40,7 @@ def test_spider_example(procs: Processes, r: redis.Redis) -> None:
         printed = run_example(procs, "spider", env)
     finally:
         site.shutdown()
+        site.server_close()
     pages = set(range(1, 201))
     failing = {n for n in pages if local_site.page_fails(n)}
     # The save function print()s each page: every good page exactly once, across both devices.

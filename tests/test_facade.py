@@ -153,7 +153,7 @@ def test_unreachable_redis_is_a_clear_error_naming_the_masked_url(monkeypatch: p
     from mutitask_celery import settings
 
     monkeypatch.setenv("MUTITASK_REDIS_URL", f"redis://:hunter2@127.0.0.1:{free_port()}/0")
-    settings._current = None
+    settings.forget()
     with pytest.raises(ConnectionError) as err:
         serve.serve(iter(["a"]), channel_size=5)
     assert "cannot reach Redis at redis://:***@127.0.0.1" in str(err.value)
@@ -161,7 +161,7 @@ def test_unreachable_redis_is_a_clear_error_naming_the_masked_url(monkeypatch: p
     with pytest.raises(SystemExit) as end:  # a legacy script: one line and exit code 3, no traceback
         Terminal(baseConfig=BaseConfig(deviceNumb=1)).run(iter(["a"]))
     assert end.value.code == 3
-    settings._current = None
+    settings.forget()
 
 
 def test_run_with_nothing_to_do_returns_at_once(redis_url: str) -> None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import redis
-from conftest import HELPERS, Processes, device_is_up, poison_run, run_in_thread, wait_until
+from conftest import HELPERS, Processes, device_is_up, fresh_settings, poison_run, run_in_thread, wait_until
 
 import mutitask_celery as mt
 from mutitask_celery import codec, keys, runtime
@@ -22,15 +21,9 @@ FAST = {"MUTITASK_DEAD_AFTER": "3"}  # declare a silent device dead after 3 s (d
 
 @pytest.fixture
 def fast_reaper(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> None:
-    from mutitask_celery import settings
 
     monkeypatch.setenv("MUTITASK_DEAD_AFTER", "3")
-    settings._current = None
-    runtime.reset()
-
-
-def starts(procs: Processes, dev: subprocess.Popen[bytes]) -> list[str]:
-    return [line.split()[1] for line in procs.output(dev).splitlines() if line.startswith("START ")]
+    fresh_settings()
 
 
 def test_task_of_a_killed_device_is_delivered_again_within_seconds(
@@ -39,12 +32,12 @@ def test_task_of_a_killed_device_is_delivered_again_within_seconds(
     victim = procs.device(1, 1, "slow", env={"SLOW_SECONDS": "30", **FAST})
     wait_until(device_is_up(f"device1@{HOST}"), 30, "device1")
     runtime.ledger().publish(1, [(messages.new_task_id(), codec.encode("held"))])
-    wait_until(lambda: starts(procs, victim) == ["held"], 30, "device1 to start the task")
+    wait_until(lambda: [s.task for s in procs.starts(victim)] == ["held"], 30, "device1 to start the task")
     victim.send_signal(signal.SIGKILL)
     victim.wait(10)
     killed_at = time.monotonic()
     rescuer = procs.device(2, 1, "slow", env={"SLOW_SECONDS": "0", **FAST})
-    wait_until(lambda: starts(procs, rescuer) == ["held"], 30, "device2 to get the task")
+    wait_until(lambda: [s.task for s in procs.starts(rescuer)] == ["held"], 30, "device2 to get the task")
     assert time.monotonic() - killed_at < 20  # seconds, not kombu's hour
     wait_until(lambda: mt.results(1) == ["held"], 10, "the result")
     assert runtime.ledger().outstanding(1) == 0
@@ -55,11 +48,13 @@ def test_a_restarted_device_gives_back_what_it_held(procs: Processes, r: redis.R
     first = procs.device(1, 1, "slow", env={"SLOW_SECONDS": "30"})
     wait_until(device_is_up(f"device1@{HOST}"), 30, "device1")
     runtime.ledger().publish(1, [(messages.new_task_id(), codec.encode("held"))])
-    wait_until(lambda: starts(procs, first) == ["held"], 30, "device1 to start the task")
+    wait_until(lambda: [s.task for s in procs.starts(first)] == ["held"], 30, "device1 to start the task")
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     again = procs.device(1, 1, "slow", env={"SLOW_SECONDS": "0"})  # default dead_after: 10 s
-    wait_until(lambda: starts(procs, again) == ["held"], 8, "the restarted device1 to take it back at once")
+    wait_until(
+        lambda: [s.task for s in procs.starts(again)] == ["held"], 8, "the restarted device1 to take it back at once"
+    )
     wait_until(lambda: mt.results(1) == ["held"], 10, "the result")
 
 
@@ -114,8 +109,7 @@ def test_redis_restarted_mid_run_loses_nothing(
     second: LocalRedis | None = None
     try:
         monkeypatch.setenv("MUTITASK_REDIS_URL", first.url)
-        settings._current = None
-        runtime.reset()
+        fresh_settings()
         count = 3_000
         for n in (1, 2, 3):
             procs.device(n, 1, env=FAST)
@@ -133,7 +127,7 @@ def test_redis_restarted_mid_run_loses_nothing(
         first.close()
         if second is not None:
             second.close()
-        settings._current = None
+        settings.forget()
 
 
 def test_the_sweep_leaves_other_applications_messages_alone(r: redis.Redis, fast_reaper: None) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import Processes, free_port, wait_until
+from conftest import Processes, free_port, fresh_settings, wait_until
 
 from mutitask_celery import runtime
 from mutitask_celery.errors import ConfigurationError
@@ -208,18 +208,16 @@ def test_devices_reads_flower_when_configured(
     good = with_credentials(url, "watcher", "s3cret-pw")
     wait_for_devices(good, online, "online")
     monkeypatch.setenv("MUTITASK_FLOWER_URL", good)
-    settings._current = None
-    runtime.reset()
+    fresh_settings()
     found = {d.name: d for d in mt.devices()}
     assert all(found[n].state is DeviceState.RUNNING and found[n].channels == [1] for n in DEVICES)
     run_tasks(10)
     wait_until(lambda: sum(d.done for d in mt.devices()) == 10, 15, "the devices' done counts")
     monkeypatch.setenv("MUTITASK_FLOWER_URL", with_credentials(url, "watcher", "wrong"))
-    settings._current = None
-    runtime.reset()
+    fresh_settings()
     with pytest.raises(FlowerAuthError):  # proof that devices() asked Flower
         mt.devices()
-    settings._current = None
+    settings.forget()
 
 
 def test_closed_api_says_how_to_open_it(procs: Processes, r: redis.Redis) -> None:

@@ -126,16 +126,6 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     assert not net.made, f"namespaces left behind: {net.made}"
 
 
-def starts(procs: Processes, dev: subprocess.Popen[bytes], after: float = 0.0) -> set[str]:
-    """Tasks the device started (its 'START <task> <time>' lines), after a time if given."""
-    found = set()
-    for line in procs.output(dev).splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == "START" and float(parts[2]) > after:
-            found.add(parts[1])
-    return found
-
-
 def held_tasks(r: redis.Redis, device: str) -> list[str]:
     """The task data of every message the device notes in hand (read from kombu's unacked hash)."""
     data = []
@@ -185,7 +175,10 @@ def test_three_hosts_books_balance_and_a_cut_host_gets_its_tasks_delivered_again
 
     # The reaper (on h1 or h2) gives device3's tasks to the devices that can still reach Redis.
     wait_until(lambda: not r.exists(keys.inhand(names[3])), 30, "the reaper to take back device3's tasks")
-    others = lambda: starts(procs, devices[1], cut_at) | starts(procs, devices[2], cut_at)  # noqa: E731
+
+    def others() -> set[str]:
+        return {s.task for n in (1, 2) for s in procs.starts(devices[n], cut_at)}
+
     wait_until(lambda: set(held) <= others(), 30, f"device1 or device2 to start {held} again")
     assert devices[3].poll() is None
     # Cut off, device3's calls to Redis time out (socket timeout: redis-py's default is 5 s) and
@@ -219,7 +212,7 @@ def test_three_hosts_books_balance_and_a_cut_host_gets_its_tasks_delivered_again
     assert sorted(results, key=int) == [str(n) for n in range(COUNT)]  # each task saved exactly once
     assert r.zcard(keys.dead_index()) == 0 and r.hlen(keys.pending(1)) == 0
     wait_until(lambda: r.hlen(keys.KOMBU_UNACKED) == 0, 30, "every message acknowledged")
-    assert all(starts(procs, devices[n]) for n in (1, 2, 3)), "a device on some host did no work"
+    assert all(procs.starts(devices[n]) for n in (1, 2, 3)), "a device on some host did no work"
     assert devices[3].poll() is None, procs.output(devices[3])
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import redis
+from conftest import fresh_settings
 
 import mutitask_celery as mt
 from mutitask_celery import keys, runtime
@@ -346,20 +347,17 @@ def test_the_heartbeat_outlives_any_error(monkeypatch: pytest.MonkeyPatch) -> No
 
 
 def test_one_redis_named_two_ways_is_recognised(redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mutitask_celery import settings
 
     monkeypatch.setenv("MUTITASK_REDIS_URL", f"redis://127.0.0.1:{redis_server.port}/0")
     monkeypatch.setenv("MUTITASK_BROKER_URL", f"redis://localhost:{redis_server.port}/0")
-    settings._current = None
-    runtime.reset()
+    fresh_settings()
     try:
         assert runtime.broker_is_store() and runtime.reaper() is not None and runtime.publisher() is None
         monkeypatch.setenv("MUTITASK_BROKER_URL", f"redis://localhost:{redis_server.port}/1")  # another database
         assert not runtime.broker_is_store()
     finally:
         monkeypatch.undo()
-        settings._current = None
-        runtime.reset()
+        fresh_settings()
 
 
 @pytest.mark.parametrize(
