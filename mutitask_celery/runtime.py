@@ -7,30 +7,27 @@ Built lazily (a device forks or starts threads after import) and rebuilt by
 from __future__ import annotations
 
 from mutitask_celery import celery_app, settings
+from mutitask_celery.books.brokers import BooksRedis, Broker, OtherBroker
 from mutitask_celery.books.dead_letters import RedisDeadLetterStore
 from mutitask_celery.books.ledger import Ledger
-from mutitask_celery.books.publisher import BrokerPublisher
-from mutitask_celery.books.recovery import Reaper, Redeliveries
 from mutitask_celery.connection import redis_client, same_redis
 from mutitask_celery.control import Devices
 
+_broker: Broker | None = None
 _ledger: Ledger | None = None
 _store: RedisDeadLetterStore | None = None
 _devices: Devices | None = None
-_reaper: Reaper | None = None
-_publisher: BrokerPublisher | None = None
-_redeliveries: Redeliveries | None = None
 _built_for: settings.Settings | None = None
 
 
 def reset(conf: settings.Settings | None = None) -> settings.Settings:
     """Drop cached objects; point the Celery app at ``conf`` (default: current settings)."""
-    global _ledger, _store, _devices, _reaper, _publisher, _redeliveries, _built_for
+    global _broker, _ledger, _store, _devices, _built_for
     conf = conf or settings.current()
-    if _publisher is not None:
-        _publisher.close()
+    if _broker is not None:
+        _broker.close()
     celery_app.apply_settings(conf)
-    _ledger = _store = _devices = _reaper = _publisher = _redeliveries = None
+    _broker = _ledger = _store = _devices = None
     _built_for = conf
     return conf
 
@@ -50,12 +47,27 @@ def broker_is_store(conf: settings.Settings | None = None) -> bool:
     return same_redis(conf.broker, conf.redis_url)
 
 
-def ledger() -> Ledger:
-    global _ledger
+def _books() -> tuple[Broker, Ledger]:
+    """The broker and the ledger, built together: the ledger publishes through the broker,
+    and the broker's recovery acts on the ledger's books."""
+    global _broker, _ledger
     conf = _fresh()
-    if _ledger is None:
-        _ledger = Ledger(redis_client(conf.redis_url), celery_app.app, broker_is_store(conf), publisher())
-    return _ledger
+    if _broker is None or _ledger is None:
+        client = redis_client(conf.redis_url)
+        kind = BooksRedis if broker_is_store(conf) else OtherBroker
+        _broker = kind(celery_app.app, client, conf)
+        _ledger = Ledger(client, celery_app.app, _broker)
+    return _broker, _ledger
+
+
+def broker() -> Broker:
+    """How tasks reach the devices, decided here and nowhere else (see :mod:`.books.brokers`):
+    the books' own Redis, or another broker with a journal and one confirmed publisher."""
+    return _books()[0]
+
+
+def ledger() -> Ledger:
+    return _books()[1]
 
 
 def store() -> RedisDeadLetterStore:
@@ -64,11 +76,8 @@ def store() -> RedisDeadLetterStore:
     if _store is None:
         _store = RedisDeadLetterStore(
             redis_client(conf.redis_url),
-            celery_app.app,
-            broker_is_store(conf),
             max_records=conf.dead_letter_max,
             max_age=conf.dead_letter_max_age,
-            publisher=publisher(),
             feed=ledger().feed_backlog,
         )
     return _store
@@ -80,45 +89,3 @@ def devices() -> Devices:
     if _devices is None:
         _devices = Devices(redis_client(conf.redis_url), celery_app.app, flower_url=conf.flower_url)
     return _devices
-
-
-def publisher() -> BrokerPublisher | None:
-    """The one publisher (one broker connection) of this process for a broker other
-    than the books' Redis; None on that Redis, where the books push messages themselves."""
-    global _publisher
-    conf = _fresh()
-    if broker_is_store(conf):
-        return None
-    if _publisher is None:
-        _publisher = BrokerPublisher(celery_app.app)
-    return _publisher
-
-
-def redeliveries() -> Redeliveries | None:
-    """Poison-task counting on a broker that redelivers by itself; None on the Redis broker,
-    where the reaper counts deaths."""
-    global _redeliveries
-    conf = _fresh()
-    if broker_is_store(conf):
-        return None
-    if _redeliveries is None:
-        _redeliveries = Redeliveries(redis_client(conf.redis_url), ledger(), max_attempts=conf.max_attempts)
-    return _redeliveries
-
-
-def reaper() -> Reaper | None:
-    """The dead-device reaper, or None when the broker is not this Redis (RabbitMQ
-    redelivers a dead consumer's messages by itself)."""
-    global _reaper
-    conf = _fresh()
-    if not broker_is_store(conf):
-        return None
-    if _reaper is None:
-        _reaper = Reaper(
-            redis_client(conf.redis_url),
-            ledger(),
-            dead_after=conf.dead_after,
-            max_attempts=conf.max_attempts,
-            forget_after=conf.forget_after,
-        )
-    return _reaper

@@ -164,9 +164,11 @@ class Processes:
         order, those after ``after`` (a Unix time) if given."""
         found = []
         for line in self.output(proc).splitlines():
-            parts = line.split()
-            if len(parts) == 3 and parts[0] == "START" and float(parts[2]) > after:
-                found.append(Start(parts[1], float(parts[2])))
+            if not line.startswith("START "):
+                continue
+            task, _, when = line[len("START ") :].rpartition(" ")  # a task may hold spaces
+            if float(when) > after:
+                found.append(Start(task, float(when)))
         return found
 
     def stop_all(self) -> None:

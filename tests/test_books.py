@@ -240,7 +240,7 @@ def test_retention_age_drops_old_records(r: redis.Redis) -> None:
     fail(2, new)
     for key in (keys.dead_index(), keys.dead_index(2)):
         r.zadd(key, {old: 1000.0})  # failed long ago
-    store = RedisDeadLetterStore(r, mt.app, max_age=3600)
+    store = RedisDeadLetterStore(r, max_age=3600)
     assert store.prune() == 1
     assert [f.id for f in store.failed()] == [new] and store.dropped(2) == 1
 

@@ -14,6 +14,7 @@ from conftest import HELPERS, Processes, device_is_up, fresh_settings, poison_ru
 import mutitask_celery as mt
 from mutitask_celery import codec, keys, runtime
 from mutitask_celery.books import messages
+from mutitask_celery.books.brokers import BooksRedis
 
 HOST = socket.gethostname()
 FAST = {"MUTITASK_DEAD_AFTER": "3"}  # declare a silent device dead after 3 s (default 10)
@@ -133,8 +134,9 @@ def test_redis_restarted_mid_run_loses_nothing(
 def test_the_sweep_leaves_other_applications_messages_alone(r: redis.Redis, fast_reaper: None) -> None:
     foreign = '[{"headers": {"task": "other.app.task", "id": "x1"}, "body": "", "properties": {}}, "", "other"]'
     r.hset(keys.KOMBU_UNACKED, "foreign-tag", foreign)
-    reaper = runtime.reaper()
-    assert reaper is not None
+    broker = runtime.broker()
+    assert isinstance(broker, BooksRedis)
+    reaper = broker.reaper
     reaper.sweep([1])
     reaper.sweep([1])  # two sweeps in a row: an orphan of ours would be acted on now
     assert r.hget(keys.KOMBU_UNACKED, "foreign-tag") == foreign

@@ -22,6 +22,7 @@ from conftest import fresh_settings
 
 import mutitask_celery as mt
 from mutitask_celery import keys, runtime
+from mutitask_celery.books.brokers import BooksRedis, OtherBroker
 from mutitask_celery.books.ledger import Outcome
 from mutitask_celery.books.recovery import Reaper
 from mutitask_celery.connection import redis_now
@@ -352,9 +353,9 @@ def test_one_redis_named_two_ways_is_recognised(redis_server: Any, monkeypatch: 
     monkeypatch.setenv("MUTITASK_BROKER_URL", f"redis://localhost:{redis_server.port}/0")
     fresh_settings()
     try:
-        assert runtime.broker_is_store() and runtime.reaper() is not None and runtime.publisher() is None
+        assert runtime.broker_is_store() and isinstance(runtime.broker(), BooksRedis)
         monkeypatch.setenv("MUTITASK_BROKER_URL", f"redis://localhost:{redis_server.port}/1")  # another database
-        assert not runtime.broker_is_store()
+        assert not runtime.broker_is_store() and isinstance(runtime.broker(), OtherBroker)
     finally:
         monkeypatch.undo()
         fresh_settings()

@@ -11,8 +11,9 @@ import pytest
 import redis
 
 import mutitask_celery as mt
-from mutitask_celery import codec, keys
+from mutitask_celery import codec, keys, settings
 from mutitask_celery.books import messages
+from mutitask_celery.books.brokers import OtherBroker
 from mutitask_celery.books.ledger import Ledger, Outcome
 from mutitask_celery.books.publisher import BrokerPublisher
 from mutitask_celery.books.recovery import Redeliveries, Verdict
@@ -40,7 +41,8 @@ Books = tuple[Ledger, Redeliveries, Recorder]
 @pytest.fixture
 def books(r: redis.Redis) -> Books:
     recorder = Recorder()
-    ledger = Ledger(r, mt.app, broker_is_store=False, publisher=recorder)
+    broker = OtherBroker(mt.app, r, settings.current(), publisher=recorder)
+    ledger = Ledger(r, mt.app, broker)
     return ledger, Redeliveries(r, ledger, max_attempts=3), recorder
 
 
@@ -59,8 +61,8 @@ def test_publishing_journals_until_the_broker_has_the_messages(r: redis.Redis, b
         ledger.publish(1, items("d"))
     assert r.hexists(keys.pending(1), "id-d") and r.zrange(keys.unsent(1), 0, -1) == ["id-d"]
     recorder.fail = False
-    assert ledger.resend_unsent([1]) == 0  # too recent: its publisher may still be at work
-    assert ledger.resend_unsent([1], grace=0) == 1
+    assert ledger.broker.resend_unsent([1]) == 0  # too recent: its publisher may still be at work
+    assert ledger.broker.resend_unsent([1], grace=0) == 1
     assert recorder.sent[-1] == ("channel1", [["id-d"]]) and r.zcard(keys.unsent(1)) == 0
 
 

@@ -7,14 +7,12 @@ channel and one for all channels, so counting is ``ZCARD`` and listing is
 paged. Records are written by the device's finish script (``ledger.py``) in the
 same atomic step that takes the task out of the books.
 
-A reload moves records back in one Lua script per batch: each record is
-deleted, its task re-entered in the books and, when the broker is this Redis,
-its pre-built message pushed on the queue, all at once. A task is therefore
-never in the store and the queue together, nor in neither. On another broker
-(RabbitMQ) the same script enters the tasks in the publisher's journal
-instead, and they are published right after it (see :mod:`.publisher`): a
-reload killed in between leaves them outstanding in the books and the
-journal, and the server publishes them. A reloaded task keeps its id, so
+A reload moves records back in one Lua step per page: each record is
+deleted and its task re-entered in the books, in the channel's *backlog*, all
+at once, so a task is never in the store and the books together, nor in
+neither. The backlog goes into the channel as devices make room
+(:meth:`.Ledger.feed_backlog`), through whichever broker carries the tasks
+(:mod:`.brokers`). A reloaded task keeps its id, so
 failing again updates the same record (``failures`` + 1).
 """
 
@@ -28,11 +26,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import redis
-from celery import Celery
 
 from mutitask_celery import codec, keys
 from mutitask_celery.books import messages, scripts
-from mutitask_celery.books.publisher import BrokerPublisher
 from mutitask_celery.connection import redis_now, text
 from mutitask_celery.errors import RecordNotFound
 
@@ -191,17 +187,11 @@ class RedisDeadLetterStore(DeadLetterStore):
     def __init__(
         self,
         client: redis.Redis,
-        app: Celery,
-        broker_is_store: bool = True,
         max_records: int | None = None,
         max_age: float | None = None,
-        publisher: BrokerPublisher | None = None,
         feed: Callable[[int], object] | None = None,
     ) -> None:
         self.client = client
-        self.app = app
-        self.broker_is_store = broker_is_store
-        self.publisher = None if broker_is_store else (publisher or BrokerPublisher(app))
         self.max_records = max_records
         self.max_age = max_age
         self.feed = feed  # feeds a channel's backlog (Ledger.feed_backlog), after a reload

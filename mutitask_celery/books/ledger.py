@@ -11,7 +11,8 @@ whatever the broker is.
 
 On the Redis broker a task enters the books and its queue in one transaction;
 on another broker (RabbitMQ) it enters the books and a journal first, and
-:mod:`.publisher` sends it (see there, and :meth:`Ledger.resend_unsent`).
+:mod:`.publisher` sends it: the ledger publishes through its :class:`.Broker`, which
+knows which (see :mod:`.brokers`).
 """
 
 from __future__ import annotations
@@ -21,20 +22,20 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import redis
 from celery import Celery
 
 from mutitask_celery import keys
 from mutitask_celery.books import messages, scripts
-from mutitask_celery.books.publisher import BrokerPublisher
 from mutitask_celery.connection import text
+
+if TYPE_CHECKING:
+    from mutitask_celery.books.brokers import Broker
 
 log = logging.getLogger(__name__)
 
-UNSENT_GRACE = 10.0  # seconds after which a journal entry is a publisher's that died (a call takes ms)
-UNSENT_BATCH = 500
 PUBLISHER = "server"  # the writer whose publish steps keys.steps keeps (one server per channel)
 DEFAULT_CHANNEL_SIZE = 50  # the seed's, for a channel whose server never said
 TARGET_MESSAGE_SECONDS = 0.1  # work one message should carry: short tasks travel together
@@ -149,14 +150,11 @@ def _round_replies(
 class Ledger:
     """Reads and changes the books of the channels in one Redis database."""
 
-    def __init__(
-        self, client: redis.Redis, app: Celery, broker_is_store: bool = True, publisher: BrokerPublisher | None = None
-    ) -> None:
+    def __init__(self, client: redis.Redis, app: Celery, broker: Broker) -> None:
         self.client = client
         self.app = app
-        self.broker_is_store = broker_is_store
-        # Another broker: its publisher (shared with the dead-letter store), None on this Redis.
-        self.publisher = None if broker_is_store else (publisher or BrokerPublisher(app))
+        self.broker = broker  # how messages reach the queues (see .brokers)
+        broker.attach(self)
         self._finish = scripts.load(client, "finish")
         self._give_back = scripts.load(client, "drop_note")
         self._publish = scripts.load(client, "publish")
@@ -208,12 +206,11 @@ class Ledger:
         A step repeated with the same id (its first reply was lost with the connection) does
         nothing if the first one applied.
         """
-        journal = self.publisher is not None
         if outgoing and not self._publish_known:  # else the first round's NOSCRIPT costs its whole wait
             self.client.script_load(self._publish.script)
             self._publish_known = True
         # Another broker gets the messages only after this round trip: wait after sending them.
-        wait_after = list(wait) if journal and outgoing else []
+        wait_after = list(wait) if outgoing and not self.broker.pushes_in_step else []
         wait = [] if wait_after else wait
 
         def send() -> list[Any]:
@@ -235,12 +232,9 @@ class Ledger:
             self.client.script_load(self._publish.script)
             replies = send()
         went, books = _round_replies(outgoing, read, replies)
-        if journal:  # another broker (e.g. RabbitMQ): publish (confirmed), then clear the journal
-            assert self.publisher is not None
-            for out in outgoing:
-                if out.channel in went and out.items:
-                    self.publisher.send(keys.queue(out.channel), out.channel, out.groups())
-                    self.client.zrem(keys.unsent(out.channel), *[task_id for task_id, _ in out.items])
+        for out in outgoing:
+            if out.channel in went and out.items:
+                self.broker.after_step(out.channel, out.groups())
         if wait_after:
             self.wait_for_progress(wait_after, timeout)
         return went, books
@@ -258,23 +252,19 @@ class Ledger:
         ]
 
     def _publish_args(self, out: Outgoing, room_for: int) -> list[str | int | float]:
-        journal = self.publisher is not None
         argv: list[str | int | float] = [
             room_for,
             out.step,
             f"publish:{out.channel}",
-            "journal" if journal else "queue",
+            self.broker.lua_mode,
             time.time(),
             len(out.items),
         ]
         for task_id, data in out.items:
             argv += [task_id, data]
-        if not journal:
-            if out.built is None:  # built once, however often the step waits for room
-                queue = keys.queue(out.channel)
-                out.built = [messages.build(self.app, queue, out.channel, group) for group in out.groups()]
-            argv += out.built
-        return argv
+        if out.built is None:  # built once, however often the step waits for room
+            out.built = self.broker.step_messages(out.channel, out.groups())
+        return argv + out.built
 
     def _send(
         self,
@@ -285,18 +275,8 @@ class Ledger:
         suspect: bool = False,
     ) -> None:
         """Queue the items, ``batch`` a message; on this Redis, in the same transaction as ``pipe``."""
-        queue = keys.queue(channel)
         groups = [items[i : i + batch] for i in range(0, len(items), max(1, batch))]
-        if self.publisher is None:
-            pipe.lpush(queue, *[messages.build(self.app, queue, channel, group, suspect) for group in groups])
-            pipe.execute()
-            return
-        # Another broker (e.g. RabbitMQ): journal, publish (confirmed), then clear the journal.
-        ids = [task_id for task_id, _ in items]
-        pipe.zadd(keys.unsent(channel), dict.fromkeys(ids, time.time()))
-        pipe.execute()
-        self.publisher.send(queue, channel, groups, suspect)
-        self.client.zrem(keys.unsent(channel), *ids)
+        self.broker.send(channel, groups, pipe, suspect)
 
     def channel_sizes(self, sizes: dict[int, int]) -> None:
         """The server says with which ``ChannelSize`` it runs its channels (reloads and devices
@@ -321,11 +301,10 @@ class Ledger:
         items = [(t, text(d)) for t, d in zip(ids, data, strict=True) if d is not None]
         batch = batch_size(books.stats, size)
         out = Outgoing(channel, items, batch, "")
-        journal = self.publisher is not None
-        argv: list[str | int | float] = [size, "journal" if journal else "queue", time.time()]
+        groups = out.groups()
+        argv: list[str | int | float] = [size, self.broker.lua_mode, time.time()]
         queue = keys.queue(channel)
-        for group in out.groups():
-            message = "" if journal else messages.build(self.app, queue, channel, group)
+        for group, message in zip(groups, self.broker.step_messages(channel, groups), strict=True):
             argv += [len(group), *[t for t, _ in group], message]
         went = [
             text(t)
@@ -334,11 +313,8 @@ class Ledger:
                 args=argv,
             )
         ]
-        if journal and went:
-            assert self.publisher is not None
-            sent = set(went)
-            self.publisher.send(queue, channel, [g for g in out.groups() if g[0][0] in sent])
-            self.client.zrem(keys.unsent(channel), *went)
+        sent = set(went)
+        self.broker.after_step(channel, [g for g in groups if g[0][0] in sent])
         return len(went)
 
     def republish(self, channel: int, task_ids: Sequence[str], suspect: bool = False) -> int:
@@ -349,36 +325,6 @@ class Ledger:
         if items:
             self._send(channel, items, self.client.pipeline(transaction=True), suspect=suspect)
         return len(items)
-
-    def resend_unsent(self, channels: Sequence[int], grace: float = UNSENT_GRACE) -> int:
-        """Publish again what a publisher that died left in the journal; returns how many tasks.
-
-        Only entries older than ``grace`` seconds: a live publisher clears its own
-        within milliseconds. Tasks no longer outstanding are just dropped from it.
-        """
-        if self.publisher is None:
-            return 0
-        resent = 0
-        for channel in channels:
-            ids = [
-                str(task_id)
-                for task_id in self.client.zrangebyscore(
-                    keys.unsent(channel), "-inf", time.time() - grace, start=0, num=UNSENT_BATCH
-                )
-            ]
-            if not ids:
-                continue
-            n = self.republish(channel, ids)
-            self.client.zrem(keys.unsent(channel), *ids)
-            if n:
-                log.warning(
-                    "channel %d: %d task(s) were in the books but never reached the broker "
-                    "(their publisher died): publishing them again",
-                    channel,
-                    n,
-                )
-            resent += n
-        return resent
 
     def finish(
         self,

@@ -33,7 +33,7 @@ from celery.signals import task_received, worker_init, worker_ready, worker_shut
 from celery.worker import state as worker_state
 from celery.worker.control import control_command
 
-from mutitask_celery import celery_app, keys, runtime
+from mutitask_celery import celery_app, runtime
 from mutitask_celery.books.integrity import Watermarks
 from mutitask_celery.books.recovery import HEARTBEAT
 from mutitask_celery.control import Taken, channels_of
@@ -73,13 +73,10 @@ def _on_init(sender: Any = None, **_: Any) -> None:
         log.critical("mutitask: %s", exc)
         raise SystemExit(ExitCode.USAGE) from None
     name = getattr(sender, "hostname", None)
-    reaper = runtime.reaper()
-    if not name or reaper is None:
+    if not name:
         return
     try:
-        reaper.client.delete(keys.steps(name))  # the previous life's retries are over
-        reaper.announce_death()  # whatever killed the previous life may have stranded a message
-        restored = reaper.recover(name)
+        restored = runtime.broker().device_started(name)
         if restored:
             log.warning("%s restarted: took back %d message(s) its previous run held", name, restored)
     except redis.RedisError as exc:
@@ -91,7 +88,7 @@ def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
     """Note the message in this device's hands, so a reaper can give it back if the device dies."""
     message = getattr(request, "message", None)
     tag = getattr(message, "delivery_tag", None)
-    if request is None or tag is None or runtime.reaper() is None:
+    if request is None or tag is None or not runtime.broker().notes_holds:
         return
     try:
         channel, items = request.args[0], request.args[1]
@@ -134,9 +131,8 @@ def _every(period: float, duty: Callable[[], None], what: str) -> None:
 def _beat(name: str) -> None:
     """One heartbeat, and the books' count of this device's finished tasks checked."""
     devices = runtime.devices()
-    reaper = runtime.reaper()
-    if _unnoted.is_set() and reaper is not None:
-        reaper.announce_death()  # not a death, but the same crack: a message in no device's note
+    if _unnoted.is_set():
+        runtime.broker().look_for_strays()  # not a death, but the same crack: a message in no device's note
         _unnoted.clear()
     marks = books.mark()
     done = devices.heard(name)
@@ -164,12 +160,11 @@ class _Housekeeping:
                 "paused" if wanted.local.paused else "running",
             )
             _consume(_consumer[0], not wanted.local.paused)
-        reaper = runtime.reaper()
-        if reaper is not None:
-            reaper.reap()
-            if time.monotonic() >= self.next_forget:
-                self.next_forget = time.monotonic() + FORGET_EVERY
-                reaper.forget_silent()
+        broker = runtime.broker()
+        broker.reap()
+        if time.monotonic() >= self.next_forget:
+            self.next_forget = time.monotonic() + FORGET_EVERY
+            broker.forget_silent()
         ledger = runtime.ledger()
         for channel in channels_of(_queues):  # reloaded tasks go out even when no server runs
             ledger.feed_backlog(channel)
@@ -242,14 +237,12 @@ def _on_shutdown(sender: Any = None, **_: Any) -> None:
     _stop_threads.set()
     wanted.local.forget()
     name = getattr(sender, "hostname", None)
-    reaper = runtime.reaper()
     if not name:
         return
     try:
-        if reaper is not None:
-            dropped = reaper.drop_stale_notes(name)
-            if dropped:
-                log.info("%s handed back %d message(s) it held", name, dropped)
+        dropped = runtime.broker().device_stopped(name)
+        if dropped:
+            log.info("%s handed back %d message(s) it held", name, dropped)
         runtime.devices().heard(name)
     except redis.RedisError:
         pass

@@ -133,11 +133,8 @@ def _hand_back(device: str, message_id: str, channel: int) -> None:
 def _settle_redelivery(channel: int, device: str, message_id: str, items: list[list[Any]]) -> Verdict:
     """How a redelivered message runs (see recovery.Redeliveries); on the Redis broker the
     reaper counts deaths instead, and it runs as it came."""
-    redeliveries = runtime.redeliveries()
-    if redeliveries is None:
-        return Verdict.RUN
     try:
-        return redeliveries.settle(channel, device, message_id, [(str(i[0]), str(i[1])) for i in items])
+        return runtime.broker().settle(channel, device, message_id, [(str(i[0]), str(i[1])) for i in items])
     except (redis.RedisError, BrokerUnavailable) as exc:
         raise Reject(f"cannot count the redelivery: {exc}", requeue=True) from exc
 
@@ -170,13 +167,14 @@ def _child_lost(request: Request, exc: BaseException) -> bool:
 
 def _take_back(request: Request) -> bool:
     """True when the message was taken back (and acknowledged) here."""
-    reaper = runtime.reaper()
-    if reaper is None or not request.id:
+    if not request.id:
         return False
     try:
-        outcome = reaper.worker_lost(request.hostname, request.id)
+        outcome = runtime.broker().child_lost(request.hostname, request.id)
     except redis.RedisError as exc:
         log.warning("could not take back the message of a lost pool child (%s): Celery requeues it", exc)
+        return False
+    if outcome is None:  # the broker redelivers it itself (and the redelivery is counted)
         return False
     log.warning("a pool child of %s died running message %s: %s", request.hostname, request.id, outcome.value)
     task_ready(request)

@@ -23,10 +23,11 @@ import redis
 
 from mutitask_celery import codec
 from mutitask_celery.books import messages
+from mutitask_celery.books.brokers import Broker
 from mutitask_celery.books.dead_letters import RedisDeadLetterStore
 from mutitask_celery.books.integrity import Watermarks
 from mutitask_celery.books.ledger import ChannelBooks, ChannelStats, Ledger, Outgoing, batch_size
-from mutitask_celery.books.recovery import HEARTBEAT, Reaper
+from mutitask_celery.books.recovery import HEARTBEAT
 from mutitask_celery.errors import BrokerUnavailable, EncodingError
 
 log = logging.getLogger(__name__)
@@ -165,11 +166,11 @@ class _Feed:
 class _Recovery:
     """The server's recovery duties, every heartbeat period in a thread of their own: give dead
     devices' tasks to live ones (even when all devices died), sweep for tasks a dying device
-    stranded when one died (see :meth:`Reaper.sweep_if_due`), and on another broker (which
+    stranded when one died (see :meth:`.Reaper.sweep_if_due`), and on another broker (which
     redelivers by itself) publish what a dying publisher left in the journal."""
 
-    def __init__(self, ledger: Ledger, reaper: Reaper | None, channels: list[int]) -> None:
-        self.ledger, self.reaper, self.channels = ledger, reaper, channels
+    def __init__(self, broker: Broker, channels: list[int]) -> None:
+        self.broker, self.channels = broker, channels
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mutitask-recovery", daemon=True)
 
@@ -184,10 +185,7 @@ class _Recovery:
     def _loop(self) -> None:
         while True:
             try:
-                if self.reaper is not None:
-                    self.reaper.reap()
-                    self.reaper.sweep_if_due(self.channels)
-                self.ledger.resend_unsent(self.channels)
+                self.broker.server_duties(self.channels)
             except (redis.RedisError, BrokerUnavailable) as exc:
                 log.debug("recovery round skipped: %s", exc)  # the feeding thread reports outages
             except Exception:  # a bug must not end recovery for the rest of the run
@@ -199,12 +197,9 @@ class _Recovery:
 class Producer:
     """Feeds channels from iterators with back-pressure; controllable from another thread."""
 
-    def __init__(
-        self, ledger: Ledger, store: RedisDeadLetterStore, channel_size: int, reaper: Reaper | None = None
-    ) -> None:
+    def __init__(self, ledger: Ledger, store: RedisDeadLetterStore, channel_size: int) -> None:
         self.ledger = ledger
         self.store = store
-        self.reaper = reaper
         self._channel_size = channel_size
         self._paused = threading.Event()
         self._feeding_stopped = threading.Event()
@@ -252,7 +247,7 @@ class Producer:
     def run(self, sources: list[Iterator[object]]) -> RunSummary:
         channels = list(range(1, len(sources) + 1))
         books = self._read(channels)
-        held_known = self.ledger.publisher is None  # the Redis broker: devices note what they hold
+        held_known = self.ledger.broker.notes_holds  # devices note what they hold: the books count it
         self._feeds = [_Feed(ch, src, books[ch].stats, held_known) for ch, src in zip(channels, sources, strict=True)]
         self._last = books
         for ch in channels:
@@ -264,7 +259,7 @@ class Producer:
                 )
         outage: float | None = None
         try:
-            with _Recovery(self.ledger, self.reaper, channels):
+            with _Recovery(self.ledger.broker, channels):
                 while not self._stop.is_set():
                     try:
                         if self._step():

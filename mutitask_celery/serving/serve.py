@@ -78,8 +78,7 @@ def serve(
     conf = runtime.reset(settings.current())
     celery_app.check_compatible(celery_app.app)
     check_redis(conf.redis_url)
-    if (publisher := runtime.publisher()) is not None:
-        publisher.check()  # RabbitMQ unreachable: one clear error within seconds
+    runtime.broker().check()  # RabbitMQ unreachable: one clear error within seconds
     devices = Devices(redis_client(conf.redis_url), timeout=monitor_wait, flower_url=conf.flower_url)
     if expected_devices is not None:
         devices.set_expected(expected_devices)
@@ -88,7 +87,7 @@ def serve(
         log.warning("devices start paused: type start_all to let them work")
     else:
         _warn_paused(devices)
-    producer = Producer(runtime.ledger(), runtime.store(), channel_size, runtime.reaper())
+    producer = Producer(runtime.ledger(), runtime.store(), channel_size)
     stdin = sys.stdin if stdin is None else stdin
     out = sys.stdout if out is None else out
     console = Console(producer, runtime.store(), devices, out)
