@@ -38,49 +38,6 @@ RECORD_VERSION = 1
 BATCH = 2000  # records a Lua step deletes: big enough to be quick, small enough not to stall Redis
 RELOAD_PAGE = 8000  # records a reload step moves (about 50 ms of Redis's time)
 
-# Deletes records. KEYS[1]: all-channels index, KEYS[2]: the dropped counters
-# (touched only when ARGV[2] is 'count'). ARGV[1]: record prefix; then ids.
-_DELETE_LUA = """
-local function delete(id)
-  local ch = redis.call('HGET', ARGV[1] .. id, 'channel')
-  redis.call('ZREM', KEYS[1], id)
-  if not ch then return 0 end
-  redis.call('DEL', ARGV[1] .. id)
-  redis.call('ZREM', KEYS[1] .. ':' .. ch, id)
-  if ARGV[2] == 'count' then redis.call('HINCRBY', KEYS[2], ch, 1) end
-  return 1
-end
-"""
-
-_DELETE = (
-    _DELETE_LUA
-    + """
-local n = 0
-for i = 3, #ARGV do n = n + delete(ARGV[i]) end
-return n
-"""
-)
-
-# Retention: drop records older than ARGV[3] (a time, '' for none), then the
-# oldest beyond ARGV[4] records ('' for no cap), at most ARGV[5] per call.
-_PRUNE = (
-    _DELETE_LUA
-    + """
-local n, budget = 0, tonumber(ARGV[5])
-if ARGV[3] ~= '' then
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[3], 'LIMIT', 0, budget)) do
-    n = n + delete(id)
-  end
-end
-if ARGV[4] ~= '' then
-  local excess = math.min(redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4]), budget)
-  if excess > 0 then
-    for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, excess - 1)) do n = n + delete(id) end
-  end
-end
-return n
-"""
-)
 PRUNE_BUDGET = 1000
 
 
@@ -196,8 +153,8 @@ class RedisDeadLetterStore(DeadLetterStore):
         self.max_age = max_age
         self.feed = feed  # feeds a channel's backlog (Ledger.feed_backlog), after a reload
         self._reload = scripts.load(client, "reload")
-        self._delete = client.register_script(_DELETE)
-        self._prune = client.register_script(_PRUNE)
+        self._delete = scripts.load(client, "delete")
+        self._unpublishable = scripts.load(client, "unpublishable")
 
     def count(self, channel: int | None = None) -> int:
         return int(self.client.zcard(keys.dead_index(channel)))
@@ -364,35 +321,45 @@ class RedisDeadLetterStore(DeadLetterStore):
     def delete(self, channel: int | None = None, ids: Iterable[str] | None = None) -> int:
         deleted = 0
         for batch in self._batches(channel, ids):
-            if channel is not None and ids is not None:
-                pipe = self.client.pipeline(transaction=False)
-                for task_id in batch:
-                    pipe.hget(keys.dead_record(task_id), "channel")
-                owners = pipe.execute()
-                batch = [t for t, ch in zip(batch, owners, strict=True) if ch is not None and int(ch) == channel]
-            if batch:
-                deleted += int(
-                    self._delete(keys=[keys.DEAD_INDEX, keys.DEAD_DROPPED], args=[keys.DEAD_RECORD_PREFIX, "", *batch])
-                )
+            deleted += self._delete_page(batch, only=channel)
+        return deleted
+
+    def _delete_page(self, ids: Sequence[str], only: int | None = None, count: bool = False) -> int:
+        """Delete records (``lua/delete.lua``, one step per channel: every key it touches is named
+        to it, so each record's channel is read first); ``only``: of that channel; ``count``: as
+        the retention limits' drops. An index entry whose record is gone is dropped."""
+        grouped = self._by_channel(ids)
+        known = {t for chosen in grouped.values() for t in chosen}
+        strays = [t for t in ids if t not in known]
+        deleted = 0
+        if strays:  # gone (or unreadable) when read: the step drops the index entries of those still gone
+            ks = [keys.DEAD_INDEX, keys.DEAD_INDEX, keys.DEAD_DROPPED, *[keys.dead_record(t) for t in strays]]
+            self._delete(keys=ks, args=["", "", *strays])
+        for ch, chosen in grouped.items():
+            if only is not None and ch != only:
+                continue
+            ks = [keys.DEAD_INDEX, keys.dead_index(ch), keys.DEAD_DROPPED, *[keys.dead_record(t) for t in chosen]]
+            deleted += int(self._delete(keys=ks, args=["count" if count else "", ch, *chosen]))
         return deleted
 
     def prune(self) -> int:
         """Apply the retention limits (cap, age); returns how many records were dropped."""
-        if self.max_records is None and self.max_age is None:
-            return 0
-        oldest = "" if self.max_age is None else repr(time.time() - self.max_age)
-        cap = "" if self.max_records is None else str(self.max_records)
         dropped = 0
-        while True:
-            n = int(
-                self._prune(
-                    keys=[keys.DEAD_INDEX, keys.DEAD_DROPPED],
-                    args=[keys.DEAD_RECORD_PREFIX, "count", oldest, cap, PRUNE_BUDGET],
-                )
-            )
-            dropped += n
-            if n < PRUNE_BUDGET:
-                break
+        if self.max_age is not None:
+            cutoff = f"({time.time() - self.max_age!r}"
+            while old := cast(
+                "list[str]", self.client.zrangebyscore(keys.DEAD_INDEX, "-inf", cutoff, start=0, num=PRUNE_BUDGET)
+            ):
+                dropped += self._delete_page(old, count=True)
+                if len(old) < PRUNE_BUDGET:
+                    break
+        if self.max_records is not None:
+            while (excess := min(int(self.client.zcard(keys.DEAD_INDEX)) - self.max_records, PRUNE_BUDGET)) > 0:
+                oldest = cast("list[str]", self.client.zrange(keys.DEAD_INDEX, 0, excess - 1))
+                n = self._delete_page(oldest, count=True)
+                dropped += n
+                if n == 0:  # only stray index entries, dropped now
+                    break
         if dropped:
             log.info("dead-letter retention dropped %d record(s)", dropped)
         return dropped
@@ -404,30 +371,17 @@ class RedisDeadLetterStore(DeadLetterStore):
         return sum(int(v) for v in self.client.hvals(keys.DEAD_DROPPED))
 
     def add_unpublishable(self, channel: int, text: str, reason: str) -> str:
-        """Record a yielded item that could not be published (e.g. not JSON-able)."""
+        """Record a yielded item that could not be published (e.g. not JSON-able), written by
+        ``lua/dead_letter.lua`` like every record (``lua/unpublishable.lua``); returns its id."""
         task_id = messages.new_task_id()
-        now = repr(redis_now(self.client))  # failure times are Redis's clock (see _index_pages)
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(
+        ks = [
             keys.dead_record(task_id),
-            mapping={
-                "v": str(RECORD_VERSION),
-                "id": task_id,
-                "channel": str(channel),
-                "data": codec.encode(text),
-                "reason": reason,
-                "traceback": "",
-                "device": "server",
-                "first_failed": now,
-                "last_failed": now,
-                "failures": "1",
-                "result": "",
-            },
-        )
-        pipe.zadd(keys.dead_index(), {task_id: float(now)})
-        pipe.zadd(keys.dead_index(channel), {task_id: float(now)})
-        pipe.sadd(keys.DEAD_CHANNELS, channel)
-        pipe.hincrby(keys.stats(channel), "failed", 1)
-        pipe.execute()
+            keys.dead_index(),
+            keys.dead_index(channel),
+            keys.DEAD_CHANNELS,
+            keys.meta(channel),
+            keys.stats(channel),
+        ]
+        self._unpublishable(keys=ks, args=[task_id, channel, codec.encode(text), reason])
         self.prune()
         return task_id

@@ -68,18 +68,6 @@ SAFETY_SWEEP = 300.0  # seconds between sweeps when no device died: a last net f
 FORGET_AFTER = 86400.0  # seconds of silence, with nothing in hand, before the roster drops a name
 
 
-# The sweep's restore of a message no device noted. KEYS: unacked hash, unacked index, queue.
-# ARGV: tag, then the message(s) to queue.
-_RESTORE = """
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 then
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  for i = 2, #ARGV do redis.call('RPUSH', KEYS[3], ARGV[i]) end
-  return 1
-end
-return 0
-"""
-
-
 def worker_lost(attempts: int) -> str:
     """The dead-letter reason of a poison task."""
     return f"{WORKER_LOST}: the device died while running it, {attempts} time(s)"
@@ -191,7 +179,7 @@ class Reaper:
         self.dead_after = dead_after
         self.max_attempts = max_attempts
         self.forget_after = forget_after
-        self._restore = client.register_script(_RESTORE)
+        self._restore = scripts.load(client, "restore")
         self._recover = scripts.load(client, "recover")
         self._retire = scripts.load(client, "retire")
         self._forget = scripts.load(client, "forget")

@@ -10,8 +10,8 @@
 -- KEYS[7] held:<ch>          tasks of the channel in devices' hands (only with a message to note)
 -- KEYS[8] notify:<ch>        the server's wake-up list, for when taking a message left the channel empty
 -- KEYS[9] the channel's queue
--- ARGV[1] device name; then, to note a message just taken: its id, delivery tag, number of
--- tasks and channel.
+-- ARGV[1] device name; then, to note a message just taken: ARGV[2] its id, ARGV[3] its
+-- delivery tag, ARGV[4] its number of tasks, ARGV[5] its channel.
 -- Returns the tasks the device has finished (it only ever grows: see integrity.py), or -1
 -- when the roster had forgotten the device (its counts start afresh).
 local now = redis_now()

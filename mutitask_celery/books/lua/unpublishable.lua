@@ -1,0 +1,14 @@
+--! include dead_letter
+-- unpublishable: dead-letter an item a generator yielded that cannot travel (e.g. not
+-- JSON-able), with the record written by dead_letter.lua like every other, and counted as
+-- failed in the channel's books.
+-- KEYS[1] the record; KEYS[2] dead index, all channels; KEYS[3] dead index of the channel;
+-- KEYS[4] the set of channels with records; KEYS[5] meta:<ch> (reload history);
+-- KEYS[6] stats:<ch>.
+-- ARGV[1] the id; ARGV[2] the channel; ARGV[3] the item as text (codec JSON); ARGV[4] why.
+-- Returns the failure time (Redis's clock).
+local now = redis_now()
+write_dead_letter(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3], ARGV[4], '',
+                  'server', '', now)
+redis.call('HINCRBY', KEYS[6], 'failed', 1)
+return now
