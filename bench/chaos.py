@@ -205,6 +205,7 @@ def check(client: Any, args: argparse.Namespace, summary: dict[str, int]) -> dic
         "run_twice": summary["duplicates"],
         "lost": sum(1 for t in fed if t not in saved_set and t not in buried),
         "wrongly_buried": len(set(buried) - poison),
+        "wrongly_buried_reasons": sorted({buried[t].splitlines()[0][:200] for t in set(buried) - poison}),
         "poison_saved": len(poison & saved_set),
         "outstanding": int(client.hlen("mutitask:pending:1")),
     }

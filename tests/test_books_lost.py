@@ -147,7 +147,7 @@ def test_a_retried_finish_seen_by_the_heartbeat_is_no_loss(r: redis.Redis, monke
 
     device = "device1@h"
     runtime.ledger().publish(1, [("t1", '"a"'), ("t2", '"b"')])
-    lifecycle.books.forget(lifecycle.done_key(device))
+    lifecycle.life.books.forget(lifecycle.done_key(device))
     real = runtime.ledger().finish
     tries: list[int] = []
 
@@ -155,7 +155,7 @@ def test_a_retried_finish_seen_by_the_heartbeat_is_no_loss(r: redis.Redis, monke
         done = real(*args, **kwargs)  # type: ignore[arg-type]
         tries.append(1)
         if len(tries) == 1:
-            lifecycle._beat(device)  # the heartbeat reads the count this try made, then...
+            lifecycle.life.beat(device)  # the heartbeat reads the count this try made, then...
             raise redis.TimeoutError("Timeout reading from socket")  # ...its reply is lost
         return done
 

@@ -187,7 +187,7 @@ def test_a_stale_note_never_takes_back_another_devices_delivery(r: redis.Redis, 
     time.sleep(0.002)  # kombu stamps deliveries with time(): make the two stamps differ
     _, tag2 = deliver(r, 1, "device2@h")
     assert tag2 == tag
-    assert Reaper(r, runtime.ledger()).recover("device1@h") == 0  # what lifecycle._on_init does
+    assert Reaper(r, runtime.ledger()).recover("device1@h") == 0  # what lifecycle.DeviceLife.init does
     assert r.hexists(keys.KOMBU_UNACKED, tag) and r.llen(keys.queue(1)) == 0
     assert r.hget(keys.lost(1), "M") is None and r.hlen(keys.inhand("device1@h")) == 0
 
@@ -337,14 +337,14 @@ def test_the_heartbeat_outlives_any_error(monkeypatch: pytest.MonkeyPatch) -> No
         if len(calls) == 2:
             raise redis.ConnectionError("Redis away")
         if len(calls) == 4:
-            lifecycle._stop_threads.set()
+            lifecycle.life.stopping.set()
 
-    lifecycle._stop_threads.clear()
-    thread = threading.Thread(target=lifecycle._every, args=(0.01, duty, "test duty"))
+    lifecycle.life.stopping.clear()
+    thread = threading.Thread(target=lifecycle.life.every, args=(0.01, duty, "test duty"))
     thread.start()
     thread.join(10)
     assert not thread.is_alive() and len(calls) == 4
-    lifecycle._stop_threads.clear()
+    lifecycle.life.stopping.clear()
 
 
 def test_one_redis_named_two_ways_is_recognised(redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:

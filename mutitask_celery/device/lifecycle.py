@@ -15,6 +15,10 @@ Two threads of its own run while it works, in the worker's main process:
 * the **housekeeping** (``mutitask-housekeeping``) re-reads the wanted state (a
   pause made while the device was out of reach), gives dead devices' tasks to
   live ones, and now and then drops long-silent names from the roster.
+
+The device's state in this process (its name, queues, consumer, threads, the books'
+watermarks) is one :class:`DeviceLife`, :data:`life`; Celery's signals, connected at
+import, hand their events to it.
 """
 
 from __future__ import annotations
@@ -43,11 +47,6 @@ from mutitask_celery.errors import BooksLost, ConfigurationError, ExitCode
 log = logging.getLogger(__name__)
 FORGET_EVERY = 60.0  # seconds between looks for long-silent names to drop from the roster
 NOTE_TRIES = 3  # noting a message in hand is idempotent: worth another try after a blip
-_stop_threads = threading.Event()
-_queues: list[str] = []  # the queues this device was started with, for `start` after a pause
-_consumer: list[Any] = []  # this worker's consumer, once ready
-books = Watermarks()  # the tasks this device has finished, as the books said (see integrity)
-_unnoted = threading.Event()  # a message went un-noted: the server's sweep must look for it
 
 
 def done_key(name: str) -> str:
@@ -63,111 +62,190 @@ def books_lost(exc: BooksLost) -> None:
         worker_state.should_stop = ExitCode.BOOKS_LOST
 
 
-@worker_init.connect  # type: ignore[untyped-decorator]  # celery's signals are untyped
-def _on_init(sender: Any = None, **_: Any) -> None:
-    """Before consuming: refuse a configuration that breaks our promises; put back what this
-    device's previous life held when it died."""
-    try:
-        celery_app.check_compatible(celery_app.app)
-    except ConfigurationError as exc:
-        log.critical("mutitask: %s", exc)
-        raise SystemExit(ExitCode.USAGE) from None
-    name = getattr(sender, "hostname", None)
-    if not name:
-        return
-    try:
-        restored = runtime.broker().device_started(name)
-        if restored:
-            log.warning("%s restarted: took back %d message(s) its previous run held", name, restored)
-    except redis.RedisError as exc:
-        log.warning("%s could not check what its previous run held: %s", name, exc)
+class DeviceLife:
+    """One device's life in this worker process, from ``worker_init`` to ``worker_shutdown``."""
 
+    def __init__(self) -> None:
+        self.queues: list[str] = []  # the queues it was started with, for `start` after a pause
+        self.consumer: Any = None  # the worker's consumer, once ready
+        self.books = Watermarks()  # the tasks it has finished, as the books said (see integrity)
+        self.stopping = threading.Event()  # ends its threads
+        self.unnoted = threading.Event()  # a message went un-noted: the server's sweep must look for it
+        self.next_forget = 0.0
 
-@task_received.connect  # type: ignore[untyped-decorator]  # celery's signals are untyped
-def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
-    """Note the message in this device's hands, so a reaper can give it back if the device dies."""
-    message = getattr(request, "message", None)
-    tag = getattr(message, "delivery_tag", None)
-    if request is None or tag is None or not runtime.broker().notes_holds:
-        return
-    try:
-        channel, items = request.args[0], request.args[1]
-        taken = Taken(request.id, str(tag), len(items), int(channel))
-    except (IndexError, TypeError, ValueError):
-        return  # not one of our messages
-    for attempt in range(1, NOTE_TRIES + 1):
+    def init(self, name: str) -> None:
+        """Before consuming: give back what this device's previous life held when it died."""
         try:
-            # Taking a message proves the device lives: said in the same step, or a device back
-            # from a network cut (its last heartbeat old) would have it taken back under it.
-            # Written now, its reply read when the next message is noted: the worker's loop does
-            # not wait a round trip per message, and the note reaches Redis even if the device
-            # dies the next instant.
-            runtime.devices().heard(request.hostname, in_hand=taken, wait=False)
-            return
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            if attempt == NOTE_TRIES:
-                log.warning("could not note message %s in hand: %s", request.id, exc)
-                _unnoted.set()
+            restored = runtime.broker().device_started(name)
+            if restored:
+                log.warning("%s restarted: took back %d message(s) its previous run held", name, restored)
         except redis.RedisError as exc:
-            log.warning("could not note message %s in hand: %s", request.id, exc)
-            _unnoted.set()
-            return
+            log.warning("%s could not check what its previous run held: %s", name, exc)
 
-
-def _every(period: float, duty: Callable[[], None], what: str) -> None:
-    """Run ``duty`` every ``period`` seconds until the worker stops; no error ends the loop."""
-    while not _stop_threads.wait(period):
+    def ready(self, consumer: Any, name: str) -> None:
+        """Consuming: enter the roster, stop consuming if the operator wants it paused, start the threads."""
+        queues = [q.name for q in consumer.task_consumer.queues]
+        self.queues[:] = queues
+        self.consumer = consumer
+        slots = int(getattr(getattr(consumer, "pool", None), "num_processes", 1) or 1)
+        prefetch.install(getattr(consumer, "qos", None), slots)
+        isolation.device.slots = slots
         try:
-            duty()
+            devices = runtime.devices()
+            devices.register(name, channels_of(queues), socket.gethostname(), os.getpid())
+            paused = devices.is_paused(name)
+            wanted.local.install(name, paused)
+            if paused:
+                for queue in queues:
+                    consumer.cancel_task_queue(queue)
+                log.warning("%s starts paused (the operator paused it); `start` resumes it", name)
         except redis.RedisError as exc:
-            log.warning("%s failed: %s", what, exc)
-        except BooksLost as exc:
-            books_lost(exc)
-            return
-        except Exception:  # a bug must not silently stop the heartbeat: say it, go on
-            log.exception("%s failed", what)
-
-
-def _beat(name: str) -> None:
-    """One heartbeat, and the books' count of this device's finished tasks checked."""
-    devices = runtime.devices()
-    if _unnoted.is_set():
-        runtime.broker().look_for_strays()  # not a death, but the same crack: a message in no device's note
-        _unnoted.clear()
-    marks = books.mark()
-    done = devices.heard(name)
-    if done < 0:  # the roster had forgotten this device: its counts start afresh
-        books.forget(done_key(name))
-        return
-    books.check({done_key(name): done}, marks, devices.client)
-
-
-class _Housekeeping:
-    """The device's duties other than the heartbeat (see the module docstring)."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
+            log.warning("%s could not enter the device roster: %s", name, exc)
+        self.stopping.clear()
         self.next_forget = time.monotonic() + FORGET_EVERY
+        for thread_name, duty, what in (
+            ("mutitask-heartbeat", partial(self.beat, name), f"heartbeat of {name}"),
+            ("mutitask-housekeeping", partial(self.housekeeping, name), f"housekeeping of {name}"),
+        ):
+            threading.Thread(target=self.every, args=(HEARTBEAT, duty, what), name=thread_name, daemon=True).start()
 
-    def __call__(self) -> None:
+    def received(self, request: Any) -> None:
+        """Note the message in this device's hands, so a reaper can give it back if the device dies."""
+        message = getattr(request, "message", None)
+        tag = getattr(message, "delivery_tag", None)
+        if tag is None or not runtime.broker().notes_holds:
+            return
+        try:
+            channel, items = request.args[0], request.args[1]
+            taken = Taken(request.id, str(tag), len(items), int(channel))
+        except (IndexError, TypeError, ValueError):
+            return  # not one of our messages
+        for attempt in range(1, NOTE_TRIES + 1):
+            try:
+                # Taking a message proves the device lives: said in the same step, or a device back
+                # from a network cut (its last heartbeat old) would have it taken back under it.
+                # Written now, its reply read when the next message is noted: the worker's loop does
+                # not wait a round trip per message, and the note reaches Redis even if the device
+                # dies the next instant.
+                runtime.devices().heard(request.hostname, in_hand=taken, wait=False)
+                return
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if attempt == NOTE_TRIES:
+                    log.warning("could not note message %s in hand: %s", request.id, exc)
+                    self.unnoted.set()
+            except redis.RedisError as exc:
+                log.warning("could not note message %s in hand: %s", request.id, exc)
+                self.unnoted.set()
+                return
+
+    def every(self, period: float, duty: Callable[[], None], what: str) -> None:
+        """Run ``duty`` every ``period`` seconds until the worker stops; no error ends the loop."""
+        while not self.stopping.wait(period):
+            try:
+                duty()
+            except redis.RedisError as exc:
+                log.warning("%s failed: %s", what, exc)
+            except BooksLost as exc:
+                books_lost(exc)
+                return
+            except Exception:  # a bug must not silently stop the heartbeat: say it, go on
+                log.exception("%s failed", what)
+
+    def beat(self, name: str) -> None:
+        """One heartbeat, and the books' count of this device's finished tasks checked."""
+        devices = runtime.devices()
+        if self.unnoted.is_set():
+            runtime.broker().look_for_strays()  # not a death, but the same crack: a message in no device's note
+            self.unnoted.clear()
+        marks = self.books.mark()
+        done = devices.heard(name)
+        if done < 0:  # the roster had forgotten this device: its counts start afresh
+            self.books.forget(done_key(name))
+            return
+        self.books.check({done_key(name): done}, marks, devices.client)
+
+    def housekeeping(self, name: str) -> None:
+        """The duties other than the heartbeat (see the module docstring)."""
         devices = runtime.devices()
         was = wanted.local.paused
-        wanted.local.refresh(partial(devices.is_paused, self.name))  # a change made while unreachable
-        if wanted.local.paused is not None and wanted.local.paused != was and _consumer:
+        wanted.local.refresh(partial(devices.is_paused, name))  # a change made while unreachable
+        if wanted.local.paused is not None and wanted.local.paused != was and self.consumer is not None:
             log.warning(
                 "%s is wanted %s (changed while it was out of reach)",
-                self.name,
+                name,
                 "paused" if wanted.local.paused else "running",
             )
-            _consume(_consumer[0], not wanted.local.paused)
+            self.consume(self.consumer, not wanted.local.paused)
         broker = runtime.broker()
         broker.reap()
         if time.monotonic() >= self.next_forget:
             self.next_forget = time.monotonic() + FORGET_EVERY
             broker.forget_silent()
         ledger = runtime.ledger()
-        for channel in channels_of(_queues):  # reloaded tasks go out even when no server runs
+        for channel in channels_of(self.queues):  # reloaded tasks go out even when no server runs
             ledger.feed_backlog(channel)
+
+    def consume(self, consumer: Any, resume: bool) -> None:
+        """Stop or resume consuming this device's queues, in the worker's own loop.
+
+        A paused device that kept consuming would fetch and hand back messages in a loop.
+        """
+        for queue in self.queues:
+            if resume:
+                consumer.call_soon(consumer.add_task_queue, queue)
+            else:
+                consumer.call_soon(consumer.cancel_task_queue, queue)
+
+    def shutdown(self, name: str) -> None:
+        """The worker has stopped: its tasks are done and kombu has put back what it held, so
+        its notes of those are stale; they go (a note of a message kombu could not put back,
+        Redis being away, stays for a reaper)."""
+        self.stopping.set()
+        wanted.local.forget()
+        try:
+            dropped = runtime.broker().device_stopped(name)
+            if dropped:
+                log.info("%s handed back %d message(s) it held", name, dropped)
+            runtime.devices().heard(name)
+        except redis.RedisError:
+            pass
+
+
+life = DeviceLife()  # Celery's signals are process-wide: one device life per worker process
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]  # celery's signals are untyped
+def _on_init(sender: Any = None, **_: Any) -> None:
+    """Refuse a configuration that breaks our promises, then :meth:`DeviceLife.init`."""
+    try:
+        celery_app.check_compatible(celery_app.app)
+    except ConfigurationError as exc:
+        log.critical("mutitask: %s", exc)
+        raise SystemExit(ExitCode.USAGE) from None
+    name = getattr(sender, "hostname", None)
+    if name:
+        life.init(name)
+
+
+@task_received.connect  # type: ignore[untyped-decorator]  # celery's signals are untyped
+def _on_received(sender: Any = None, request: Any = None, **_: Any) -> None:
+    if request is not None:
+        life.received(request)
+
+
+@worker_ready.connect  # type: ignore[untyped-decorator]  # celery's signals are untyped
+def _on_ready(sender: Any = None, **_: Any) -> None:
+    name = getattr(sender, "hostname", None)
+    if sender is not None and name is not None:
+        life.ready(sender, name)
+
+
+@worker_shutdown.connect  # type: ignore[untyped-decorator]  # celery's signals are untyped
+def _on_shutdown(sender: Any = None, **_: Any) -> None:
+    name = getattr(sender, "hostname", None)
+    life.stopping.set()
+    if name:
+        life.shutdown(name)
 
 
 @control_command(args=[("wanted_state", str)], signature="<running|paused>")  # type: ignore[untyped-decorator]
@@ -175,74 +253,5 @@ def mutitask_wanted(state: Any, wanted_state: str = "running", **_: Any) -> dict
     """Pause or start this device: no task starts once this has replied (see :mod:`wanted`)."""
     paused = wanted_state == "paused"
     wanted.local.told(paused)
-    _consume(state.consumer, not paused)
+    life.consume(state.consumer, not paused)
     return {"ok": "paused" if paused else "running"}
-
-
-def _consume(consumer: Any, resume: bool) -> None:
-    """Stop or resume consuming this device's queues, in the worker's own loop.
-
-    A paused device that kept consuming would fetch and hand back messages in a loop.
-    """
-    for queue in _queues:
-        if resume:
-            consumer.call_soon(consumer.add_task_queue, queue)
-        else:
-            consumer.call_soon(consumer.cancel_task_queue, queue)
-
-
-@worker_ready.connect  # type: ignore[untyped-decorator]  # celery's signals are untyped
-def _on_ready(sender: Any = None, **_: Any) -> None:
-    consumer = sender
-    name = getattr(consumer, "hostname", None)
-    if consumer is None or name is None:
-        return
-    queues = [q.name for q in consumer.task_consumer.queues]
-    _queues[:] = queues
-    _consumer[:] = [consumer]
-    slots = int(getattr(getattr(consumer, "pool", None), "num_processes", 1) or 1)
-    prefetch.install(getattr(consumer, "qos", None), slots)
-    isolation.device.slots = slots
-    try:
-        devices = runtime.devices()
-        devices.register(name, channels_of(queues), socket.gethostname(), os.getpid())
-        paused = devices.is_paused(name)
-        wanted.local.install(name, paused)
-        if paused:
-            for queue in queues:
-                consumer.cancel_task_queue(queue)
-            log.warning("%s starts paused (the operator paused it); `start` resumes it", name)
-    except redis.RedisError as exc:
-        log.warning("%s could not enter the device roster: %s", name, exc)
-    _stop_threads.clear()
-    threading.Thread(
-        target=_every,
-        args=(HEARTBEAT, partial(_beat, name), f"heartbeat of {name}"),
-        name="mutitask-heartbeat",
-        daemon=True,
-    ).start()
-    threading.Thread(
-        target=_every,
-        args=(HEARTBEAT, _Housekeeping(name), f"housekeeping of {name}"),
-        name="mutitask-housekeeping",
-        daemon=True,
-    ).start()
-
-
-@worker_shutdown.connect  # type: ignore[untyped-decorator]  # celery's signals are untyped
-def _on_shutdown(sender: Any = None, **_: Any) -> None:
-    """The worker has stopped: its tasks are done and kombu has put back what it held, so
-    its notes of those are stale; they go (a note of a message kombu could not put back,
-    Redis being away, stays for a reaper)."""
-    _stop_threads.set()
-    wanted.local.forget()
-    name = getattr(sender, "hostname", None)
-    if not name:
-        return
-    try:
-        dropped = runtime.broker().device_stopped(name)
-        if dropped:
-            log.info("%s handed back %d message(s) it held", name, dropped)
-        runtime.devices().heard(name)
-    except redis.RedisError:
-        pass

@@ -103,14 +103,16 @@ def _finish(channel: int, device: str, outcomes: list[Outcome], message_id: str,
     step, writer = messages.new_task_id(), f"{os.getpid()}:{threading.get_ident()}"
     # Taken once, before the first try: a try whose reply was lost may have applied, and the
     # heartbeat may have seen its count since; the retry replies with that try's count.
-    marks = lifecycle.books.mark()
+    marks = lifecycle.life.books.mark()
     while True:
         try:
             ledger = runtime.ledger()
             finished = ledger.finish(
                 channel, device, outcomes, message_id=message_id, busy=busy, step=step, writer=writer
             )
-            lifecycle.books.check({key: finished.device_done}, {key: marks.get(key, 0) + len(outcomes)}, ledger.client)
+            lifecycle.life.books.check(
+                {key: finished.device_done}, {key: marks.get(key, 0) + len(outcomes)}, ledger.client
+            )
             return finished
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
             if time.monotonic() > deadline:
