@@ -267,6 +267,33 @@ def test_a_suspect_runs_with_no_other_task_beside_it() -> None:
     assert overlaps == [] and shared  # suspects alone, ordinary tasks side by side
 
 
+@pytest.mark.parametrize("suspect", [True, False], ids=["suspect", "ordinary"])
+def test_nothing_starts_beside_a_suspect_until_its_outcome_is_recorded(
+    r: redis.Redis, monkeypatch: pytest.MonkeyPatch, suspect: bool
+) -> None:
+    """A suspect's start mark stands until its finish step: a task let in beside it before
+    that (a poison one, killing the process) would charge it a death it did not cause. Seen
+    in the chaos soak as a healthy task buried after three such deaths."""
+    from mutitask_celery import codec
+    from mutitask_celery.device import isolation, tasks
+    from mutitask_celery.serving.channels import register_channel
+
+    register_channel(1, lambda task: task)
+    seen: list[tuple[bool, int]] = []
+    finish = tasks._finish
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        seen.append((isolation.device._alone, isolation.device._running))
+        return finish(*args, **kwargs)
+
+    monkeypatch.setattr(tasks, "_finish", watched)
+    task_id = "t-suspect"
+    r.hset(keys.pending(1), task_id, codec.encode("healthy"))
+    tasks.run_items.apply(args=[1, [[task_id, codec.encode("healthy")]]], kwargs={"suspect": suspect})
+    assert seen == [(True, 0)] if suspect else seen == [(False, 1)]  # the slot still held, as taken
+    assert mt.results(1) == ["healthy"] and not r.hexists(keys.pending(1), task_id)
+
+
 def test_delete_by_channel_takes_what_was_there_and_ends(r: redis.Redis, redis_url: str) -> None:
     """Records keep arriving while a whole channel is deleted (a device failing a backlog)."""
     store = runtime.store()

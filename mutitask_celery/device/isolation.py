@@ -4,8 +4,10 @@ When a device of many slots dies (threads, ``concurrency=N``; one process for al
 tasks), every task it had started is charged a death, the poison task and its innocent
 neighbours alike, and each goes back flagged *suspect*. A device that takes a suspect
 runs it with no other task of this process running: it waits for the running ones to
-finish and holds new ones back meanwhile. So if the suspect kills the process again, it
-is the only task charged, and the innocent ones, run beside nobody, succeed.
+finish and holds new ones back until the suspect's outcome is in the books (its start
+mark stands until then: a poison task let in a moment earlier would charge it a death).
+So if the suspect kills the process again, it is the only task charged, and the innocent
+ones, run beside nobody, succeed.
 
 A prefork child, a solo worker or a device of one slot runs one task at a time anyway:
 there every task runs alone, and a death is always the running task's own.

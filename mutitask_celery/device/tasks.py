@@ -203,20 +203,23 @@ def run_items(self: Task, channel: int, items: list[list[Any]], suspect: bool = 
         if verdict is Verdict.SKIP:
             return
         alone = alone or verdict is Verdict.RUN_ALONE
+    # The slot is held until the outcomes are in the books: a suspect's start mark stands until
+    # then, and a task let in beside it earlier (a poison one) would charge it a death it did
+    # not cause.
     with isolation.device.slot(alone=alone):
         outcomes, busy = _run(channel, device, message_id, items, alone or isolation.device.runs_one_at_a_time())
-    prefetch.observe(busy)
-    try:
-        finished = _finish(channel, device, outcomes, message_id, busy)
-    except BooksLost as exc:
-        lifecycle.books_lost(exc)  # the outcomes went to what is left of the books; the device stops
-        return
-    except redis.RedisError as exc:
-        # The books could not be written: give the message back rather than
-        # ack a task whose outcome nobody recorded.
-        log.warning("could not record %d outcome(s) on channel %s (%s); requeueing", len(outcomes), channel, exc)
-        _hand_back(device, message_id, channel)
-        raise Reject(str(exc), requeue=True) from exc
+        prefetch.observe(busy)
+        try:
+            finished = _finish(channel, device, outcomes, message_id, busy)
+        except BooksLost as exc:
+            lifecycle.books_lost(exc)  # the outcomes went to what is left of the books; the device stops
+            return
+        except redis.RedisError as exc:
+            # The books could not be written: give the message back rather than
+            # ack a task whose outcome nobody recorded.
+            log.warning("could not record %d outcome(s) on channel %s (%s); requeueing", len(outcomes), channel, exc)
+            _hand_back(device, message_id, channel)
+            raise Reject(str(exc), requeue=True) from exc
     try:
         if finished.failed:
             runtime.store().prune()
