@@ -31,7 +31,7 @@ from typing import Any
 from common import HERE, ROOT
 
 from mutitask_celery.tools.localredis import LocalRedis, free_port
-from mutitask_celery.tools.processes import stop_process_groups
+from mutitask_celery.tools.processes import stop_process_groups, worker_command
 
 sys.path.insert(0, str(HERE))
 from chaos_job import name  # noqa: E402
@@ -48,28 +48,10 @@ class Device:
         self.lives = 0
 
     def start(self) -> None:
-        args = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "mutitask_celery",
-            "worker",
-            "-Q",
-            "channel1",
-            "-n",
-            f"device{self.n}@chaos",
-            "-I",
-            "chaos_job",
-            "-c",
-            "2",
-            "--without-mingle",
-            "--without-gossip",
-            "--loglevel",
-            "WARNING",
-        ]
-        if self.pool != "prefork":
-            args += ["--pool", self.pool]
+        pool = None if self.pool == "prefork" else self.pool  # prefork: Celery's default, as a user runs it
+        args = worker_command(
+            f"device{self.n}@chaos", include="chaos_job", pool=pool, concurrency=2, extra=["--loglevel", "WARNING"]
+        )
         self.lives += 1
         log = open(self.logdir / f"device{self.n}.log", "ab")  # noqa: SIM115  (the child keeps it)
         self.proc = subprocess.Popen(

@@ -28,6 +28,8 @@ from collections.abc import Callable
 
 from common import HERE, devices_up, parse_args, private_redis, processes, spread, wait_for
 
+from mutitask_celery.tools.processes import worker_command
+
 ORIGINAL_CEILING = 20.0
 
 
@@ -67,24 +69,7 @@ def plain(count: int) -> float:
     host = socket.gethostname()
     names = [f"plain1@{host}", f"plain2@{host}"]
     cmds = [
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "plain_celery_app",
-            "worker",
-            "-Q",
-            "plain",
-            "-c",
-            "1",
-            "-n",
-            name,
-            "--without-mingle",
-            "--without-gossip",
-            "-l",
-            "WARNING",
-        ]
+        worker_command(name, queues="plain", pool=None, app="plain_celery_app", extra=["-l", "WARNING"])
         for name in names
     ]
     with processes(cmds, env={"PYTHONPATH": str(HERE)}):

@@ -5,7 +5,6 @@ negative counts (mutitask_celery/books/integrity.py)."""
 from __future__ import annotations
 
 import re
-import sys
 import threading
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from mutitask_celery import keys
 from mutitask_celery.books.integrity import Watermarks
 from mutitask_celery.errors import BooksLost, ExitCode
 from mutitask_celery.tools.localredis import LocalRedis, free_port
+from mutitask_celery.tools.processes import worker_command
 
 # Celery 5.7 / kombu 5.7: a worker whose BRPOP is pending with a message unacked when Redis goes
 # away may die restoring it ("Unrecoverable error: AttributeError(...'hostname')"); see the closing
@@ -37,26 +37,7 @@ def test_redis_back_without_its_data_stops_server_and_devices(procs: Processes, 
         devices = [procs.device(n, 1, "paced", env=env) for n in (1, 2)]
         devices.append(
             procs.start(
-                [
-                    sys.executable,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "mutitask_celery",
-                    "worker",
-                    "-Q",
-                    "channel1",
-                    "-n",
-                    "device3@%h",
-                    "-I",
-                    "channel_one",
-                    "--pool",
-                    "threads",
-                    "-c",
-                    "1",
-                    "--without-mingle",
-                    "--without-gossip",
-                ],
+                worker_command("device3@%h", include="channel_one"),
                 "celery-device3",
                 env=env,
             )

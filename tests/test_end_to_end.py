@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from mutitask_celery import keys, runtime
 from mutitask_celery.books.brokers import OtherBroker
 from mutitask_celery.control import DeviceState
 from mutitask_celery.serving import serve
+from mutitask_celery.tools.processes import worker_command
 
 HOST = socket.gethostname()
 FAST = {"MUTITASK_DEAD_AFTER": "3"}  # Redis broker: a silent device is dead after 3 s (default 10)
@@ -155,25 +155,7 @@ def test_save_function_failure_keeps_the_result(procs: Processes, r: redis.Redis
 
 
 def test_celery_worker_command_is_a_device_beside_a_legacy_one(procs: Processes, r: redis.Redis) -> None:
-    celery = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "mutitask_celery",
-        "worker",
-        "-Q",
-        "channel1",
-        "-n",
-        "device3@%h",
-        "-I",
-        "channel_one",
-        "--pool",
-        "threads",
-        "-c",
-        "1",
-        "--without-mingle",
-    ]
+    celery = worker_command("device3@%h", include="channel_one")
     procs.start(celery, "celery-device3", env={"DEVICE_TAG": "celery"})
     procs.device(1, 1, "tag", env={"DEVICE_TAG": "legacy"})
     wait_until(device_is_up(f"device3@{HOST}"), 30, "device3 (celery worker) to answer")
@@ -187,23 +169,7 @@ def test_celery_worker_command_is_a_device_beside_a_legacy_one(procs: Processes,
 
 def test_celeryconfig_imports_make_a_celery_worker_a_device(procs: Processes, r: redis.Redis, tmp_path: Path) -> None:
     (tmp_path / "celeryconfig.py").write_text('imports = ["channel_one"]\n')
-    celery = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "mutitask_celery",
-        "worker",
-        "-Q",
-        "channel1",
-        "-n",
-        "device5@%h",
-        "--pool",
-        "threads",
-        "-c",
-        "1",
-        "--without-mingle",
-    ]
+    celery = worker_command("device5@%h")
     procs.start(celery, "celery-device5", env={"DEVICE_TAG": "from-config"}, cwd=tmp_path)
     summary = serve.serve(iter(["a", "b"]), channel_size=2, stdin=io.StringIO(""), out=io.StringIO())
     assert summary.succeeded == 2
@@ -211,23 +177,7 @@ def test_celeryconfig_imports_make_a_celery_worker_a_device(procs: Processes, r:
 
 
 def test_message_for_a_channel_without_function_is_dead_lettered(procs: Processes, r: redis.Redis) -> None:
-    celery = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "mutitask_celery",
-        "worker",
-        "-Q",
-        "channel2",
-        "-n",
-        "device4@%h",
-        "--pool",
-        "threads",
-        "-c",
-        "1",
-        "--without-mingle",
-    ]
+    celery = worker_command("device4@%h", queues="channel2")
     procs.start(celery, "celery-device4")
     summary = serve.serve([iter([]), iter(["x"])], channel_size=5, stdin=io.StringIO(""), out=io.StringIO())
     assert summary.channels[2].failed == 1

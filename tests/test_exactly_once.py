@@ -25,6 +25,7 @@ from conftest import HELPERS, Processes, device_is_up, fresh_settings, run_in_th
 
 import mutitask_celery as mt
 from mutitask_celery import codec, keys, runtime, settings
+from mutitask_celery.tools.processes import worker_command
 
 HOST = socket.gethostname()
 FAST = {"MUTITASK_DEAD_AFTER": "3"}  # a silent device is dead after 3 s (default 10)
@@ -49,26 +50,7 @@ def celery_device(
     cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """``celery -A mutitask_celery worker`` as device ``n`` (Celery's default pool when ``pool`` is None)."""
-    args = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "mutitask_celery",
-        "worker",
-        "-Q",
-        "channel1",
-        "-n",
-        f"device{n}@%h",
-        "-I",
-        module,
-        "-c",
-        str(concurrency),
-        "--without-mingle",
-        "--without-gossip",
-    ]
-    if pool is not None:
-        args += ["--pool", pool]
+    args = worker_command(f"device{n}@%h", include=module, pool=pool, concurrency=concurrency)
     return procs.start(args, f"celery-device{n}-{pool or 'default'}", env=env, cwd=cwd)
 
 

@@ -1,4 +1,4 @@
-"""Stopping the processes a demo, a benchmark or a test started: all of them, always.
+"""Starting and stopping the processes a demo, a benchmark or a test runs: all of them, always.
 
 Each is started in its own session (``start_new_session=True``), so its whole
 process group gets the signal: first SIGTERM (a device finishes its task in
@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 
 def stop_process_groups(procs: Iterable[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
@@ -34,3 +35,23 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
         os.killpg(proc.pid, sig)
     except ProcessLookupError:
         pass
+
+
+def worker_command(
+    node: str,
+    queues: str = "channel1",
+    include: str | None = None,
+    pool: str | None = "threads",
+    concurrency: int = 1,
+    app: str = "mutitask_celery",
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """``celery -A mutitask_celery worker`` as a device named ``node`` (``device3@%h``) on
+    ``queues``, importing ``include`` (the module that registers its task functions);
+    ``pool`` None: Celery's default (prefork). Quiet: no mingle, no gossip."""
+    args = [sys.executable, "-m", "celery", "-A", app, "worker", "-Q", queues, "-n", node]
+    if include:
+        args += ["-I", include]
+    if pool is not None:
+        args += ["--pool", pool]
+    return [*args, "-c", str(concurrency), "--without-mingle", "--without-gossip", *extra]
