@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import HELPERS, Processes, free_port, wait_until
+from helpers.shipped_redis import self_signed_certificate
 
 PASSWORD = "tls-s3cret-pw"
 
@@ -20,28 +21,7 @@ def tls_redis(procs: Processes, tmp_path: Path) -> str:
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed (scripts/setup.sh installs it)")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    self_signed_certificate(cert, key)
     port = free_port()
     procs.start(
         [

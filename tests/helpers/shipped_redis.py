@@ -23,6 +23,32 @@ ACL = ROOT / "deploy" / "redis" / "users.acl"
 PLACEHOLDERS = {"CHANGE-ME-redis-password": "mutitask", "CHANGE-ME-admin-password": "admin"}  # -> user
 
 
+def self_signed_certificate(cert: Path, key: Path) -> None:
+    """A certificate for 127.0.0.1, valid a day, that is its own CA (``openssl req -x509``)."""
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
 class ShippedRedis:
     """``deploy/redis/*`` on 127.0.0.1:``port``, files under ``workdir``; ``tls``: the TLS port only."""
 
@@ -46,28 +72,7 @@ class ShippedRedis:
 
     def _certificate(self) -> None:
         """A self-signed certificate for 127.0.0.1 that is its own CA (the conf names all three files)."""
-        subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                str(self.key),
-                "-out",
-                str(self.cert),
-                "-days",
-                "1",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-            ],
-            check=True,
-            capture_output=True,
-        )
+        self_signed_certificate(self.cert, self.key)
         self.ca.write_bytes(self.cert.read_bytes())
 
     def _adapted(self, text: str) -> str:
