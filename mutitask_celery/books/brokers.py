@@ -75,8 +75,9 @@ class Broker(ABC):
 
     # -- publishing --------------------------------------------------------------------
     @abstractmethod
-    def step_messages(self, channel: int, groups: Groups) -> list[str]:
-        """The messages a books step pushes itself, one a group (empty strings when it journals)."""
+    def step_messages(self, channel: int, groups: Groups, suspect: bool = False) -> list[str]:
+        """The messages a books step pushes itself, one a group (empty strings when it journals);
+        ``suspect``: each runs alone (see :func:`.messages.task_message`)."""
 
     @abstractmethod
     def after_step(self, channel: int, groups: Groups) -> None:
@@ -156,16 +157,15 @@ class BooksRedis(Broker):
             )
         return self._reaper
 
-    def step_messages(self, channel: int, groups: Groups) -> list[str]:
+    def step_messages(self, channel: int, groups: Groups, suspect: bool = False) -> list[str]:
         queue = keys.queue(channel)
-        return [messages.build(self.app, queue, channel, group) for group in groups]
+        return [messages.build(self.app, queue, channel, group, suspect) for group in groups]
 
     def after_step(self, channel: int, groups: Groups) -> None:
         pass  # the step pushed the messages itself
 
     def send(self, channel: int, groups: Groups, pipe: redis.client.Pipeline, suspect: bool = False) -> None:
-        queue = keys.queue(channel)
-        pipe.lpush(queue, *[messages.build(self.app, queue, channel, group, suspect) for group in groups])
+        pipe.lpush(keys.queue(channel), *self.step_messages(channel, groups, suspect))
         pipe.execute()
 
     def resend_unsent(self, channels: Sequence[int], grace: float = UNSENT_GRACE) -> int:
@@ -218,7 +218,7 @@ class OtherBroker(Broker):
         self.publisher = publisher or BrokerPublisher(app)  # one broker connection per process
         self._redeliveries: Redeliveries | None = None
 
-    def step_messages(self, channel: int, groups: Groups) -> list[str]:
+    def step_messages(self, channel: int, groups: Groups, suspect: bool = False) -> list[str]:
         return [""] * len(groups)
 
     def after_step(self, channel: int, groups: Groups) -> None:

@@ -254,9 +254,7 @@ class RedisDeadLetterStore(DeadLetterStore):
         to ``moved``; an index entry whose record is gone is dropped."""
         for page in self._index_pages(None):
             grouped = self._by_channel(page)
-            strays = set(page) - {t for ids in grouped.values() for t in ids}
-            if strays:
-                self.client.zrem(keys.DEAD_INDEX, *strays)
+            self._drop_strays(page, grouped)
             for ch, chosen in grouped.items():
                 moved[ch] = moved.get(ch, 0) + self._reload_page(ch, chosen)[0]
 
@@ -324,17 +322,23 @@ class RedisDeadLetterStore(DeadLetterStore):
             deleted += self._delete_page(batch, only=channel)
         return deleted
 
+    def _drop_strays(self, ids: Sequence[str], grouped: dict[int, list[str]]) -> None:
+        """Drop the index entries of ``ids`` that :meth:`_by_channel` found no record for, in
+        ``lua/delete.lua``: only those still without a record in that step (one that failed
+        again meanwhile keeps its new entry)."""
+        known = {t for chosen in grouped.values() for t in chosen}
+        strays = [t for t in ids if t not in known]
+        if strays:
+            ks = [keys.DEAD_INDEX, keys.DEAD_INDEX, keys.DEAD_DROPPED, *[keys.dead_record(t) for t in strays]]
+            self._delete(keys=ks, args=["", "", *strays])
+
     def _delete_page(self, ids: Sequence[str], only: int | None = None, count: bool = False) -> int:
         """Delete records (``lua/delete.lua``, one step per channel: every key it touches is named
         to it, so each record's channel is read first); ``only``: of that channel; ``count``: as
         the retention limits' drops. An index entry whose record is gone is dropped."""
         grouped = self._by_channel(ids)
-        known = {t for chosen in grouped.values() for t in chosen}
-        strays = [t for t in ids if t not in known]
+        self._drop_strays(ids, grouped)
         deleted = 0
-        if strays:  # gone (or unreadable) when read: the step drops the index entries of those still gone
-            ks = [keys.DEAD_INDEX, keys.DEAD_INDEX, keys.DEAD_DROPPED, *[keys.dead_record(t) for t in strays]]
-            self._delete(keys=ks, args=["", "", *strays])
         for ch, chosen in grouped.items():
             if only is not None and ch != only:
                 continue

@@ -103,7 +103,12 @@ class Outgoing:
     built: list[str] | None = None
 
     def groups(self) -> list[list[messages.Item]]:
-        return [self.items[i : i + self.batch] for i in range(0, len(self.items), max(1, self.batch))]
+        return _groups(self.items, self.batch)
+
+
+def _groups(items: list[messages.Item], batch: int) -> list[list[messages.Item]]:
+    """The items, ``batch`` a message, in order."""
+    return [items[i : i + batch] for i in range(0, len(items), max(1, batch))]
 
 
 @dataclass(frozen=True)
@@ -269,14 +274,13 @@ class Ledger:
     def _send(
         self,
         channel: int,
-        items: Sequence[messages.Item],
+        items: list[messages.Item],
         pipe: redis.client.Pipeline,
         batch: int = 1,
         suspect: bool = False,
     ) -> None:
         """Queue the items, ``batch`` a message; on this Redis, in the same transaction as ``pipe``."""
-        groups = [items[i : i + batch] for i in range(0, len(items), max(1, batch))]
-        self.broker.send(channel, groups, pipe, suspect)
+        self.broker.send(channel, _groups(items, batch), pipe, suspect)
 
     def channel_sizes(self, sizes: dict[int, int]) -> None:
         """The server says with which ``ChannelSize`` it runs its channels (reloads and devices
