@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import redis
 from redis.backoff import NoBackoff
 from redis.commands.core import Script
+from redis.crc import key_slot
 from redis.retry import Retry
 
 from mutitask_celery.errors import BooksLost, BrokerUnavailable, ConfigurationError, ExitCode
@@ -126,6 +127,38 @@ class Deferred:
         if connection is not None:
             connection.disconnect()
             self._client.connection_pool.release(connection)
+
+
+def cluster_enabled(client: redis.Redis) -> bool | None:
+    """Whether ``client``'s Redis is a Redis Cluster node; None when it cannot say now (not
+    reachable: the question is asked again next time). ``CLUSTER INFO``, not ``INFO``: the
+    shipped ACL forbids ``INFO`` (``-@dangerous``) but not it; a server without cluster
+    support answers it with an error."""
+    try:
+        client.cluster("INFO")
+    except (redis.ConnectionError, redis.TimeoutError):
+        return None
+    except redis.ResponseError:  # "cluster support disabled" (or a stricter ACL: no cluster then)
+        return False
+    return True
+
+
+def check_cluster_slot(client: redis.Redis, tag: str) -> None:
+    """Raise :class:`ConfigurationError` unless ``client``'s cluster node serves the slot
+    of hash tag ``tag``, which holds all the books: our client talks to one node (it
+    follows no ``MOVED`` redirection), so it must be the one that owns them."""
+    slot = key_slot(tag.strip("{}").encode())
+    mine = text(client.cluster("MYID"))
+    for first, last, primary, *_ in client.cluster("SLOTS"):
+        if int(first) <= slot <= int(last):
+            host, port, node = text(primary[0]), int(primary[1]), text(primary[2])
+            if node != mine:
+                raise ConfigurationError(
+                    f"this Redis Cluster keeps the books (hash tag {tag}, slot {slot}) on the node at "
+                    f"{host or 'the same host'}:{port}, not on the one MUTITASK_REDIS_URL names: point it there"
+                )
+            return
+    raise ConfigurationError(f"no node of this Redis Cluster serves slot {slot} (hash tag {tag}) of the books")
 
 
 def check_redis(url: str) -> None:

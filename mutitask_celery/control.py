@@ -169,7 +169,7 @@ class Devices:
         ]
         args: list[str | int] = [name]
         if in_hand is not None:
-            ks += [keys.held(in_hand.channel), keys.notify(in_hand.channel), keys.queue(in_hand.channel)]
+            ks += [keys.held(in_hand.channel), keys.notify(in_hand.channel), keys.queue_list(in_hand.channel)]
             args += [in_hand.message_id, in_hand.tag, in_hand.tasks, in_hand.channel]
         if not wait:
             self._deferred.send(self._heard, ks, args)

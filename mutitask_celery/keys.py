@@ -40,34 +40,79 @@ Layout (``<ch>`` is a channel number, ``<id>`` a task id):
 ``mutitask:unsent:<ch>``        sorted set id -> time: in the books, not yet handed to another broker
 ``unacked``, ``unacked_index``  kombu's own: delivered messages not yet acknowledged
 ==============================  ====================================================
+
+On a Redis Cluster (see :func:`use_cluster_layout`) every name above but the queue's
+carries the hash tag ``{books}``: ``mutitask:{books}:pending:<ch>``,
+``ResultChannel<ch>{books}``, so that each Lua step's keys hash to one slot.
 """
 
 from __future__ import annotations
 
-PREFIX = "mutitask"
+PLAIN_PREFIX = "mutitask"
+CLUSTER_TAG = "{books}"  # the hash tag every key shares on a Redis Cluster (one slot)
 QUEUE_PREFIX = "channel"
 RESULTS_PREFIX = "ResultChannel"
-PENDING_PREFIX = f"{PREFIX}:pending:"
-META_PREFIX = f"{PREFIX}:meta:"
-STATS_PREFIX = f"{PREFIX}:stats:"
-DEAD_INDEX = f"{PREFIX}:dead:index"
-DEAD_CHANNELS = f"{PREFIX}:dead:channels"
-DEAD_RECORD_PREFIX = f"{PREFIX}:dead:rec:"
-DEAD_DROPPED = f"{PREFIX}:dead:dropped"
-DEVICES_EXPECTED = f"{PREFIX}:devices:expected"
-DEVICES_WANTED = f"{PREFIX}:devices:wanted"
-DEVICES_INFO = f"{PREFIX}:devices:info"
-DEVICES_SEEN = f"{PREFIX}:devices:seen"
-DEVICES_DONE = f"{PREFIX}:devices:done"
-DEVICES_BEATS = f"{PREFIX}:devices:beats"
-DEVICES_FORGOTTEN = f"{PREFIX}:devices:forgotten"
-SWEEP_DUE = f"{PREFIX}:sweep:due"
-CHANNEL_SIZES = f"{PREFIX}:channel_sizes"
+PREFIX = PLAIN_PREFIX
+PENDING_PREFIX = META_PREFIX = STATS_PREFIX = DEAD_INDEX = DEAD_CHANNELS = DEAD_RECORD_PREFIX = ""
+DEAD_DROPPED = DEVICES_EXPECTED = DEVICES_WANTED = DEVICES_INFO = DEVICES_SEEN = DEVICES_DONE = ""
+DEVICES_BEATS = DEVICES_FORGOTTEN = SWEEP_DUE = CHANNEL_SIZES = INHAND_PREFIX = LOST_PREFIX = ""
+UNSENT_PREFIX = RESULTS_TAG = ""
+
+
+def use_cluster_layout(cluster: bool) -> None:
+    """Name every key for a Redis Cluster (``cluster=True``) or for one Redis server.
+
+    Why: a cluster runs a Lua step only when all its keys hash to one slot, and a step
+    spans a channel's books, the dead-letter index and a device's note together; so on a
+    cluster every key carries the hash tag :data:`CLUSTER_TAG` (``mutitask:{books}:...``,
+    ``ResultChannel<ch>{books}``) and the books live in one slot. On one server the names
+    stay those above, so the books of a running deployment keep their names. The layout is
+    the Redis's, not the caller's: :mod:`.runtime` picks it when it connects (``INFO``).
+    """
+    global PREFIX, PENDING_PREFIX, META_PREFIX, STATS_PREFIX, DEAD_INDEX, DEAD_CHANNELS
+    global DEAD_RECORD_PREFIX, DEAD_DROPPED, DEVICES_EXPECTED, DEVICES_WANTED, DEVICES_INFO
+    global DEVICES_SEEN, DEVICES_DONE, DEVICES_BEATS, DEVICES_FORGOTTEN, SWEEP_DUE
+    global CHANNEL_SIZES, INHAND_PREFIX, LOST_PREFIX, UNSENT_PREFIX, RESULTS_TAG
+    global KOMBU_UNACKED, KOMBU_UNACKED_INDEX
+    PREFIX = f"{PLAIN_PREFIX}:{CLUSTER_TAG}" if cluster else PLAIN_PREFIX
+    RESULTS_TAG = CLUSTER_TAG if cluster else ""
+    PENDING_PREFIX = f"{PREFIX}:pending:"
+    META_PREFIX = f"{PREFIX}:meta:"
+    STATS_PREFIX = f"{PREFIX}:stats:"
+    DEAD_INDEX = f"{PREFIX}:dead:index"
+    DEAD_CHANNELS = f"{PREFIX}:dead:channels"
+    DEAD_RECORD_PREFIX = f"{PREFIX}:dead:rec:"
+    DEAD_DROPPED = f"{PREFIX}:dead:dropped"
+    DEVICES_EXPECTED = f"{PREFIX}:devices:expected"
+    DEVICES_WANTED = f"{PREFIX}:devices:wanted"
+    DEVICES_INFO = f"{PREFIX}:devices:info"
+    DEVICES_SEEN = f"{PREFIX}:devices:seen"
+    DEVICES_DONE = f"{PREFIX}:devices:done"
+    DEVICES_BEATS = f"{PREFIX}:devices:beats"
+    DEVICES_FORGOTTEN = f"{PREFIX}:devices:forgotten"
+    SWEEP_DUE = f"{PREFIX}:sweep:due"
+    CHANNEL_SIZES = f"{PREFIX}:channel_sizes"
+    INHAND_PREFIX = f"{PREFIX}:inhand:"
+    LOST_PREFIX = f"{PREFIX}:lost:"
+    UNSENT_PREFIX = f"{PREFIX}:unsent:"
+    KOMBU_UNACKED = f"{PREFIX}:no-kombu:unacked" if cluster else "unacked"
+    KOMBU_UNACKED_INDEX = f"{PREFIX}:no-kombu:unacked_index" if cluster else "unacked_index"
+
+
+def cluster_layout() -> bool:
+    """True while keys are named for a Redis Cluster (see :func:`use_cluster_layout`)."""
+    return PREFIX != PLAIN_PREFIX
+
+
+use_cluster_layout(False)
 ALL_DEVICES = "*"  # the field of DEVICES_WANTED that applies to every device
 INHAND_PREFIX = f"{PREFIX}:inhand:"
 LOST_PREFIX = f"{PREFIX}:lost:"
 UNSENT_PREFIX = f"{PREFIX}:unsent:"
 # kombu's Redis transport keeps delivered, not yet acked messages here (its defaults).
+# kombu cannot use a Redis Cluster, so in the cluster layout these (and a queue's list,
+# :func:`queue_list`) are names in the books' slot that no step touches: a step that
+# declares them on a broker of one's own still hashes to one slot.
 KOMBU_UNACKED = "unacked"
 KOMBU_UNACKED_INDEX = "unacked_index"
 
@@ -77,9 +122,15 @@ def queue(channel: int) -> str:
     return f"{QUEUE_PREFIX}{channel}"
 
 
+def queue_list(channel: int) -> str:
+    """The list kombu keeps for the channel's queue on a Redis broker, as a step's KEYS
+    entry (in the cluster layout a name no step touches: see :data:`KOMBU_UNACKED`)."""
+    return f"{PREFIX}:no-kombu:{queue(channel)}" if cluster_layout() else queue(channel)
+
+
 def results(channel: int) -> str:
     """The legacy result list the default save function appends to."""
-    return f"{RESULTS_PREFIX}{channel}"
+    return f"{RESULTS_PREFIX}{channel}{RESULTS_TAG}"
 
 
 def pending(channel: int) -> str:

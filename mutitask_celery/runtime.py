@@ -6,11 +6,13 @@ Built lazily (a device forks or starts threads after import) and rebuilt by
 
 from __future__ import annotations
 
-from mutitask_celery import celery_app, settings
+import redis
+
+from mutitask_celery import celery_app, keys, settings
 from mutitask_celery.books.brokers import BooksRedis, Broker, OtherBroker
 from mutitask_celery.books.dead_letters import RedisDeadLetterStore
 from mutitask_celery.books.ledger import Ledger
-from mutitask_celery.connection import redis_client, same_redis
+from mutitask_celery.connection import check_cluster_slot, cluster_enabled, redis_client, same_redis
 from mutitask_celery.control import Devices
 
 _broker: Broker | None = None
@@ -18,18 +20,37 @@ _ledger: Ledger | None = None
 _store: RedisDeadLetterStore | None = None
 _devices: Devices | None = None
 _built_for: settings.Settings | None = None
+_layout_known = False
 
 
 def reset(conf: settings.Settings | None = None) -> settings.Settings:
     """Drop cached objects; point the Celery app at ``conf`` (default: current settings)."""
-    global _broker, _ledger, _store, _devices, _built_for
+    global _broker, _ledger, _store, _devices, _built_for, _layout_known
     conf = conf or settings.current()
     if _broker is not None:
         _broker.close()
     celery_app.apply_settings(conf)
     _broker = _ledger = _store = _devices = None
     _built_for = conf
+    _layout_known = False
     return conf
+
+
+def books_client(conf: settings.Settings | None = None) -> redis.Redis:
+    """The client of the books' Redis, with the key names set for it: a Redis Cluster
+    gets the hash-tagged layout (:func:`keys.use_cluster_layout`), asked once it answers,
+    and must be the node that holds the books (else a :class:`ConfigurationError` says which)."""
+    global _layout_known
+    conf = conf or _fresh()
+    client = redis_client(conf.redis_url)
+    if not _layout_known:
+        cluster = cluster_enabled(client)
+        if cluster:
+            check_cluster_slot(client, keys.CLUSTER_TAG)
+        if cluster is not None:
+            keys.use_cluster_layout(cluster)
+            _layout_known = True
+    return client
 
 
 def _fresh() -> settings.Settings:
@@ -53,7 +74,7 @@ def _books() -> tuple[Broker, Ledger]:
     global _broker, _ledger
     conf = _fresh()
     if _broker is None or _ledger is None:
-        client = redis_client(conf.redis_url)
+        client = books_client(conf)
         kind = BooksRedis if broker_is_store(conf) else OtherBroker
         _broker = kind(celery_app.app, client, conf)
         _ledger = Ledger(client, celery_app.app, _broker)
@@ -75,7 +96,7 @@ def store() -> RedisDeadLetterStore:
     conf = _fresh()
     if _store is None:
         _store = RedisDeadLetterStore(
-            redis_client(conf.redis_url),
+            books_client(conf),
             max_records=conf.dead_letter_max,
             max_age=conf.dead_letter_max_age,
             feed=ledger().feed_backlog,
@@ -87,5 +108,5 @@ def devices() -> Devices:
     global _devices
     conf = _fresh()
     if _devices is None:
-        _devices = Devices(redis_client(conf.redis_url), celery_app.app, flower_url=conf.flower_url)
+        _devices = Devices(books_client(conf), celery_app.app, flower_url=conf.flower_url)
     return _devices

@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NamedTuple
@@ -291,16 +292,11 @@ class Broker:
                 return 0
 
 
-@pytest.fixture(params=["redis", "amqp"])
-def broker(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Broker]:
-    """Runs the test with the Redis broker, then with RabbitMQ as MUTITASK_BROKER_URL (the books,
-    results and dead-letter store stay in the session's Redis). Each amqp test gets a fresh vhost,
-    so no queue of another test (or of the default vhost) is ever touched; it is deleted afterwards,
-    once this process has dropped its connections (a test's processes are stopped before)."""
-    if request.param == "redis":
-        yield Broker("redis")
-        return
-    address = request.getfixturevalue("rabbitmq")
+@contextmanager
+def amqp_vhost(address: str) -> Iterator[str]:
+    """A RabbitMQ vhost of its own, as MUTITASK_BROKER_URL in this process (and its children)
+    while the block runs; deleted afterwards, once this process has dropped its connections
+    (a test's processes are stopped before)."""
     vhost = f"mutitask-test-{uuid.uuid4().hex[:12]}"
     _rabbitmqctl("add_vhost", vhost)
     try:
@@ -309,10 +305,22 @@ def broker(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Broker]:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("MUTITASK_BROKER_URL", url)
             fresh_settings()
-            yield Broker("amqp", url)
+            yield url
         fresh_settings()
     finally:
         _rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture(params=["redis", "amqp"])
+def broker(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Broker]:
+    """Runs the test with the Redis broker, then with RabbitMQ as MUTITASK_BROKER_URL (the books,
+    results and dead-letter store stay in the session's Redis). Each amqp test gets a fresh vhost,
+    so no queue of another test (or of the default vhost) is ever touched."""
+    if request.param == "redis":
+        yield Broker("redis")
+        return
+    with amqp_vhost(request.getfixturevalue("rabbitmq")) as url:
+        yield Broker("amqp", url)
 
 
 def run_in_thread(tasks: list[str], channel_size: int = 10) -> tuple[threading.Thread, dict[str, Any]]:

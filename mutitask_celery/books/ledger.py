@@ -250,7 +250,7 @@ class Ledger:
             keys.pending(channel),
             keys.stats(channel),
             keys.held(channel),
-            keys.queue(channel),
+            keys.queue_list(channel),
             keys.steps(PUBLISHER),
             keys.unsent(channel),
             keys.backlog(channel),
@@ -307,7 +307,7 @@ class Ledger:
         out = Outgoing(channel, items, batch, "")
         groups = out.groups()
         argv: list[str | int | float] = [size, self.broker.lua_mode, time.time()]
-        queue = keys.queue(channel)
+        queue = keys.queue_list(channel)
         for group, message in zip(groups, self.broker.step_messages(channel, groups), strict=True):
             argv += [len(group), *[t for t, _ in group], message]
         went = [

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from mutitask_celery import celery_app, logs, runtime, settings
-from mutitask_celery.connection import check_redis, redis_client
+from mutitask_celery.connection import check_redis
 from mutitask_celery.control import Devices, DeviceState
 from mutitask_celery.errors import InvalidTasksError
 from mutitask_celery.legacy.console import PROMPT, Console
@@ -79,7 +79,7 @@ def serve(
     celery_app.check_compatible(celery_app.app)
     check_redis(conf.redis_url)
     runtime.broker().check()  # RabbitMQ unreachable: one clear error within seconds
-    devices = Devices(redis_client(conf.redis_url), timeout=monitor_wait, flower_url=conf.flower_url)
+    devices = Devices(runtime.books_client(conf), timeout=monitor_wait, flower_url=conf.flower_url)
     if expected_devices is not None:
         devices.set_expected(expected_devices)
     if start_paused:

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -79,6 +79,7 @@ class LocalRedis:
         server: str = "auto",
         own_session: bool = False,
         die_with_parent: bool = False,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.server: ServerBinary = find_server(server)
         self.binary: str | None = self.server.path
@@ -88,6 +89,7 @@ class LocalRedis:
         self.workdir = Path(tempfile.mkdtemp(prefix="mutitask-redis-")) if workdir is None else workdir
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.extra_args = list(extra_args)  # more redis-server options, e.g. --cluster-enabled yes
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -108,6 +110,7 @@ class LocalRedis:
                 str(self.workdir),
                 "--logfile",
                 str(self.workdir / "redis.log"),
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
