@@ -108,3 +108,14 @@ def start(devices: DeviceSelector = "all") -> list[str]:
 def stop(devices: DeviceSelector = "all") -> list[str]:
     """Warm shutdown of devices (their processes end); returns those that went away."""
     return runtime.devices().stop(_selectors(devices))
+
+
+def set_rate_limit(channel: int, per_second: float | None) -> float | None:
+    """At most ``per_second`` tasks of ``channel`` start each second, all its devices together
+    (``None`` removes the limit); running devices keep to it within a second. Returns it."""
+    return runtime.rate_limits().set(check_channel(channel), per_second)
+
+
+def rate_limits() -> dict[int, float]:
+    """Every channel's rate limit, in tasks a second (channels without one are absent)."""
+    return runtime.rate_limits().all()

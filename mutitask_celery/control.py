@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 1.0
 WANTED_COMMAND = "mutitask_wanted"  # the remote control command a device answers (see hooks)
+LEAVING_COMMAND = "mutitask_leaving"  # ... told before a stop (see lifecycle.DeviceLife.leaving)
 _QUEUE = re.compile(rf"^{keys.QUEUE_PREFIX}(\d+)$")
 
 
@@ -280,6 +281,9 @@ class Devices:
         targets = self._online(names if names is not None else list(self.known()))
         if not targets:
             return []
+        self.app.control.broadcast(
+            LEAVING_COMMAND, destination=targets, reply=True, timeout=self.timeout, limit=len(targets)
+        )
         self.app.control.shutdown(destination=targets)
         deadline = time.monotonic() + wait
         delay = 0.05

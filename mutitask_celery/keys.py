@@ -34,6 +34,9 @@ Layout (``<ch>`` is a channel number, ``<id>`` a task id):
 ``mutitask:backlog:<ch>``       sorted set id -> time: reloaded tasks in the books, fed into the channel as
                                 devices make room (a reload never floods a channel)
 ``mutitask:channel_sizes``      hash channel -> the ChannelSize its server runs it with (default 50)
+``mutitask:run:<name>``         hash: a resumable run's record (items taken per generator, see books.runs)
+``mutitask:rate_limits``        hash channel -> tasks a second all its devices may start together
+``mutitask:rate_tat``           hash channel -> when (Redis's clock, µs) its next task may start
 ``mutitask:sweep:due``          counter: a device died or restarted, so the server sweeps (see recovery)
 ``mutitask:steps:<writer>``     hash slot -> its last step id and result: a retried step applies once
 ``mutitask:lost:<ch>``          hash task id -> times a device died holding it
@@ -56,7 +59,7 @@ PREFIX = PLAIN_PREFIX
 PENDING_PREFIX = META_PREFIX = STATS_PREFIX = DEAD_INDEX = DEAD_CHANNELS = DEAD_RECORD_PREFIX = ""
 DEAD_DROPPED = DEVICES_EXPECTED = DEVICES_WANTED = DEVICES_INFO = DEVICES_SEEN = DEVICES_DONE = ""
 DEVICES_BEATS = DEVICES_FORGOTTEN = SWEEP_DUE = CHANNEL_SIZES = INHAND_PREFIX = LOST_PREFIX = ""
-UNSENT_PREFIX = RESULTS_TAG = ""
+UNSENT_PREFIX = RESULTS_TAG = RATE_LIMITS = RATE_TAT = ""
 
 
 def use_cluster_layout(cluster: bool) -> None:
@@ -73,7 +76,7 @@ def use_cluster_layout(cluster: bool) -> None:
     global DEAD_RECORD_PREFIX, DEAD_DROPPED, DEVICES_EXPECTED, DEVICES_WANTED, DEVICES_INFO
     global DEVICES_SEEN, DEVICES_DONE, DEVICES_BEATS, DEVICES_FORGOTTEN, SWEEP_DUE
     global CHANNEL_SIZES, INHAND_PREFIX, LOST_PREFIX, UNSENT_PREFIX, RESULTS_TAG
-    global KOMBU_UNACKED, KOMBU_UNACKED_INDEX
+    global KOMBU_UNACKED, KOMBU_UNACKED_INDEX, RATE_LIMITS, RATE_TAT
     PREFIX = f"{PLAIN_PREFIX}:{CLUSTER_TAG}" if cluster else PLAIN_PREFIX
     RESULTS_TAG = CLUSTER_TAG if cluster else ""
     PENDING_PREFIX = f"{PREFIX}:pending:"
@@ -92,6 +95,8 @@ def use_cluster_layout(cluster: bool) -> None:
     DEVICES_FORGOTTEN = f"{PREFIX}:devices:forgotten"
     SWEEP_DUE = f"{PREFIX}:sweep:due"
     CHANNEL_SIZES = f"{PREFIX}:channel_sizes"
+    RATE_LIMITS = f"{PREFIX}:rate_limits"
+    RATE_TAT = f"{PREFIX}:rate_tat"
     INHAND_PREFIX = f"{PREFIX}:inhand:"
     LOST_PREFIX = f"{PREFIX}:lost:"
     UNSENT_PREFIX = f"{PREFIX}:unsent:"
@@ -185,6 +190,11 @@ def unsent(channel: int) -> str:
     """The journal of a broker other than this Redis: tasks entered in the books whose
     message the broker has not confirmed yet (see :meth:`.OtherBroker.resend_unsent`)."""
     return f"{UNSENT_PREFIX}{channel}"
+
+
+def run(name: str) -> str:
+    """The record of a resumable run (see :mod:`.books.runs`)."""
+    return f"{PREFIX}:run:{name}"
 
 
 def steps(writer: str) -> str:

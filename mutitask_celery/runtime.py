@@ -12,6 +12,7 @@ from mutitask_celery import celery_app, keys, settings
 from mutitask_celery.books.brokers import BooksRedis, Broker, OtherBroker
 from mutitask_celery.books.dead_letters import RedisDeadLetterStore
 from mutitask_celery.books.ledger import Ledger
+from mutitask_celery.books.rate_limits import RateLimits
 from mutitask_celery.connection import check_cluster_slot, cluster_enabled, redis_client, same_redis
 from mutitask_celery.control import Devices
 
@@ -19,18 +20,19 @@ _broker: Broker | None = None
 _ledger: Ledger | None = None
 _store: RedisDeadLetterStore | None = None
 _devices: Devices | None = None
+_rate_limits: RateLimits | None = None
 _built_for: settings.Settings | None = None
 _layout_known = False
 
 
 def reset(conf: settings.Settings | None = None) -> settings.Settings:
     """Drop cached objects; point the Celery app at ``conf`` (default: current settings)."""
-    global _broker, _ledger, _store, _devices, _built_for, _layout_known
+    global _broker, _ledger, _store, _devices, _rate_limits, _built_for, _layout_known
     conf = conf or settings.current()
     if _broker is not None:
         _broker.close()
     celery_app.apply_settings(conf)
-    _broker = _ledger = _store = _devices = None
+    _broker = _ledger = _store = _devices = _rate_limits = None
     _built_for = conf
     _layout_known = False
     return conf
@@ -110,3 +112,12 @@ def devices() -> Devices:
     if _devices is None:
         _devices = Devices(books_client(conf), celery_app.app, flower_url=conf.flower_url)
     return _devices
+
+
+def rate_limits() -> RateLimits:
+    """The channels' rate limits, one budget per channel for all its devices."""
+    global _rate_limits
+    conf = _fresh()
+    if _rate_limits is None:
+        _rate_limits = RateLimits(books_client(conf))
+    return _rate_limits

@@ -96,6 +96,9 @@ def test_the_cluster_layout_puts_every_key_in_one_slot() -> None:
             keys.dead_index(),
             keys.dead_index(6),
             keys.dead_record("abc"),
+            keys.run("default"),
+            keys.RATE_LIMITS,
+            keys.RATE_TAT,
             keys.inhand("device1@host"),
             keys.lost(7),
             keys.backlog(8),
@@ -156,10 +159,12 @@ def test_a_run_on_a_cluster_node_takes_every_step_in_one_slot(
     cluster: redis.Redis, procs: Processes, tmp_path: Path
 ) -> None:
     """Failures, a server-side unserializable item, a device killed mid-task, pause and
-    start, a reload and a delete: every outcome exactly once, and Redis refused nothing."""
+    start, a rate limit, a resumable run's record, a reload and a delete: every outcome
+    exactly once, and Redis refused nothing."""
     victim = procs.device(3, 1, "slow", env={"SLOW_SECONDS": "60"})
     wait_until(device_is_up(f"device3@{HOST}"), 30, "device3")
     count = 200
+    mt.set_rate_limit(1, 10_000)  # a limit no device reaches: its steps run, the run's pace does not change
     thread, out = run_in_thread([str(n) for n in range(count)])
     wait_until(lambda: procs.starts(victim), 30, "device3 to start a task")
     assert runtime.books_client().info("cluster")["cluster_enabled"] == 1 and keys.cluster_layout()
@@ -180,7 +185,8 @@ def test_a_run_on_a_cluster_node_takes_every_step_in_one_slot(
     assert cluster.llen("ResultChannel1{books}") == len(good) and not cluster.exists("ResultChannel1")
 
     marker = object()  # the server dead-letters an item it cannot send
-    serve.serve(iter(["2", marker]), channel_size=5, stdin=io.StringIO(""), out=io.StringIO())
+    serve.serve(iter(["2", marker]), channel_size=5, stdin=io.StringIO(""), out=io.StringIO(), resume=True)
+    assert cluster.hget("mutitask:{books}:run:default", "state") == "finished"
     assert any(f.reason.startswith("unserializable") for f in mt.failed(1, limit=None))
     assert mt.delete_failed(1, ids=[f.id for f in mt.failed(1, limit=None) if f.data == repr(marker)]) == 1
     assert mt.reload_failed(1) == len(bad)  # they fail again, deterministically

@@ -84,6 +84,7 @@ def script(tmp_path: Path, first_line: str) -> Path:
 
 WEB_BLOCK = 'MUTITASK_WEB_PASSWORD="$(openssl rand -hex 16)" mutitask web --host 0.0.0.0   # every address: a login'
 CURL_BLOCK = 'curl -s -c jar -u admin:"$MUTITASK_WEB_PASSWORD" http://127.0.0.1:5566/api/token   # {"token": "..."}'
+RATE_BLOCK = "mutitask rate 1 20        # at most 20 tasks of channel 1 start each second, all devices together"
 KNOWN = {
     "bash scripts/demo.sh    # a server and three devices working a real job here; needs no Redis installed",
     "# server.py",
@@ -98,6 +99,7 @@ KNOWN = {
     "python bench/throughput.py --runs 3",
     WEB_BLOCK,
     CURL_BLOCK,
+    RATE_BLOCK,
 }
 
 
@@ -306,3 +308,13 @@ def test_the_web_page_commands(procs: Processes, r: redis.Redis, tmp_path: Path)
     moved = sh(reload_line, cwd=tmp_path, MUTITASK_WEB_PASSWORD=password, TOKEN=token)
     assert moved.returncode == 0 and json.loads(moved.stdout) == {"action": "reload", "moved": 1}, moved.stdout
     assert mt.failed_count(1) == 0 and password not in procs.output(web)
+
+
+def test_the_rate_limit_commands(r: redis.Redis) -> None:
+    limit, off = commands(RATE_BLOCK)
+    done = sh(limit, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "rate limits: channel 1 20/s", done.stderr
+    assert mt.rate_limits() == {1: 20.0}
+    assert "rate limits: channel 1 20/s" in sh("mutitask status", timeout=60).stdout
+    done = sh(off, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "rate limits: none" and mt.rate_limits() == {}

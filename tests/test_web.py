@@ -167,6 +167,8 @@ def test_the_api_pages_the_store_and_cuts_a_huge_task(web: Web, r: redis.Redis) 
 def test_metrics_in_prometheus_text(web: Web, procs: Processes, tmp_path: Path) -> None:
     failing_run(procs, ["a", "b", "c"], tmp_path)
     wait_until(device_is_up(f"device1@{HOST}"), 30, "device1")
+    mt.set_rate_limit(1, 12.5)
+    assert web.get("/api/overview").json()["channels"][0]["rate_limit"] == 12.5
     reply = web.get("/metrics")
     assert reply.headers["Content-Type"].startswith("text/plain")
     samples = {
@@ -182,6 +184,7 @@ def test_metrics_in_prometheus_text(web: Web, procs: Processes, tmp_path: Path) 
     assert samples[("mutitask_dead_letters", ch)] == 3
     assert samples[("mutitask_outstanding", ch)] == 0
     assert samples[("mutitask_channel_size", ch)] == 5
+    assert samples[("mutitask_rate_limit_per_second", ch)] == 12.5
     device = f"device1@{HOST}"
     assert samples[("mutitask_device_state", (("device", device), ("state", "running")))] == 1
     assert samples[("mutitask_device_state", (("device", device), ("state", "offline")))] == 0

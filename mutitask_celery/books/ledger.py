@@ -101,6 +101,8 @@ class Outgoing:
     batch: int  # tasks a message
     step: str  # the step's id: a repeated step applies once
     built: list[str] | None = None
+    run: str = ""  # the resumable run whose record notes this step (see .runs), or none
+    taken: int = 0  # ... the items its server had taken from the channel's generator with these
 
     def groups(self) -> list[list[messages.Item]]:
         return _groups(self.items, self.batch)
@@ -221,7 +223,7 @@ class Ledger:
         def send() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
             for out in outgoing:
-                pipe.evalsha(self._publish.sha, 7, *self._publish_keys(out.channel), *self._publish_args(out, room_for))
+                pipe.evalsha(self._publish.sha, 8, *self._publish_keys(out), *self._publish_args(out, room_for))
             for channel in read:
                 pipe.hgetall(keys.stats(channel))
                 pipe.hlen(keys.pending(channel))
@@ -245,7 +247,8 @@ class Ledger:
         return went, books
 
     @staticmethod
-    def _publish_keys(channel: int) -> list[str]:
+    def _publish_keys(out: Outgoing) -> list[str]:
+        channel = out.channel
         return [
             keys.pending(channel),
             keys.stats(channel),
@@ -254,6 +257,7 @@ class Ledger:
             keys.steps(PUBLISHER),
             keys.unsent(channel),
             keys.backlog(channel),
+            keys.run(out.run or "-"),  # "-": no run noted (the step does not touch it)
         ]
 
     def _publish_args(self, out: Outgoing, room_for: int) -> list[str | int | float]:
@@ -264,6 +268,8 @@ class Ledger:
             self.broker.lua_mode,
             time.time(),
             len(out.items),
+            str(out.channel) if out.run else "",
+            out.taken,
         ]
         for task_id, data in out.items:
             argv += [task_id, data]

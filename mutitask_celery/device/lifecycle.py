@@ -70,6 +70,7 @@ class DeviceLife:
         self.consumer: Any = None  # the worker's consumer, once ready
         self.books = Watermarks()  # the tasks it has finished, as the books said (see integrity)
         self.stopping = threading.Event()  # ends its threads
+        self.told_to_leave = threading.Event()  # a stop is coming (see leaving)
         self.unnoted = threading.Event()  # a message went un-noted: the server's sweep must look for it
         self.next_forget = 0.0
 
@@ -102,6 +103,7 @@ class DeviceLife:
         except redis.RedisError as exc:
             log.warning("%s could not enter the device roster: %s", name, exc)
         self.stopping.clear()
+        self.told_to_leave.clear()
         self.next_forget = time.monotonic() + FORGET_EVERY
         for thread_name, duty, what in (
             ("mutitask-heartbeat", partial(self.beat, name), f"heartbeat of {name}"),
@@ -196,6 +198,13 @@ class DeviceLife:
             else:
                 consumer.call_soon(consumer.cancel_task_queue, queue)
 
+    def leaving(self) -> bool:
+        """The worker is stopping (a warm shutdown asked by a signal, or announced by
+        :meth:`.Devices.stop` before its remote-control shutdown, or its end): a task still
+        waiting to start hands its message back instead of waiting."""
+        asked = worker_state.should_stop is not None or worker_state.should_terminate is not None
+        return asked or self.told_to_leave.is_set() or self.stopping.is_set()
+
     def shutdown(self, name: str) -> None:
         """The worker has stopped: its tasks are done and kombu has put back what it held, so
         its notes of those are stale; they go (a note of a message kombu could not put back,
@@ -255,3 +264,11 @@ def mutitask_wanted(state: Any, wanted_state: str = "running", **_: Any) -> dict
     wanted.local.told(paused)
     life.consume(state.consumer, not paused)
     return {"ok": "paused" if paused else "running"}
+
+
+@control_command()  # type: ignore[untyped-decorator]
+def mutitask_leaving(state: Any, **_: Any) -> dict[str, str]:
+    """A warm shutdown follows: tasks waiting for a rate limit hand their messages back now,
+    so the shutdown waits only for tasks that run (see :meth:`DeviceLife.leaving`)."""
+    life.told_to_leave.set()
+    return {"ok": "leaving"}

@@ -27,7 +27,7 @@ from mutitask_celery.books import messages
 from mutitask_celery.books.ledger import Finished, Outcome
 from mutitask_celery.books.recovery import Verdict
 from mutitask_celery.celery_app import TASK_NAME, app
-from mutitask_celery.device import isolation, lifecycle, prefetch, wanted
+from mutitask_celery.device import isolation, lifecycle, pacing, prefetch, time_limits, wanted
 from mutitask_celery.errors import BooksLost, BrokerUnavailable
 from mutitask_celery.serving.channels import ChannelHandler, TaskFormat, handler_for
 
@@ -49,14 +49,15 @@ def run_one(handler: ChannelHandler, task_id: str, data: str) -> Outcome:
     attempt = 0
     while True:
         try:
-            result = handler.task_function(arg)
+            result = time_limits.call_with_limit(handler.task_function, arg, handler.time_limit, task_id)
             break
-        except Exception as exc:  # the user's code: any error is a task failure
+        except Exception as exc:  # the user's code: any error is a task failure; so is its time limit
             if attempt >= handler.retries:
-                reason = f"{type(exc).__name__}: {exc}"
+                timed_out = isinstance(exc, time_limits.TimedOut)
+                reason = str(exc) if timed_out else f"{type(exc).__name__}: {exc}"
                 if attempt:
                     reason += f" (after {attempt} retr{'y' if attempt == 1 else 'ies'})"
-                return _failure(task_id, reason, exc)
+                return _failure(task_id, reason, None if timed_out else exc)
             delay = handler.retry_backoff * 2**attempt
             log.info(
                 "task %s raised %s: retry %d of %d in %.1fs",
@@ -229,26 +230,60 @@ def run_items(self: Task, channel: int, items: list[list[Any]], suspect: bool = 
         log.warning("dead-letter retention or backlog feeding skipped: %s", exc)
 
 
+def _first_starts(channel: int, device: str, message_id: str, tasks: int) -> int | None:
+    """Under a rate limit, take the first starts of a message (before it is marked started: a
+    pause or a stop meanwhile hands it back untouched); returns how many starts each take
+    holds, None without a limit."""
+    try:
+        chunk = pacing.local.chunk(channel)
+        if chunk is None:
+            return None
+
+        def give_up() -> bool:
+            return bool(wanted.local.paused) or lifecycle.life.leaving()
+
+        if pacing.local.take(channel, min(chunk, tasks), give_up):
+            return chunk
+    except redis.RedisError as exc:
+        _hand_back(device, message_id, channel)
+        raise Reject(f"cannot read the channel's rate limit: {exc}", requeue=True) from exc
+    _hand_back(device, message_id, channel)
+    raise Reject(f"{device} was paused or stopped while waiting for channel {channel}'s rate limit", requeue=True)
+
+
+def _next_starts(channel: int, tasks: int) -> None:
+    """Take the starts of the next tasks of a message already started (waits inline)."""
+    try:
+        pacing.local.take(channel, tasks)
+    except redis.RedisError as exc:  # the message is in hand: run on rather than lose its place
+        log.warning("could not take channel %s's rate-limit budget (%s): starting anyway", channel, exc)
+
+
 def _run(
     channel: int, device: str, message_id: str, items: list[list[Any]], alone: bool
 ) -> tuple[list[Outcome], float]:
     """Mark the message started (from now on a death is charged to its tasks; ``alone``: no
     other task of this process runs beside them), then run them."""
     devices = runtime.devices()
+    started = time.perf_counter()  # the message's time includes its waits for a rate limit
+    chunk = _first_starts(channel, device, message_id, len(items))
     try:
         devices.started(device, channel, message_id, alone=alone, wait=False)
     except redis.RedisError as exc:
         _hand_back(device, message_id, channel)
         raise Reject(f"cannot mark the message started: {exc}", requeue=True) from exc
     handler = handler_for(channel)
-    started = time.perf_counter()
     if handler is None:
         log.error("%s has no task function for channel %s: dead-lettering %d task(s)", device, channel, len(items))
         outcomes = [
             _failure(str(i[0]), f"no task function registered for channel {channel} on {device}") for i in items
         ]
     else:
-        outcomes = [run_one(handler, str(task_id), str(data)) for task_id, data in items]
+        outcomes = []
+        for n, (task_id, data) in enumerate(items):
+            if chunk is not None and n and n % chunk == 0:
+                _next_starts(channel, min(chunk, len(items) - n))
+            outcomes.append(run_one(handler, str(task_id), str(data)))
     busy = time.perf_counter() - started
     try:
         devices.started_settled()

@@ -20,6 +20,7 @@ from mutitask_celery.serving.channels import (
     check_channel,
     check_function,
     check_retries,
+    check_time_limit,
     parse_task_format,
     register_channel,
 )
@@ -33,8 +34,9 @@ class BaseConfig:
     New, optional: ``task_format`` (``'text'``, the original's, or
     ``'native'``), ``concurrency`` (tasks this device runs at once),
     ``retries`` (tries again after an exception, default 0 as the original;
-    a ``None`` result is never retried) and ``retry_backoff`` (seconds before
-    the first retry, doubling each time).
+    a ``None`` result is never retried), ``retry_backoff`` (seconds before
+    the first retry, doubling each time) and ``time_limit`` (seconds a task may
+    run before it is dead-lettered as ``timed out after N s``; default none).
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class BaseConfig:
         concurrency: int = 1,
         retries: int = 0,
         retry_backoff: float = 1.0,
+        time_limit: float | None = None,
     ) -> None:
         self.device_id = check_channel(deviceID, "deviceID")
         self.channel = check_channel(TaskChannelID, "TaskChannelID")
@@ -57,6 +60,7 @@ class BaseConfig:
         self.concurrency = check_channel(concurrency, "concurrency")
         self.retries = check_retries(retries)
         self.retry_backoff = check_backoff(retry_backoff)
+        self.time_limit = check_time_limit(time_limit)
         base = settings.load_settings().redis_url
         self.redis_url = settings.redis_url_from_parts(host, port, db, password, base=base)
 
@@ -119,6 +123,7 @@ class Terminal:
             task_format=self.config.task_format,
             retries=self.config.retries,
             retry_backoff=self.config.retry_backoff,
+            time_limit=self.config.time_limit,
         )
         code = run_worker(self.name, [self.config.channel], concurrency=self.config.concurrency)
         if code == ExitCode.BOOKS_LOST:  # Redis lost data: the script ends with that code, not 0

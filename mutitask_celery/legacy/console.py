@@ -12,11 +12,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 from mutitask_celery.books.dead_letters import DeadLetterStore
+from mutitask_celery.books.rate_limits import RateLimits, describe, parse_rate
 from mutitask_celery.control import Device, Devices
-from mutitask_celery.errors import MutitaskError
+from mutitask_celery.errors import ConfigurationError, MutitaskError
 from mutitask_celery.serving.producer import Producer
 from mutitask_celery.tables import format_table, local_time
 
@@ -32,18 +33,26 @@ class ConsoleError(MutitaskError, ValueError):
 @dataclass(frozen=True)
 class Command:
     name: str
-    params: tuple[str, ...]  # each parameter is a non-negative integer
+    params: tuple[str, ...]  # each a non-negative integer, but RATE: a rate limit (a number, or off)
     help: str
-    run: Callable[[list[int]], str | None]
+    run: Callable[[list[Any]], str | None]
 
 
 class Console:
     """Executes console lines against a running producer and the dead-letter store."""
 
-    def __init__(self, producer: Producer, store: DeadLetterStore, devices: Devices, out: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        producer: Producer,
+        store: DeadLetterStore,
+        devices: Devices,
+        out: TextIO | None = None,
+        rates: RateLimits | None = None,
+    ) -> None:
         self.producer = producer
         self.store = store
         self.devices = devices
+        self.rates = rates  # None: no rate command (a console without the books' Redis)
         self.out = out or sys.stdout
         self.stopped = False
         table = [
@@ -127,6 +136,12 @@ class Console:
                 lambda a: self._allot(self.producer.stop_feeding, "stopped for good"),
             ),
             Command("reset_task_max", ("N",), "most tasks outstanding per channel (ChannelSize)", self._reset_size),
+            Command(
+                "rate",
+                ("C", "RATE"),
+                "at most RATE tasks a second start on channel C, all devices together (rate C off: no limit)",
+                self._rate,
+            ),
             Command("stop", (), "stop every device and the server", lambda a: self._stop()),
         ]
         self.commands = {c.name: c for c in table}
@@ -135,7 +150,7 @@ class Console:
             self.commands[alias] = self.commands[name]
 
     # -- parsing ----------------------------------------------------------------
-    def parse(self, line: str) -> tuple[Command, list[int]] | None:
+    def parse(self, line: str) -> tuple[Command, list[Any]] | None:
         words = line.split()
         if not words:
             return None
@@ -148,8 +163,14 @@ class Console:
         if len(args) != len(command.params):
             usage = " ".join([command.name, *command.params])
             raise ConsoleError(f"usage: {usage}")
-        numbers = []
+        numbers: list[Any] = []
         for name, text in zip(command.params, args, strict=True):
+            if name == "RATE":
+                try:
+                    numbers.append(parse_rate(text))
+                except ConfigurationError as exc:
+                    raise ConsoleError(f"{command.name}: {exc}") from None
+                continue
             if not text.isdigit():
                 raise ConsoleError(f"{command.name}: {name} must be a non-negative integer, got {text!r}")
             numbers.append(int(text))
@@ -199,7 +220,9 @@ class Console:
             found = [d for d in found if d.name.split("@", 1)[0] == f"device{number}"]
             if not found:
                 return f"device{number}: -1 offline (never seen)"
-        return format_devices(found) if found else "no device has started yet"
+            return format_devices(found)
+        table = format_devices(found) if found else "no device has started yet"
+        return table if self.rates is None else f"{table}\n{describe(self.rates.all())}"
 
     def _expect(self, step: int) -> str:
         count = max(0, self.devices.expected() + step)
@@ -238,6 +261,18 @@ class Console:
             raise ConsoleError("reset_task_max: N must be at least 1")
         self.producer.channel_size = args[0]
         return f"at most {args[0]} task(s) outstanding per channel"
+
+    def _rates(self) -> RateLimits:
+        if self.rates is None:
+            raise ConsoleError("rate: this console has no rate limits to set")
+        return self.rates
+
+    def _rate(self, args: list[Any]) -> str:
+        channel, rate = args
+        if channel < 1:
+            raise ConsoleError("rate: C must be a channel number, 1 or more")
+        self._rates().set(channel, rate)
+        return f"channel {channel}: " + ("no rate limit" if rate is None else f"at most {rate:g} task(s) a second")
 
     def _stop(self) -> str:
         self.stopped = True

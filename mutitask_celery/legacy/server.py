@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from mutitask_celery import settings
+from mutitask_celery.books.runs import check_run_name
 from mutitask_celery.connection import exit_on_unreachable
 from mutitask_celery.errors import ConfigurationError
 from mutitask_celery.serving.producer import RunSummary
@@ -29,7 +30,10 @@ class BaseConfig:
     ``host``/``port``/``db``/``password`` given here win over
     ``MUTITASK_REDIS_URL`` and ``celeryconfig.py``; left out, those decide.
     New, optional: ``start_paused=True`` gives the original's start (devices
-    wait for ``start_all``).
+    wait for ``start_all``); ``rate_limits={1: 20.0}``: at most 20 tasks of
+    channel 1 start each second, all devices together; ``resume=True``: a server
+    started again after a crash goes on where it was (``run_name`` tells runs
+    apart, default ``default``; see ``books.runs``).
     """
 
     def __init__(
@@ -43,6 +47,9 @@ class BaseConfig:
         MonitorWaitTime: float = 5,
         *,
         start_paused: bool = False,
+        rate_limits: dict[int, float] | None = None,
+        resume: bool = False,
+        run_name: str | None = None,
     ) -> None:
         self.device_count = _positive("deviceNumb", deviceNumb)
         self.channel_size = _positive("ChannelSize", ChannelSize)
@@ -50,6 +57,13 @@ class BaseConfig:
             raise ConfigurationError(f"MonitorWaitTime must be a positive number, got {MonitorWaitTime!r}")
         self.monitor_wait = float(MonitorWaitTime)
         self.start_paused = bool(start_paused)
+        if rate_limits is not None and not isinstance(rate_limits, dict):
+            raise ConfigurationError(f"rate_limits must be a dict of channel -> tasks a second, got {rate_limits!r}")
+        self.rate_limits = dict(rate_limits or {})  # checked against the run's channels by run()
+        if not isinstance(resume, bool):
+            raise ConfigurationError(f"resume must be True or False, got {resume!r}")
+        self.resume = resume
+        self.run_name = None if run_name is None else check_run_name(run_name)
         base = settings.load_settings().redis_url
         self.redis_url = settings.redis_url_from_parts(host, port, db, password, base=base)
 
@@ -90,4 +104,7 @@ class Terminal:
                 expected_devices=self.config.device_count,
                 start_paused=self.config.start_paused,
                 monitor_wait=self.config.monitor_wait,
+                rate_limits=self.config.rate_limits,
+                resume=self.config.resume,
+                run_name=self.config.run_name,
             )

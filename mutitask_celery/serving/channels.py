@@ -35,6 +35,7 @@ class ChannelHandler:
     task_format: TaskFormat
     retries: int = 0  # extra tries after an exception (a None result is never retried)
     retry_backoff: float = 1.0  # seconds before the first retry, doubling each time
+    time_limit: float | None = None  # seconds a task function may run (see device.time_limits)
 
 
 _handlers: dict[int, ChannelHandler] = {}
@@ -65,6 +66,15 @@ def check_function(fn: object, role: str) -> Callable[[Any], Any]:
     return fn
 
 
+def check_time_limit(value: object) -> float | None:
+    """A time limit in seconds: None (no limit) or a positive number."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ConfigurationError(f"time_limit must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
 def check_retries(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigurationError(f"retries must be a non-negative integer, got {value!r}")
@@ -93,11 +103,14 @@ def register_channel(
     task_format: str | TaskFormat = TaskFormat.TEXT,
     retries: int = 0,
     retry_backoff: float = 1.0,
+    time_limit: float | None = None,
 ) -> ChannelHandler:
     """Make this process a device of ``channel``: call it at import, before the worker starts.
 
     ``celery -A mutitask_celery worker -Q channel1 -I mymodule`` then works
-    ``channel1`` with the functions ``mymodule`` registered.
+    ``channel1`` with the functions ``mymodule`` registered. ``time_limit``: seconds a
+    task function may run before its task is dead-lettered as ``timed out after N s``
+    (retried first, if ``retries`` allow), on any pool (see :mod:`.device.time_limits`).
     """
     handler = ChannelHandler(
         channel=check_channel(channel),
@@ -106,6 +119,7 @@ def register_channel(
         task_format=parse_task_format(task_format),
         retries=check_retries(retries),
         retry_backoff=check_backoff(retry_backoff),
+        time_limit=check_time_limit(time_limit),
     )
     _handlers[channel] = handler
     return handler

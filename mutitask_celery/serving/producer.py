@@ -28,6 +28,7 @@ from mutitask_celery.books.dead_letters import RedisDeadLetterStore
 from mutitask_celery.books.integrity import Watermarks
 from mutitask_celery.books.ledger import ChannelBooks, ChannelStats, Ledger, Outgoing, batch_size
 from mutitask_celery.books.recovery import HEARTBEAT
+from mutitask_celery.books.runs import Resumed, RunRecord
 from mutitask_celery.errors import BrokerUnavailable, EncodingError
 
 log = logging.getLogger(__name__)
@@ -197,9 +198,18 @@ class _Recovery:
 class Producer:
     """Feeds channels from iterators with back-pressure; controllable from another thread."""
 
-    def __init__(self, ledger: Ledger, store: RedisDeadLetterStore, channel_size: int) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        store: RedisDeadLetterStore,
+        channel_size: int,
+        record: RunRecord | None = None,
+        resume: bool = False,
+    ) -> None:
         self.ledger = ledger
         self.store = store
+        self.record = record  # a resumable run's record (see books.runs), or none kept
+        self.resume = resume  # go on from the record's unfinished run, if its generators match
         self._channel_size = channel_size
         self._paused = threading.Event()
         self._feeding_stopped = threading.Event()
@@ -248,10 +258,28 @@ class Producer:
         channels = list(range(1, len(sources) + 1))
         books = self._read(channels)
         held_known = self.ledger.broker.notes_holds  # devices note what they hold: the books count it
-        self._feeds = [_Feed(ch, src, books[ch].stats, held_known) for ch, src in zip(channels, sources, strict=True)]
+        resumed = Resumed({}, {}, {})
+        if self.record is not None:
+            sources, resumed = self.record.begin(sources, {ch: books[ch].stats for ch in channels}, self.resume)
+        self._feeds = [
+            _Feed(ch, src, resumed.before.get(ch, books[ch].stats), held_known)
+            for ch, src in zip(channels, sources, strict=True)
+        ]
+        for feed in self._feeds:
+            feed.index, feed.published = resumed.taken.get(feed.channel, 0), resumed.published.get(feed.channel, 0)
+            if feed.channel in resumed.taken:
+                log.warning(
+                    "resuming run %r: channel %d skips the %d item(s) it had taken (%d published), waits for the "
+                    "%d still outstanding, and goes on",
+                    self.record.name if self.record else "",
+                    feed.channel,
+                    feed.index,
+                    feed.published,
+                    books[feed.channel].outstanding,
+                )
         self._last = books
         for ch in channels:
-            if books[ch].outstanding:
+            if books[ch].outstanding and ch not in resumed.taken:
                 log.warning(
                     "channel %d still has %d task(s) outstanding from an earlier run; this run waits for them too",
                     ch,
@@ -263,6 +291,8 @@ class Producer:
                 while not self._stop.is_set():
                     try:
                         if self._step():
+                            if self.record is not None:
+                                self.record.finish()  # started again, it starts afresh
                             break
                         outage = None
                     except _OUTAGE as exc:
@@ -300,7 +330,10 @@ class Producer:
                 want = feed.batcher.take(self._channel_size - waiting, waiting, self._channel_size) or batch
                 items = feed.take(want, self.store)
                 if items:
-                    feed.outgoing = Outgoing(feed.channel, items, batch, messages.new_task_id())
+                    run = self.record.name if self.record is not None else ""
+                    feed.outgoing = Outgoing(
+                        feed.channel, items, batch, messages.new_task_id(), run=run, taken=feed.index
+                    )
         outgoing = [f.outgoing for f in self._feeds if f.outgoing is not None]
         read = [f.channel for f in self._feeds if f.outgoing is None]
         more = feeding and any(not f.exhausted or f.outgoing is not None for f in self._feeds)

@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from typing import Any, TextIO
 
 from mutitask_celery import celery_app, logs, runtime, settings
+from mutitask_celery.books.rate_limits import check_rates
+from mutitask_celery.books.runs import RunRecord, check_run_name
 from mutitask_celery.connection import check_redis
 from mutitask_celery.control import Devices, DeviceState
 from mutitask_celery.errors import InvalidTasksError
@@ -58,6 +60,9 @@ def totals_of(sources: list[Iterator[Any]]) -> dict[int, int | None]:
     return {n: (hint if hint >= 0 else None) for n, hint in enumerate(hints, start=1)}
 
 
+DEFAULT_RUN = "default"  # the run's name in the books when resume=True names none
+
+
 def serve(
     tasks: Any,
     channel_size: int,
@@ -66,20 +71,30 @@ def serve(
     expected_devices: int | None = None,
     start_paused: bool = False,
     monitor_wait: float = 5.0,
+    rate_limits: dict[int, float] | None = None,
+    resume: bool = False,
+    run_name: str | None = None,
 ) -> RunSummary:
     """Run ``tasks`` to the end; see the module docstring.
 
     ``expected_devices`` enters the roster (device1..deviceN show offline until
     they come); ``start_paused`` pauses every device before the first task, as
-    the original did, until the operator types ``start_all``.
+    the original did, until the operator types ``start_all``; ``rate_limits``
+    (channel -> tasks a second) are set before the first task is published;
+    ``resume``/``run_name``: keep a record of the run, and go on from an unfinished one
+    (see :mod:`.books.runs`).
     """
     sources = as_sources(tasks)
+    limits = check_rates(rate_limits or {}, len(sources))
     totals = totals_of(sources)
     conf = runtime.reset(settings.current())
     celery_app.check_compatible(celery_app.app)
     check_redis(conf.redis_url)
     runtime.broker().check()  # RabbitMQ unreachable: one clear error within seconds
     devices = Devices(runtime.books_client(conf), timeout=monitor_wait, flower_url=conf.flower_url)
+    for channel, rate in limits.items():
+        runtime.rate_limits().set(channel, rate)
+        log.info("channel %s: at most %g task(s) a second, all devices together", channel, rate)
     if expected_devices is not None:
         devices.set_expected(expected_devices)
     if start_paused:
@@ -87,10 +102,13 @@ def serve(
         log.warning("devices start paused: type start_all to let them work")
     else:
         _warn_paused(devices)
-    producer = Producer(runtime.ledger(), runtime.store(), channel_size)
+    record = None
+    if resume or run_name is not None:
+        record = RunRecord(runtime.books_client(conf), check_run_name(run_name or DEFAULT_RUN))
+    producer = Producer(runtime.ledger(), runtime.store(), channel_size, record=record, resume=resume)
     stdin = sys.stdin if stdin is None else stdin
     out = sys.stdout if out is None else out
-    console = Console(producer, runtime.store(), devices, out)
+    console = Console(producer, runtime.store(), devices, out, rates=runtime.rate_limits())
     logs.ensure_visible()
     display = progress.choose(conf.progress, out, len(sources), conf.progress_every)
     reporter = None

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from mutitask_celery import api, keys, runtime, settings
 from mutitask_celery.books.dead_letters import FailedTask
+from mutitask_celery.books.rate_limits import describe, parse_rate
 from mutitask_celery.connection import check_redis
 from mutitask_celery.control import Devices
 from mutitask_celery.errors import BrokerUnavailable, ConfigurationError, ExitCode, RecordNotFound
@@ -26,6 +27,7 @@ examples:
   mutitask pause device2                    device2 finishes its task in hand and takes no new one
   mutitask start --all                      every device takes tasks again
   mutitask stop 3                           device3 finishes its task in hand and exits
+  mutitask rate 1 20                        at most 20 tasks of channel 1 start a second, all devices together
   mutitask failed list --channel 1          the failed tasks of channel 1, oldest first
   mutitask failed show 3f2a...              one record, with its traceback
   mutitask failed reload --all              every failed task back onto its channel
@@ -113,6 +115,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--all", action="store_true")
         p.add_argument("--json", action="store_true")
         p.set_defaults(handler=_control)
+    rate = sub.add_parser(
+        "rate",
+        parents=[common],
+        help="a channel's rate limit: tasks a second, all its devices together",
+        description="Set a channel's rate limit (running devices keep to it within a second), remove it with "
+        "off, or list every channel's limit without arguments.",
+    )
+    rate.add_argument("channel", nargs="?", type=_positive_int, metavar="CHANNEL")
+    rate.add_argument("per_second", nargs="?", metavar="PER_SECOND|off")
+    rate.add_argument("--json", action="store_true")
+    rate.set_defaults(handler=_rate)
     failed = sub.add_parser(
         "failed", help="the dead-letter store", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -181,6 +194,7 @@ def _status(args: argparse.Namespace) -> int:
         print(json.dumps([d.as_dict() for d in found], indent=1))
         return ExitCode.OK
     print(format_devices(found) if found else "no device has started yet")
+    print(describe(api.rate_limits()))
     forgotten = base.forgotten()
     if forgotten:
         after = settings.current().forget_after
@@ -188,6 +202,17 @@ def _status(args: argparse.Namespace) -> int:
             f"forgotten: {len(forgotten)} device(s) silent for over {after:.0f} s with nothing in hand "
             f"(the latest {local_time(max(forgotten.values()))}); one that starts again comes back"
         )
+    return ExitCode.OK
+
+
+def _rate(args: argparse.Namespace) -> int:
+    """``mutitask rate [CHANNEL PER_SECOND|off]``: set or remove a limit, or list them."""
+    if args.channel is not None:
+        if args.per_second is None:
+            raise ConfigurationError("say the rate: mutitask rate CHANNEL PER_SECOND (or off)")
+        api.set_rate_limit(args.channel, parse_rate(args.per_second))
+    limits = api.rate_limits()
+    print(json.dumps({str(c): r for c, r in limits.items()}) if args.json else describe(limits))
     return ExitCode.OK
 
 

@@ -107,6 +107,7 @@ class Overview:
         client = runtime.books_client()
         sizes = {text(k): int(v) for k, v in client.hgetall(keys.CHANNEL_SIZES).items()}
         store = runtime.store()
+        limits = runtime.rate_limits().all()
         rows = []
         for ch in channels:
             b = books[ch]
@@ -125,7 +126,7 @@ class Overview:
                     "dead_letters": store.count(ch),
                     "rate": rate,
                     "seconds_left": b.outstanding / rate if rate else None,
-                    "rate_limit": None,
+                    "rate_limit": limits.get(ch),
                     "history": self.history.series(ch),
                 }
             )

@@ -12,8 +12,9 @@ Behaviours (the task function):
   shaky    raises ConnectionError the first two times it sees a task, then returns [task, tries]
   busy     a CPU-bound loop of $BUSY_SECONDS (holds the GIL as real number crunching does), then the task
   failing  always None (every task fails)
+  hang     prints 'START <task> <time>'; a task starting with "hang" sleeps $HANG_SECONDS (60); returns the task
 Options: --native (task_format='native'), --retries N (retries=N, retry_backoff=0.01),
---concurrency N (tasks at once, threads).
+--concurrency N (tasks at once, threads), --time-limit S (time_limit=S).
 """
 
 from __future__ import annotations
@@ -72,6 +73,13 @@ def failing(task):
     return None
 
 
+def hang(task):
+    print(f"START {task} {time.time()!r}", flush=True)
+    if task.startswith("hang"):
+        time.sleep(float(os.environ.get("HANG_SECONDS", "60")))
+    return task
+
+
 def paced(task):
     time.sleep(float(os.environ.get("PACE_SECONDS", "0.01")))
     return double(task)
@@ -105,6 +113,7 @@ BEHAVIOURS = {
     "paced": paced,
     "busy": busy,
     "failing": failing,
+    "hang": hang,
 }
 
 if __name__ == "__main__":
@@ -112,6 +121,7 @@ if __name__ == "__main__":
     native = "--native" in sys.argv[4:]
     retries = int(sys.argv[sys.argv.index("--retries") + 1]) if "--retries" in sys.argv else 0
     concurrency = int(sys.argv[sys.argv.index("--concurrency") + 1]) if "--concurrency" in sys.argv else 1
+    time_limit = float(sys.argv[sys.argv.index("--time-limit") + 1]) if "--time-limit" in sys.argv else None
     base = BaseConfig(
         deviceID=device_id,
         TaskChannelID=channel,
@@ -119,6 +129,7 @@ if __name__ == "__main__":
         retries=retries,
         retry_backoff=0.01,
         concurrency=concurrency,
+        time_limit=time_limit,
     )
     funcitem = FuncItem(baseConfig=base)
     funcitem.load_task_function(BEHAVIOURS[behaviour])

@@ -3,11 +3,14 @@
 -- channel has room for them; and read the channel's books after, all in one step. A step
 -- repeated after its reply was lost (the same step id) is not applied twice.
 -- KEYS[1] pending:<ch>; KEYS[2] stats:<ch>; KEYS[3] held:<ch>; KEYS[4] the queue;
--- KEYS[5] steps:server; KEYS[6] unsent:<ch> (the other broker's journal); KEYS[7] backlog:<ch>
+-- KEYS[5] steps:server; KEYS[6] unsent:<ch> (the other broker's journal); KEYS[7] backlog:<ch>;
+-- KEYS[8] run:<name> (a resumable run's record, see books/runs.py)
 -- ARGV[1] channel size: publish only while fewer tasks than that wait in the channel, counting
 --   these ('0': no bound); ARGV[2] step id; ARGV[3] this channel's field in steps:server;
 -- ARGV[4] 'queue' (this Redis is the broker) or 'journal'; ARGV[5] the journal's time;
--- ARGV[6] n, the tasks; ARGV[7..6+2n] (id, data) pairs; then the messages to queue.
+-- ARGV[6] n, the tasks; ARGV[7] the channel, to note in the run's record ('' for no record);
+-- ARGV[8] items the server had taken from the channel's generator with these;
+-- ARGV[9..8+2n] (id, data) pairs; then the messages to queue.
 -- Returns {1 if published (now or by the earlier try) else 0, outstanding, held, backlog, then
 -- the channel's counters as field/value pairs}.
 local n = tonumber(ARGV[6])
@@ -23,12 +26,16 @@ if size > 0 then
                   - redis.call('ZCARD', KEYS[7])
   if waiting > 0 and waiting + n > size then return books(0) end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 7, 6 + 2 * n))
+redis.call('HSET', KEYS[1], unpack(ARGV, 9, 8 + 2 * n))
 redis.call('HINCRBY', KEYS[2], 'published', n)
 redis.call('HSET', KEYS[5], ARGV[3], ARGV[2])
+if ARGV[7] ~= '' then
+  redis.call('HSET', KEYS[8], 'taken:' .. ARGV[7], ARGV[8])
+  redis.call('HINCRBY', KEYS[8], 'published:' .. ARGV[7], n)
+end
 if ARGV[4] == 'queue' then
-  redis.call('LPUSH', KEYS[4], unpack(ARGV, 7 + 2 * n, #ARGV))
+  redis.call('LPUSH', KEYS[4], unpack(ARGV, 9 + 2 * n, #ARGV))
 else
-  for i = 7, 6 + 2 * n, 2 do redis.call('ZADD', KEYS[6], ARGV[5], ARGV[i]) end
+  for i = 9, 8 + 2 * n, 2 do redis.call('ZADD', KEYS[6], ARGV[5], ARGV[i]) end
 end
 return books(1)

@@ -1,0 +1,122 @@
+"""Time limits that hold on every pool: a task function past its limit is given up on.
+
+Celery's own limits need the prefork pool (a signal, or killing the child), and a killed
+child reads as a death here (a poison task). Our devices run threads by default, and a
+thread cannot be killed. So the task function runs on a *runner* thread of the worker
+thread's own, and the worker thread waits for it at most the limit:
+
+- **In time**: the result comes back to the worker thread, which saves it as always.
+- **Too late**: the worker thread records the outcome ``timed out after N s`` (or retries,
+  as after an exception) and takes the next task at once: the device's slot is free. The
+  runner is abandoned: Python cannot stop it, so it runs on, and whatever the function
+  returns or raises at last is dropped (logged, never saved, never a second record:
+  the outcome was recorded once, by the worker thread). The next task gets a new runner.
+
+The same holds on the threads, prefork (inside the child) and solo pools. An abandoned
+runner still holds what the function holds (memory, a socket) until it returns; a device
+counts them (:func:`abandoned`) and says so in its log.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_local = threading.local()
+_abandoned_lock = threading.Lock()
+_abandoned = 0
+
+
+class TimedOut(Exception):
+    """The task function ran past its limit (the outcome's reason is this message)."""
+
+    def __init__(self, limit: float) -> None:
+        super().__init__(f"timed out after {limit:g} s")
+        self.limit = limit
+
+
+@dataclass
+class _Call:
+    fn: Callable[[Any], Any]
+    arg: Any
+    label: str
+    done: threading.Event = field(default_factory=threading.Event)
+    value: Any = None
+    error: BaseException | None = None
+
+
+class _Runner:
+    """One daemon thread running calls one at a time for one worker thread."""
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self.abandoned = False
+        self._thread = threading.Thread(target=self._loop, name="mutitask-task-runner", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        global _abandoned
+        while True:
+            call = self._calls.get()
+            if call is None:
+                return
+            try:
+                call.value = call.fn(call.arg)
+            except BaseException as exc:  # handed to the worker thread, which judges it
+                call.error = exc
+            call.done.set()
+            if self.abandoned:
+                late = "raised" if call.error is not None else "returned"
+                log.warning("task %s %s after its time limit: dropped, its outcome was recorded", call.label, late)
+                with _abandoned_lock:
+                    _abandoned -= 1
+                return
+
+    def run(self, call: _Call, limit: float) -> bool:
+        """True when ``call`` finished within ``limit`` seconds."""
+        self._calls.put(call)
+        return call.done.wait(limit)
+
+    def abandon(self) -> None:
+        global _abandoned
+        self.abandoned = True
+        with _abandoned_lock:
+            _abandoned += 1
+
+    def close(self) -> None:
+        self._calls.put(None)
+
+
+def call_with_limit(fn: Callable[[Any], Any], arg: Any, limit: float | None, label: str = "") -> Any:
+    """``fn(arg)``, or :class:`TimedOut` once ``limit`` seconds pass (None: no limit, run here)."""
+    if limit is None:
+        return fn(arg)
+    runner: _Runner | None = getattr(_local, "runner", None)
+    if runner is None:
+        runner = _local.runner = _Runner()
+    call = _Call(fn, arg, label)
+    if not runner.run(call, limit):
+        runner.abandon()
+        _local.runner = None
+        log.warning(
+            "task %s timed out after %g s: its slot takes the next task (%d task function(s) still running late)",
+            label,
+            limit,
+            abandoned(),
+        )
+        raise TimedOut(limit)
+    if call.error is not None:
+        raise call.error
+    return call.value
+
+
+def abandoned() -> int:
+    """Task functions of this process still running past their limit."""
+    with _abandoned_lock:
+        return _abandoned
