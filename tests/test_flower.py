@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 import redis
 from conftest import Processes, free_port, fresh_settings, wait_until
+from helpers.browser import HEADLESS, chromium_binary
 
 from mutitask_celery import runtime
 from mutitask_celery.errors import ConfigurationError
@@ -34,13 +34,7 @@ TASKS = 30
 START_TIMEOUT = 30
 CHROMIUM_TIMEOUT = 60
 CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
+    *HEADLESS,
     # Virtual time lets the page's ajax refresh (/workers?json=1) land before the dump.
     "--virtual-time-budget=5000",
 )
@@ -236,12 +230,6 @@ def test_unreachable_flower_is_a_clear_error_without_the_password() -> None:
     assert not isinstance(err.value, FlowerAuthError)
     with pytest.raises(ConfigurationError, match="not a Flower URL"):
         flower_workers("redis://127.0.0.1:6379/0")
-
-
-def chromium_binary() -> str | None:
-    if os.access("/usr/bin/chromium", os.X_OK):
-        return "/usr/bin/chromium"
-    return shutil.which("chromium")
 
 
 def run_chromium(procs: Processes, chromium: str, profile: Path, name: str, *args: str) -> str:

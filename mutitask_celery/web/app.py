@@ -197,13 +197,12 @@ def _summary(body: dict[str, Any]) -> str:
 class Page(Base):
     """One of the HTML pages under ``pages/``; sets the CSRF cookie its script sends back."""
 
-    def initialize(self, name: str) -> None:
-        self.name = name
+    def initialize(self, name: str, current: str) -> None:
+        self.name, self.current = name, current
 
     def get(self) -> None:
         _ = self.xsrf_token  # sets the _xsrf cookie
-        self.set_header("Content-Type", "text/html; charset=utf-8")
-        self.finish(_page(self.name))
+        self.render(f"{self.name}.html", current=self.current)  # layout only: no data goes into a page
 
 
 class Static(tornado.web.StaticFileHandler, Base):
@@ -280,19 +279,16 @@ class Metrics(Base):
         self.finish(metrics.render(snapshot))
 
 
-def _page(name: str) -> bytes:
-    return resources.files(__package__).joinpath("pages").joinpath(f"{name}.html").read_bytes()
-
-
 def make_app(config: WebConfig, history: views.RateHistory | None = None) -> tornado.web.Application:
     """The application; ``history`` the sampler's (one is made when not given)."""
     history = history or views.RateHistory()
     static = str(resources.files(__package__).joinpath("static"))
+    pages = str(resources.files(__package__).joinpath("pages"))
     return tornado.web.Application(
         [
-            (r"/", Page, {"name": "overview"}),
-            (r"/dead", Page, {"name": "dead"}),
-            (r"/dead/record", Page, {"name": "record"}),
+            (r"/", Page, {"name": "overview", "current": "/"}),
+            (r"/dead", Page, {"name": "dead", "current": "/dead"}),
+            (r"/dead/record", Page, {"name": "record", "current": "/dead"}),
             (r"/static/(.*)", Static, {"path": static}),
             (r"/api/token", Token),
             (r"/api/overview", OverviewApi),
@@ -303,6 +299,7 @@ def make_app(config: WebConfig, history: views.RateHistory | None = None) -> tor
             (r"/api/dead/(reload|delete)", DeadActionApi),
             (r"/metrics", Metrics),
         ],
+        template_path=pages,  # base.html and a page each, autoescaped (tornado's default)
         xsrf_cookies=True,
         xsrf_cookie_kwargs={"samesite": "Strict"},
         mutitask_config=config,

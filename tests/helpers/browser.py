@@ -21,7 +21,7 @@ from typing import Any
 
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-FLAGS = (
+HEADLESS = (  # what this machine's Chromium needs to run headless, quietly, offline
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -29,9 +29,8 @@ FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--no-first-run",
-    "--window-size=1400,900",
-    "--remote-debugging-port=0",
 )
+FLAGS = (*HEADLESS, "--window-size=1400,900", "--remote-debugging-port=0")  # a page to drive
 START_TIMEOUT = 30.0
 
 
