@@ -140,3 +140,45 @@ def test_the_sweep_leaves_other_applications_messages_alone(r: redis.Redis, fast
     reaper.sweep([1])
     reaper.sweep([1])  # two sweeps in a row: an orphan of ours would be acted on now
     assert r.hget(keys.KOMBU_UNACKED, "foreign-tag") == foreign
+
+
+def test_messages_a_device_held_ahead_come_back_after_a_redis_restart(
+    procs: Processes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a lost connection Celery drops the messages a worker holds ahead of the ones it runs
+    (they "can't be acked anyway") and kombu's restore of them meets a Redis that is gone;
+    the device lives, so no reaper acts. They must still come back long before kombu's
+    visibility timeout (an hour). (CI once saw 19 tasks stuck for 3 minutes after a
+    restart in test_deployment; this is the closest case reproduced, and it recovers.)"""
+    from mutitask_celery import settings
+    from mutitask_celery.tools.localredis import LocalRedis, free_port
+
+    port = free_port()
+    (tmp_path / "redis").mkdir()
+    first = LocalRedis(workdir=tmp_path / "redis", appendonly=True, port=port).start()
+    second: LocalRedis | None = None
+    try:
+        monkeypatch.setenv("MUTITASK_REDIS_URL", first.url)
+        fresh_settings()
+        client = redis.Redis.from_url(first.url, decode_responses=True)
+        dev = procs.device(1, 1, "hang", env={"HANG_SECONDS": "4", **FAST})
+        wait_until(device_is_up(f"device1@{HOST}"), 30, "device1")
+        tasks = [str(n) for n in range(40)] + ["hang"] + [str(n) for n in range(40, 200)]
+        thread, out = run_in_thread(tasks, channel_size=50)
+        wait_until(lambda: any(s.task == "hang" for s in procs.starts(dev)), 30, "the long task to start")
+        wait_until(lambda: client.hlen(keys.KOMBU_UNACKED) >= 2, 10, "a message held ahead of the long one")
+        client.close()
+        first.stop()  # Redis goes away while the device runs one message and holds another...
+        wait_until(lambda: "Cannot connect to redis" in procs.output(dev), 30, "the device to find Redis gone")
+        second = LocalRedis(workdir=tmp_path / "redis", appendonly=True, port=port).start()  # ...and comes back
+        thread.join(90)  # far less than kombu's visibility timeout (an hour)
+        assert not thread.is_alive(), "the messages the device held ahead did not come back"
+        summary = out["summary"]
+        assert summary.succeeded == len(tasks) and runtime.ledger().outstanding(1) == 0
+        assert sorted(mt.results(1, limit=None)) == sorted(tasks)
+    finally:
+        procs.stop_all()
+        first.close()
+        if second is not None:
+            second.close()
+        settings.forget()
