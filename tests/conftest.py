@@ -62,6 +62,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         server.close()
 
 
+def artifacts(fallback: Path) -> Path:
+    """Where a test keeps what CI shows (screenshots): $MUTITASK_TEST_ARTIFACTS (.ci/run sets
+    .ci/artifacts), else ``fallback``; made if missing."""
+    folder = Path(os.environ.get("MUTITASK_TEST_ARTIFACTS") or fallback)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def fresh_settings() -> None:
     """Settings read afresh (the environment or celeryconfig.py changed) and the process-wide
     objects rebuilt from them."""

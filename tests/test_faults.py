@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,49 @@ import mutitask_celery as mt
 from mutitask_celery import codec, keys, runtime
 from mutitask_celery.books import messages
 from mutitask_celery.books.brokers import BooksRedis
+from mutitask_celery.tools.localredis import LocalRedis, free_port
 
 HOST = socket.gethostname()
 FAST = {"MUTITASK_DEAD_AFTER": "3"}  # declare a silent device dead after 3 s (default 10)
+
+
+class RestartableRedis:
+    """A redis-server of the test's own, with its append-only file, that the test stops and
+    starts again on the same port; this process and its children use it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir, self.port = workdir, free_port()
+        self.server = self._started()
+        self.url = self.server.url
+
+    def _started(self) -> LocalRedis:
+        return LocalRedis(workdir=self.workdir, appendonly=True, port=self.port).start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start_again(self) -> None:
+        self.server = self._started()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def restartable_redis(procs: Processes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RestartableRedis]:
+    """A :class:`RestartableRedis` as MUTITASK_REDIS_URL; the test's processes are stopped before it."""
+    from mutitask_celery import settings
+
+    (tmp_path / "redis").mkdir()
+    server = RestartableRedis(tmp_path / "redis")
+    try:
+        monkeypatch.setenv("MUTITASK_REDIS_URL", server.url)
+        fresh_settings()
+        yield server
+    finally:
+        procs.stop_all()
+        server.close()
+        settings.forget()
 
 
 @pytest.fixture
@@ -99,36 +140,19 @@ def test_ten_thousand_tasks_with_a_device_killed_three_times(
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_redis_restarted_mid_run_loses_nothing(
-    procs: Processes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from mutitask_celery import settings
-    from mutitask_celery.tools.localredis import LocalRedis, free_port
-
-    port = free_port()
-    first = LocalRedis(workdir=tmp_path, appendonly=True, port=port).start()
-    second: LocalRedis | None = None
-    try:
-        monkeypatch.setenv("MUTITASK_REDIS_URL", first.url)
-        fresh_settings()
-        count = 3_000
-        for n in (1, 2, 3):
-            procs.device(n, 1, env=FAST)
-        server = procs.python(HELPERS / "server.py", str(count), name="server", env=FAST)
-        wait_until(lambda: mt.results_count(1) >= 800, 120, "800 results")
-        first.stop()  # Redis goes away mid-run...
-        second = LocalRedis(workdir=tmp_path, appendonly=True, port=port).start()  # ...and comes back
-        assert server.wait(300) == 0, procs.output(server)
-        good = [n * 2 for n in range(count) if not expected_double(n)]
-        assert sorted(mt.results(1, limit=None)) == good
-        assert sorted(int(f.data) for f in mt.failed(1, limit=None)) == [n for n in range(count) if expected_double(n)]
-        assert runtime.ledger().outstanding(1) == 0
-    finally:
-        procs.stop_all()
-        first.close()
-        if second is not None:
-            second.close()
-        settings.forget()
+def test_redis_restarted_mid_run_loses_nothing(procs: Processes, restartable_redis: RestartableRedis) -> None:
+    count = 3_000
+    for n in (1, 2, 3):
+        procs.device(n, 1, env=FAST)
+    server = procs.python(HELPERS / "server.py", str(count), name="server", env=FAST)
+    wait_until(lambda: mt.results_count(1) >= 800, 120, "800 results")
+    restartable_redis.stop()  # Redis goes away mid-run...
+    restartable_redis.start_again()  # ...and comes back
+    assert server.wait(300) == 0, procs.output(server)
+    good = [n * 2 for n in range(count) if not expected_double(n)]
+    assert sorted(mt.results(1, limit=None)) == good
+    assert sorted(int(f.data) for f in mt.failed(1, limit=None)) == [n for n in range(count) if expected_double(n)]
+    assert runtime.ledger().outstanding(1) == 0
 
 
 def test_the_sweep_leaves_other_applications_messages_alone(r: redis.Redis, fast_reaper: None) -> None:
@@ -143,42 +167,26 @@ def test_the_sweep_leaves_other_applications_messages_alone(r: redis.Redis, fast
 
 
 def test_messages_a_device_held_ahead_come_back_after_a_redis_restart(
-    procs: Processes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    procs: Processes, restartable_redis: RestartableRedis
 ) -> None:
     """On a lost connection Celery drops the messages a worker holds ahead of the ones it runs
     (they "can't be acked anyway") and kombu's restore of them meets a Redis that is gone;
     the device lives, so no reaper acts. They must still come back long before kombu's
     visibility timeout (an hour). (CI once saw 19 tasks stuck for 3 minutes after a
     restart in test_deployment; this is the closest case reproduced, and it recovers.)"""
-    from mutitask_celery import settings
-    from mutitask_celery.tools.localredis import LocalRedis, free_port
-
-    port = free_port()
-    (tmp_path / "redis").mkdir()
-    first = LocalRedis(workdir=tmp_path / "redis", appendonly=True, port=port).start()
-    second: LocalRedis | None = None
-    try:
-        monkeypatch.setenv("MUTITASK_REDIS_URL", first.url)
-        fresh_settings()
-        client = redis.Redis.from_url(first.url, decode_responses=True)
-        dev = procs.device(1, 1, "hang", env={"HANG_SECONDS": "4", **FAST})
-        wait_until(device_is_up(f"device1@{HOST}"), 30, "device1")
-        tasks = [str(n) for n in range(40)] + ["hang"] + [str(n) for n in range(40, 200)]
-        thread, out = run_in_thread(tasks, channel_size=50)
-        wait_until(lambda: any(s.task == "hang" for s in procs.starts(dev)), 30, "the long task to start")
-        wait_until(lambda: client.hlen(keys.KOMBU_UNACKED) >= 2, 10, "a message held ahead of the long one")
-        client.close()
-        first.stop()  # Redis goes away while the device runs one message and holds another...
-        wait_until(lambda: "Cannot connect to redis" in procs.output(dev), 30, "the device to find Redis gone")
-        second = LocalRedis(workdir=tmp_path / "redis", appendonly=True, port=port).start()  # ...and comes back
-        thread.join(90)  # far less than kombu's visibility timeout (an hour)
-        assert not thread.is_alive(), "the messages the device held ahead did not come back"
-        summary = out["summary"]
-        assert summary.succeeded == len(tasks) and runtime.ledger().outstanding(1) == 0
-        assert sorted(mt.results(1, limit=None)) == sorted(tasks)
-    finally:
-        procs.stop_all()
-        first.close()
-        if second is not None:
-            second.close()
-        settings.forget()
+    client = redis.Redis.from_url(restartable_redis.url, decode_responses=True)
+    dev = procs.device(1, 1, "hang", env={"HANG_SECONDS": "4", **FAST})
+    wait_until(device_is_up(f"device1@{HOST}"), 30, "device1")
+    tasks = [str(n) for n in range(40)] + ["hang"] + [str(n) for n in range(40, 200)]
+    thread, out = run_in_thread(tasks, channel_size=50)
+    wait_until(lambda: any(s.task == "hang" for s in procs.starts(dev)), 30, "the long task to start")
+    wait_until(lambda: client.hlen(keys.KOMBU_UNACKED) >= 2, 10, "a message held ahead of the long one")
+    client.close()
+    restartable_redis.stop()  # Redis goes away while the device runs one message and holds another...
+    wait_until(lambda: "Cannot connect to redis" in procs.output(dev), 30, "the device to find Redis gone")
+    restartable_redis.start_again()  # ...and comes back
+    thread.join(90)  # far less than kombu's visibility timeout (an hour)
+    assert not thread.is_alive(), "the messages the device held ahead did not come back"
+    summary = out["summary"]
+    assert summary.succeeded == len(tasks) and runtime.ledger().outstanding(1) == 0
+    assert sorted(mt.results(1, limit=None)) == sorted(tasks)

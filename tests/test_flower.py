@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import Processes, free_port, fresh_settings, wait_until
+from conftest import Processes, artifacts, free_port, fresh_settings, wait_until
 from helpers.browser import HEADLESS, chromium_binary
 
 from mutitask_celery import runtime
@@ -265,9 +265,7 @@ def test_workers_page_in_a_browser(procs: Processes, r: redis.Redis, tmp_path: P
     # Filled in by the page's JavaScript from /workers?json=1: proof the script ran.
     assert 'id="workers-online">2<' in dom.group(0)
 
-    artifacts = Path(os.environ.get("MUTITASK_TEST_ARTIFACTS") or tmp_path)
-    artifacts.mkdir(parents=True, exist_ok=True)
-    shot = artifacts / "flower-workers.png"
+    shot = artifacts(tmp_path) / "flower-workers.png"
     shot.unlink(missing_ok=True)
     run_chromium(
         procs,

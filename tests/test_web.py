@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import redis
 import requests
-from conftest import Processes, device_is_up, free_port, wait_until
+from conftest import Processes, artifacts, device_is_up, free_port, wait_until
 from helpers.browser import FLAGS, Browser, chromium_binary
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -202,12 +202,6 @@ def browser(procs: Processes, tmp_path: Path) -> Browser:
     browser = Browser(profile, alive=lambda: proc.poll() is None)
     browser.authorize(USER, PASSWORD)
     return browser
-
-
-def artifacts(tmp_path: Path) -> Path:
-    folder = Path(os.environ.get("MUTITASK_TEST_ARTIFACTS") or tmp_path)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def test_the_page_in_a_browser_sees_devices_and_reloads_a_failed_task(

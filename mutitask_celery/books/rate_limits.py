@@ -10,6 +10,7 @@ take, and their copy (:mod:`.device.pacing`) is at most :data:`REFRESH` seconds 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import redis
 
@@ -50,14 +51,20 @@ def describe(limits: dict[int, float]) -> str:
     return "rate limits: " + ", ".join(f"channel {c} {rate:g}/s" for c, rate in sorted(limits.items()))
 
 
-def check_rates(limits: object, channels: int) -> dict[int, float]:
-    """A run's ``rate_limits={channel: per_second}``, each channel one of the run's 1..``channels``."""
+def check_rate_map(limits: object) -> dict[Any, Any]:
+    """``rate_limits`` as given to a server: a dict (its channels and rates are checked by
+    :func:`check_rates` once the run's channels are known)."""
     if not isinstance(limits, dict):
         raise ConfigurationError(
             f"rate_limits must be a dict of channel -> tasks a second, got {type(limits).__name__}"
         )
+    return dict(limits)
+
+
+def check_rates(limits: object, channels: int) -> dict[int, float]:
+    """A run's ``rate_limits={channel: per_second}``, each channel one of the run's 1..``channels``."""
     checked = {}
-    for channel, rate in limits.items():
+    for channel, rate in check_rate_map(limits).items():
         if isinstance(channel, bool) or not isinstance(channel, int) or not 1 <= channel <= channels:
             raise ConfigurationError(
                 f"rate_limits names channel {channel!r}, but this run has channel(s) 1 to {channels}"

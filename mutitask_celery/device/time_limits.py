@@ -55,7 +55,7 @@ class _Runner:
     """One daemon thread running calls one at a time for one worker thread."""
 
     def __init__(self) -> None:
-        self._calls: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
         self.abandoned = False
         self._thread = threading.Thread(target=self._loop, name="mutitask-task-runner", daemon=True)
         self._thread.start()
@@ -64,8 +64,6 @@ class _Runner:
         global _abandoned
         while True:
             call = self._calls.get()
-            if call is None:
-                return
             try:
                 call.value = call.fn(call.arg)
             except BaseException as exc:  # handed to the worker thread, which judges it
@@ -88,9 +86,6 @@ class _Runner:
         self.abandoned = True
         with _abandoned_lock:
             _abandoned += 1
-
-    def close(self) -> None:
-        self._calls.put(None)
 
 
 def call_with_limit(fn: Callable[[Any], Any], arg: Any, limit: float | None, label: str = "") -> Any:

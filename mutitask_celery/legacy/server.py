@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from mutitask_celery import settings
+from mutitask_celery.books.rate_limits import check_rate_map
 from mutitask_celery.books.runs import check_run_name
 from mutitask_celery.connection import exit_on_unreachable
 from mutitask_celery.errors import ConfigurationError
@@ -57,9 +58,7 @@ class BaseConfig:
             raise ConfigurationError(f"MonitorWaitTime must be a positive number, got {MonitorWaitTime!r}")
         self.monitor_wait = float(MonitorWaitTime)
         self.start_paused = bool(start_paused)
-        if rate_limits is not None and not isinstance(rate_limits, dict):
-            raise ConfigurationError(f"rate_limits must be a dict of channel -> tasks a second, got {rate_limits!r}")
-        self.rate_limits = dict(rate_limits or {})  # checked against the run's channels by run()
+        self.rate_limits = check_rate_map({} if rate_limits is None else rate_limits)  # channels: by run()
         if not isinstance(resume, bool):
             raise ConfigurationError(f"resume must be True or False, got {resume!r}")
         self.resume = resume

@@ -230,8 +230,7 @@ class OverviewApi(Base):
 
 class DevicesApi(Base):
     async def get(self) -> None:
-        overview = await self.blocking(self.application.settings["mutitask_overview"]().build)
-        self.send_json(overview["devices"])
+        self.send_json(await self.blocking(views.device_rows))
 
 
 class DeviceActionApi(Base):

@@ -138,9 +138,14 @@ class Overview:
         return {
             "now": time.time(),
             "channels": self.channels(channels),
-            "devices": [d.as_dict() for d in devices],
+            "devices": device_rows(devices),
             "dead_letters": recent_dead_letters(),
         }
+
+
+def device_rows(devices: list[Device] | None = None) -> list[dict[str, Any]]:
+    """Every device as the page and the API show it (read now when not given)."""
+    return [d.as_dict() for d in (runtime.devices().devices() if devices is None else devices)]
 
 
 def recent_dead_letters(count: int = RECENT) -> dict[str, Any]:
