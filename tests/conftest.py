@@ -368,3 +368,42 @@ def poison_run(procs: Processes, env: dict[str, str] | None = None) -> None:
     (record,) = mt.failed(1)
     assert record.data == "poison" and record.reason.startswith("worker lost")
     assert sorted(mt.results(1)) == ["a", "b", "c"]
+
+
+class RestartableRedis:
+    """A redis-server of the test's own, with its append-only file, that the test stops and
+    starts again on the same port; this process and its children use it."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir, self.port = workdir, free_port()
+        self.server = self._started()
+        self.url = self.server.url
+
+    def _started(self) -> LocalRedis:
+        return LocalRedis(workdir=self.workdir, appendonly=True, port=self.port).start()
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def start_again(self) -> None:
+        self.server = self._started()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+def restartable_redis(procs: Processes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RestartableRedis]:
+    """A :class:`RestartableRedis` as MUTITASK_REDIS_URL; the test's processes are stopped before it."""
+    from mutitask_celery import settings
+
+    (tmp_path / "redis").mkdir()
+    server = RestartableRedis(tmp_path / "redis")
+    try:
+        monkeypatch.setenv("MUTITASK_REDIS_URL", server.url)
+        fresh_settings()
+        yield server
+    finally:
+        procs.stop_all()
+        server.close()
+        settings.forget()

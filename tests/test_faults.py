@@ -5,60 +5,27 @@ from __future__ import annotations
 import signal
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
-from conftest import HELPERS, Processes, device_is_up, fresh_settings, poison_run, run_in_thread, wait_until
+from conftest import (
+    HELPERS,
+    Processes,
+    RestartableRedis,
+    device_is_up,
+    fresh_settings,
+    poison_run,
+    run_in_thread,
+    wait_until,
+)
 
 import mutitask_celery as mt
 from mutitask_celery import codec, keys, runtime
 from mutitask_celery.books import messages
 from mutitask_celery.books.brokers import BooksRedis
-from mutitask_celery.tools.localredis import LocalRedis, free_port
 
 HOST = socket.gethostname()
 FAST = {"MUTITASK_DEAD_AFTER": "3"}  # declare a silent device dead after 3 s (default 10)
-
-
-class RestartableRedis:
-    """A redis-server of the test's own, with its append-only file, that the test stops and
-    starts again on the same port; this process and its children use it."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir, self.port = workdir, free_port()
-        self.server = self._started()
-        self.url = self.server.url
-
-    def _started(self) -> LocalRedis:
-        return LocalRedis(workdir=self.workdir, appendonly=True, port=self.port).start()
-
-    def stop(self) -> None:
-        self.server.stop()
-
-    def start_again(self) -> None:
-        self.server = self._started()
-
-    def close(self) -> None:
-        self.server.close()
-
-
-@pytest.fixture
-def restartable_redis(procs: Processes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RestartableRedis]:
-    """A :class:`RestartableRedis` as MUTITASK_REDIS_URL; the test's processes are stopped before it."""
-    from mutitask_celery import settings
-
-    (tmp_path / "redis").mkdir()
-    server = RestartableRedis(tmp_path / "redis")
-    try:
-        monkeypatch.setenv("MUTITASK_REDIS_URL", server.url)
-        fresh_settings()
-        yield server
-    finally:
-        procs.stop_all()
-        server.close()
-        settings.forget()
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, cast
 
@@ -151,6 +152,37 @@ class _Unacked:
         return None if found is None else cls(message, str(routing_key), found[0], found[1])
 
 
+@dataclass(frozen=True)
+class _Snapshot:
+    """What the sweep compares, read in one transaction (see :meth:`Reaper.sweep`)."""
+
+    unacked: dict[str, _Unacked]  # kombu's unacked entries of ours, by delivery tag
+    outstanding: dict[int, set[str]]  # per channel: the tasks in the books
+    placed: dict[int, set[str]]  # per channel: the tasks on its queue or in its backlog
+
+    @classmethod
+    def read(cls, client: redis.Redis, channels: Sequence[int]) -> _Snapshot:
+        pipe = client.pipeline(transaction=True)
+        for channel in channels:
+            pipe.hkeys(keys.pending(channel))
+            pipe.zrange(keys.backlog(channel), 0, -1)
+            pipe.lrange(keys.queue(channel), 0, -1)
+        pipe.hgetall(keys.KOMBU_UNACKED)
+        *per_channel, raw_unacked = pipe.execute()
+        unacked = {
+            text(tag): entry for tag, raw in raw_unacked.items() if (entry := _Unacked.parse(text(raw))) is not None
+        }
+        outstanding: dict[int, set[str]] = {}
+        placed: dict[int, set[str]] = {}
+        for i, channel in enumerate(channels):
+            pending, backlog, queued = per_channel[3 * i : 3 * i + 3]
+            outstanding[channel] = {text(t) for t in pending}
+            placed[channel] = {text(t) for t in backlog}
+            for raw in queued:
+                placed[channel].update(_queued_ids(text(raw)))
+        return cls(unacked, outstanding, placed)
+
+
 class Recovered(str, Enum):
     """What became of one message a reaper tried to take back (``lua/recover.lua``)."""
 
@@ -189,25 +221,60 @@ class Reaper:
         self._due_seen: int | None = None
         self._sweeps_left = 0
         self._next_safety = 0.0
+        self._stalled_once: set[int] = set()  # channels stalled at the last look
+        self._stalled_swept: set[int] = set()  # ... whose stall has had its sweeps already
 
     def sweep_if_due(self, channels: Sequence[int]) -> int:
         """Sweep (see :meth:`sweep`) only when it can find something: the cracks it mends open
-        only when a device process dies, and a death is announced (``sweep:due``, by the reaper
-        that finds a silent device and by a device that starts again). Then it sweeps twice in
-        a row, as a crack is confirmed at two sweeps; otherwise once every
+        when a device process dies, or when Redis goes away while a device takes a message.
+        Either is announced (``sweep:due``: by the reaper that finds a silent device, by a
+        device that starts again, by a device or server that reconnects after an outage), or
+        shows as a stall (:meth:`_stalled`: tasks wait in the books, none on the queue). Then
+        it sweeps twice in a row, as a crack is confirmed at two sweeps; otherwise once every
         :data:`SAFETY_SWEEP` seconds. So recovery costs the server what changed, not what is
         outstanding."""
         due = int(self.client.get(keys.SWEEP_DUE) or 0)
+        stalled = self._stalled(channels)
         now = time.monotonic()
-        if due != self._due_seen or now >= self._next_safety:
+        if due != self._due_seen or stalled or now >= self._next_safety:
             self._due_seen, self._sweeps_left, self._next_safety = due, 2, now + SAFETY_SWEEP
         if self._sweeps_left <= 0:
             return 0
         self._sweeps_left -= 1
         return self.sweep(channels)
 
+    def _stalled(self, channels: Sequence[int]) -> bool:
+        """True when a channel has shown tasks waiting (in the books, in no device's hands, not
+        in the backlog) and an empty queue at two looks in a row, and had not before: a message
+        left the queue and reached no device. Nothing else can announce that crack when it
+        opens with every device alive (kombu's ``BRPOP`` answered into a connection that Redis
+        closed as it went away). A stall that lasts calls for one sweep pair, not one a look."""
+        pipe = self.client.pipeline(transaction=True)
+        for channel in channels:
+            pipe.hlen(keys.pending(channel))
+            pipe.get(keys.held(channel))
+            pipe.zcard(keys.backlog(channel))
+            pipe.llen(keys.queue(channel))
+        replies = pipe.execute()
+        now: set[int] = set()
+        for i, channel in enumerate(channels):
+            outstanding, held, backlog, queued = replies[4 * i : 4 * i + 4]
+            if int(outstanding) - max(0, int(held or 0)) - int(backlog) > 0 and int(queued) == 0:
+                now.add(channel)
+        confirmed = now & self._stalled_once
+        newly = bool(confirmed - self._stalled_swept)
+        self._stalled_swept = (self._stalled_swept & now) | confirmed
+        self._stalled_once = now
+        if newly:
+            log.warning(
+                "channel(s) %s: tasks wait in the books but none is on the queue: sweeping",
+                ", ".join(str(c) for c in sorted(confirmed)),
+            )
+        return newly
+
     def announce_death(self) -> None:
-        """A device process died (or restarted): the server should sweep."""
+        """A device process died (or restarted), or something reconnected after Redis went
+        away: the server should sweep."""
         self.client.incr(keys.SWEEP_DUE)
 
     def sweep(self, channels: Sequence[int]) -> int:
@@ -215,22 +282,23 @@ class Reaper:
 
         Two cracks, each confirmed at two sweeps in a row (a message crosses
         them in microseconds when all is well): an outstanding task on no
-        queue and in no unacked entry (its device died between ``BRPOP`` and
-        kombu's unacked record), and an unacked message no device notes in
-        hand (it died before noting it).
+        queue, in no unacked entry and not in the backlog (its device died, or
+        Redis went away, between ``BRPOP`` and kombu's unacked record), and an
+        unacked message no device notes in hand (it died before noting it).
+
+        What it compares is read in one transaction: read one after the other, a task
+        moving from the queue into an unacked entry between two reads would be seen in
+        neither.
         """
-        unacked = {
-            text(tag): entry
-            for tag, raw in self.client.hgetall(keys.KOMBU_UNACKED).items()
-            if (entry := _Unacked.parse(text(raw))) is not None
-        }
-        held = {task_id for entry in unacked.values() for task_id in entry.ids}
+        snapshot = _Snapshot.read(self.client, channels)
+        unacked = snapshot.unacked
         noted = self._noted()
         orphans = {tag for tag, entry in unacked.items() if entry.message.get("headers", {}).get("id") not in noted}
         fixed = self._restore_orphans(orphans & self._suspect_tags, unacked)
         self._suspect_tags = orphans - self._suspect_tags
+        held = {task_id for entry in unacked.values() for task_id in entry.ids}
         for channel in channels:
-            fixed += self._republish_missing(channel, held)
+            fixed += self._republish_missing(channel, snapshot.outstanding[channel], snapshot.placed[channel] | held)
         return fixed
 
     def _noted(self) -> set[str]:
@@ -260,21 +328,19 @@ class Reaper:
         pipe.zrem(keys.KOMBU_UNACKED_INDEX, tag)
         pipe.execute()
 
-    def _republish_missing(self, channel: int, held_unacked: set[str]) -> int:
-        outstanding = {text(t) for t in self.client.hkeys(keys.pending(channel))}
+    def _republish_missing(self, channel: int, outstanding: set[str], placed: set[str]) -> int:
+        """Publish again the outstanding tasks found nowhere (``placed``: on the queue, in the
+        backlog or in an unacked entry) at this sweep and the one before."""
         if not outstanding:
             self._suspects.pop(channel, None)
             return 0
-        held = set(held_unacked)
-        for raw in self.client.lrange(keys.queue(channel), 0, -1):
-            held.update(_queued_ids(text(raw)))
-        missing = outstanding - held
+        missing = outstanding - placed
         lost = missing & self._suspects.get(channel, set())
         self._suspects[channel] = missing - lost
         if lost:
             log.warning(
                 "channel %d: %d outstanding task(s) were on no queue and in no device's hands "
-                "(a device died while taking them): publishing them again",
+                "(a device died, or Redis went away, while taking them): publishing them again",
                 channel,
                 len(lost),
             )

@@ -71,7 +71,10 @@ class DeviceLife:
         self.books = Watermarks()  # the tasks it has finished, as the books said (see integrity)
         self.stopping = threading.Event()  # ends its threads
         self.told_to_leave = threading.Event()  # a stop is coming (see leaving)
-        self.unnoted = threading.Event()  # a message went un-noted: the server's sweep must look for it
+        # A message may be in no device's note (one went un-noted, or Redis went away while kombu
+        # took one): the server's sweep must look for it.
+        self.unnoted = threading.Event()
+        self.reconnects = 0  # the consumer's restarts seen so far (each follows a lost connection)
         self.next_forget = 0.0
 
     def init(self, name: str) -> None:
@@ -88,6 +91,7 @@ class DeviceLife:
         queues = [q.name for q in consumer.task_consumer.queues]
         self.queues[:] = queues
         self.consumer = consumer
+        self.reconnects = int(getattr(consumer, "restart_count", 0) or 0)
         slots = int(getattr(getattr(consumer, "pool", None), "num_processes", 1) or 1)
         prefetch.install(getattr(consumer, "qos", None), slots)
         isolation.device.slots = slots
@@ -154,13 +158,26 @@ class DeviceLife:
                 log.exception("%s failed", what)
 
     def beat(self, name: str) -> None:
-        """One heartbeat, and the books' count of this device's finished tasks checked."""
+        """One heartbeat, and the books' count of this device's finished tasks checked.
+
+        After an outage (the consumer reconnected, or a heartbeat failed) it also calls for
+        the server's sweep: kombu may have popped a message as Redis went away and never
+        recorded it, and nothing else would find it while every device lives.
+        """
         devices = runtime.devices()
+        reconnects = int(getattr(self.consumer, "restart_count", 0) or 0)
+        if reconnects > self.reconnects:
+            self.reconnects = reconnects
+            self.unnoted.set()
         if self.unnoted.is_set():
             runtime.broker().look_for_strays()  # not a death, but the same crack: a message in no device's note
             self.unnoted.clear()
         marks = self.books.mark()
-        done = devices.heard(name)
+        try:
+            done = devices.heard(name)
+        except (redis.ConnectionError, redis.TimeoutError):
+            self.unnoted.set()
+            raise
         if done < 0:  # the roster had forgotten this device: its counts start afresh
             self.books.forget(done_key(name))
             return

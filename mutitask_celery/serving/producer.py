@@ -290,6 +290,8 @@ class Producer:
             with _Recovery(self.ledger.broker, channels):
                 while not self._stop.is_set():
                     try:
+                        if outage is not None:  # Redis may have taken a message down with it
+                            self.ledger.broker.look_for_strays()
                         if self._step():
                             if self.record is not None:
                                 self.record.finish()  # started again, it starts afresh

@@ -1,0 +1,154 @@
+"""The server's sweep: what it may put back, what it must leave alone, and how soon it runs
+after something stranded a message while every device lived (a Redis restart)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import redis
+from conftest import Processes, RestartableRedis, device_is_up, run_in_thread, wait_until
+from kombu.exceptions import OperationalError
+
+import mutitask_celery as mt
+from mutitask_celery import codec, keys, runtime
+from mutitask_celery.books import messages
+from mutitask_celery.books.brokers import BooksRedis
+from mutitask_celery.books.ledger import Outcome
+from mutitask_celery.books.recovery import Reaper
+
+HOST = socket.gethostname()
+
+
+def _reaper() -> Reaper:
+    broker = runtime.broker()
+    assert isinstance(broker, BooksRedis)
+    return broker.reaper
+
+
+def _queued_ids(r: redis.Redis, channel: int) -> list[str]:
+    ids: list[str] = []
+    for raw in r.lrange(keys.queue(channel), 0, -1):
+        body = json.loads(base64.b64decode(json.loads(raw)["body"]))
+        ids += [str(item[0]) for item in body[0][1]]
+    return ids
+
+
+def test_the_sweep_leaves_reloaded_tasks_waiting_in_the_backlog_alone(r: redis.Redis) -> None:
+    """Reloaded tasks wait in the books' backlog, on no queue, until devices make room: they
+    are not stranded, and publishing them again ran each twice and flooded the channel."""
+    ledger = runtime.ledger()
+    ids = [messages.new_task_id() for _ in range(120)]
+    ledger.publish(1, [(t, codec.encode(f"f{n}")) for n, t in enumerate(ids)], batch=10)
+    r.delete(keys.queue(1))  # as if devices had taken them all...
+    ledger.finish(1, "device1@test", [Outcome(t, ok=False, reason="returned None") for t in ids])  # ...and failed
+    assert mt.reload_failed(channel=1) == 120
+    queued = _queued_ids(r, 1)
+    assert 0 < len(queued) <= 50  # the first ones went out, ChannelSize at a time
+    reaper = _reaper()
+    assert reaper.sweep([1]) == 0
+    assert reaper.sweep([1]) == 0  # confirmed at two sweeps: a stranded task would go out now
+    assert sorted(_queued_ids(r, 1)) == sorted(queued)  # nothing published twice
+    assert r.zcard(keys.backlog(1)) == 120 - len(queued)
+
+
+@pytest.mark.unit
+def test_queued_ids_reads_our_envelope() -> None:
+    """The helper above reads the same envelope the sweep reads (a guard for the test itself)."""
+    message = json.dumps({"body": base64.b64encode(json.dumps([[1, [["a", "1"]]], {}, {}]).encode()).decode()})
+    assert json.loads(base64.b64decode(json.loads(message)["body"]))[0][1] == [["a", "1"]]
+
+
+class _SweepCount:
+    """Counts the sweeps of every reaper of this process (the server's runs in a thread here)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.done = 0
+        original = Reaper.sweep
+
+        def counted(reaper: Reaper, channels: Sequence[int]) -> int:
+            try:
+                return original(reaper, channels)
+            finally:
+                self.done += 1
+
+        monkeypatch.setattr(Reaper, "sweep", counted)
+
+
+def _strand_one_message(client: redis.Redis) -> list[str]:
+    """Take one message off channel 1's queue and drop it, as kombu's ``BRPOP`` does when Redis
+    goes away before the unacked record is written (or the reply is lost at ``SHUTDOWN``):
+    on no queue, in no unacked entry, in no device's note. Returns its task ids."""
+    raw = wait_until(lambda: client.rpop(keys.queue(1)), 30, "a message on the queue")
+    return [str(item[0]) for item in json.loads(base64.b64decode(json.loads(raw)["body"]))[0][1]]
+
+
+def _paused_device_and_run(
+    procs: Processes, tasks: list[str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[Any, threading.Thread, dict[str, Any], _SweepCount]:
+    """A paused device1 (it lives, takes nothing), a server run of ``tasks`` in a thread, and
+    the server's start-up sweeps done: anything stranded from now on waits for a sweep that
+    something must call for."""
+    sweeps = _SweepCount(monkeypatch)
+    mt.pause("all")
+    device = procs.device(1, 1, "double")
+    wait_until(device_is_up(f"device1@{HOST}"), 30, "device1")
+    thread, out = run_in_thread(tasks, channel_size=50)
+    wait_until(lambda: sweeps.done >= 2, 30, "the server's start-up sweeps")
+    return device, thread, out, sweeps
+
+
+def _started_all() -> bool:
+    """``start all``, False while the connections left from before a restart still fail."""
+    try:
+        return bool(mt.start("all"))
+    except (redis.RedisError, OperationalError, OSError):
+        return False
+
+
+def _assert_all_saved_once(thread: threading.Thread, out: dict[str, Any], tasks: list[str], within: float) -> None:
+    thread.join(within)  # the safety sweep comes after 300 s: only a called-for sweep ends the run sooner
+    assert not thread.is_alive(), "the stranded task was not published again"
+    good = sorted(int(t) * 2 for t in tasks if int(t) % 10 and int(t) % 13)
+    assert sorted(mt.results(1, limit=None)) == good  # every success saved exactly once
+    assert out["summary"].published == len(tasks) and runtime.ledger().outstanding(1) == 0
+
+
+def test_a_message_stranded_while_every_device_lives_goes_out_again_within_seconds(
+    procs: Processes, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No device died, Redis did not restart: the channel shows tasks waiting and an empty
+    queue. The server notices the stall and sweeps, instead of waiting for its safety sweep."""
+    tasks = [str(n) for n in range(1, 40)]
+    _, thread, out, _ = _paused_device_and_run(procs, tasks, monkeypatch)
+    stranded = _strand_one_message(r)
+    assert stranded and all(r.hexists(keys.pending(1), t) for t in stranded)
+    mt.start("all")
+    _assert_all_saved_once(thread, out, tasks, within=60)
+
+
+def test_after_a_redis_restart_with_live_devices_a_stranded_message_goes_out_again(
+    procs: Processes, restartable_redis: RestartableRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis restarts while every device lives; a message popped as it went away is on no queue
+    and in no note. A device that reconnects (and the server) call for a sweep: the run goes
+    on within seconds, and the books' held counts and notes end consistent."""
+    client = redis.Redis.from_url(restartable_redis.url, decode_responses=True)
+    tasks = [str(n) for n in range(1, 40)]
+    device, thread, out, _ = _paused_device_and_run(procs, tasks, monkeypatch)
+    _strand_one_message(client)
+    client.close()
+    restartable_redis.stop()
+    wait_until(lambda: "Cannot connect to redis" in procs.output(device), 30, "the device to find Redis gone")
+    restartable_redis.start_again()
+    client = redis.Redis.from_url(restartable_redis.url, decode_responses=True)
+    wait_until(_started_all, 30, "the device to answer again")
+    _assert_all_saved_once(thread, out, tasks, within=60)
+    assert int(client.get(keys.held(1)) or 0) == 0
+    wait_until(lambda: client.hlen(keys.inhand(f"device1@{HOST}")) == 0, 10, "no note left in device1's hands")
+    client.close()
