@@ -30,6 +30,8 @@ Layout (``<ch>`` is a channel number, ``<id>`` a task id):
                                 hands (kombu's delivery tag and its ``unacked_index`` score, which tells
                                 deliveries apart)
 ``mutitask:started:<ch>``       hash message id -> device: messages whose tasks a device started running
+``mutitask:claims:<ch>``        hash task id -> "<device>|<message id>": a device calls its save function on
+                                the task's result (at most once a task: see lua/claim.lua)
 ``mutitask:held:<ch>``          tasks of the channel in devices' hands (the sum over their notes)
 ``mutitask:backlog:<ch>``       sorted set id -> time: reloaded tasks in the books, fed into the channel as
                                 devices make room (a reload never floods a channel)
@@ -173,6 +175,12 @@ def lost(channel: int) -> str:
 def backlog(channel: int) -> str:
     """Reloaded tasks of the channel, in the books, waiting for room in the channel."""
     return f"{PREFIX}:backlog:{channel}"
+
+
+def claims(channel: int) -> str:
+    """Tasks of the channel whose result a device's save function is saving: claimed first, so
+    that a task that ran twice is saved once (see ``lua/claim.lua``)."""
+    return f"{PREFIX}:claims:{channel}"
 
 
 def held(channel: int) -> str:

@@ -407,3 +407,13 @@ def restartable_redis(procs: Processes, tmp_path: Path, monkeypatch: pytest.Monk
         procs.stop_all()
         server.close()
         settings.forget()
+
+
+FAST = {"MUTITASK_DEAD_AFTER": "3"}  # declare a silent device dead after 3 s (default 10)
+
+
+@pytest.fixture
+def fast_reaper(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> None:
+    """This process (a server run in a thread, the reapers) declares a silent device dead after 3 s."""
+    monkeypatch.setenv("MUTITASK_DEAD_AFTER", "3")
+    fresh_settings()

@@ -1,6 +1,8 @@
 """A short chaos soak (bench/chaos.py) in the default test command: eight devices, one of them
-on the prefork pool, random SIGKILLs, a Redis restart mid-run, 1 % poison tasks. Nothing may
-be lost, nothing healthy buried, nothing saved twice. ``python bench/chaos.py`` is the long one."""
+on the prefork pool, random SIGKILLs and freezes, two Redis restarts mid-run, 1 % poison tasks,
+2 % tasks that fail until the soak reloads them, a user's save function on one channel.
+Nothing may be lost, nothing healthy buried, nothing saved twice (by either save function),
+nothing left behind. ``python bench/chaos.py`` is the long one."""
 
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ def test_a_short_chaos_soak_ends_every_task_exactly_once() -> None:
             "2000",
             "--kill-every",
             "1.5",
+            "--freeze-every",
+            "3",
             "--timeout",
             "480",
             "--json",
@@ -35,6 +39,8 @@ def test_a_short_chaos_soak_ends_every_task_exactly_once() -> None:
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     assert figures["lost"] == 0 and figures["wrongly_buried"] == 0 and figures["saved_twice"] == 0, figures
+    assert figures["saved_twice_by_save_function"] == 0 and figures["failed_after_reloads"] == 0, figures
     assert figures["dead_lettered_poison"] == figures["poison_fed"] == 20, figures
     assert figures["saved"] == 2000 - 20 and figures["outstanding"] == 0, figures
-    assert figures["redis_restarts"] == 1 and figures["kills"] >= 1, figures
+    assert figures["leftovers"] == {"held": 0, "claims": 0, "notes": 0, "stale_unacked": 0}, figures
+    assert figures["redis_restarts"] == 2 and figures["reloads"] == 2 and figures["kills"] >= 1, figures

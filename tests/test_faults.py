@@ -9,11 +9,11 @@ import time
 import pytest
 import redis
 from conftest import (
+    FAST,
     HELPERS,
     Processes,
     RestartableRedis,
     device_is_up,
-    fresh_settings,
     poison_run,
     run_in_thread,
     wait_until,
@@ -25,14 +25,6 @@ from mutitask_celery.books import messages
 from mutitask_celery.books.brokers import BooksRedis
 
 HOST = socket.gethostname()
-FAST = {"MUTITASK_DEAD_AFTER": "3"}  # declare a silent device dead after 3 s (default 10)
-
-
-@pytest.fixture
-def fast_reaper(monkeypatch: pytest.MonkeyPatch, redis_url: str) -> None:
-
-    monkeypatch.setenv("MUTITASK_DEAD_AFTER", "3")
-    fresh_settings()
 
 
 def test_task_of_a_killed_device_is_delivered_again_within_seconds(

@@ -21,6 +21,7 @@ from mutitask_celery.books import messages
 from mutitask_celery.books.brokers import BooksRedis
 from mutitask_celery.books.ledger import Outcome
 from mutitask_celery.books.recovery import Reaper
+from mutitask_celery.control import Taken
 
 HOST = socket.gethostname()
 
@@ -152,3 +153,34 @@ def test_after_a_redis_restart_with_live_devices_a_stranded_message_goes_out_aga
     assert int(client.get(keys.held(1)) or 0) == 0
     wait_until(lambda: client.hlen(keys.inhand(f"device1@{HOST}")) == 0, 10, "no note left in device1's hands")
     client.close()
+
+
+def test_a_device_does_not_note_a_delivery_kombu_no_longer_holds(r: redis.Redis) -> None:
+    """A note step that Redis forgot in a restart is made again when the next message is noted,
+    after its message finished: noting it then left a stale note (with no score) that held
+    ``held:1`` up for good, and later runs filled the channel past its size by that much."""
+    devices = runtime.devices()
+    devices.heard("device1@test", in_hand=Taken("finished-message", "gone-tag", 19, 1))
+    assert r.hlen(keys.inhand("device1@test")) == 0
+    assert int(r.get(keys.held(1)) or 0) == 0
+    r.zadd(keys.KOMBU_UNACKED_INDEX, {"live-tag": 1700000000.5})  # a delivery kombu holds is noted
+    devices.heard("device1@test", in_hand=Taken("live-message", "live-tag", 3, 1))
+    assert r.hget(keys.inhand("device1@test"), "live-message") == "live-tag|1700000000.5|3|1"
+    assert int(r.get(keys.held(1)) or 0) == 3
+
+
+def test_the_sweep_drops_stale_notes_and_counts_held_again(r: redis.Redis) -> None:
+    """What a Redis restart left behind (stale notes, a drifted count) is mended by the sweep,
+    confirmed at two sweeps; a note of a delivery kombu still holds stays."""
+    devices = runtime.devices()
+    devices.heard("device1@test")  # alive
+    r.zadd(keys.KOMBU_UNACKED_INDEX, {"live-tag": 1700000000.5})
+    devices.heard("device1@test", in_hand=Taken("live-message", "live-tag", 3, 1))
+    r.hset(keys.inhand("device1@test"), "finished-message", "gone-tag||19|1")  # as the old step left it
+    r.incrby(keys.held(1), 19 + 56)  # ... and a count that drifted besides
+    reaper = _reaper()
+    reaper.sweep([1])
+    assert r.hexists(keys.inhand("device1@test"), "finished-message")  # one look is not enough
+    reaper.sweep([1])
+    assert r.hgetall(keys.inhand("device1@test")) == {"live-message": "live-tag|1700000000.5|3|1"}
+    assert int(r.get(keys.held(1)) or 0) == 3

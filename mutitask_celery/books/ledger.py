@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import redis
@@ -66,6 +67,30 @@ class Outcome:
     result: str = ""
     reason: str = ""
     traceback: str = ""
+    skipped: bool = False  # it ran, but another run owns its outcome (see :meth:`Ledger.claim`)
+
+    @property
+    def kind(self) -> str:
+        """The word ``lua/finish.lua`` takes for it."""
+        return "skip" if self.skipped else "ok" if self.ok else "fail"
+
+
+def claim_of(device: str, message_id: str) -> str:
+    """A device's claim on the tasks of a message it holds (see :meth:`Ledger.claim`)."""
+    return f"{device}|{message_id}"
+
+
+class Claimed(IntEnum):
+    """What :meth:`Ledger.claim` says of a task (``lua/claim.lua``'s codes)."""
+
+    HELD_ELSEWHERE = -1  # another run holds the claim: not to be saved here
+    NOT_YOURS = 0  # finished already, or its message was taken back from this device
+    CLAIMED = 1  # save it
+    REVIVING = 2  # save it: its burial as 'worker lost' gives way to this success
+
+    @property
+    def save(self) -> bool:
+        return self > 0
 
 
 class Finished(NamedTuple):
@@ -87,6 +112,7 @@ class ChannelStats:
     failed: int = 0
     duplicates: int = 0
     reloaded: int = 0
+    revived: int = 0  # burials as 'worker lost' that a late success replaced (counted in both)
     messages: int = 0  # messages finished (one carries one or more tasks)
     timed: int = 0  # tasks whose run time is in ``busy``
     busy: float = 0.0  # seconds devices spent running tasks
@@ -167,6 +193,7 @@ class Ledger:
         self._publish = scripts.load(client, "publish")
         self._publish_known = False  # loaded into Redis by this process (round() pipelines EVALSHA)
         self._feed = scripts.load(client, "feed")
+        self._claim = scripts.load(client, "claim")
 
     def outstanding(self, channel: int) -> int:
         """Tasks of the channel published (or reloaded) and not yet finished."""
@@ -345,6 +372,7 @@ class Ledger:
         busy: float = 0.0,
         step: str = "",
         writer: str = "",
+        claim: str = "",
     ) -> Finished:
         """Record outcomes atomically (``lua/finish.lua``); returns what the step did.
 
@@ -353,7 +381,8 @@ class Ledger:
         feeds the producer's choice of how many tasks a message carries. ``step`` and
         ``writer`` make a retry safe: a call repeated with the same step id by the same
         writer (one thread of the device) returns the first call's result and changes
-        nothing, so a lost reply never counts a task twice.
+        nothing, so a lost reply never counts a task twice. ``claim``: the device's claim, when
+        its save function saved the results (see :meth:`claim`).
         """
         listed = list(outcomes)
         if not listed:
@@ -365,9 +394,10 @@ class Ledger:
             repr(float(busy)),
             step or messages.new_task_id(),
             writer or f"{device}:{threading.get_ident()}",
+            claim,
         ]
         for o in listed:
-            argv += ["ok" if o.ok else "fail", o.task_id, o.result, o.reason, o.traceback]
+            argv += [o.kind, o.task_id, o.result, o.reason, o.traceback]
         ks = [
             keys.pending(channel),
             keys.meta(channel),
@@ -386,9 +416,21 @@ class Ledger:
             keys.steps(device),
             keys.held(channel),
             keys.backlog(channel),
-            *[keys.dead_record(o.task_id) for o in listed if not o.ok],
+            keys.claims(channel),
+            *[keys.dead_record(o.task_id) for o in listed],
         ]
         return Finished(*(int(n) for n in self._finish(keys=ks, args=argv)))
+
+    def claim(self, channel: int, device: str, message_id: str, task_ids: Sequence[str]) -> list[Claimed]:
+        """Claim tasks before a user's save function is called on their results
+        (``lua/claim.lua``): a task is saved only by the run that claimed it, so a task that ran
+        twice (a device taken for dead that was only frozen, a message delivered twice) is
+        saved once. Safe to repeat: a claim made again by its holder stands."""
+        if not task_ids:
+            return []
+        ks = [keys.pending(channel), keys.claims(channel), keys.inhand(device), *map(keys.dead_record, task_ids)]
+        argv = [claim_of(device, message_id), message_id, "1" if self.broker.notes_holds else "0", *task_ids]
+        return [Claimed(int(code)) for code in self._claim(keys=ks, args=argv)]
 
     def wait_for_progress(self, channels: Sequence[int], timeout: float) -> None:
         """Block until a device takes or finishes a message of one of ``channels``, or ``timeout``

@@ -159,6 +159,7 @@ class _Snapshot:
     unacked: dict[str, _Unacked]  # kombu's unacked entries of ours, by delivery tag
     outstanding: dict[int, set[str]]  # per channel: the tasks in the books
     placed: dict[int, set[str]]  # per channel: the tasks on its queue or in its backlog
+    delivered: dict[str, float]  # kombu's unacked index: delivery tag -> its score
 
     @classmethod
     def read(cls, client: redis.Redis, channels: Sequence[int]) -> _Snapshot:
@@ -168,7 +169,8 @@ class _Snapshot:
             pipe.zrange(keys.backlog(channel), 0, -1)
             pipe.lrange(keys.queue(channel), 0, -1)
         pipe.hgetall(keys.KOMBU_UNACKED)
-        *per_channel, raw_unacked = pipe.execute()
+        pipe.zrange(keys.KOMBU_UNACKED_INDEX, 0, -1, withscores=True)
+        *per_channel, raw_unacked, index = pipe.execute()
         unacked = {
             text(tag): entry for tag, raw in raw_unacked.items() if (entry := _Unacked.parse(text(raw))) is not None
         }
@@ -180,7 +182,7 @@ class _Snapshot:
             placed[channel] = {text(t) for t in backlog}
             for raw in queued:
                 placed[channel].update(_queued_ids(text(raw)))
-        return cls(unacked, outstanding, placed)
+        return cls(unacked, outstanding, placed, {text(tag): float(score) for tag, score in index})
 
 
 class Recovered(str, Enum):
@@ -216,8 +218,10 @@ class Reaper:
         self._retire = scripts.load(client, "retire")
         self._forget = scripts.load(client, "forget")
         self._drop = scripts.load(client, "drop_note")
+        self._held = scripts.load(client, "held")
         self._suspects: dict[int, set[str]] = {}
         self._suspect_tags: set[str] = set()
+        self._stale_notes: set[tuple[str, str, str]] = set()  # (device, message id, note) stale at the last sweep
         self._due_seen: int | None = None
         self._sweeps_left = 0
         self._next_safety = 0.0
@@ -292,21 +296,61 @@ class Reaper:
         """
         snapshot = _Snapshot.read(self.client, channels)
         unacked = snapshot.unacked
-        noted = self._noted()
+        names, notes = self._notes()
+        noted = {message_id for held in notes.values() for message_id in held}
         orphans = {tag for tag, entry in unacked.items() if entry.message.get("headers", {}).get("id") not in noted}
         fixed = self._restore_orphans(orphans & self._suspect_tags, unacked)
         self._suspect_tags = orphans - self._suspect_tags
         held = {task_id for entry in unacked.values() for task_id in entry.ids}
         for channel in channels:
             fixed += self._republish_missing(channel, snapshot.outstanding[channel], snapshot.placed[channel] | held)
+        self._drop_stale_notes(notes, snapshot.delivered)
+        for channel in channels:
+            self._count_held_again(channel, names)
         return fixed
 
-    def _noted(self) -> set[str]:
-        """Message ids some device notes in hand (devices alive or recently dead hold them all)."""
+    def _notes(self) -> tuple[list[str], dict[str, dict[str, str]]]:
+        """The devices alive or recently dead (they hold every note), and their notes:
+        device -> message id -> note."""
+        names = [text(n) for n in cast("list[str]", self.client.zrange(keys.DEVICES_BEATS, 0, -1))]
         pipe = self.client.pipeline(transaction=False)
-        for name in cast("list[str]", self.client.zrange(keys.DEVICES_BEATS, 0, -1)):
-            pipe.hkeys(keys.inhand(name))
-        return {text(m) for ids in pipe.execute() for m in ids}
+        for name in names:
+            pipe.hgetall(keys.inhand(name))
+        held = pipe.execute()
+        return names, {
+            name: {text(m): text(n) for m, n in notes.items()} for name, notes in zip(names, held, strict=True)
+        }
+
+    def _drop_stale_notes(self, notes: dict[str, dict[str, str]], delivered: dict[str, float]) -> None:
+        """Drop the notes of deliveries kombu no longer holds (no unacked entry with the noted
+        score), stale at this sweep and the one before: each holds ``held:<ch>`` up, so the
+        channel would be filled past its size for good. (A note is written after kombu's
+        entry and dropped before the acknowledgement; only a step made again late, after a
+        restart, writes one for a finished message.)"""
+        stale = {
+            (name, message_id, note)
+            for name, held in notes.items()
+            for message_id, note in held.items()
+            if _noted_score(note) is None or delivered.get(note.split("|", 1)[0]) != _noted_score(note)
+        }
+        for name, message_id, note in stale & self._stale_notes:
+            log.warning("%s's note of message %s was stale (kombu no longer holds it): dropped", name, message_id)
+            self._drop_note(name, message_id, note)
+        self._stale_notes = stale - self._stale_notes
+
+    def _count_held_again(self, channel: int, names: list[str]) -> None:
+        """``held:<ch>`` set to the sum of the notes (``lua/held.lua``), if it drifted."""
+        for _ in range(3):
+            reply = self._held(
+                keys=[keys.held(channel), keys.DEVICES_BEATS, *map(keys.inhand, names)], args=[channel, *names]
+            )
+            if int(reply[0]) >= 0:
+                if int(reply[0]) != int(reply[1]):
+                    log.warning(
+                        "channel %d: devices hold %s task(s), not %s: counted again", channel, reply[1], reply[0]
+                    )
+                return
+            names = [text(n) for n in cast("list[str]", self.client.zrange(keys.DEVICES_BEATS, 0, -1))]
 
     def _restore_orphans(self, tags: set[str], unacked: dict[str, _Unacked]) -> int:
         for tag in tags:
@@ -443,6 +487,7 @@ class Reaper:
             keys.DEAD_CHANNELS,
             keys.notify(channel),
             keys.held(channel),
+            keys.claims(channel),
             *[keys.dead_record(t) for t in entry.ids],
         ]
         argv: list[str | int] = [
@@ -460,7 +505,15 @@ class Reaper:
         ]
         reply = self._recover(keys=ks, args=argv)
         outcome, deaths = Recovered(text(reply[0])), int(reply[1])
-        if outcome is Recovered.BURIED:
+        if outcome is Recovered.BURIED and deaths == 0:
+            log.error(
+                "%s died while saving the result(s) of message %s (channel %d): dead-lettered as %r",
+                device,
+                message_id,
+                channel,
+                "worker lost while saving",
+            )
+        elif outcome is Recovered.BURIED:
             log.error(
                 "task %s of channel %d killed its device %d times: dead-lettered as %r",
                 entry.ids[0],
@@ -561,9 +614,21 @@ class Redeliveries:
         goes back alone, flagged suspect), or when its one task has now died
         ``max_attempts`` times, the last one running alone (dead-lettered as ``worker lost``).
         """
-        ks = [keys.pending(channel), keys.lost(channel), keys.started(channel)]
         ids = [task_id for task_id, _ in items]
-        alone, *deaths = (int(n) for n in self._settle(keys=ks, args=[message_id, *ids]))
+        ks = [
+            keys.pending(channel),
+            keys.lost(channel),
+            keys.started(channel),
+            keys.claims(channel),
+            keys.meta(channel),
+            keys.stats(channel),
+            keys.dead_index(),
+            keys.dead_index(channel),
+            keys.DEAD_CHANNELS,
+            keys.notify(channel),
+            *map(keys.dead_record, ids),
+        ]
+        alone, *deaths = (int(n) for n in self._settle(keys=ks, args=[message_id, channel, *ids]))
         alive = [(task_id, n) for (task_id, _), n in zip(items, deaths, strict=True) if n >= 0]
         if not alive:
             return Verdict.SKIP

@@ -12,7 +12,9 @@ import os
 import threading
 import time
 import traceback
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import redis
 from billiard.einfo import ExceptionWithTraceback
@@ -24,12 +26,12 @@ from celery.worker.state import task_ready
 
 from mutitask_celery import codec, runtime
 from mutitask_celery.books import messages
-from mutitask_celery.books.ledger import Finished, Outcome
+from mutitask_celery.books.ledger import Finished, Outcome, claim_of
 from mutitask_celery.books.recovery import Verdict
 from mutitask_celery.celery_app import TASK_NAME, app
 from mutitask_celery.device import isolation, lifecycle, pacing, prefetch, time_limits, wanted
 from mutitask_celery.errors import BooksLost, BrokerUnavailable
-from mutitask_celery.serving.channels import ChannelHandler, TaskFormat, handler_for
+from mutitask_celery.serving.channels import ChannelHandler, SaveFunction, TaskFormat, handler_for
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,18 @@ def _failure(task_id: str, reason: str, exc: BaseException | None = None, result
     return Outcome(task_id=task_id, ok=False, reason=reason, traceback=tb, result=result)
 
 
-def run_one(handler: ChannelHandler, task_id: str, data: str) -> Outcome:
-    """Run the task function (and a user's save function) on one item."""
+@dataclass(frozen=True)
+class ToSave:
+    """A result for a user's save function, called only once the task is claimed (see
+    :func:`save_claimed`): not before, or a task that ran twice would be saved twice."""
+
+    task_id: str
+    value: Any
+
+
+def run_one(handler: ChannelHandler, task_id: str, data: str) -> Outcome | ToSave:
+    """Run the task function on one item: its outcome, or the result a user's save function
+    is to save."""
     try:
         value = codec.decode(data)
     except (ValueError, TypeError) as exc:
@@ -71,56 +83,114 @@ def run_one(handler: ChannelHandler, task_id: str, data: str) -> Outcome:
             attempt += 1
     if result is None:
         return _failure(task_id, "returned None")
-    if handler.save_function is None:
-        try:
-            return Outcome(task_id=task_id, ok=True, result=codec.encode(result))
-        except (TypeError, ValueError) as exc:
-            return _failure(task_id, f"unserializable result: {exc}", exc)
+    if handler.save_function is not None:
+        return ToSave(task_id, result)
     try:
-        handler.save_function(result)
+        return Outcome(task_id=task_id, ok=True, result=codec.encode(result))
+    except (TypeError, ValueError) as exc:
+        return _failure(task_id, f"unserializable result: {exc}", exc)
+
+
+def save_one(save: SaveFunction, task_id: str, value: Any) -> Outcome:
+    """A user's save function on one claimed result; a failure keeps the result in the record."""
+    try:
+        save(value)
     except Exception as exc:
         kept = ""
         try:
-            kept = codec.encode(result)
+            kept = codec.encode(value)
         except (TypeError, ValueError):
-            kept = codec.encode(repr(result))
+            kept = codec.encode(repr(value))
         return _failure(task_id, f"save function failed: {type(exc).__name__}: {exc}", exc, kept)
     return Outcome(task_id=task_id, ok=True)
 
 
-FINISH_PATIENCE = 60.0  # seconds a device keeps trying to record outcomes while Redis is away
+def save_claimed(
+    channel: int, device: str, message_id: str, save: SaveFunction, ran: list[Outcome | ToSave]
+) -> tuple[list[Outcome], bool]:
+    """Claim the tasks whose results are to be saved, then save only those claimed here
+    (``lua/claim.lua``); the others ran elsewhere too and are counted as run twice. Returns
+    the outcomes in order, and whether anything was saved (its finish then must not give up).
+
+    Raises ``redis.RedisError`` when the claim cannot be made (nothing was saved: the
+    message can go back).
+    """
+    results = [r for r in ran if isinstance(r, ToSave)]
+    codes = _patiently(
+        f"claim {len(results)} result(s) on channel {channel}",
+        lambda: runtime.ledger().claim(channel, device, message_id, [r.task_id for r in results]),
+        FINISH_PATIENCE,
+    )
+    saved = dict(zip((r.task_id for r in results), codes, strict=True))
+    outcomes: list[Outcome] = []
+    for r in ran:
+        if not isinstance(r, ToSave):
+            outcomes.append(r)
+        elif saved[r.task_id].save:
+            outcomes.append(save_one(save, r.task_id, r.value))
+        else:
+            log.warning(
+                "task %s ran elsewhere too (%s): its result is not saved again", r.task_id, saved[r.task_id].name
+            )
+            outcomes.append(Outcome(task_id=r.task_id, ok=True, skipped=True))
+    return outcomes, any(code.save for code in codes)
 
 
-def _finish(channel: int, device: str, outcomes: list[Outcome], message_id: str, busy: float) -> Finished:
+FINISH_PATIENCE: float | None = 60.0  # seconds a device keeps trying to record outcomes while Redis is away
+
+
+T = TypeVar("T")
+_OUTAGE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+def _patiently(what: str, step: Callable[[], T], patience: float | None) -> T:
+    """``step()``, tried again while Redis is away (restarting), for ``patience`` seconds (None:
+    for as long as it takes). Each try must be safe to repeat (a step id, or a claim)."""
+    deadline = None if patience is None else time.monotonic() + patience
+    delay = 0.1
+    while True:
+        try:
+            return step()
+        except _OUTAGE as exc:
+            if deadline is not None and time.monotonic() > deadline:
+                raise
+            log.warning("could not %s yet (%s): retrying", what, exc)
+            time.sleep(delay)  # Redis is restarting: wait for it, growing the wait
+            delay = min(delay * 2, 2.0)
+
+
+def _finish(
+    channel: int,
+    device: str,
+    outcomes: list[Outcome],
+    message_id: str,
+    busy: float,
+    claim: str = "",
+    patience: float | None = FINISH_PATIENCE,
+) -> Finished:
     """Record outcomes, riding out a Redis restart: every try is the same step (one id), so a
-    try whose reply was lost and the next one apply once.
+    try whose reply was lost and the next one apply once. ``claim``/``patience``: a message
+    whose results a user's save function saved under that claim tries for as long as it
+    takes (None): given back, its tasks would wait on a claim nobody finishes.
 
     Raises :class:`BooksLost` when the books came back with fewer tasks finished by this
     device than it had seen (see :mod:`.integrity`).
     """
-    deadline = time.monotonic() + FINISH_PATIENCE
-    delay = 0.1
     key = lifecycle.done_key(device)
     step, writer = messages.new_task_id(), f"{os.getpid()}:{threading.get_ident()}"
     # Taken once, before the first try: a try whose reply was lost may have applied, and the
     # heartbeat may have seen its count since; the retry replies with that try's count.
     marks = lifecycle.life.books.mark()
-    while True:
-        try:
-            ledger = runtime.ledger()
-            finished = ledger.finish(
-                channel, device, outcomes, message_id=message_id, busy=busy, step=step, writer=writer
-            )
-            lifecycle.life.books.check(
-                {key: finished.device_done}, {key: marks.get(key, 0) + len(outcomes)}, ledger.client
-            )
-            return finished
-        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-            if time.monotonic() > deadline:
-                raise
-            log.warning("could not record outcomes on channel %s yet (%s): retrying", channel, exc)
-            time.sleep(delay)  # Redis is restarting: wait for it, growing the wait
-            delay = min(delay * 2, 2.0)
+
+    def once() -> Finished:
+        ledger = runtime.ledger()
+        finished = ledger.finish(
+            channel, device, outcomes, message_id=message_id, busy=busy, step=step, writer=writer, claim=claim
+        )
+        lifecycle.life.books.check({key: finished.device_done}, {key: marks.get(key, 0) + len(outcomes)}, ledger.client)
+        return finished
+
+    return _patiently(f"record outcomes on channel {channel}", once, patience)
 
 
 def _hand_back(device: str, message_id: str, channel: int) -> None:
@@ -208,10 +278,17 @@ def run_items(self: Task, channel: int, items: list[list[Any]], suspect: bool = 
     # then, and a task let in beside it earlier (a poison one) would charge it a death it did
     # not cause.
     with isolation.device.slot(alone=alone):
-        outcomes, busy = _run(channel, device, message_id, items, alone or isolation.device.runs_one_at_a_time())
+        ran, busy, save = _run(channel, device, message_id, items, alone or isolation.device.runs_one_at_a_time())
         prefetch.observe(busy)
+        claim, patience = "", FINISH_PATIENCE
+        if save is None:
+            outcomes = [r for r in ran if isinstance(r, Outcome)]
+        else:
+            outcomes, saved = _save(channel, device, message_id, save, ran)
+            claim = claim_of(device, message_id)
+            patience = None if saved else FINISH_PATIENCE  # saved: only its finish may end the claims
         try:
-            finished = _finish(channel, device, outcomes, message_id, busy)
+            finished = _finish(channel, device, outcomes, message_id, busy, claim, patience)
         except BooksLost as exc:
             lifecycle.books_lost(exc)  # the outcomes went to what is left of the books; the device stops
             return
@@ -228,6 +305,20 @@ def run_items(self: Task, channel: int, items: list[list[Any]], suspect: bool = 
             runtime.ledger().feed_backlog(channel)
     except redis.RedisError as exc:  # both can wait for the next message
         log.warning("dead-letter retention or backlog feeding skipped: %s", exc)
+
+
+def _save(
+    channel: int, device: str, message_id: str, save: SaveFunction, ran: list[Outcome | ToSave]
+) -> tuple[list[Outcome], bool]:
+    """:func:`save_claimed`, or the message back untouched when the claim cannot be made."""
+    try:
+        return save_claimed(channel, device, message_id, save, ran)
+    except redis.RedisError as exc:
+        log.warning(
+            "could not claim the results of message %s on channel %s (%s): requeueing", message_id, channel, exc
+        )
+        _hand_back(device, message_id, channel)
+        raise Reject(str(exc), requeue=True) from exc
 
 
 def _first_starts(channel: int, device: str, message_id: str, tasks: int) -> int | None:
@@ -261,9 +352,10 @@ def _next_starts(channel: int, tasks: int) -> None:
 
 def _run(
     channel: int, device: str, message_id: str, items: list[list[Any]], alone: bool
-) -> tuple[list[Outcome], float]:
+) -> tuple[list[Outcome | ToSave], float, SaveFunction | None]:
     """Mark the message started (from now on a death is charged to its tasks; ``alone``: no
-    other task of this process runs beside them), then run them."""
+    other task of this process runs beside them), then run them. Returns what they gave, the
+    time it took, and the channel's save function (None: the default)."""
     devices = runtime.devices()
     started = time.perf_counter()  # the message's time includes its waits for a rate limit
     chunk = _first_starts(channel, device, message_id, len(items))
@@ -273,6 +365,7 @@ def _run(
         _hand_back(device, message_id, channel)
         raise Reject(f"cannot mark the message started: {exc}", requeue=True) from exc
     handler = handler_for(channel)
+    outcomes: list[Outcome | ToSave]
     if handler is None:
         log.error("%s has no task function for channel %s: dead-lettering %d task(s)", device, channel, len(items))
         outcomes = [
@@ -289,4 +382,4 @@ def _run(
         devices.started_settled()
     except redis.RedisError as exc:  # the tasks ran; had the device died, no death would have been charged
         log.warning("marking message %s started failed: %s", message_id, exc)
-    return outcomes, busy
+    return outcomes, busy, None if handler is None else handler.save_function

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 WAIT_STEP = 0.5  # longest a control change (resume, new size) waits to be seen
 RECONNECT_FOR = 120.0  # seconds the run waits for Redis to come back before giving up
-COUNTERS = ("published", "succeeded", "failed", "duplicates", "reloaded")  # only ever grow (see integrity)
+COUNTERS = ("published", "succeeded", "failed", "duplicates", "reloaded", "revived")  # only ever grow (see integrity)
 _OUTAGE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, BrokerUnavailable)
 
 
@@ -92,11 +92,14 @@ class ChannelSummary:
     failed: int = 0
     duplicates: int = 0
     outstanding: int = 0
+    revived: int = 0  # of the succeeded: buried as 'worker lost' first, then a late success came
 
     def line(self) -> str:
         text = f"channel {self.channel}: published {self.published}, succeeded {self.succeeded}, failed {self.failed}"
         if self.duplicates:
             text += f", run twice {self.duplicates}"
+        if self.revived:
+            text += f" ({self.revived} succeeded late, after their burial as worker lost)"
         if self.outstanding:
             text += f", still outstanding {self.outstanding}"
         return text
@@ -392,7 +395,8 @@ class Producer:
                 channel=feed.channel,
                 published=feed.published,
                 succeeded=now.succeeded - then.succeeded,
-                failed=now.failed - then.failed,
+                failed=(now.failed - then.failed) - (now.revived - then.revived),  # a revived burial is a success
+                revived=now.revived - then.revived,
                 duplicates=now.duplicates - then.duplicates,
                 outstanding=books[feed.channel].outstanding,
             )

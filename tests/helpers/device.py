@@ -13,8 +13,13 @@ Behaviours (the task function):
   busy     a CPU-bound loop of $BUSY_SECONDS (holds the GIL as real number crunching does), then the task
   failing  always None (every task fails)
   hang     prints 'START <task> <time>'; a task starting with "hang" sleeps $HANG_SECONDS (60); returns the task
+  gil      prints 'START <task> <time>'; a task starting with "gil" runs sum(range($GIL_N)) (8e8): one C
+           call that holds the GIL throughout, so no other thread of the device runs meanwhile (not
+           its heartbeat either); others sleep $SLOW_SECONDS (0.05); returns the task
 Options: --native (task_format='native'), --retries N (retries=N, retry_backoff=0.01),
---concurrency N (tasks at once, threads), --time-limit S (time_limit=S).
+--concurrency N (tasks at once, threads), --time-limit S (time_limit=S), --save-file (a save
+function that appends each result as a line to $SAVE_FILE; it prints 'SAVING <result> <time>'
+first, and sleeps $SAVE_SECONDS (2) on a result starting with "slowsave").
 """
 
 from __future__ import annotations
@@ -95,6 +100,26 @@ def shaky(task):
     return [task, _tries[task]]
 
 
+def gil(task):
+    print(f"START {task} {time.time()!r}", flush=True)
+    if task.startswith("gil"):
+        sum(range(int(float(os.environ.get("GIL_N", "8e8")))))
+    else:
+        time.sleep(float(os.environ.get("SLOW_SECONDS", "0.05")))
+    return task
+
+
+def save_to_file(result):
+    print(f"SAVING {result} {time.time()!r}", flush=True)
+    if str(result).startswith("slowsave"):
+        time.sleep(float(os.environ.get("SAVE_SECONDS", "2")))
+    fd = os.open(os.environ["SAVE_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, f"{result}\n".encode())  # one write: lines from several devices never interleave
+    finally:
+        os.close(fd)
+
+
 def bad_save(result):
     if str(result).endswith("7"):
         raise OSError(f"disk full for {result}")
@@ -114,6 +139,7 @@ BEHAVIOURS = {
     "busy": busy,
     "failing": failing,
     "hang": hang,
+    "gil": gil,
 }
 
 if __name__ == "__main__":
@@ -135,4 +161,6 @@ if __name__ == "__main__":
     funcitem.load_task_function(BEHAVIOURS[behaviour])
     if behaviour == "badsave":
         funcitem.load_save_function(bad_save)
+    if "--save-file" in sys.argv:
+        funcitem.load_save_function(save_to_file)
     Terminal(baseConfig=base, funcItem=funcitem).run()

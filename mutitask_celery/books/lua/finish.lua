@@ -3,50 +3,71 @@
 --! include note
 -- finish: record the outcomes of one message in one step: each task leaves the books and its
 -- result is saved (default save function) or its dead-letter record written, and counted. A task
--- no longer in the books was finished before (a message delivered twice): counted as run twice.
+-- no longer in the books was finished before (a message delivered twice): counted as run twice,
+-- unless it was buried as 'worker lost' while it was only slow to answer (frozen, cut off, a long
+-- C call holding the GIL): its late success then replaces the burial ('revived'). A task another
+-- run has claimed for its save function (claim.lua) is that run's to finish.
 -- A retried call (its reply was lost) returns what the first one did and changes nothing.
 -- KEYS[1] pending:<ch>; KEYS[2] meta:<ch>; KEYS[3] stats:<ch>; KEYS[4] notify:<ch>;
 -- KEYS[5] ResultChannel<ch>; KEYS[6] dead index, all; KEYS[7] dead index of <ch>;
 -- KEYS[8] channels with dead letters; KEYS[9] devices:done; KEYS[10] devices:seen;
 -- KEYS[11] devices:beats; KEYS[12] inhand:<device>; KEYS[13] lost:<ch>; KEYS[14] started:<ch>;
--- KEYS[15] steps:<device>; KEYS[16] held:<ch>; KEYS[17] backlog:<ch>; KEYS[18..] the
--- dead-letter record of each failed outcome, in order.
+-- KEYS[15] steps:<device>; KEYS[16] held:<ch>; KEYS[17] backlog:<ch>; KEYS[18] claims:<ch>;
+-- KEYS[19..] the dead-letter record of each outcome, in order.
 -- ARGV[1] device; ARGV[2] channel; ARGV[3] message id ('' for none); ARGV[4] seconds the tasks
--- took; ARGV[5] step id; ARGV[6] the writer's field in steps:<device>; then per outcome five
--- values: 'ok' or 'fail', task id, result (JSON, '' for none), reason, traceback.
+-- took; ARGV[5] step id; ARGV[6] the writer's field in steps:<device>; ARGV[7] the device's claim
+-- ("<device>|<message id>", see claim.lua; '' when it saved nothing itself); then per outcome
+-- five values: 'ok', 'fail' or 'skip' (it ran, but another run owns its outcome: counted as run
+-- twice), task id, result (JSON, '' for none), reason, traceback.
 -- Returns {succeeded, failed, run twice, tasks the device has finished, reloaded tasks in the
 -- channel's backlog (the device then feeds some in: a reload flows with no server running)}.
-local device, channel, message_id, step, writer = ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6]
+local device, channel, message_id, step, writer, claim = ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6], ARGV[7]
 local last = redis.call('HGET', KEYS[15], writer)
 if last then
   local id, a, b, c, d = string.match(last, '^([^|]*)|(%d+),(%d+),(%d+),(%d+)$')
   if id == step then return {tonumber(a), tonumber(b), tonumber(c), tonumber(d), redis.call('ZCARD', KEYS[17])} end
 end
 local now = redis_now()
-local ok, failed, dup, record = 0, 0, 0, 17
-for i = 7, #ARGV, 5 do
+local ok, failed, dup, revived, record = 0, 0, 0, 0, 18
+for i = 8, #ARGV, 5 do
   local kind, id, result, reason, tb = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  if kind ~= 'ok' then record = record + 1 end
+  record = record + 1
+  local held = redis.call('HGET', KEYS[18], id)
   local data = redis.call('HGET', KEYS[1], id)
-  if not data then
+  if kind == 'skip' or (held and held ~= claim) then
     dup = dup + 1
-  else
+  elseif data then
     redis.call('HDEL', KEYS[1], id)
     redis.call('HDEL', KEYS[13], id)
+    redis.call('HDEL', KEYS[18], id)
     if kind == 'ok' then
       redis.call('HDEL', KEYS[2], id)
       if result ~= '' then redis.call('RPUSH', KEYS[5], result) end
       ok = ok + 1
     else
       write_dead_letter(KEYS[record], KEYS[6], KEYS[7], KEYS[8], KEYS[2], id, channel, data, reason, tb,
-        device, result, now)
+        device, result, now, '')
       failed = failed + 1
     end
+  elseif kind == 'ok' and revivable(KEYS[record], claim) then
+    redis.call('DEL', KEYS[record])
+    redis.call('ZREM', KEYS[6], id)
+    redis.call('ZREM', KEYS[7], id)
+    redis.call('HDEL', KEYS[2], id)
+    redis.call('HDEL', KEYS[13], id)
+    redis.call('HDEL', KEYS[18], id)
+    if result ~= '' then redis.call('RPUSH', KEYS[5], result) end
+    ok = ok + 1
+    revived = revived + 1
+  else
+    if held and claim ~= '' then redis.call('HDEL', KEYS[18], id) end  -- its own claim: done with
+    dup = dup + 1
   end
 end
 if ok > 0 then redis.call('HINCRBY', KEYS[3], 'succeeded', ok) end
 if failed > 0 then redis.call('HINCRBY', KEYS[3], 'failed', failed) end
 if dup > 0 then redis.call('HINCRBY', KEYS[3], 'duplicates', dup) end
+if revived > 0 then redis.call('HINCRBY', KEYS[3], 'revived', revived) end
 redis.call('HINCRBY', KEYS[3], 'messages', 1)
 redis.call('HINCRBY', KEYS[3], 'timed', ok + failed + dup)
 redis.call('HINCRBYFLOAT', KEYS[3], 'busy', ARGV[4])

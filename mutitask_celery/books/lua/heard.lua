@@ -17,10 +17,13 @@
 local now = redis_now()
 redis.call('HSET', KEYS[1], ARGV[1], now)
 redis.call('ZADD', KEYS[2], now, ARGV[1])
-if #ARGV >= 5 then
-  -- The delivery's score tells it from a later delivery of the same message, which kombu
-  -- gives the same tag: a reaper acts only while the score is still the one noted here.
-  local score = redis.call('ZSCORE', KEYS[6], ARGV[3]) or ''
+-- The delivery's score tells it from a later delivery of the same message, which kombu
+-- gives the same tag: a reaper acts only while the score is still the one noted here. With no
+-- score kombu no longer holds the delivery (acknowledged: a call that Redis forgot in a restart
+-- and that was made again after the message finished) or never recorded it (the sweep's to
+-- find): a note of it would be stale at once, and would hold held:<ch> up for good.
+local score = #ARGV >= 5 and redis.call('ZSCORE', KEYS[6], ARGV[3])
+if score then
   if redis.call('HSETNX', KEYS[5], ARGV[2], ARGV[3] .. '|' .. score .. '|' .. ARGV[4] .. '|' .. ARGV[5]) == 1 then
     redis.call('INCRBY', KEYS[7], ARGV[4])
     -- The server refills as devices finish; if the channel ran dry, it should not wait for that.
