@@ -23,7 +23,9 @@ Then the books are read back and checked against the tasks that were fed, and wh
 left behind once they balance (nothing held, no claim, no note, no stale unacked entry) is
 waited for. Prints published, saved, saved twice (by the default save function and by the
 user's), dead-lettered (poison / other), run twice, lost (no outcome at all: must be 0),
-wrongly buried (a healthy task dead-lettered: must be 0), failed after the reloads (must be 0),
+wrongly buried (a healthy task dead-lettered: must be 0), buried while saving (a device died
+between its claim and its record: it may or may not have saved, and is never saved again; how
+many of them the save function's file holds), failed after the reloads (must be 0),
 the leftovers, the kills, freezes and restarts. ``--json`` prints the figures as one JSON line
 (the test suite runs a short soak and reads it).
 """
@@ -321,7 +323,8 @@ def check(client: Any, args: argparse.Namespace, summary: dict[str, int], save_f
             record = client.hgetall(f"mutitask:dead:rec:{record_id}")
             buried[json.loads(record["data"])] = record["reason"]
     saved_set = set(saved)
-    healthy_buried = set(buried) - poison
+    while_saving = {t for t, reason in buried.items() if reason.startswith("worker lost while saving")}
+    healthy_buried = set(buried) - poison - while_saving
     return {
         "published": summary["published"],
         "saved": len(saved),
@@ -330,6 +333,8 @@ def check(client: Any, args: argparse.Namespace, summary: dict[str, int], save_f
         "saved_twice_by_save_function": len(by_save_function) - len(set(by_save_function)),
         "dead_lettered_poison": len(poison & set(buried)),
         "dead_lettered_other": len(healthy_buried),
+        "buried_while_saving": len(while_saving),
+        "of_those_saved": len(while_saving & set(by_save_function)),
         "poison_fed": len(poison),
         "run_twice": summary["duplicates"],
         "revived": sum(int(client.hget(f"mutitask:stats:{c}", "revived") or 0) for c in CHANNELS),

@@ -9,6 +9,7 @@ disagree. Every name starts ``mutitask_``; labels are ``channel`` and ``device``
 ``mutitask_succeeded_total``                counter  tasks that succeeded
 ``mutitask_failed_total``                   counter  tasks dead-lettered (None, raised, lost)
 ``mutitask_run_twice_total``                counter  outcomes that came a second time
+``mutitask_revived_total``                  counter  burials as worker lost a late success replaced
 ``mutitask_outstanding``                    gauge    published and not yet finished
 ``mutitask_waiting``                        gauge    of those, waiting in the channel
 ``mutitask_channel_size``                   gauge    the channel's ``ChannelSize``
@@ -38,6 +39,7 @@ _CHANNEL_COUNTERS = (
     ("succeeded", "succeeded", "Tasks of the channel that succeeded."),
     ("failed", "failed", "Tasks of the channel that were dead-lettered."),
     ("run_twice", "run_twice", "Outcomes of the channel's tasks that came a second time (the first is kept)."),
+    ("revived", "revived", "Burials as worker lost that a late success replaced (in succeeded and in failed)."),
 )
 _CHANNEL_GAUGES = (
     ("outstanding", "outstanding", "Tasks published and not yet finished."),

@@ -119,6 +119,7 @@ class Overview:
                     "succeeded": b.stats.succeeded,
                     "failed": b.stats.failed,
                     "run_twice": b.stats.duplicates,
+                    "revived": b.stats.revived,
                     "outstanding": b.outstanding,
                     "waiting": b.waiting,
                     "held": max(0, b.held),
