@@ -7,12 +7,13 @@ import base64
 import json
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import pytest
 import redis
-from conftest import Processes, RestartableRedis, device_is_up, run_in_thread, wait_until
+from conftest import FAST, Processes, RestartableRedis, device_is_up, fresh_settings, run_in_thread, wait_until
 from kombu.exceptions import OperationalError
 
 import mutitask_celery as mt
@@ -112,6 +113,12 @@ def _started_all() -> bool:
         return False
 
 
+def _finished(thread: threading.Thread, out: dict[str, Any], within: float = 120) -> Any:
+    thread.join(within)
+    assert not thread.is_alive(), "the run did not complete"
+    return out["summary"]
+
+
 def _assert_all_saved_once(thread: threading.Thread, out: dict[str, Any], tasks: list[str], within: float) -> None:
     thread.join(within)  # the safety sweep comes after 300 s: only a called-for sweep ends the run sooner
     assert not thread.is_alive(), "the stranded task was not published again"
@@ -184,3 +191,34 @@ def test_the_sweep_drops_stale_notes_and_counts_held_again(r: redis.Redis) -> No
     reaper.sweep([1])
     assert r.hgetall(keys.inhand("device1@test")) == {"live-message": "live-tag|1700000000.5|3|1"}
     assert int(r.get(keys.held(1)) or 0) == 3
+
+
+def test_live_devices_keep_what_they_hold_across_a_redis_outage_longer_than_dead_after(
+    procs: Processes, restartable_redis: RestartableRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While Redis is away no device can beat; at its return every device has looked silent
+    for the whole outage. A reaper that judged them then (before their first heartbeat) took
+    what live devices held, and those tasks ran twice. Reapers judge no silence until they
+    have watched Redis for dead_after seconds again."""
+    monkeypatch.setenv("MUTITASK_DEAD_AFTER", "3")
+    fresh_settings()
+    devices = [procs.device(n, 1, "slow", "--concurrency", "2", env={**FAST, "SLOW_SECONDS": "1"}) for n in (1, 2, 3)]
+    for n in (1, 2, 3):
+        wait_until(device_is_up(f"device{n}@{HOST}"), 30, f"device{n}")
+    tasks = [f"t{n}" for n in range(60)]
+    thread, out = run_in_thread(tasks, channel_size=10)
+    client = redis.Redis.from_url(restartable_redis.url, decode_responses=True)
+    wait_until(lambda: all(client.hlen(keys.inhand(f"device{n}@{HOST}")) for n in (1, 2, 3)), 60, "every device busy")
+    client.close()
+    restartable_redis.stop()
+    down_until = time.monotonic() + 3 + 4  # the outage is the fault: it outlasts dead_after (3 s) by 4 s
+    wait_until(
+        lambda: all("Cannot connect to redis" in procs.output(d) for d in devices), 30, "every device to lose Redis"
+    )
+    wait_until(lambda: time.monotonic() >= down_until, 30, "the outage to outlast dead_after")
+    restartable_redis.start_again()
+    summary = _finished(thread, out)
+    assert sorted(mt.results(1, limit=None)) == sorted(tasks)
+    ran = [s.task for d in devices for s in procs.starts(d)]
+    assert sorted(ran) == sorted(tasks)  # no task taken from a live device and run again
+    assert summary.channels[1].duplicates == 0

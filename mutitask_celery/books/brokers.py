@@ -116,6 +116,16 @@ class Broker(ABC):
     def reap(self) -> None:
         """Give the messages of devices that went silent to the others."""
 
+    def lost_touch(self) -> None:  # noqa: B027  (nothing to do where nobody reaps)
+        """This process could not reach Redis: silences that overlap the outage are no deaths
+        (see :meth:`.Reaper._watched`)."""
+
+    def release_dropped(self, name: str, holding: set[str]) -> int:
+        """Give back what device ``name`` notes in hand but no longer holds (``holding``: the
+        message ids its worker still has); returns how many. Nothing to do where devices
+        note nothing."""
+        return 0
+
     @abstractmethod
     def forget_silent(self) -> None:
         """Drop from the roster the names silent for long with nothing in hand."""
@@ -190,6 +200,12 @@ class BooksRedis(Broker):
 
     def reap(self) -> None:
         self.reaper.reap()
+
+    def lost_touch(self) -> None:
+        self.reaper.lost_touch()
+
+    def release_dropped(self, name: str, holding: set[str]) -> int:
+        return self.reaper.release_dropped(name, holding)
 
     def forget_silent(self) -> None:
         self.reaper.forget_silent()

@@ -225,6 +225,9 @@ class Reaper:
         self._due_seen: int | None = None
         self._sweeps_left = 0
         self._next_safety = 0.0
+        self._dropped: set[tuple[str, str]] = set()  # (message id, note) a worker no longer held at the last look
+        self._out_of_touch = False  # the last look at Redis's clock failed (see _watched)
+        self._back_at: float | None = None  # when (Redis's clock) this reaper was last back in touch
         self._stalled_once: set[int] = set()  # channels stalled at the last look
         self._stalled_swept: set[int] = set()  # ... whose stall has had its sweeps already
 
@@ -395,9 +398,13 @@ class Reaper:
         """Recover every device silent for ``dead_after`` seconds; returns messages handled.
 
         Looks only at devices alive or recently dead (``devices:beats``); a dead device
-        whose messages are all back leaves that set.
+        whose messages are all back leaves that set. Judges nobody until it has watched Redis
+        for ``dead_after`` seconds since it was last out of touch with it (see :meth:`_watched`).
         """
-        now = redis_now(self.client) if now is None else now
+        if now is None:
+            now = self._watched()
+            if now is None:
+                return 0
         handled = 0
         silent = cast(
             "list[tuple[str, float]]",
@@ -418,6 +425,28 @@ class Reaper:
             self._retire(keys=[keys.DEVICES_SEEN, keys.DEVICES_BEATS, keys.inhand(name)], args=[name, text(seen)])
         return handled
 
+    def lost_touch(self) -> None:
+        """This process failed to reach Redis (any of its duties did): see :meth:`_watched`."""
+        self._out_of_touch = True
+
+    def _watched(self) -> float | None:
+        """Redis's clock, or None while this reaper has not watched Redis for ``dead_after``
+        seconds since it last failed to reach it. While Redis is away no device can beat, so at
+        its return every device looks silent for as long as the outage lasted: judged then, live
+        devices would lose what they hold, and their tasks run twice. Each device beats within
+        a heartbeat period of Redis's return; a device still silent after ``dead_after`` is dead."""
+        try:
+            now = redis_now(self.client)
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+            self.lost_touch()
+            raise
+        if self._out_of_touch:
+            self._out_of_touch, self._back_at = False, now
+            log.info("Redis is back: judging no device silent for %.0fs", self.dead_after)
+        if self._back_at is not None and now - self._back_at < self.dead_after:
+            return None
+        return now
+
     def recover(self, device: str, seen: str | None = None) -> int:
         """Put back every message ``device`` holds (it is dead, or restarting); returns how many
         were taken back here.
@@ -434,6 +463,30 @@ class Reaper:
                 log.warning("%s was heard from again: it keeps what it holds", device)
                 break
             handled += outcome in (Recovered.RESTORED, Recovered.SUSPECTS, Recovered.BURIED)
+        return handled
+
+    def release_dropped(self, device: str, holding: set[str]) -> int:
+        """Give back the messages ``device`` (alive: it is this process) notes in hand but its
+        worker no longer holds, seen so at this look and the one before (a message is noted a
+        moment before the worker reserves it); returns how many.
+
+        Why: when its connection to the broker is lost, Celery drops the messages a worker
+        held ahead of the ones it runs ("can't be acked anyway"), and kombu's restore of them
+        fails while Redis is away. Their notes and unacked entries stay; the device lives, so
+        no reaper takes them back, and kombu would only after its visibility timeout (a week).
+        """
+        notes = {
+            (text(m), text(n)) for m, n in self.client.hgetall(keys.inhand(device)).items() if text(m) not in holding
+        }
+        confirmed, self._dropped = notes & self._dropped, notes
+        handled = 0
+        for message_id, noted in confirmed:
+            outcome = self._take_back(device, "", message_id, noted)
+            handled += outcome in (Recovered.RESTORED, Recovered.SUSPECTS, Recovered.BURIED)
+        if handled:
+            log.warning(
+                "%s gave back %d message(s) its worker no longer held (dropped at a reconnect)", device, handled
+            )
         return handled
 
     def worker_lost(self, device: str, message_id: str) -> Recovered:

@@ -149,6 +149,9 @@ class DeviceLife:
         while not self.stopping.wait(period):
             try:
                 duty()
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+                runtime.broker().lost_touch()  # no device could beat meanwhile: no silence is a death yet
+                log.warning("%s failed: %s", what, exc)
             except redis.RedisError as exc:
                 log.warning("%s failed: %s", what, exc)
             except BooksLost as exc:
@@ -178,10 +181,16 @@ class DeviceLife:
         except (redis.ConnectionError, redis.TimeoutError):
             self.unnoted.set()
             raise
+        runtime.broker().release_dropped(name, self.holding())
         if done < 0:  # the roster had forgotten this device: its counts start afresh
             self.books.forget(done_key(name))
             return
         self.books.check({done_key(name): done}, marks, devices.client)
+
+    @staticmethod
+    def holding() -> set[str]:
+        """The message ids this worker holds: reserved (waiting for a slot) or running."""
+        return {r.id for r in (*worker_state.reserved_requests, *worker_state.active_requests) if r.id}
 
     def housekeeping(self, name: str) -> None:
         """The duties other than the heartbeat (see the module docstring)."""

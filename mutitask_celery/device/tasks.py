@@ -107,19 +107,18 @@ def save_one(save: SaveFunction, task_id: str, value: Any) -> Outcome:
 
 def save_claimed(
     channel: int, device: str, message_id: str, save: SaveFunction, ran: list[Outcome | ToSave]
-) -> tuple[list[Outcome], bool]:
+) -> list[Outcome]:
     """Claim the tasks whose results are to be saved, then save only those claimed here
     (``lua/claim.lua``); the others ran elsewhere too and are counted as run twice. Returns
-    the outcomes in order, and whether anything was saved (its finish then must not give up).
+    the outcomes in order.
 
-    Raises ``redis.RedisError`` when the claim cannot be made (nothing was saved: the
-    message can go back).
+    Raises ``redis.RedisError`` (not an outage: those are waited out) when the claim cannot be
+    made (nothing was saved: the message can go back).
     """
     results = [r for r in ran if isinstance(r, ToSave)]
     codes = _patiently(
         f"claim {len(results)} result(s) on channel {channel}",
         lambda: runtime.ledger().claim(channel, device, message_id, [r.task_id for r in results]),
-        FINISH_PATIENCE,
     )
     saved = dict(zip((r.task_id for r in results), codes, strict=True))
     outcomes: list[Outcome] = []
@@ -133,29 +132,30 @@ def save_claimed(
                 "task %s ran elsewhere too (%s): its result is not saved again", r.task_id, saved[r.task_id].name
             )
             outcomes.append(Outcome(task_id=r.task_id, ok=True, skipped=True))
-    return outcomes, any(code.save for code in codes)
+    return outcomes
 
 
-FINISH_PATIENCE: float | None = 60.0  # seconds a device keeps trying to record outcomes while Redis is away
+SAY_EVERY = 30.0  # seconds between a device's warnings while it waits for Redis to record outcomes
 
 
 T = TypeVar("T")
 _OUTAGE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 
-def _patiently(what: str, step: Callable[[], T], patience: float | None) -> T:
-    """``step()``, tried again while Redis is away (restarting), for ``patience`` seconds (None:
-    for as long as it takes). Each try must be safe to repeat (a step id, or a claim)."""
-    deadline = None if patience is None else time.monotonic() + patience
-    delay = 0.1
+def _patiently(what: str, step: Callable[[], T]) -> T:
+    """``step()``, tried again while Redis is away, for as long as it takes: the outcomes exist
+    only in this process until they are recorded, and a message given back would run again
+    with its first run never counted (nor could it be given back while Redis is away). Each
+    try must be safe to repeat (a step id, or a claim). Says so now and then, not each try."""
+    delay, said = 0.1, 0.0
     while True:
         try:
             return step()
         except _OUTAGE as exc:
-            if deadline is not None and time.monotonic() > deadline:
-                raise
-            log.warning("could not %s yet (%s): retrying", what, exc)
-            time.sleep(delay)  # Redis is restarting: wait for it, growing the wait
+            if time.monotonic() - said >= SAY_EVERY:
+                log.warning("could not %s yet (%s): waiting for Redis", what, exc)
+                said = time.monotonic()
+            time.sleep(delay)  # Redis is away or restarting: wait for it, growing the wait
             delay = min(delay * 2, 2.0)
 
 
@@ -166,12 +166,10 @@ def _finish(
     message_id: str,
     busy: float,
     claim: str = "",
-    patience: float | None = FINISH_PATIENCE,
 ) -> Finished:
-    """Record outcomes, riding out a Redis restart: every try is the same step (one id), so a
-    try whose reply was lost and the next one apply once. ``claim``/``patience``: a message
-    whose results a user's save function saved under that claim tries for as long as it
-    takes (None): given back, its tasks would wait on a claim nobody finishes.
+    """Record outcomes, riding out a Redis restart however long: every try is the same step
+    (one id), so a try whose reply was lost and the next one apply once. ``claim``: the
+    device's claim, when a user's save function saved the results.
 
     Raises :class:`BooksLost` when the books came back with fewer tasks finished by this
     device than it had seen (see :mod:`.integrity`).
@@ -190,7 +188,7 @@ def _finish(
         lifecycle.life.books.check({key: finished.device_done}, {key: marks.get(key, 0) + len(outcomes)}, ledger.client)
         return finished
 
-    return _patiently(f"record outcomes on channel {channel}", once, patience)
+    return _patiently(f"record outcomes on channel {channel}", once)
 
 
 def _hand_back(device: str, message_id: str, channel: int) -> None:
@@ -280,15 +278,14 @@ def run_items(self: Task, channel: int, items: list[list[Any]], suspect: bool = 
     with isolation.device.slot(alone=alone):
         ran, busy, save = _run(channel, device, message_id, items, alone or isolation.device.runs_one_at_a_time())
         prefetch.observe(busy)
-        claim, patience = "", FINISH_PATIENCE
+        claim = ""
         if save is None:
             outcomes = [r for r in ran if isinstance(r, Outcome)]
         else:
-            outcomes, saved = _save(channel, device, message_id, save, ran)
+            outcomes = _save(channel, device, message_id, save, ran)
             claim = claim_of(device, message_id)
-            patience = None if saved else FINISH_PATIENCE  # saved: only its finish may end the claims
         try:
-            finished = _finish(channel, device, outcomes, message_id, busy, claim, patience)
+            finished = _finish(channel, device, outcomes, message_id, busy, claim)
         except BooksLost as exc:
             lifecycle.books_lost(exc)  # the outcomes went to what is left of the books; the device stops
             return
@@ -307,9 +304,7 @@ def run_items(self: Task, channel: int, items: list[list[Any]], suspect: bool = 
         log.warning("dead-letter retention or backlog feeding skipped: %s", exc)
 
 
-def _save(
-    channel: int, device: str, message_id: str, save: SaveFunction, ran: list[Outcome | ToSave]
-) -> tuple[list[Outcome], bool]:
+def _save(channel: int, device: str, message_id: str, save: SaveFunction, ran: list[Outcome | ToSave]) -> list[Outcome]:
     """:func:`save_claimed`, or the message back untouched when the claim cannot be made."""
     try:
         return save_claimed(channel, device, message_id, save, ran)

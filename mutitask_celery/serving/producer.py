@@ -190,8 +190,11 @@ class _Recovery:
         while True:
             try:
                 self.broker.server_duties(self.channels)
-            except (redis.RedisError, BrokerUnavailable) as exc:
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+                self.broker.lost_touch()  # no device could beat meanwhile: no silence is a death yet
                 log.debug("recovery round skipped: %s", exc)  # the feeding thread reports outages
+            except (redis.RedisError, BrokerUnavailable) as exc:
+                log.debug("recovery round skipped: %s", exc)
             except Exception:  # a bug must not end recovery for the rest of the run
                 log.exception("recovery round failed")
             if self._stop.wait(HEARTBEAT):
