@@ -62,6 +62,20 @@ def books_lost(exc: BooksLost) -> None:
         worker_state.should_stop = ExitCode.BOOKS_LOST
 
 
+def late_runners(reason: str) -> None:
+    """Task functions past their time limit hold too many threads (see :mod:`.time_limits`):
+    say so once, and stop this device (warm: tasks in hand finish; what it holds goes back)
+    with exit code 6, so that a supervisor starts a fresh process in its place."""
+    if worker_state.should_stop is None:
+        log.critical(
+            "mutitask: %s. This device takes no more tasks and stops (exit code %d): "
+            "a fresh process should take its place.",
+            reason,
+            ExitCode.LATE_RUNNERS,
+        )
+        worker_state.should_stop = ExitCode.LATE_RUNNERS
+
+
 class DeviceLife:
     """One device's life in this worker process, from ``worker_init`` to ``worker_shutdown``."""
 
