@@ -40,7 +40,7 @@ from celery.worker.control import control_command
 from mutitask_celery import celery_app, runtime
 from mutitask_celery.books.integrity import Watermarks
 from mutitask_celery.books.recovery import HEARTBEAT
-from mutitask_celery.control import Taken, channels_of
+from mutitask_celery.control import Ending, Taken, channels_of
 from mutitask_celery.device import isolation, prefetch, wanted
 from mutitask_celery.errors import BooksLost, ConfigurationError, ExitCode
 
@@ -175,6 +175,8 @@ class DeviceLife:
             self.unnoted.clear()
         marks = self.books.mark()
         done = devices.heard(name)
+        if self.leaving():  # a warm shutdown, however asked: status shows it stopping, not offline
+            devices.ending(name, Ending.STOPPING)
         if done < 0:  # the roster had forgotten this device: its counts start afresh
             self.books.forget(done_key(name))
             return
@@ -230,6 +232,7 @@ class DeviceLife:
             if dropped:
                 log.info("%s handed back %d message(s) it held", name, dropped)
             runtime.devices().heard(name)
+            runtime.devices().ending(name, Ending.STOPPED)  # what `mutitask stop` waits for
         except redis.RedisError:
             pass
 
@@ -285,4 +288,8 @@ def mutitask_leaving(state: Any, **_: Any) -> dict[str, str]:
     """A warm shutdown follows: tasks waiting for a rate limit hand their messages back now,
     so the shutdown waits only for tasks that run (see :meth:`DeviceLife.leaving`)."""
     life.told_to_leave.set()
+    try:
+        runtime.devices().ending(state.consumer.hostname, Ending.STOPPING)
+    except redis.RedisError:
+        pass  # the next heartbeat says it
     return {"ok": "leaving"}

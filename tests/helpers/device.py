@@ -13,6 +13,7 @@ Behaviours (the task function):
   busy     a CPU-bound loop of $BUSY_SECONDS (holds the GIL as real number crunching does), then the task
   failing  always None (every task fails)
   hang     prints 'START <task> <time>'; a task starting with "hang" sleeps $HANG_SECONDS (60); returns the task
+  hold     prints 'START <task> <time>'; a task starting with "hold" waits until the file $RELEASE_FILE exists
 Options: --native (task_format='native'), --retries N (retries=N, retry_backoff=0.01),
 --concurrency N (tasks at once, threads), --time-limit S (time_limit=S).
 """
@@ -80,6 +81,13 @@ def hang(task):
     return task
 
 
+def hold(task):
+    print(f"START {task} {time.time()!r}", flush=True)
+    while task.startswith("hold") and not os.path.exists(os.environ["RELEASE_FILE"]):
+        time.sleep(0.05)  # a task that hangs until the test lets it go
+    return task
+
+
 def paced(task):
     time.sleep(float(os.environ.get("PACE_SECONDS", "0.01")))
     return double(task)
@@ -114,6 +122,7 @@ BEHAVIOURS = {
     "busy": busy,
     "failing": failing,
     "hang": hang,
+    "hold": hold,
 }
 
 if __name__ == "__main__":
