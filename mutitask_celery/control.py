@@ -90,7 +90,8 @@ class Running(NamedTuple):
     def describe(self) -> str:
         if not self.task_ids:
             return f"message {self.message_id} of channel {self.channel}"
-        return f"task {', '.join(self.task_ids)} of channel {self.channel} (message {self.message_id})"
+        tasks = f"task {', '.join(self.task_ids)} of channel {self.channel}"
+        return tasks if self.task_ids == (self.message_id,) else f"{tasks} (message {self.message_id})"
 
     def as_dict(self) -> dict[str, Any]:
         return {"message_id": self.message_id, "channel": self.channel, "task_ids": list(self.task_ids)}

@@ -16,7 +16,7 @@ import redis
 from conftest import Processes, device_is_up, fresh_settings, wait_until
 
 import mutitask_celery as mt
-from mutitask_celery import codec, runtime
+from mutitask_celery import codec, keys, runtime
 from mutitask_celery.books import messages
 from mutitask_celery.errors import ExitCode
 from mutitask_celery.web import metrics, views
@@ -77,16 +77,20 @@ def test_stop_names_the_task_a_device_still_runs_until_it_ends(
     assert mt.results(1) == ["hold-1"]
 
 
-def test_a_stopping_device_that_is_killed_is_gone_and_its_task_runs_elsewhere(
+def test_a_device_stopping_on_sigterm_shows_stopping_and_once_killed_is_gone(
     procs: Processes, r: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """SIGTERM (systemd's stop) starts the same warm shutdown: the device says so with its
+    next heartbeat; a stop then finds it already stopping. Killed, it falls silent."""
     monkeypatch.setenv("MUTITASK_DEAD_AFTER", "3")  # for the devices' reapers and the commands alike
     fresh_settings()
     release = tmp_path / "release"
     device1, task_id = holding(procs, release)
-    stop = cli("stop", "device1")
-    assert stop.returncode == ExitCode.STILL_STOPPING and task_id in stop.stdout
-    assert row(D1)["state"] == "stopping"
+    device1.send_signal(signal.SIGTERM)
+    wait_until(lambda: row(D1)["state"] == "stopping", 15, "status to show device1 stopping")
+    assert row(D1)["in_hand"] == 1
+    stop = cli("stop", "device1", "--wait", "0.5")
+    assert stop.returncode == ExitCode.STILL_STOPPING and f"task {task_id} of channel 1" in stop.stdout
     device1.send_signal(signal.SIGKILL)
     device1.wait(10)
     wait_until(lambda: row(D1)["state"] == "offline", 20, "status to show the killed device offline")
@@ -95,3 +99,16 @@ def test_a_stopping_device_that_is_killed_is_gone_and_its_task_runs_elsewhere(
     release.touch()
     wait_until(lambda: mt.results_count(1) == 1, 30, "device2 to run the task device1 held")
     assert mt.results(1) == ["hold-1"] and mt.failed_count(1) == 0
+
+
+def test_a_late_word_of_a_shutdown_does_not_undo_its_end(r: redis.Redis) -> None:
+    """The heartbeat thread may say "stopping" a moment after the device said it ended; a new
+    life of the name forgets both."""
+    from mutitask_celery.control import Ending
+
+    devices = runtime.devices()
+    devices.ending("device7@h", Ending.STOPPED)
+    devices.ending("device7@h", Ending.STOPPING)
+    assert r.hget(keys.DEVICES_LEAVING, "device7@h") == "stopped"
+    devices.register("device7@h", [1], "h", 1)
+    assert r.hget(keys.DEVICES_LEAVING, "device7@h") is None
