@@ -9,7 +9,12 @@ keeps what Celery forgets:
   device re-checks it before each task, so a paused device starts no new task
   once :func:`pause` has returned, even one it had already fetched;
 * a **roster**: how many devices a run expects (``device1``..``deviceN``),
-  and each device's channels, so one that never came or died shows offline.
+  and each device's channels, so one that never came or died shows offline;
+* what a device says of its **end** (``devices:leaving``): ``stopping`` once its warm
+  shutdown has begun, ``stopped`` once it has ended. A device in warm shutdown no longer
+  answers Celery's remote control, but its heartbeat runs on until it ends: so a stop
+  calls a device stopped only when it said so (or fell silent, as a dead one does), and
+  status shows one still finishing a task as ``stopping``, with what it runs.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import redis
 from celery import Celery
 
 from mutitask_celery import keys
-from mutitask_celery.books import scripts
+from mutitask_celery.books import messages, scripts
 from mutitask_celery.celery_app import app as default_app
 from mutitask_celery.connection import Deferred, text
 from mutitask_celery.errors import ConfigurationError
@@ -36,6 +41,8 @@ from mutitask_celery.flower import flower_workers
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 1.0
+DEFAULT_DEAD_AFTER = 10.0  # seconds of silence after which a device is dead (the setting's default)
+STOP_WAIT = 10.0  # seconds a stop waits for the devices to end
 WANTED_COMMAND = "mutitask_wanted"  # the remote control command a device answers (see hooks)
 LEAVING_COMMAND = "mutitask_leaving"  # ... told before a stop (see lifecycle.DeviceLife.leaving)
 _QUEUE = re.compile(rf"^{keys.QUEUE_PREFIX}(\d+)$")
@@ -55,12 +62,55 @@ class DeviceState(str, Enum):
 
     RUNNING = "running"
     PAUSED = "paused"
+    STOPPING = "stopping"  # in its warm shutdown: takes no task, its process lives until its tasks end
     OFFLINE = "offline"
 
     @property
     def code(self) -> int:
-        """The original's status code: 1 running, 0 paused, -1 off-line."""
-        return {DeviceState.RUNNING: 1, DeviceState.PAUSED: 0, DeviceState.OFFLINE: -1}[self]
+        """The original's status code: 1 running, 0 paused, -1 off-line. It had no stopping
+        state: a stopping device shows 0, alive and taking no task, as a paused one; never -1,
+        which says its process is gone."""
+        return {DeviceState.RUNNING: 1, DeviceState.PAUSED: 0, DeviceState.STOPPING: 0, DeviceState.OFFLINE: -1}[self]
+
+
+class Ending(str, Enum):
+    """What a device says of its end (``devices:leaving``)."""
+
+    STOPPING = "stopping"  # its warm shutdown has begun
+    STOPPED = "stopped"  # it has ended: its tasks are done, what it held is back
+
+
+class Running(NamedTuple):
+    """A message a device has started and not finished: what a stopping device waits for."""
+
+    message_id: str
+    channel: int
+    task_ids: tuple[str, ...]  # empty when only the broker knows them (RabbitMQ)
+
+    def describe(self) -> str:
+        if not self.task_ids:
+            return f"message {self.message_id} of channel {self.channel}"
+        tasks = f"task {', '.join(self.task_ids)} of channel {self.channel}"
+        return tasks if self.task_ids == (self.message_id,) else f"{tasks} (message {self.message_id})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"message_id": self.message_id, "channel": self.channel, "task_ids": list(self.task_ids)}
+
+
+@dataclass(frozen=True)
+class StopReport:
+    """What a stop did (:meth:`Devices.stop_report`)."""
+
+    stopped: list[str]  # ended within the wait
+    stopping: dict[str, list[Running]]  # alive still, in their warm shutdown: what each runs
+    not_running: list[str]  # named, but not running (already gone, or never here)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stopped": self.stopped,
+            "stopping": {name: [r.as_dict() for r in running] for name, running in self.stopping.items()},
+            "not_running": self.not_running,
+        }
 
 
 @dataclass(frozen=True)
@@ -106,11 +156,13 @@ class Devices:
         app: Celery | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         flower_url: str | None = None,
+        dead_after: float | None = None,
     ) -> None:
         self.client = client
         self.app = app or default_app
         self.timeout = timeout
         self.flower_url = flower_url
+        self.dead_after = dead_after or DEFAULT_DEAD_AFTER
         self._heard = scripts.load(client, "heard")
         self._started = scripts.load(client, "start")
         self._deferred = Deferred(client)  # this thread's steps written now, replies read later
@@ -148,8 +200,19 @@ class Devices:
     def register(self, name: str, channels: Sequence[int], host: str, pid: int) -> None:
         """Called by a device when it is ready (see :mod:`hooks`)."""
         info = json.dumps({"channels": list(channels), "host": host, "pid": pid, "started": time.time()})
-        self.client.hset(keys.DEVICES_INFO, name, info)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.hset(keys.DEVICES_INFO, name, info)
+        pipe.hdel(keys.DEVICES_LEAVING, name)  # a new life: what the last one said of its end is past
+        pipe.execute()
         self.heard(name)
+
+    def ending(self, name: str, ending: Ending) -> None:
+        """The device ``name`` says its warm shutdown has begun, or that it has ended. Once
+        ended, a late word of its shutdown (a heartbeat thread a moment behind) changes nothing."""
+        if ending is Ending.STOPPED:
+            self.client.hset(keys.DEVICES_LEAVING, name, ending.value)
+        else:
+            self.client.hsetnx(keys.DEVICES_LEAVING, name, ending.value)
 
     def heard(self, name: str, in_hand: Taken | None = None, wait: bool = True) -> int:
         """``name`` lives (``lua/heard.lua``, in Redis's clock); ``in_hand``: the message it
@@ -272,27 +335,105 @@ class Devices:
         self._want(names, DeviceState.RUNNING)
         return self._tell(DeviceState.RUNNING, names if names is not None else list(self.known()))
 
-    def stop(self, selectors: Iterable[str | int] | None = None, wait: float = 10.0) -> list[str]:
+    def stop(self, selectors: Iterable[str | int] | None = None, wait: float = STOP_WAIT) -> list[str]:
         """Warm shutdown: each device finishes its task in hand, then its process ends.
 
-        Returns the devices that were online and went away within ``wait`` seconds.
+        Returns the devices that ended within ``wait`` seconds (see :meth:`stop_report`).
+        """
+        return self.stop_report(selectors, wait).stopped
+
+    def stop_report(self, selectors: Iterable[str | int] | None = None, wait: float = STOP_WAIT) -> StopReport:
+        """Warm shutdown of the devices that run (all when ``selectors`` is None), and what
+        became of them within ``wait`` seconds.
+
+        A device in warm shutdown stops answering remote control at once, though its process
+        lives until its tasks end: so it counts as stopped only once it said it ended (or fell
+        silent for ``dead_after``, as a killed one does). One still finishing a task, or one
+        already stopping when asked, is reported ``stopping`` with what it runs.
         """
         names = self.resolve(selectors)
-        targets = self._online(names if names is not None else list(self.known()))
-        if not targets:
-            return []
-        self.app.control.broadcast(
-            LEAVING_COMMAND, destination=targets, reply=True, timeout=self.timeout, limit=len(targets)
+        asked = names if names is not None else list(self.known())
+        targets = self._online(asked)
+        already = sorted(self._stopping([n for n in asked if n not in targets]))
+        still: list[str] = []
+        if targets:
+            self.app.control.broadcast(
+                LEAVING_COMMAND, destination=targets, reply=True, timeout=self.timeout, limit=len(targets)
+            )
+            self.app.control.shutdown(destination=targets)
+            still = self._wait_ended(targets, wait)
+        known = self.known()
+        return StopReport(
+            stopped=[n for n in targets if n not in still],
+            stopping={n: self.running(n, known.get(n, [])) for n in sorted({*still, *already})},
+            not_running=[n for n in names or [] if n not in targets and n not in already],
         )
-        self.app.control.shutdown(destination=targets)
+
+    def _wait_ended(self, names: Sequence[str], wait: float) -> list[str]:
+        """Those of ``names`` that have not ended after ``wait`` seconds (fewer as they end)."""
         deadline = time.monotonic() + wait
         delay = 0.05
-        still = targets
-        while still and time.monotonic() < deadline:
-            time.sleep(delay)  # a warm shutdown takes as long as the task in hand
+        while True:
+            ended = self._ended(names)
+            names = [n for n in names if n not in ended]
+            left = deadline - time.monotonic()
+            if not names or left <= 0:
+                return list(names)
+            time.sleep(min(delay, left))  # a warm shutdown takes as long as the tasks in hand
             delay = min(delay * 2, 0.5)
-            still = self._online(still)
-        return [n for n in targets if n not in still]
+
+    def _ends(self, names: Sequence[str]) -> list[tuple[str, str | None, float | None]]:
+        """(name, what it said of its end, seconds since it was last heard) for each of
+        ``names``, in Redis's clock, in one round trip."""
+        if not names:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hmget(keys.DEVICES_LEAVING, list(names))
+        pipe.hmget(keys.DEVICES_SEEN, list(names))
+        pipe.time()
+        said, seen, (seconds, micros) = pipe.execute()
+        now = seconds + micros / 1e6
+        return [
+            (name, None if end is None else text(end), None if beat is None else now - float(beat))
+            for name, end, beat in zip(names, said, seen, strict=True)
+        ]
+
+    def _ended(self, names: Sequence[str]) -> set[str]:
+        """Those of ``names`` that said they ended, or fell silent for ``dead_after`` (died)."""
+        return {
+            name
+            for name, end, silent in self._ends(names)
+            if end == Ending.STOPPED.value or silent is None or silent > self.dead_after
+        }
+
+    def _stopping(self, names: Sequence[str]) -> set[str]:
+        """Those of ``names`` in their warm shutdown: they said it began, and they still beat."""
+        return {
+            name
+            for name, end, silent in self._ends(names)
+            if end == Ending.STOPPING.value and silent is not None and silent <= self.dead_after
+        }
+
+    def running(self, name: str, channels: Sequence[int]) -> list[Running]:
+        """The messages of ``channels`` that ``name`` has started and not finished (its start
+        marks), with their task ids from kombu's entry when the broker is this Redis."""
+        found: list[Running] = []
+        for channel in channels:
+            for message_id, device in self.client.hgetall(keys.started(channel)).items():
+                if text(device).split("|", 1)[0] == name:
+                    found.append(Running(text(message_id), channel, self._task_ids(name, text(message_id))))
+        return sorted(found)
+
+    def _task_ids(self, name: str, message_id: str) -> tuple[str, ...]:
+        """The task ids of a message ``name`` holds: its note names kombu's delivery tag."""
+        noted = self.client.hget(keys.inhand(name), message_id)
+        raw = self.client.hget(keys.KOMBU_UNACKED, text(noted).split("|", 1)[0]) if noted else None
+        try:
+            envelope = json.loads(raw)[0] if raw else None
+        except (ValueError, TypeError, IndexError, KeyError):
+            envelope = None
+        found = messages.carried(envelope)
+        return tuple(task_id for task_id, _ in found[1]) if found else ()
 
     # -- status -------------------------------------------------------------------
     def _live(self, known: Sequence[str]) -> dict[str, tuple[int, list[int]]]:
@@ -319,12 +460,16 @@ class Devices:
             known.setdefault(name, consumed)  # seen by Flower before it entered our roster
         seen = self.client.hgetall(keys.DEVICES_SEEN)
         done = self.client.hgetall(keys.DEVICES_DONE)
+        stopping = self._stopping(list(known))
         now = time.time()
         result = []
         for name, channels in sorted(known.items()):
             wanted = self.wanted(name)
             state, in_hand = DeviceState.OFFLINE, 0
-            if name in live:
+            if name in stopping:  # it answers no remote control, or will not for long: the books say
+                state = DeviceState.STOPPING
+                in_hand = live[name][0] if name in live else len(self.running(name, channels))
+            elif name in live:
                 # Paused when it no longer consumes, or when the operator paused it: the
                 # consumer is cancelled a moment after the control reply, but a device
                 # checks its wanted state before each task, so it starts none meanwhile.

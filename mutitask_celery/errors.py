@@ -11,6 +11,7 @@ written for the original (catching ``TypeError`` or ``ValueError``) still works:
      ├── EncodingError (TypeError)         a value JSON cannot carry
      ├── BrokerUnavailable (ConnectionError)  Redis/broker cannot be reached
      ├── BooksLost (RuntimeError)          Redis came back without data the books held
+     ├── TooManyLateRunners (RuntimeError) task functions past their time limit hold the threads
      └── RecordNotFound (KeyError)         no dead-letter record with that id
 
 and :class:`ExitCode`, the exit codes of the package's processes.
@@ -50,6 +51,13 @@ class BooksLost(MutitaskError, RuntimeError):
     (a restart without its append-only file, or with a part of it refused)."""
 
 
+class TooManyLateRunners(MutitaskError, RuntimeError):
+    """Task functions past their time limit still run on so many threads of this process
+    (``MUTITASK_MAX_LATE_RUNNERS``, or no thread can start at all) that the next task gets
+    none: not the task's fault, so no task fails for it; the device hands its message back
+    and stops (exit code 6) for a fresh process to take its place."""
+
+
 class RecordNotFound(MutitaskError, KeyError):
     """No dead-letter record has the given id."""
 
@@ -65,3 +73,5 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad usage or configuration (ConfigurationError)
     UNREACHABLE = 3  # Redis or the broker cannot be reached (BrokerUnavailable)
     BOOKS_LOST = 4  # Redis lost data the books held (BooksLost): see the README
+    LATE_RUNNERS = 6  # a device stopped for a fresh process: too many task functions past their time limit
+    STILL_STOPPING = 75  # `mutitask stop`: a device asked to stop still runs a task (sysexits' EX_TEMPFAIL: ask again)

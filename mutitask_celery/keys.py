@@ -26,6 +26,8 @@ Layout (``<ch>`` is a channel number, ``<id>`` a task id):
 ``mutitask:devices:beats``      sorted set device name -> that time: alive or recently dead devices only
 ``mutitask:devices:forgotten``  hash device name -> when it was dropped from the roster (silent too long)
 ``mutitask:devices:done``       hash device name -> tasks it has finished
+``mutitask:devices:leaving``    hash device name -> ``stopping`` (its warm shutdown has begun) or ``stopped``
+                                (it ended); cleared when it starts again
 ``mutitask:inhand:<device>``    hash message id -> "tag|score|tasks|channel": the delivery in its
                                 hands (kombu's delivery tag and its ``unacked_index`` score, which tells
                                 deliveries apart)
@@ -60,7 +62,7 @@ RESULTS_PREFIX = "ResultChannel"
 PREFIX = PLAIN_PREFIX
 PENDING_PREFIX = META_PREFIX = STATS_PREFIX = DEAD_INDEX = DEAD_CHANNELS = DEAD_RECORD_PREFIX = ""
 DEAD_DROPPED = DEVICES_EXPECTED = DEVICES_WANTED = DEVICES_INFO = DEVICES_SEEN = DEVICES_DONE = ""
-DEVICES_BEATS = DEVICES_FORGOTTEN = SWEEP_DUE = CHANNEL_SIZES = INHAND_PREFIX = LOST_PREFIX = ""
+DEVICES_BEATS = DEVICES_FORGOTTEN = DEVICES_LEAVING = SWEEP_DUE = CHANNEL_SIZES = INHAND_PREFIX = LOST_PREFIX = ""
 UNSENT_PREFIX = RESULTS_TAG = RATE_LIMITS = RATE_TAT = ""
 
 
@@ -76,7 +78,7 @@ def use_cluster_layout(cluster: bool) -> None:
     """
     global PREFIX, PENDING_PREFIX, META_PREFIX, STATS_PREFIX, DEAD_INDEX, DEAD_CHANNELS
     global DEAD_RECORD_PREFIX, DEAD_DROPPED, DEVICES_EXPECTED, DEVICES_WANTED, DEVICES_INFO
-    global DEVICES_SEEN, DEVICES_DONE, DEVICES_BEATS, DEVICES_FORGOTTEN, SWEEP_DUE
+    global DEVICES_SEEN, DEVICES_DONE, DEVICES_BEATS, DEVICES_FORGOTTEN, DEVICES_LEAVING, SWEEP_DUE
     global CHANNEL_SIZES, INHAND_PREFIX, LOST_PREFIX, UNSENT_PREFIX, RESULTS_TAG
     global KOMBU_UNACKED, KOMBU_UNACKED_INDEX, RATE_LIMITS, RATE_TAT
     PREFIX = f"{PLAIN_PREFIX}:{CLUSTER_TAG}" if cluster else PLAIN_PREFIX
@@ -95,6 +97,7 @@ def use_cluster_layout(cluster: bool) -> None:
     DEVICES_DONE = f"{PREFIX}:devices:done"
     DEVICES_BEATS = f"{PREFIX}:devices:beats"
     DEVICES_FORGOTTEN = f"{PREFIX}:devices:forgotten"
+    DEVICES_LEAVING = f"{PREFIX}:devices:leaving"
     SWEEP_DUE = f"{PREFIX}:sweep:due"
     CHANNEL_SIZES = f"{PREFIX}:channel_sizes"
     RATE_LIMITS = f"{PREFIX}:rate_limits"

@@ -110,7 +110,7 @@ def devices() -> Devices:
     global _devices
     conf = _fresh()
     if _devices is None:
-        _devices = Devices(books_client(conf), celery_app.app, flower_url=conf.flower_url)
+        _devices = Devices(books_client(conf), celery_app.app, flower_url=conf.flower_url, dead_after=conf.dead_after)
     return _devices
 
 

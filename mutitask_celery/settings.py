@@ -120,6 +120,16 @@ SETTINGS: tuple[Setting, ...] = (
         "(mutitask status says how many were forgotten).",
     ),
     Setting(
+        "max_late_runners",
+        "MUTITASK_MAX_LATE_RUNNERS",
+        ("mutitask_max_late_runners",),
+        32,
+        _optional_positive(int),
+        "Task functions past their time limit that one device process may leave running (each holds a thread); "
+        "at the cap the device hands its next message back and stops with exit code 6 for a fresh process. "
+        "None: no cap (it stops when no thread can start).",
+    ),
+    Setting(
         "dead_letter_max",
         "MUTITASK_DEAD_LETTER_MAX",
         ("mutitask_dead_letter_max",),
@@ -164,6 +174,7 @@ class Settings:
     dead_after: float = 10.0
     max_attempts: int = 3
     forget_after: float = 86400.0
+    max_late_runners: int | None = 32
     dead_letter_max: int | None = None
     dead_letter_max_age: float | None = None
     progress: str = "auto"

@@ -86,6 +86,18 @@ def build(app: Celery, queue: str, channel: int, items: Sequence[Item], suspect:
     return json.dumps(envelope)
 
 
+def carried(envelope: Any) -> tuple[int, list[Item]] | None:
+    """(channel, items) of one of our messages as kombu keeps it (the envelope :func:`build`
+    makes, or Celery's own), None for anything else."""
+    try:
+        if envelope.get("headers", {}).get("task") != TASK_NAME:
+            return None
+        args = json.loads(base64.b64decode(envelope["body"]))[0]
+        return int(args[0]), [(str(item[0]), str(item[1])) for item in args[1]]
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
 def new_delivery_tag() -> str:
     """A delivery tag of its own for every message we queue, restored ones included: kombu
     acknowledges by tag, so a late ack from a device cut off from Redis must not hit the

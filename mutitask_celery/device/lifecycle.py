@@ -40,7 +40,7 @@ from celery.worker.control import control_command
 from mutitask_celery import celery_app, runtime
 from mutitask_celery.books.integrity import Watermarks
 from mutitask_celery.books.recovery import HEARTBEAT
-from mutitask_celery.control import Taken, channels_of
+from mutitask_celery.control import Ending, Taken, channels_of
 from mutitask_celery.device import isolation, prefetch, wanted
 from mutitask_celery.errors import BooksLost, ConfigurationError, ExitCode
 
@@ -60,6 +60,20 @@ def books_lost(exc: BooksLost) -> None:
     if worker_state.should_stop is None:
         log.critical("mutitask: %s This device stops.", exc)
         worker_state.should_stop = ExitCode.BOOKS_LOST
+
+
+def late_runners(reason: str) -> None:
+    """Task functions past their time limit hold too many threads (see :mod:`.time_limits`):
+    say so once, and stop this device (warm: tasks in hand finish; what it holds goes back)
+    with exit code 6, so that a supervisor starts a fresh process in its place."""
+    if worker_state.should_stop is None:
+        log.critical(
+            "mutitask: %s. This device takes no more tasks and stops (exit code %d): "
+            "a fresh process should take its place.",
+            reason,
+            ExitCode.LATE_RUNNERS,
+        )
+        worker_state.should_stop = ExitCode.LATE_RUNNERS
 
 
 class DeviceLife:
@@ -182,6 +196,8 @@ class DeviceLife:
             self.unnoted.set()
             raise
         runtime.broker().release_dropped(name, self.holding())
+        if self.leaving():  # a warm shutdown, however asked: status shows it stopping, not offline
+            devices.ending(name, Ending.STOPPING)
         if done < 0:  # the roster had forgotten this device: its counts start afresh
             self.books.forget(done_key(name))
             return
@@ -242,6 +258,7 @@ class DeviceLife:
             if dropped:
                 log.info("%s handed back %d message(s) it held", name, dropped)
             runtime.devices().heard(name)
+            runtime.devices().ending(name, Ending.STOPPED)  # what `mutitask stop` waits for
         except redis.RedisError:
             pass
 
@@ -297,4 +314,8 @@ def mutitask_leaving(state: Any, **_: Any) -> dict[str, str]:
     """A warm shutdown follows: tasks waiting for a rate limit hand their messages back now,
     so the shutdown waits only for tasks that run (see :meth:`DeviceLife.leaving`)."""
     life.told_to_leave.set()
+    try:
+        runtime.devices().ending(state.consumer.hostname, Ending.STOPPING)
+    except redis.RedisError:
+        pass  # the next heartbeat says it
     return {"ok": "leaving"}

@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import redis
 from billiard.einfo import ExceptionWithTraceback
@@ -30,7 +30,7 @@ from mutitask_celery.books.ledger import Finished, Outcome, claim_of
 from mutitask_celery.books.recovery import Verdict
 from mutitask_celery.celery_app import TASK_NAME, app
 from mutitask_celery.device import isolation, lifecycle, pacing, prefetch, time_limits, wanted
-from mutitask_celery.errors import BooksLost, BrokerUnavailable
+from mutitask_celery.errors import BooksLost, BrokerUnavailable, TooManyLateRunners
 from mutitask_celery.serving.channels import ChannelHandler, SaveFunction, TaskFormat, handler_for
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,8 @@ def run_one(handler: ChannelHandler, task_id: str, data: str) -> Outcome | ToSav
         try:
             result = time_limits.call_with_limit(handler.task_function, arg, handler.time_limit, task_id)
             break
+        except TooManyLateRunners:
+            raise  # not the task's fault: no outcome, the device reacts (see _no_runner)
         except Exception as exc:  # the user's code: any error is a task failure; so is its time limit
             if attempt >= handler.retries:
                 timed_out = isinstance(exc, time_limits.TimedOut)
@@ -201,6 +203,21 @@ def _hand_back(device: str, message_id: str, channel: int) -> None:
         pass  # a stale note is harmless (the fences see it); a stale start mark costs one death
 
 
+class NoRunner(Reject):  # type: ignore[misc]  # celery's, untyped
+    """The message goes back untouched: too many task functions of this process run past their
+    time limit (:class:`.TooManyLateRunners`). Raised in the pool's process (a prefork child),
+    it reaches :meth:`DeviceRequest.on_failure` in the worker's, which stops the device."""
+
+    def __init__(self, reason: str = "", requeue: bool = True) -> None:
+        super().__init__(reason, requeue)  # the same arguments as Reject's: it crosses a pipe pickled
+
+
+def _no_runner(device: str, message_id: str, channel: int, exc: TooManyLateRunners) -> NoReturn:
+    """No task of the message may run (see :class:`NoRunner`): hand it back, counting no death."""
+    _hand_back(device, message_id, channel)
+    raise NoRunner(f"{device}: {exc}") from None  # the reason says it all: no chained traceback in the log
+
+
 def _settle_redelivery(channel: int, device: str, message_id: str, items: list[list[Any]]) -> Verdict:
     """How a redelivered message runs (see recovery.Redeliveries); on the Redis broker the
     reaper counts deaths instead, and it runs as it came."""
@@ -220,9 +237,18 @@ class DeviceRequest(Request):  # type: ignore[misc]  # celery's, untyped
     (:meth:`Reaper.worker_lost`): the death is charged, the tasks go back alone, and a
     task that died ``max_attempts`` times is dead-lettered. On a broker that redelivers by
     itself (RabbitMQ), Celery's requeue stays and the redelivery is counted.
+
+    A message given back for want of a runner (:class:`NoRunner`) stops the device: that
+    is decided here, in the worker's process, where the stop takes effect, and no pool child
+    is recycled for it (a child lost mid-task would be charged as its task's death).
     """
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
+        exc = exc_info.exception
+        if isinstance(exc, ExceptionWithTraceback):
+            exc = exc.exc
+        if isinstance(exc, NoRunner):  # this runs in the worker's process, whatever the pool
+            lifecycle.late_runners(str(exc.reason))
         if _child_lost(self, exc_info.exception) and _take_back(self):
             return None
         return super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
@@ -266,6 +292,10 @@ def run_items(self: Task, channel: int, items: list[list[Any]], suspect: bool = 
         # Fetched just before the pause took effect: give it back untouched.
         _hand_back(device, message_id, channel)
         raise Reject(f"{device} is paused", requeue=True)
+    try:
+        time_limits.check_room()
+    except TooManyLateRunners as exc:
+        _no_runner(device, message_id, channel, exc)
     alone = suspect  # it was running when a device died: it runs alone (see isolation)
     if (self.request.delivery_info or {}).get("redelivered"):
         verdict = _settle_redelivery(channel, device, message_id, items)
@@ -368,10 +398,19 @@ def _run(
         ]
     else:
         outcomes = []
-        for n, (task_id, data) in enumerate(items):
-            if chunk is not None and n and n % chunk == 0:
-                _next_starts(channel, min(chunk, len(items) - n))
-            outcomes.append(run_one(handler, str(task_id), str(data)))
+        try:
+            for n, (task_id, data) in enumerate(items):
+                if chunk is not None and n and n % chunk == 0:
+                    _next_starts(channel, min(chunk, len(items) - n))
+                outcomes.append(run_one(handler, str(task_id), str(data)))
+        except TooManyLateRunners as exc:
+            # No thread at all mid-message (the cap is asked before a message starts): nothing
+            # is recorded, the whole message runs again elsewhere, the tasks that ran here too.
+            try:
+                devices.started_settled()  # in Redis before the hand-back undoes it
+            except redis.RedisError:
+                pass
+            _no_runner(device, message_id, channel, exc)
     busy = time.perf_counter() - started
     try:
         devices.started_settled()

@@ -13,8 +13,17 @@ thread's own, and the worker thread waits for it at most the limit:
   the outcome was recorded once, by the worker thread). The next task gets a new runner.
 
 The same holds on the threads, prefork (inside the child) and solo pools. An abandoned
-runner still holds what the function holds (memory, a socket) until it returns; a device
-counts them (:func:`abandoned`) and says so in its log.
+runner still holds what the function holds (a thread, memory, a socket) until it returns; a
+device counts them (:func:`abandoned`) and says so in its log.
+
+**Too many late runners.** Each abandoned runner keeps a thread, and a process can start only
+so many: past that, every task would fail with "can't start new thread", healthy ones too.
+So a process leaves at most ``MUTITASK_MAX_LATE_RUNNERS`` behind: :func:`check_room`, asked
+before a message starts, raises :class:`.TooManyLateRunners` at the cap, and so does a call
+whose runner thread cannot start at all. Neither is the task's fault: the device hands the
+message back untouched and stops, for a fresh process (see ``tasks``). A message already
+started finishes first: its later tasks still get runners, so the cap can be passed by the
+tasks of the messages in hand, never more.
 """
 
 from __future__ import annotations
@@ -25,6 +34,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from mutitask_celery import settings
+from mutitask_celery.errors import TooManyLateRunners
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +70,13 @@ class _Runner:
         self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
         self.abandoned = False
         self._thread = threading.Thread(target=self._loop, name="mutitask-task-runner", daemon=True)
-        self._thread.start()
+        try:
+            self._thread.start()
+        except RuntimeError as exc:  # "can't start new thread": the process has no thread left to give
+            raise TooManyLateRunners(
+                f"cannot start a thread for the next task function ({exc}); "
+                f"{abandoned()} task function(s) still run past their time limit in this process"
+            ) from exc
 
     def _loop(self) -> None:
         global _abandoned
@@ -89,7 +107,9 @@ class _Runner:
 
 
 def call_with_limit(fn: Callable[[Any], Any], arg: Any, limit: float | None, label: str = "") -> Any:
-    """``fn(arg)``, or :class:`TimedOut` once ``limit`` seconds pass (None: no limit, run here)."""
+    """``fn(arg)``, or :class:`TimedOut` once ``limit`` seconds pass (None: no limit, run here).
+
+    Raises :class:`.TooManyLateRunners` when no thread can be started for it."""
     if limit is None:
         return fn(arg)
     runner: _Runner | None = getattr(_local, "runner", None)
@@ -115,3 +135,18 @@ def abandoned() -> int:
     """Task functions of this process still running past their limit."""
     with _abandoned_lock:
         return _abandoned
+
+
+def check_room() -> None:
+    """Raise :class:`.TooManyLateRunners` when this process already leaves
+    ``MUTITASK_MAX_LATE_RUNNERS`` task functions running past their limit: asked before a
+    message starts, so that one goes back untouched rather than fail for want of a thread."""
+    late = abandoned()
+    if not late:
+        return
+    cap = settings.current().max_late_runners
+    if cap is not None and late >= cap:
+        raise TooManyLateRunners(
+            f"{late} task function(s) still run past their time limit in this process "
+            f"(MUTITASK_MAX_LATE_RUNNERS is {cap})"
+        )

@@ -277,8 +277,12 @@ class Console:
     def _stop(self) -> str:
         self.stopped = True
         self.producer.stop()
-        gone = self.devices.stop(None)
-        return f"stopped {len(gone)} device(s); stopping the server"
+        report = self.devices.stop_report(None)
+        still = "".join(
+            f"; {name} is still stopping, it runs {'; '.join(r.describe() for r in running) or 'no known task'}"
+            for name, running in report.stopping.items()
+        )
+        return f"stopped {len(report.stopped)} device(s){still}; stopping the server"
 
 
 def _ago(ts: float | None) -> str:

@@ -1,7 +1,8 @@
 """The ``mutitask`` command (also ``python -m mutitask_celery``).
 
 Exit codes: 0 done; 1 a record or thing asked for does not exist;
-2 bad usage; 3 Redis cannot be reached.
+2 bad usage; 3 Redis cannot be reached; 75 ``mutitask stop``: a device
+is still stopping (its warm shutdown waits for a task; the output names it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from mutitask_celery import api, keys, runtime, settings
 from mutitask_celery.books.dead_letters import FailedTask
 from mutitask_celery.books.rate_limits import describe, parse_rate
 from mutitask_celery.connection import check_redis
-from mutitask_celery.control import Devices
+from mutitask_celery.control import STOP_WAIT, Devices, StopReport
 from mutitask_celery.errors import BrokerUnavailable, ConfigurationError, ExitCode, RecordNotFound
 from mutitask_celery.legacy.console import format_devices
 from mutitask_celery.tables import format_table, local_time
@@ -27,6 +28,7 @@ examples:
   mutitask pause device2                    device2 finishes its task in hand and takes no new one
   mutitask start --all                      every device takes tasks again
   mutitask stop 3                           device3 finishes its task in hand and exits
+  mutitask stop 3 --wait 60                 ... waiting up to 60 s for it to end (default 10)
   mutitask rate 1 20                        at most 20 tasks of channel 1 start a second, all devices together
   mutitask failed list --channel 1          the failed tasks of channel 1, oldest first
   mutitask failed show 3f2a...              one record, with its traceback
@@ -36,7 +38,8 @@ examples:
   mutitask web --port 5566                  the operator's page: channels, devices, dead letters, /metrics
   mutitask demo                             a server and three devices working a job here, then a status table
 
-exit codes: 0 done, 1 not found (or no device answered), 2 bad usage, 3 Redis unreachable
+exit codes: 0 done, 1 not found (or no device answered), 2 bad usage, 3 Redis unreachable,
+  75 stop: a device still runs a task and is stopping (the task is named; ask again later)
 """
 
 
@@ -115,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--all", action="store_true")
         p.add_argument("--json", action="store_true")
         p.set_defaults(handler=_control)
+        if name == "stop":
+            p.add_argument(
+                "--wait",
+                type=float,
+                default=STOP_WAIT,
+                help=f"seconds to wait for the devices to end (default {STOP_WAIT:g}); "
+                "one still running a task then is reported stopping, exit 75",
+            )
+            p.set_defaults(handler=_stop)
     rate = sub.add_parser(
         "rate",
         parents=[common],
@@ -189,7 +201,7 @@ def _channels_with_records() -> list[int]:
 def _status(args: argparse.Namespace) -> int:
     """``mutitask status``: every device and its state, then how many names were forgotten."""
     base = runtime.devices()
-    found = Devices(base.client, timeout=args.timeout, flower_url=base.flower_url).devices()
+    found = Devices(base.client, timeout=args.timeout, flower_url=base.flower_url, dead_after=base.dead_after).devices()
     if args.json:
         print(json.dumps([d.as_dict() for d in found], indent=1))
         return ExitCode.OK
@@ -217,16 +229,41 @@ def _rate(args: argparse.Namespace) -> int:
 
 
 def _control(args: argparse.Namespace) -> int:
-    """``mutitask pause|start|stop DEVICE... | --all``: one control command, exit 1 if no device did it."""
+    """``mutitask pause|start DEVICE... | --all``: one control command, exit 1 if no device did it."""
     if args.all == bool(args.devices):
         raise ConfigurationError("say which: one or more DEVICEs, or --all")
     selectors = None if args.all else args.devices
     devices = runtime.devices()
-    act = {"pause": devices.pause, "start": devices.start, "stop": devices.stop}[args.command]
+    act = {"pause": devices.pause, "start": devices.start}[args.command]
     done = act(selectors)
-    verb = {"pause": "paused", "start": "started", "stop": "stopped"}[args.command]
+    verb = {"pause": "paused", "start": "started"}[args.command]
     print(json.dumps({verb: done}) if args.json else f"{verb}: {', '.join(done) or 'none'}")
     return ExitCode.OK if done else ExitCode.NOT_FOUND
+
+
+def _stop(args: argparse.Namespace) -> int:
+    """``mutitask stop DEVICE... | --all [--wait S]``: 0 when every device asked for ended, 75
+    when one still finishes a task (named), 1 when none was running."""
+    if args.all == bool(args.devices):
+        raise ConfigurationError("say which: one or more DEVICEs, or --all")
+    report = runtime.devices().stop_report(None if args.all else args.devices, wait=args.wait)
+    print(json.dumps(report.as_dict()) if args.json else _describe_stop(report))
+    if report.stopping:
+        return ExitCode.STILL_STOPPING
+    return ExitCode.OK if report.stopped else ExitCode.NOT_FOUND
+
+
+def _describe_stop(report: StopReport) -> str:
+    lines = [f"stopped: {', '.join(report.stopped) or 'none'}"]
+    for name, running in report.stopping.items():
+        what = "; ".join(r.describe() for r in running) or "no task the books know of"
+        lines.append(
+            f"still stopping: {name} (its process lives, in a warm shutdown, until its tasks end) runs {what}; "
+            "it ends when they do, or kill its process and its tasks go to another device"
+        )
+    if report.not_running:
+        lines.append(f"not running: {', '.join(report.not_running)}")
+    return "\n".join(lines)
 
 
 def _failed_list(args: argparse.Namespace) -> int:

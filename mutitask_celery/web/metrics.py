@@ -15,7 +15,8 @@ disagree. Every name starts ``mutitask_``; labels are ``channel`` and ``device``
 ``mutitask_channel_size``                   gauge    the channel's ``ChannelSize``
 ``mutitask_dead_letters``                   gauge    records in the dead-letter store now
 ``mutitask_rate_limit_per_second``          gauge    the channel's rate limit, when it has one
-``mutitask_device_state``                   gauge    1 for the device's state (``state`` label)
+``mutitask_device_state``                   gauge    1 for the device's state (``state`` label: running,
+                                                     paused, stopping, offline)
 ``mutitask_device_in_hand``                 gauge    tasks the device is running
 ``mutitask_device_tasks_done_total``        counter  tasks the device has finished
 ==========================================  =======  ====================================

@@ -198,12 +198,18 @@ def act_on_dead(action: str, body: dict[str, Any]) -> dict[str, Any]:
 
 def act_on_devices(action: str, body: dict[str, Any]) -> dict[str, Any]:
     """Pause, start or stop devices: ``{"devices": "all"}`` or ``{"devices": [names]}``;
-    returns those that confirmed."""
+    returns those that confirmed (a stop: those that ended, and under ``stopping`` those still
+    finishing a task, with what they run)."""
     if action not in ("pause", "start", "stop"):
         raise ConfigurationError(f"no such action {action!r}: pause, start or stop")
     chosen = body.get("devices", "all")
     if chosen != "all" and not (isinstance(chosen, list) and chosen and all(isinstance(d, str) for d in chosen)):
         raise ConfigurationError('"devices" must be "all" or a list of device names')
     devices = runtime.devices()
-    act = {"pause": devices.pause, "start": devices.start, "stop": devices.stop}[action]
-    return {"action": action, "confirmed": act(None if chosen == "all" else list(chosen))}
+    selectors = None if chosen == "all" else list(chosen)
+    if action == "stop":
+        report = devices.stop_report(selectors)
+        stopping = {name: [r.describe() for r in running] for name, running in report.stopping.items()}
+        return {"action": action, "confirmed": report.stopped, "stopping": stopping}
+    act = {"pause": devices.pause, "start": devices.start}[action]
+    return {"action": action, "confirmed": act(selectors)}

@@ -16,6 +16,7 @@ Behaviours (the task function):
   gil      prints 'START <task> <time>'; a task starting with "gil" runs sum(range($GIL_N)) (8e8): one C
            call that holds the GIL throughout, so no other thread of the device runs meanwhile (not
            its heartbeat either); others sleep $SLOW_SECONDS (0.05); returns the task
+  hold     prints 'START <task> <time>'; a task starting with "hold" waits until the file $RELEASE_FILE exists
 Options: --native (task_format='native'), --retries N (retries=N, retry_backoff=0.01),
 --concurrency N (tasks at once, threads), --time-limit S (time_limit=S), --save-file (a save
 function that appends each result as a line to $SAVE_FILE; it prints 'SAVING <result> <time>'
@@ -85,6 +86,13 @@ def hang(task):
     return task
 
 
+def hold(task):
+    print(f"START {task} {time.time()!r}", flush=True)
+    while task.startswith("hold") and not os.path.exists(os.environ["RELEASE_FILE"]):
+        time.sleep(0.05)  # a task that hangs until the test lets it go
+    return task
+
+
 def paced(task):
     time.sleep(float(os.environ.get("PACE_SECONDS", "0.01")))
     return double(task)
@@ -140,6 +148,7 @@ BEHAVIOURS = {
     "failing": failing,
     "hang": hang,
     "gil": gil,
+    "hold": hold,
 }
 
 if __name__ == "__main__":

@@ -109,7 +109,10 @@ document.addEventListener("click", (event) => {
   const who = button.dataset.devices;
   const act = async () => {
     const reply = await mt.api("/api/devices/" + action, { devices: who === "all" ? "all" : [who] });
-    mt.notice(action + ": " + (reply.confirmed.join(", ") || "no device answered"), !reply.confirmed.length);
+    const stopping = Object.entries(reply.stopping || {}).map(([name, runs]) =>
+      name + " is still stopping: it runs " + (runs.join("; ") || "no task the books know of"));
+    const confirmed = reply.confirmed.join(", ") || (stopping.length ? "none yet" : "no device answered");
+    mt.notice([action + ": " + confirmed, ...stopping].join(". "), !reply.confirmed.length);
     refresh();
   };
   if (action === "stop") mt.confirm("Stop " + (who === "all" ? "every device" : who) + "? Its process ends.", act);
