@@ -108,8 +108,9 @@ class Terminal:
     def run(self) -> int:
         """Block, working tasks of the channel, until SIGINT/SIGTERM or a stop; returns the exit code.
 
-        A device stopped because Redis lost data raises ``SystemExit(4)`` instead, so the
-        legacy script, which ignores the return value, exits with that code too.
+        A device stopped because Redis lost data raises ``SystemExit(4)`` instead, and one
+        whose name another live process holds (or took over) ``SystemExit(5)``, so the legacy
+        script, which ignores the return value, exits with that code too.
         """
         if self.funcs.task_function is None:
             raise FunctionError("no task function: call funcItem.load_task_function(f) before run()")
@@ -126,6 +127,6 @@ class Terminal:
             time_limit=self.config.time_limit,
         )
         code = run_worker(self.name, [self.config.channel], concurrency=self.config.concurrency)
-        if code == ExitCode.BOOKS_LOST:  # Redis lost data: the script ends with that code, not 0
+        if code in (ExitCode.BOOKS_LOST, ExitCode.IN_USE):  # the script ends with that code, not 0
             raise SystemExit(code)
         return code
