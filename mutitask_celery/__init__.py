@@ -35,6 +35,8 @@ from mutitask_celery.errors import (
     EncodingError,
     FunctionError,
     InvalidTasksError,
+    LeaseHeld,
+    LeaseLost,
     MutitaskError,
     RecordNotFound,
 )
@@ -74,5 +76,7 @@ __all__ = [
     "EncodingError",
     "BrokerUnavailable",
     "BooksLost",
+    "LeaseHeld",
+    "LeaseLost",
     "RecordNotFound",
 ]

@@ -12,6 +12,8 @@ written for the original (catching ``TypeError`` or ``ValueError``) still works:
      ├── BrokerUnavailable (ConnectionError)  Redis/broker cannot be reached
      ├── BooksLost (RuntimeError)          Redis came back without data the books held
      ├── TooManyLateRunners (RuntimeError) task functions past their time limit hold the threads
+     ├── LeaseHeld (RuntimeError)          another live process is this device, or serves this channel/run
+     │    └── LeaseLost                    ... and took it over while this one was out of reach
      └── RecordNotFound (KeyError)         no dead-letter record with that id
 
 and :class:`ExitCode`, the exit codes of the package's processes.
@@ -58,6 +60,18 @@ class TooManyLateRunners(MutitaskError, RuntimeError):
     and stops (exit code 6) for a fresh process to take its place."""
 
 
+class LeaseHeld(MutitaskError, RuntimeError):
+    """Another live process holds what this one needs for itself: a device's name, or a
+    channel or run a server feeds (one process per device name, one server per channel and
+    per run; see :mod:`.books.leases`). The message names the holder and what to do."""
+
+
+class LeaseLost(LeaseHeld):
+    """This process held the lease, and another one took it after it had expired (this one
+    was frozen, or cut off, for longer than its lease lasts): it must stop, not work beside
+    the new holder."""
+
+
 class RecordNotFound(MutitaskError, KeyError):
     """No dead-letter record has the given id."""
 
@@ -73,5 +87,6 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad usage or configuration (ConfigurationError)
     UNREACHABLE = 3  # Redis or the broker cannot be reached (BrokerUnavailable)
     BOOKS_LOST = 4  # Redis lost data the books held (BooksLost): see the README
+    IN_USE = 5  # another live process is this device, or serves this channel or run (LeaseHeld)
     LATE_RUNNERS = 6  # a device stopped for a fresh process: too many task functions past their time limit
     STILL_STOPPING = 75  # `mutitask stop`: a device asked to stop still runs a task (sysexits' EX_TEMPFAIL: ask again)

@@ -44,6 +44,11 @@ Layout (``<ch>`` is a channel number, ``<id>`` a task id):
 ``mutitask:sweep:due``          counter: a device died or restarted, so the server sweeps (see recovery)
 ``mutitask:steps:<writer>``     hash slot -> its last step id and result: a retried step applies once
 ``mutitask:lost:<ch>``          hash task id -> times a device died holding it
+``mutitask:lease:<what>``       a lease: its holder (host, pid, token, since), expiring unless renewed
+                                (see books.leases); ``<what>`` is ``device:<device>`` (one process per
+                                device name), ``channel:<ch>`` or ``run:<name>`` (one server per channel, run)
+``mutitask:lease:holders``      hash lease key -> its last taker ('' once released): may a lapsed lease be
+                                taken back by its holder (nobody took it since)
 ``mutitask:unsent:<ch>``        sorted set id -> time: in the books, not yet handed to another broker
 ``unacked``, ``unacked_index``  kombu's own: delivered messages not yet acknowledged
 ==============================  ====================================================
@@ -63,7 +68,7 @@ PREFIX = PLAIN_PREFIX
 PENDING_PREFIX = META_PREFIX = STATS_PREFIX = DEAD_INDEX = DEAD_CHANNELS = DEAD_RECORD_PREFIX = ""
 DEAD_DROPPED = DEVICES_EXPECTED = DEVICES_WANTED = DEVICES_INFO = DEVICES_SEEN = DEVICES_DONE = ""
 DEVICES_BEATS = DEVICES_FORGOTTEN = DEVICES_LEAVING = SWEEP_DUE = CHANNEL_SIZES = INHAND_PREFIX = LOST_PREFIX = ""
-UNSENT_PREFIX = RESULTS_TAG = RATE_LIMITS = RATE_TAT = ""
+UNSENT_PREFIX = RESULTS_TAG = RATE_LIMITS = RATE_TAT = LEASE_HOLDERS = ""
 
 
 def use_cluster_layout(cluster: bool) -> None:
@@ -80,7 +85,7 @@ def use_cluster_layout(cluster: bool) -> None:
     global DEAD_RECORD_PREFIX, DEAD_DROPPED, DEVICES_EXPECTED, DEVICES_WANTED, DEVICES_INFO
     global DEVICES_SEEN, DEVICES_DONE, DEVICES_BEATS, DEVICES_FORGOTTEN, DEVICES_LEAVING, SWEEP_DUE
     global CHANNEL_SIZES, INHAND_PREFIX, LOST_PREFIX, UNSENT_PREFIX, RESULTS_TAG
-    global KOMBU_UNACKED, KOMBU_UNACKED_INDEX, RATE_LIMITS, RATE_TAT
+    global KOMBU_UNACKED, KOMBU_UNACKED_INDEX, RATE_LIMITS, RATE_TAT, LEASE_HOLDERS
     PREFIX = f"{PLAIN_PREFIX}:{CLUSTER_TAG}" if cluster else PLAIN_PREFIX
     RESULTS_TAG = CLUSTER_TAG if cluster else ""
     PENDING_PREFIX = f"{PREFIX}:pending:"
@@ -102,6 +107,7 @@ def use_cluster_layout(cluster: bool) -> None:
     CHANNEL_SIZES = f"{PREFIX}:channel_sizes"
     RATE_LIMITS = f"{PREFIX}:rate_limits"
     RATE_TAT = f"{PREFIX}:rate_tat"
+    LEASE_HOLDERS = f"{PREFIX}:lease:holders"
     INHAND_PREFIX = f"{PREFIX}:inhand:"
     LOST_PREFIX = f"{PREFIX}:lost:"
     UNSENT_PREFIX = f"{PREFIX}:unsent:"
@@ -212,3 +218,18 @@ def steps(writer: str) -> str:
     """Last step of each slot (thread) of a writer (a device, the server of a channel):
     a call repeated after a lost reply is recognised and not applied again."""
     return f"{PREFIX}:steps:{writer}"
+
+
+def device_lease(name: str) -> str:
+    """The lease of a device's name: one process at a time works as ``name`` (see :mod:`.books.leases`)."""
+    return f"{PREFIX}:lease:device:{name}"
+
+
+def channel_lease(channel: int) -> str:
+    """The lease of the server that feeds a channel: one server per channel at a time."""
+    return f"{PREFIX}:lease:channel:{channel}"
+
+
+def run_lease(name: str) -> str:
+    """The lease of the server that runs a named (resumable) run: one server per run at a time."""
+    return f"{PREFIX}:lease:run:{name}"

@@ -100,7 +100,9 @@ SETTINGS: tuple[Setting, ...] = (
         ("mutitask_dead_after",),
         10.0,
         _optional_positive(float),
-        "Seconds without a device's heartbeat (sent every 2 s) before its tasks go to other devices.",
+        "Seconds without a device's heartbeat (sent every 2 s) before its tasks go to other devices; also how "
+        "long a lease (one server per channel and run, one process per device name) outlives its holder's "
+        "last renewal.",
     ),
     Setting(
         "max_attempts",

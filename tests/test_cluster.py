@@ -31,7 +31,7 @@ from mutitask_celery.tools.localredis import LocalRedis, free_port
 
 HOST = socket.gethostname()
 # Shared functions pasted into other steps (``--! include``), never run on their own.
-INCLUDES = {"clock", "dead_letter", "note", "wake"}
+INCLUDES = {"clock", "dead_letter", "lease_check", "note", "wake"}
 # Steps of the Redis broker's reaper: they act on kombu's own keys (unacked, the queues' lists).
 REDIS_BROKER_ONLY = {"restore", "recover", "retire", "forget", "held"}
 
@@ -120,6 +120,10 @@ def test_the_cluster_layout_puts_every_key_in_one_slot() -> None:
             keys.CHANNEL_SIZES,
             keys.KOMBU_UNACKED,
             keys.KOMBU_UNACKED_INDEX,
+            keys.device_lease("device1@host"),
+            keys.channel_lease(13),
+            keys.run_lease("default"),
+            keys.LEASE_HOLDERS,
         ]
         assert {key_slot(name.encode()) for name in names} == {key_slot(b"books")}
         assert keys.results(5) == "ResultChannel5{books}" and keys.queue(12) == "channel12"

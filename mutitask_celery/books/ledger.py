@@ -34,6 +34,7 @@ from mutitask_celery.connection import text
 
 if TYPE_CHECKING:
     from mutitask_celery.books.brokers import Broker
+    from mutitask_celery.books.leases import Lease
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +130,7 @@ class Outgoing:
     built: list[str] | None = None
     run: str = ""  # the resumable run whose record notes this step (see .runs), or none
     taken: int = 0  # ... the items its server had taken from the channel's generator with these
+    lease: Lease | None = None  # the server's lease of the channel, which fences the step (see .leases)
 
     def groups(self) -> list[list[messages.Item]]:
         return _groups(self.items, self.batch)
@@ -171,7 +173,7 @@ def _round_replies(
         books[out.channel] = ChannelBooks(
             _stats(dict(zip(pairs[::2], pairs[1::2], strict=True))), int(outstanding), int(held), int(backlog)
         )
-        if int(published):
+        if int(published) > 0:  # -1: fenced, another server holds the channel (see Ledger.round)
             went.add(out.channel)
     rest = replies[len(outgoing) :]
     for i, channel in enumerate(read):
@@ -238,7 +240,8 @@ class Ledger:
         went, and the books of all the channels named.
 
         A step repeated with the same id (its first reply was lost with the connection) does
-        nothing if the first one applied.
+        nothing if the first one applied. A step fenced by a lease (``Outgoing.lease``) whose
+        channel another server has taken publishes nothing, and this raises :class:`.LeaseLost`.
         """
         if outgoing and not self._publish_known:  # else the first round's NOSCRIPT costs its whole wait
             self.client.script_load(self._publish.script)
@@ -250,7 +253,7 @@ class Ledger:
         def send() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
             for out in outgoing:
-                pipe.evalsha(self._publish.sha, 8, *self._publish_keys(out), *self._publish_args(out, room_for))
+                pipe.evalsha(self._publish.sha, 10, *self._publish_keys(out), *self._publish_args(out, room_for))
             for channel in read:
                 pipe.hgetall(keys.stats(channel))
                 pipe.hlen(keys.pending(channel))
@@ -269,6 +272,9 @@ class Ledger:
         for out in outgoing:
             if out.channel in went and out.items:
                 self.broker.after_step(out.channel, out.groups())
+        for out, reply in zip(outgoing, replies, strict=False):
+            if int(reply[0]) < 0 and out.lease is not None:  # fenced: nothing of it went
+                raise out.lease.lost(text(self.client.get(out.lease.key) or ""))
         if wait_after:
             self.wait_for_progress(wait_after, timeout)
         return went, books
@@ -285,6 +291,8 @@ class Ledger:
             keys.unsent(channel),
             keys.backlog(channel),
             keys.run(out.run or "-"),  # "-": no run noted (the step does not touch it)
+            out.lease.key if out.lease is not None else keys.channel_lease(channel),  # untouched without a lease
+            keys.LEASE_HOLDERS,
         ]
 
     def _publish_args(self, out: Outgoing, room_for: int) -> list[str | int | float]:
@@ -297,6 +305,8 @@ class Ledger:
             len(out.items),
             str(out.channel) if out.run else "",
             out.taken,
+            out.lease.value if out.lease is not None else "",
+            out.lease.ttl_ms if out.lease is not None else 0,
         ]
         for task_id, data in out.items:
             argv += [task_id, data]

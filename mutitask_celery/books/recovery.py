@@ -627,6 +627,8 @@ class Reaper:
             ):
                 forgotten.append(name)
         if forgotten:
+            # their names' leases lapsed long ago: the notes of their last takers go with them
+            self.client.hdel(keys.LEASE_HOLDERS, *[keys.device_lease(name) for name in forgotten])
             log.info(
                 "forgot %d device(s) silent for over %.0fs: %s",
                 len(forgotten),

@@ -2,13 +2,18 @@
 
 Connected at import of the package, so a legacy client script and
 ``celery -A mutitask_celery worker`` (any pool) behave alike: the device checks
-that the Celery configuration keeps its promises, gives back what a previous
-life under its name held, enters the roster with its channels, and if the
-operator wants it paused (it was paused before a restart, or the run started
-paused) it stops consuming before it takes a task.
+that the Celery configuration keeps its promises, takes the lease of its name
+(one process per device name: a second one started under a live device's name
+exits with code 5 having taken nothing, see :mod:`.books.leases`), gives back
+what a previous life under its name held, enters the roster with its channels,
+and if the operator wants it paused (it was paused before a restart, or the run
+started paused) it stops consuming before it takes a task.
 
-Two threads of its own run while it works, in the worker's main process:
+Three threads of its own run while it works, in the worker's main process:
 
+* the **lease** (``mutitask-lease``, from :meth:`DeviceLife.init` on) renews its
+  name's lease, and stops the device (exit code 5) if another process took the
+  name while this one was frozen or cut off;
 * the **heartbeat** (``mutitask-heartbeat``) says the device lives every
   :data:`HEARTBEAT` seconds and does nothing else, so no other duty can make it
   late and get a live device taken for dead;
@@ -37,12 +42,13 @@ from celery.signals import task_received, worker_init, worker_ready, worker_shut
 from celery.worker import state as worker_state
 from celery.worker.control import control_command
 
-from mutitask_celery import celery_app, runtime
+from mutitask_celery import celery_app, keys, runtime, settings
 from mutitask_celery.books.integrity import Watermarks
+from mutitask_celery.books.leases import Leases
 from mutitask_celery.books.recovery import HEARTBEAT
 from mutitask_celery.control import Ending, Taken, channels_of
 from mutitask_celery.device import isolation, prefetch, wanted
-from mutitask_celery.errors import BooksLost, ConfigurationError, ExitCode
+from mutitask_celery.errors import BooksLost, ConfigurationError, ExitCode, LeaseHeld
 
 log = logging.getLogger(__name__)
 FORGET_EVERY = 60.0  # seconds between looks for long-silent names to drop from the roster
@@ -90,15 +96,52 @@ class DeviceLife:
         self.unnoted = threading.Event()
         self.reconnects = 0  # the consumer's restarts seen so far (each follows a lost connection)
         self.next_forget = 0.0
+        self.leases: Leases | None = None  # the lease of its name, from init to shutdown
 
     def init(self, name: str) -> None:
-        """Before consuming: give back what this device's previous life held when it died."""
+        """Before consuming: take the lease of the name, then give back what this device's
+        previous life held when it died (only the name's holder may: another live process
+        under the name holds those messages)."""
+        if not self.take_name(name):
+            return
         try:
             restored = runtime.broker().device_started(name)
             if restored:
                 log.warning("%s restarted: took back %d message(s) its previous run held", name, restored)
         except redis.RedisError as exc:
             log.warning("%s could not check what its previous run held: %s", name, exc)
+
+    def take_name(self, name: str) -> bool:
+        """Take the lease of ``name``: True once held. A live process under the name already:
+        one critical line naming it, and ``SystemExit(5)`` before anything is touched. Redis
+        not answering yet: False, and the lease thread takes the lease once it does."""
+        what = f"the device name {name}"
+        advice = (
+            f"One process per device name: stop the other one first (`mutitask stop {name}`), or start "
+            "this one under another name (another deviceID, or celery worker -n)."
+        )
+        try:
+            self.leases = Leases(runtime.books_client(), settings.current().dead_after, on_lost=self.name_lost)
+            self.leases.take(keys.device_lease(name), what, advice)
+            return True
+        except LeaseHeld as exc:
+            log.critical("mutitask: %s", exc)
+            raise SystemExit(ExitCode.IN_USE) from None
+        except redis.RedisError as exc:
+            log.warning("%s could not take the lease of its name yet (%s): it will once Redis answers", name, exc)
+            if self.leases is not None:
+                self.leases.want(keys.device_lease(name), what, advice)
+            return False
+
+    def name_lost(self, exc: LeaseHeld) -> None:
+        """Another process works under this device's name (it took the name while this one was
+        frozen or cut off past its lease): say so once, and stop (warm) with exit code 5."""
+        if worker_state.should_stop is None:
+            log.critical("mutitask: %s", exc)
+            worker_state.should_stop = ExitCode.IN_USE
+
+    def holds_name(self, name: str) -> bool:
+        return self.leases is not None and self.leases.get(keys.device_lease(name)) is not None
 
     def ready(self, consumer: Any, name: str) -> None:
         """Consuming: enter the roster, stop consuming if the operator wants it paused, start the threads."""
@@ -250,17 +293,21 @@ class DeviceLife:
     def shutdown(self, name: str) -> None:
         """The worker has stopped: its tasks are done and kombu has put back what it held, so
         its notes of those are stale; they go (a note of a message kombu could not put back,
-        Redis being away, stays for a reaper)."""
+        Redis being away, stays for a reaper). A device that does not hold its name's lease
+        (refused, or another process took the name) leaves the name's books alone."""
         self.stopping.set()
         wanted.local.forget()
         try:
-            dropped = runtime.broker().device_stopped(name)
-            if dropped:
-                log.info("%s handed back %d message(s) it held", name, dropped)
-            runtime.devices().heard(name)
-            runtime.devices().ending(name, Ending.STOPPED)  # what `mutitask stop` waits for
+            if self.holds_name(name):
+                dropped = runtime.broker().device_stopped(name)
+                if dropped:
+                    log.info("%s handed back %d message(s) it held", name, dropped)
+                runtime.devices().heard(name)
+                runtime.devices().ending(name, Ending.STOPPED)  # what `mutitask stop` waits for
         except redis.RedisError:
             pass
+        if self.leases is not None:
+            self.leases.release()
 
 
 life = DeviceLife()  # Celery's signals are process-wide: one device life per worker process

@@ -109,6 +109,7 @@ class Terminal:
         """Block, working tasks of the channel, until SIGINT/SIGTERM or a stop; returns the exit code.
 
         A device stopped because Redis lost data raises ``SystemExit(4)`` instead, and one
+        whose name another live process holds (or took over) ``SystemExit(5)``, and one that
         stopped for a fresh process (too many task functions past their time limit)
         ``SystemExit(6)``, so the legacy script, which ignores the return value, exits with
         that code too.
@@ -128,6 +129,6 @@ class Terminal:
             time_limit=self.config.time_limit,
         )
         code = run_worker(self.name, [self.config.channel], concurrency=self.config.concurrency)
-        if code in (ExitCode.BOOKS_LOST, ExitCode.LATE_RUNNERS):  # the script ends with that code, not 0
+        if code in (ExitCode.BOOKS_LOST, ExitCode.IN_USE, ExitCode.LATE_RUNNERS):  # the script ends with that code
             raise SystemExit(code)
         return code

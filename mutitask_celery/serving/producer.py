@@ -9,6 +9,10 @@ every generator is exhausted (or feeding was stopped) and nothing is outstanding
 
 Recovery (dead devices, the sweep, a dead publisher's journal) runs in a thread of its
 own (:class:`_Recovery`), so feeding never waits for it.
+
+A server holds the leases of its channels (and of its run), see :mod:`.books.leases`:
+each publish step is fenced by its channel's lease, and a lease another server took ends
+the run with :class:`.LeaseLost` (nothing more is published; what was is in the books).
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from dataclasses import dataclass, field
 
 import redis
 
-from mutitask_celery import codec
+from mutitask_celery import codec, keys
 from mutitask_celery.books import messages
 from mutitask_celery.books.brokers import Broker
 from mutitask_celery.books.dead_letters import RedisDeadLetterStore
 from mutitask_celery.books.integrity import Watermarks
+from mutitask_celery.books.leases import Lease, Leases
 from mutitask_celery.books.ledger import ChannelBooks, ChannelStats, Ledger, Outgoing, batch_size
 from mutitask_celery.books.recovery import HEARTBEAT
 from mutitask_celery.books.runs import Resumed, RunRecord
@@ -141,6 +146,7 @@ class _Feed:
         # Taken from the generator, not yet in the books (no room yet, or Redis went away
         # meanwhile), with its step's id: published again with it, they enter the books once.
         self.outgoing: Outgoing | None = None
+        self.lease: Lease | None = None  # the server's lease of the channel: it fences each publish step
 
     def take(self, n: int, store: RedisDeadLetterStore) -> list[messages.Item]:
         items: list[messages.Item] = []
@@ -211,9 +217,11 @@ class Producer:
         channel_size: int,
         record: RunRecord | None = None,
         resume: bool = False,
+        leases: Leases | None = None,
     ) -> None:
         self.ledger = ledger
         self.store = store
+        self.leases = leases  # the server's leases of its channels and run, or none taken
         self.record = record  # a resumable run's record (see books.runs), or none kept
         self.resume = resume  # go on from the record's unfinished run, if its generators match
         self._channel_size = channel_size
@@ -272,6 +280,7 @@ class Producer:
             for ch, src in zip(channels, sources, strict=True)
         ]
         for feed in self._feeds:
+            feed.lease = self.leases.get(keys.channel_lease(feed.channel)) if self.leases is not None else None
             feed.index, feed.published = resumed.taken.get(feed.channel, 0), resumed.published.get(feed.channel, 0)
             if feed.channel in resumed.taken:
                 log.warning(
@@ -320,8 +329,11 @@ class Producer:
         books read last leave room for, at least one) and go out in one round trip
         (:meth:`Ledger.round`) that checks the room again (the books may have moved since),
         reads the books back and then waits for the next take or finish. Tasks that found
-        no room wait, taken, for the next round.
+        no room wait, taken, for the next round. Raises :class:`.LeaseLost` once another
+        server holds one of this server's channels or its run.
         """
+        if self.leases is not None:
+            self.leases.check()
         feeding = not self._paused.is_set() and not self._feeding_stopped.is_set()
         if not self._sizes_said:  # reloads and devices feed the channels' backlogs by it
             self.ledger.channel_sizes({f.channel: self._channel_size for f in self._feeds})
@@ -340,7 +352,7 @@ class Producer:
                 if items:
                     run = self.record.name if self.record is not None else ""
                     feed.outgoing = Outgoing(
-                        feed.channel, items, batch, messages.new_task_id(), run=run, taken=feed.index
+                        feed.channel, items, batch, messages.new_task_id(), run=run, taken=feed.index, lease=feed.lease
                     )
         outgoing = [f.outgoing for f in self._feeds if f.outgoing is not None]
         read = [f.channel for f in self._feeds if f.outgoing is None]

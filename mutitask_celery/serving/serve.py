@@ -5,6 +5,11 @@ foreground and the producer in a thread; otherwise the producer runs in the
 foreground and any piped lines are executed as console commands as they
 arrive. Either way the run returns its :class:`RunSummary` once every task has
 finished (or the operator typed ``stop``).
+
+One server per run and per channel: before it changes or publishes anything, a server
+takes the lease of its run (when it has a name) and of every channel it feeds; a channel
+or run another live server holds is refused with :class:`.LeaseHeld` naming that server
+(exit code 5 for a script), see :mod:`.books.leases`.
 """
 
 from __future__ import annotations
@@ -18,12 +23,15 @@ import threading
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from mutitask_celery import celery_app, logs, runtime, settings
+import redis
+
+from mutitask_celery import celery_app, keys, logs, runtime, settings
+from mutitask_celery.books.leases import Leases
 from mutitask_celery.books.rate_limits import check_rates
 from mutitask_celery.books.runs import RunRecord, check_run_name
 from mutitask_celery.connection import check_redis
 from mutitask_celery.control import Devices, DeviceState
-from mutitask_celery.errors import InvalidTasksError
+from mutitask_celery.errors import InvalidTasksError, LeaseHeld
 from mutitask_celery.legacy.console import PROMPT, Console
 from mutitask_celery.serving import progress
 from mutitask_celery.serving.producer import Producer, RunSummary
@@ -91,46 +99,70 @@ def serve(
     celery_app.check_compatible(celery_app.app)
     check_redis(conf.redis_url)
     runtime.broker().check()  # RabbitMQ unreachable: one clear error within seconds
-    devices = Devices(runtime.books_client(conf), timeout=monitor_wait, flower_url=conf.flower_url)
-    for channel, rate in limits.items():
-        runtime.rate_limits().set(channel, rate)
-        log.info("channel %s: at most %g task(s) a second, all devices together", channel, rate)
-    if expected_devices is not None:
-        devices.set_expected(expected_devices)
-    if start_paused:
-        devices.pause(None)
-        log.warning("devices start paused: type start_all to let them work")
-    else:
-        _warn_paused(devices)
-    record = None
-    if resume or run_name is not None:
-        record = RunRecord(runtime.books_client(conf), check_run_name(run_name or DEFAULT_RUN))
-    producer = Producer(runtime.ledger(), runtime.store(), channel_size, record=record, resume=resume)
-    stdin = sys.stdin if stdin is None else stdin
-    out = sys.stdout if out is None else out
-    console = Console(producer, runtime.store(), devices, out, rates=runtime.rate_limits())
-    logs.ensure_visible()
-    display = progress.choose(conf.progress, out, len(sources), conf.progress_every)
-    reporter = None
-    if display is not None:
-        reporter = progress.Reporter(display, progress.Meter(totals), producer.snapshot).start()
-    interactive = _isatty(stdin)
-    try:
-        if interactive:
-            summary = _run_interactive(producer, console, sources, stdin, out)
+    name = check_run_name(run_name or DEFAULT_RUN) if resume or run_name is not None else None
+    with take_leases(runtime.books_client(conf), len(sources), name, conf.dead_after) as leases:
+        devices = Devices(runtime.books_client(conf), timeout=monitor_wait, flower_url=conf.flower_url)
+        for channel, rate in limits.items():
+            runtime.rate_limits().set(channel, rate)
+            log.info("channel %s: at most %g task(s) a second, all devices together", channel, rate)
+        if expected_devices is not None:
+            devices.set_expected(expected_devices)
+        if start_paused:
+            devices.pause(None)
+            log.warning("devices start paused: type start_all to let them work")
         else:
-            reader = threading.Thread(
-                target=_read_commands, args=(console, stdin, producer.finished), name="mutitask-console", daemon=True
-            )
-            reader.start()
-            summary = producer.run(sources)
-            reader.join()  # piped commands already written still run before the run returns
-    finally:
-        if reporter is not None:
-            reporter.stop()
+            _warn_paused(devices)
+        record = RunRecord(runtime.books_client(conf), name) if name is not None else None
+        producer = Producer(
+            runtime.ledger(), runtime.store(), channel_size, record=record, resume=resume, leases=leases
+        )
+        stdin = sys.stdin if stdin is None else stdin
+        out = sys.stdout if out is None else out
+        console = Console(producer, runtime.store(), devices, out, rates=runtime.rate_limits())
+        logs.ensure_visible()
+        display = progress.choose(conf.progress, out, len(sources), conf.progress_every)
+        reporter = None
+        if display is not None:
+            reporter = progress.Reporter(display, progress.Meter(totals), producer.snapshot).start()
+        interactive = _isatty(stdin)
+        try:
+            if interactive:
+                summary = _run_interactive(producer, console, sources, stdin, out)
+            else:
+                reader = threading.Thread(
+                    target=_read_commands,
+                    args=(console, stdin, producer.finished),
+                    name="mutitask-console",
+                    daemon=True,
+                )
+                reader.start()
+                summary = producer.run(sources)
+                reader.join()  # piped commands already written still run before the run returns
+        finally:
+            if reporter is not None:
+                reporter.stop()
     for line in str(summary).splitlines():
         console.say(line)
     return summary
+
+
+def take_leases(client: redis.Redis, channels: int, run: str | None, ttl: float | None) -> Leases:
+    """The leases of the run (if it has a name) and of channels 1..``channels``, in that order
+    (two servers never hold one each of what the other needs), or :class:`.LeaseHeld` naming
+    the server that holds one, with nothing held and nothing changed."""
+    leases = Leases(client, ttl)
+    lets_go = f"a server that died lets go within {leases.ttl:g}s of its last renewal"
+    try:
+        if run is not None:
+            advice = f"One server per run: wait for that server to end the run, or stop it; {lets_go}."
+            leases.take(keys.run_lease(run), f"run {run!r}", advice)
+        for channel in range(1, channels + 1):
+            advice = f"One server per channel: wait for that server's run to end, or stop it; {lets_go}."
+            leases.take(keys.channel_lease(channel), f"channel {channel}", advice)
+    except BaseException:
+        leases.release()
+        raise
+    return leases
 
 
 def _warn_paused(devices: Devices) -> None:
@@ -211,7 +243,16 @@ def _read_commands(console: Console, stdin: TextIO, finished: threading.Event) -
 def _run_interactive(
     producer: Producer, console: Console, sources: list[Iterator[Any]], stdin: TextIO, out: TextIO
 ) -> RunSummary:
-    worker = threading.Thread(target=producer.run, args=(sources,), name="mutitask-producer", daemon=True)
+    lost: list[LeaseHeld] = []
+
+    def produce() -> None:
+        try:
+            producer.run(sources)
+        except LeaseHeld as exc:  # said now (the console waits for the operator), raised when it ends
+            lost.append(exc)
+            log.critical("mutitask: %s (type stop to end)", exc)
+
+    worker = threading.Thread(target=produce, name="mutitask-producer", daemon=True)
     worker.start()
     console.say("console ready: type help for the commands, stop to end")
     use_input = stdin is sys.stdin and out is sys.stdout
@@ -236,4 +277,6 @@ def _run_interactive(
         if not console.execute(line):
             break
     worker.join()
+    if lost:
+        raise lost[0]
     return producer.summary

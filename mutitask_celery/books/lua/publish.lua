@@ -1,18 +1,24 @@
+--! include lease_check
 -- publish: enter tasks in the books and put their messages on the channel's queue (or, for a
 -- broker that is not this Redis, in the journal of what its publisher must send), if the
 -- channel has room for them; and read the channel's books after, all in one step. A step
--- repeated after its reply was lost (the same step id) is not applied twice.
+-- repeated after its reply was lost (the same step id) is not applied twice. Fenced by the
+-- server's lease of the channel (see books/leases.py): a server whose lease another server
+-- took publishes nothing.
 -- KEYS[1] pending:<ch>; KEYS[2] stats:<ch>; KEYS[3] held:<ch>; KEYS[4] the queue;
 -- KEYS[5] steps:server; KEYS[6] unsent:<ch> (the other broker's journal); KEYS[7] backlog:<ch>;
--- KEYS[8] run:<name> (a resumable run's record, see books/runs.py)
+-- KEYS[8] run:<name> (a resumable run's record, see books/runs.py); KEYS[9] lease:channel:<ch>
+-- (the server's lease of the channel); KEYS[10] lease:holders
 -- ARGV[1] channel size: publish only while fewer tasks than that wait in the channel, counting
 --   these ('0': no bound); ARGV[2] step id; ARGV[3] this channel's field in steps:server;
 -- ARGV[4] 'queue' (this Redis is the broker) or 'journal'; ARGV[5] the journal's time;
 -- ARGV[6] n, the tasks; ARGV[7] the channel, to note in the run's record ('' for no record);
 -- ARGV[8] items the server had taken from the channel's generator with these;
--- ARGV[9..8+2n] (id, data) pairs; then the messages to queue.
--- Returns {1 if published (now or by the earlier try) else 0, outstanding, held, backlog, then
--- the channel's counters as field/value pairs}.
+-- ARGV[9] the server's lease value ('' for a step no lease fences); ARGV[10] the lease's time
+-- to live, ms; ARGV[11..10+2n] (id, data) pairs; then the messages to queue.
+-- Returns {1 if published (now or by the earlier try), 0 if the channel had no room, -1 if the
+-- lease is another server's (nothing published), then outstanding, held, backlog, then the
+-- channel's counters as field/value pairs}.
 local n = tonumber(ARGV[6])
 local function books(published)
   return {published, redis.call('HLEN', KEYS[1]), tonumber(redis.call('GET', KEYS[3]) or '0'),
@@ -20,13 +26,14 @@ local function books(published)
 end
 if n == 0 then return books(0) end
 if redis.call('HGET', KEYS[5], ARGV[3]) == ARGV[2] then return books(1) end
+if ARGV[9] ~= '' and not lease_kept(KEYS[9], KEYS[10], ARGV[9], ARGV[10]) then return books(-1) end
 local size = tonumber(ARGV[1])
 if size > 0 then
   local waiting = redis.call('HLEN', KEYS[1]) - math.max(0, tonumber(redis.call('GET', KEYS[3]) or '0'))
                   - redis.call('ZCARD', KEYS[7])
   if waiting > 0 and waiting + n > size then return books(0) end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 9, 8 + 2 * n))
+redis.call('HSET', KEYS[1], unpack(ARGV, 11, 10 + 2 * n))
 redis.call('HINCRBY', KEYS[2], 'published', n)
 redis.call('HSET', KEYS[5], ARGV[3], ARGV[2])
 if ARGV[7] ~= '' then
@@ -34,8 +41,8 @@ if ARGV[7] ~= '' then
   redis.call('HINCRBY', KEYS[8], 'published:' .. ARGV[7], n)
 end
 if ARGV[4] == 'queue' then
-  redis.call('LPUSH', KEYS[4], unpack(ARGV, 9 + 2 * n, #ARGV))
+  redis.call('LPUSH', KEYS[4], unpack(ARGV, 11 + 2 * n, #ARGV))
 else
-  for i = 9, 8 + 2 * n, 2 do redis.call('ZADD', KEYS[6], ARGV[5], ARGV[i]) end
+  for i = 11, 10 + 2 * n, 2 do redis.call('ZADD', KEYS[6], ARGV[5], ARGV[i]) end
 end
 return books(1)
