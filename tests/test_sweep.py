@@ -222,3 +222,19 @@ def test_live_devices_keep_what_they_hold_across_a_redis_outage_longer_than_dead
     ran = [s.task for d in devices for s in procs.starts(d)]
     assert sorted(ran) == sorted(tasks)  # no task taken from a live device and run again
     assert summary.channels[1].duplicates == 0
+
+
+def test_a_run_leaves_no_unacked_entry_of_a_finished_message_behind(
+    procs: Processes, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device killed after recording a message's outcomes and before acknowledging it leaves
+    kombu's unacked entry behind, in no device's note: nothing reads it again, and it stayed
+    there for good once the run's last sweep had passed. The run's end drops it."""
+    device, thread, out, _ = _paused_device_and_run(procs, [str(n) for n in range(1, 12)], monkeypatch)
+    envelope = json.loads(messages.build(runtime.ledger().app, keys.queue(1), 1, [("finished-task", '"x"')]))
+    r.hset(keys.KOMBU_UNACKED, "orphan-tag", json.dumps([envelope, "", keys.queue(1)]))
+    r.zadd(keys.KOMBU_UNACKED_INDEX, {"orphan-tag": 1700000000.5})
+    mt.start("all")
+    _finished(thread, out)
+    assert not r.hexists(keys.KOMBU_UNACKED, "orphan-tag")
+    assert r.zscore(keys.KOMBU_UNACKED_INDEX, "orphan-tag") is None

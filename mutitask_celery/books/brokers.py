@@ -134,6 +134,10 @@ class Broker(ABC):
     def server_duties(self, channels: Sequence[int]) -> None:
         """The server's recovery round, every heartbeat period (its own thread)."""
 
+    def end_of_run(self, channels: Sequence[int]) -> None:  # noqa: B027  (nothing to do elsewhere)
+        """The run is over (nothing outstanding): drop what it left behind that nothing else
+        would (see :meth:`.Reaper.drop_finished`)."""
+
     @abstractmethod
     def child_lost(self, device: str, message_id: str) -> Recovered | None:
         """A prefork child died running the message: what became of it, or None to let Celery requeue it."""
@@ -213,6 +217,9 @@ class BooksRedis(Broker):
     def server_duties(self, channels: Sequence[int]) -> None:
         self.reaper.reap()
         self.reaper.sweep_if_due(channels)
+
+    def end_of_run(self, channels: Sequence[int]) -> None:
+        self.reaper.drop_finished(channels)
 
     def child_lost(self, device: str, message_id: str) -> Recovered | None:
         return self.reaper.worker_lost(device, message_id)

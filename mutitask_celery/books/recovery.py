@@ -368,6 +368,26 @@ class Reaper:
                 self._drop_unacked(tag)
         return len(tags)
 
+    def drop_finished(self, channels: Sequence[int]) -> int:
+        """Acknowledge, for devices that can no longer do it, the unacked messages of
+        ``channels`` that no device notes and whose tasks are all finished; returns how many.
+        A device killed between recording a message's outcomes and acknowledging it leaves
+        one; the sweep drops it, but the sweep runs only while a server runs. Dropping is
+        safe at any time: the message is done, and a late acknowledgement finds nothing."""
+        unacked = _Snapshot.read(self.client, []).unacked
+        _, notes = self._notes()
+        noted = {message_id for held in notes.values() for message_id in held}
+        dropped = 0
+        for tag, entry in unacked.items():
+            if entry.channel not in channels or entry.message.get("headers", {}).get("id") in noted:
+                continue
+            if not any(self.client.hmget(keys.pending(entry.channel), entry.ids)):
+                self._drop_unacked(tag)
+                dropped += 1
+        if dropped:
+            log.info("dropped %d finished message(s) whose device died before acknowledging them", dropped)
+        return dropped
+
     def _drop_unacked(self, tag: str) -> None:
         """Acknowledge a message for a device that can no longer do it."""
         pipe = self.client.pipeline(transaction=True)

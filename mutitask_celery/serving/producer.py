@@ -310,6 +310,7 @@ class Producer:
                         if self._step():
                             if self.record is not None:
                                 self.record.finish()  # started again, it starts afresh
+                            self.ledger.broker.end_of_run(channels)
                             break
                         outage = None
                     except _OUTAGE as exc:
