@@ -106,6 +106,20 @@ def _redelivered(message: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
+def _burial_keys(channel: int) -> list[str]:
+    """The keys a step that buries a task of ``channel`` takes in a row (``recover.lua``,
+    ``settle.lua``): its reload history, its counters, the dead-letter indexes, the set of
+    channels with dead letters, and the server's wake-up list."""
+    return [
+        keys.meta(channel),
+        keys.stats(channel),
+        keys.dead_index(),
+        keys.dead_index(channel),
+        keys.DEAD_CHANNELS,
+        keys.notify(channel),
+    ]
+
+
 def _noted_channel(noted: str) -> int:
     """The channel in a device's note ("tag|score|tasks|channel"); 0 for an old note without one."""
     try:
@@ -553,12 +567,7 @@ class Reaper:
             keys.started(channel),
             keys.lost(channel),
             keys.pending(channel),
-            keys.meta(channel),
-            keys.stats(channel),
-            keys.dead_index(),
-            keys.dead_index(channel),
-            keys.DEAD_CHANNELS,
-            keys.notify(channel),
+            *_burial_keys(channel),
             keys.held(channel),
             keys.claims(channel),
             *[keys.dead_record(t) for t in entry.ids],
@@ -695,12 +704,7 @@ class Redeliveries:
             keys.lost(channel),
             keys.started(channel),
             keys.claims(channel),
-            keys.meta(channel),
-            keys.stats(channel),
-            keys.dead_index(),
-            keys.dead_index(channel),
-            keys.DEAD_CHANNELS,
-            keys.notify(channel),
+            *_burial_keys(channel),
             *map(keys.dead_record, ids),
         ]
         alone, *deaths = (int(n) for n in self._settle(keys=ks, args=[message_id, channel, *ids]))
