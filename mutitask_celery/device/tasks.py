@@ -130,10 +130,12 @@ def save_claimed(
         elif saved[r.task_id].save:
             outcomes.append(save_one(save, r.task_id, r.value))
         else:
-            log.warning(
-                "task %s ran elsewhere too (%s): its result is not saved again", r.task_id, saved[r.task_id].name
-            )
             outcomes.append(Outcome(task_id=r.task_id, ok=True, skipped=True))
+    skipped = sum(1 for code in codes if not code.save)
+    if skipped:
+        log.warning(
+            "%d task(s) of message %s ran elsewhere too: their results are not saved again", skipped, message_id
+        )
     return outcomes
 
 
