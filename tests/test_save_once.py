@@ -5,6 +5,7 @@ GIL) gets its late success instead of the burial. Real devices, real SIGSTOP/SIG
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -18,7 +19,10 @@ import redis
 from conftest import FAST, Processes, device_is_up, fresh_settings, run_in_thread, wait_until
 
 import mutitask_celery as mt
-from mutitask_celery import keys
+from mutitask_celery import codec, keys, runtime
+from mutitask_celery.books.brokers import BooksRedis
+from mutitask_celery.books.ledger import Claimed
+from mutitask_celery.control import Taken
 
 HOST = socket.gethostname()
 
@@ -134,3 +138,37 @@ def test_a_task_holding_the_gil_past_dead_after_keeps_its_late_success(
     results = saved(save_file) if save == "file" else sorted(mt.results(1, limit=None))
     assert results == sorted(tasks)  # saved once, the late one included
     assert stat(r, "revived") == 1
+
+
+@pytest.mark.parametrize("saving", [False, True])
+def test_a_device_that_dies_holding_claims_loses_its_tasks_only_if_it_began_saving(
+    r: redis.Redis, saving: bool
+) -> None:
+    """A device claims a message's tasks, then marks its claims saving just before it calls its
+    save function. Dead before the mark (in the claim's round trip, say), it saved nothing:
+    the tasks run again. Dead after it, a result may be saved: 'worker lost while saving'."""
+    ledger = runtime.ledger()
+    device, tag, ids = "device7@test", "tag-7", [f"task-{n}" for n in range(3)]
+    ledger.publish(1, [(t, codec.encode(t)) for t in ids], batch=3)
+    raw = r.rpop(keys.queue(1))  # device 7 took the message...
+    envelope = json.loads(raw)
+    message_id = envelope["headers"]["id"]
+    r.hset(keys.KOMBU_UNACKED, tag, json.dumps([envelope, "", keys.queue(1)]))
+    r.zadd(keys.KOMBU_UNACKED_INDEX, {tag: 1700000000.5})
+    devices = runtime.devices()
+    devices.heard(device, in_hand=Taken(message_id, tag, 3, 1))  # ...noted it...
+    devices.started(device, 1, message_id)  # ...ran its tasks...
+    assert ledger.claim(1, device, message_id, ids) == [Claimed.CLAIMED] * 3  # ...and claimed them
+    if saving:
+        assert ledger.mark_claims(1, device, message_id, ids, "saving") == 3
+    broker = runtime.broker()
+    assert isinstance(broker, BooksRedis)
+    broker.reaper.recover(device)  # then it died
+    assert r.hlen(keys.claims(1)) == 0
+    if saving:
+        assert sorted(str(f.data) for f in mt.failed(1)) == ids
+        assert all(f.reason.startswith("worker lost while saving") for f in mt.failed(1))
+        assert ledger.outstanding(1) == 0
+    else:
+        assert mt.failed_count(1) == 0 and ledger.outstanding(1) == 3
+        assert r.llen(keys.queue(1)) == 3  # each back alone, to run again

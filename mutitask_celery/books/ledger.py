@@ -196,6 +196,7 @@ class Ledger:
         self._publish_known = False  # loaded into Redis by this process (round() pipelines EVALSHA)
         self._feed = scripts.load(client, "feed")
         self._claim = scripts.load(client, "claim")
+        self._mark = scripts.load(client, "claim_mark")
 
     def outstanding(self, channel: int) -> int:
         """Tasks of the channel published (or reloaded) and not yet finished."""
@@ -441,6 +442,15 @@ class Ledger:
         ks = [keys.pending(channel), keys.claims(channel), keys.inhand(device), *map(keys.dead_record, task_ids)]
         argv = [claim_of(device, message_id), message_id, "1" if self.broker.notes_holds else "0", *task_ids]
         return [Claimed(int(code)) for code in self._claim(keys=ks, args=argv)]
+
+    def mark_claims(self, channel: int, device: str, message_id: str, task_ids: Sequence[str], mark: str) -> int:
+        """``mark`` ``'saving'``: the device begins calling its save function on the claimed
+        results, so from now on its death may have saved them (a death before this saved
+        nothing: its tasks just run again). ``'release'``: it gives its claims up before any
+        save (``lua/claim_mark.lua``). Returns how many claims it marked."""
+        if not task_ids:
+            return 0
+        return int(self._mark(keys=[keys.claims(channel)], args=[claim_of(device, message_id), mark, *task_ids]))
 
     def wait_for_progress(self, channels: Sequence[int], timeout: float) -> None:
         """Block until a device takes or finishes a message of one of ``channels``, or ``timeout``

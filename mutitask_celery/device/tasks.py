@@ -123,6 +123,11 @@ def save_claimed(
         lambda: runtime.ledger().claim(channel, device, message_id, [r.task_id for r in results]),
     )
     saved = dict(zip((r.task_id for r in results), codes, strict=True))
+    ours = [task_id for task_id, code in saved.items() if code.save]
+    _patiently(
+        f"mark {len(ours)} claim(s) saving on channel {channel}",
+        lambda: runtime.ledger().mark_claims(channel, device, message_id, ours, "saving"),
+    )
     outcomes: list[Outcome] = []
     for r in ran:
         if not isinstance(r, ToSave):
@@ -344,6 +349,11 @@ def _save(channel: int, device: str, message_id: str, save: SaveFunction, ran: l
         log.warning(
             "could not claim the results of message %s on channel %s (%s): requeueing", message_id, channel, exc
         )
+        try:  # nothing was saved: the claims go, or the tasks' next runs would find them held
+            ids = [r.task_id for r in ran if isinstance(r, ToSave)]
+            runtime.ledger().mark_claims(channel, device, message_id, ids, "release")
+        except redis.RedisError:
+            pass  # their next runs find them held until a reaper ends this device's claims
         _hand_back(device, message_id, channel)
         raise Reject(str(exc), requeue=True) from exc
 

@@ -1,6 +1,7 @@
 --! include dead_letter
 --! include wake
 --! include note
+--! include claims
 -- finish: record the outcomes of one message in one step: each task leaves the books and its
 -- result is saved (default save function) or its dead-letter record written, and counted. A task
 -- no longer in the books was finished before (a message delivered twice): counted as run twice,
@@ -34,7 +35,7 @@ for i = 8, #ARGV, 5 do
   record = record + 1
   local held = redis.call('HGET', KEYS[18], id)
   local data = redis.call('HGET', KEYS[1], id)
-  if kind == 'skip' or (held and held ~= claim) then
+  if kind == 'skip' or (held and claim_base(held) ~= claim) then
     dup = dup + 1
   elseif data then
     redis.call('HDEL', KEYS[1], id)

@@ -1,6 +1,7 @@
 --! include dead_letter
 --! include wake
 --! include note
+--! include claims
 -- recover: take one message back from a device that died (or whose pool child died), deciding,
 -- counting and acting in one step, so that of several reapers acting at once exactly one takes
 -- the message back, and only that one counts a death.
@@ -20,7 +21,7 @@
 -- KEYS[13] the set of channels with dead letters
 -- KEYS[14] notify:<ch>
 -- KEYS[15] held:<ch>         tasks in devices' hands (the note's leave it)
--- KEYS[16] claims:<ch>       task id -> the claim of a device whose save function runs on it
+-- KEYS[16] claims:<ch>       task id -> the claim of a device whose save function is to run on it
 -- KEYS[17..16+n] the dead-letter record of each task, in the order of ARGV[10..]
 -- ARGV[1] device; ARGV[2] the heartbeat judged too old ('' when the device itself, or its next
 --   life, acts: no fence); ARGV[3] message id; ARGV[4] the note as read ("tag|score");
@@ -33,8 +34,8 @@
 -- read: read again), gone (acknowledged, or the tag now names a later delivery: the note was
 -- stale), restored (back untouched, no death), suspects (each task back alone, one death each),
 -- buried (its one task reached the deaths that make it a poison task, the last one while it ran
--- alone: dead-lettered). A task the device had claimed for its save function (claim.lua) died
--- while it was being saved: it may have been saved, so it never runs again by itself: it is
+-- alone: dead-lettered). A task the device had claimed for its save function and marked saving
+-- (claim.lua, claim_mark.lua) died while it was being saved: it may have been saved, so it never runs again by itself: it is
 -- dead-lettered as 'worker lost while saving' (and its record keeps the claim, so that the
 -- device's own late finish, if it was only frozen, replaces it by the success).
 local device, judged, message_id, noted, tag = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -59,32 +60,34 @@ if not started then
 end
 redis.call('HDEL', KEYS[6], message_id)
 local claim = device .. '|' .. message_id
-local alive, most, saving = {}, 0, 0
+local alive, most, buried = {}, 0, 0
 for i = 1, n do
   local id = ARGV[9 + i]
-  local claimed = redis.call('HGET', KEYS[16], id) == claim
+  local value = redis.call('HGET', KEYS[16], id)
+  local claimed = claim_base(value) == claim
+  local saving = claimed and claim_saving(value)
   if claimed then redis.call('HDEL', KEYS[16], id) end
   if redis.call('HEXISTS', KEYS[8], id) == 1 then
-    if claimed then
+    if saving then
       write_dead_letter(KEYS[16 + i], KEYS[11], KEYS[12], KEYS[13], KEYS[9], id, ARGV[8],
         redis.call('HGET', KEYS[8], id), LOST_WHILE_SAVING, '', device, '', redis_now(), claim)
       redis.call('HDEL', KEYS[8], id)
       redis.call('HDEL', KEYS[7], id)
-      saving = saving + 1
+      buried = buried + 1
     else
       local deaths = redis.call('HINCRBY', KEYS[7], id, 1)
       if deaths > most then most = deaths end
       alive[#alive + 1] = i
     end
-  elseif claimed and redis.call('EXISTS', KEYS[16 + i]) == 1 then
+  elseif saving and redis.call('EXISTS', KEYS[16 + i]) == 1 then
     redis.call('HSET', KEYS[16 + i], 'claim', claim)  -- it was replacing its burial: only it may still
   end
 end
-if saving > 0 then
-  redis.call('HINCRBY', KEYS[10], 'failed', saving)
+if buried > 0 then
+  redis.call('HINCRBY', KEYS[10], 'failed', buried)
   wake_server(KEYS[14])
 end
-if #alive == 0 then return {saving > 0 and 'buried' or 'gone', most} end
+if #alive == 0 then return {buried > 0 and 'buried' or 'gone', most} end
 if n == 1 and alone and most >= tonumber(ARGV[7]) then
   local id, now = ARGV[10], redis_now()
   local reason = 'worker lost: the device died while running it, ' .. most .. ' time(s)'

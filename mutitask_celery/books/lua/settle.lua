@@ -1,11 +1,13 @@
 --! include dead_letter
 --! include wake
+--! include claims
 -- settle: on a broker that redelivers by itself (RabbitMQ), count deaths from its redeliveries.
 -- A redelivered message whose tasks a device had started (its start mark is still there: that
 -- device died, or its pool child did, before finishing) costs each of its tasks one death; a
 -- message only held, or given back without an outcome (which clears the mark), costs none.
--- A task an earlier delivery of the message had claimed for its save function (claim.lua) died
--- while being saved: dead-lettered as 'worker lost while saving', never run again by itself.
+-- A task an earlier delivery of the message had claimed for its save function and marked saving
+-- (claim.lua, claim_mark.lua) died while being saved: dead-lettered as 'worker lost while saving',
+-- never run again by itself.
 -- KEYS[1] pending:<ch>; KEYS[2] lost:<ch> (task id -> deaths); KEYS[3] started:<ch>;
 -- KEYS[4] claims:<ch>; KEYS[5] meta:<ch>; KEYS[6] stats:<ch>; KEYS[7] dead index, all;
 -- KEYS[8] dead index of <ch>; KEYS[9] channels with dead letters; KEYS[10] notify:<ch>;
@@ -15,23 +17,25 @@
 -- then per task: -1 when no longer outstanding (or buried here), else its deaths so far.
 local mark = redis.call('HGET', KEYS[3], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
-local out, saving = {(mark and string.sub(mark, -6) == '|alone') and 1 or 0}, 0
+local out, buried = {(mark and string.sub(mark, -6) == '|alone') and 1 or 0}, 0
 local suffix = '|' .. ARGV[1]
 for i = 3, #ARGV do
   local id = ARGV[i]
-  local claim = redis.call('HGET', KEYS[4], id)
+  local value = redis.call('HGET', KEYS[4], id)
+  local claim = claim_base(value)
   local claimed = claim and string.sub(claim, -#suffix) == suffix
+  local saving = claimed and claim_saving(value)
   if claimed then redis.call('HDEL', KEYS[4], id) end
   if redis.call('HEXISTS', KEYS[1], id) == 0 then
-    if claimed and redis.call('EXISTS', KEYS[8 + i]) == 1 then redis.call('HSET', KEYS[8 + i], 'claim', claim) end
+    if saving and redis.call('EXISTS', KEYS[8 + i]) == 1 then redis.call('HSET', KEYS[8 + i], 'claim', claim) end
     out[#out + 1] = -1
-  elseif claimed then
+  elseif saving then
     local device = string.sub(claim, 1, #claim - #suffix)
     write_dead_letter(KEYS[8 + i], KEYS[7], KEYS[8], KEYS[9], KEYS[5], id, ARGV[2],
       redis.call('HGET', KEYS[1], id), LOST_WHILE_SAVING, '', device, '', redis_now(), claim)
     redis.call('HDEL', KEYS[1], id)
     redis.call('HDEL', KEYS[2], id)
-    saving = saving + 1
+    buried = buried + 1
     out[#out + 1] = -1
   elseif mark then
     out[#out + 1] = redis.call('HINCRBY', KEYS[2], id, 1)
@@ -39,8 +43,8 @@ for i = 3, #ARGV do
     out[#out + 1] = tonumber(redis.call('HGET', KEYS[2], id) or '0')
   end
 end
-if saving > 0 then
-  redis.call('HINCRBY', KEYS[6], 'failed', saving)
+if buried > 0 then
+  redis.call('HINCRBY', KEYS[6], 'failed', buried)
   wake_server(KEYS[10])
 end
 return out
