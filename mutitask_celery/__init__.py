@@ -37,6 +37,7 @@ from mutitask_celery.errors import (
     InvalidTasksError,
     MutitaskError,
     RecordNotFound,
+    RedisOutOfMemory,
 )
 from mutitask_celery.serving.channels import TaskFormat, register_channel
 from mutitask_celery.serving.producer import ChannelSummary, RunSummary
@@ -75,4 +76,5 @@ __all__ = [
     "BrokerUnavailable",
     "BooksLost",
     "RecordNotFound",
+    "RedisOutOfMemory",
 ]

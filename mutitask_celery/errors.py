@@ -11,6 +11,7 @@ written for the original (catching ``TypeError`` or ``ValueError``) still works:
      ├── EncodingError (TypeError)         a value JSON cannot carry
      ├── BrokerUnavailable (ConnectionError)  Redis/broker cannot be reached
      ├── BooksLost (RuntimeError)          Redis came back without data the books held
+     ├── RedisOutOfMemory (RuntimeError)   Redis stayed full (maxmemory) past the wait
      └── RecordNotFound (KeyError)         no dead-letter record with that id
 
 and :class:`ExitCode`, the exit codes of the package's processes.
@@ -50,6 +51,11 @@ class BooksLost(MutitaskError, RuntimeError):
     (a restart without its append-only file, or with a part of it refused)."""
 
 
+class RedisOutOfMemory(MutitaskError, RuntimeError):
+    """Redis refused writes for longer than a run waits: it reached ``maxmemory`` (with the
+    ``noeviction`` policy mutitask needs) and nothing freed memory meanwhile."""
+
+
 class RecordNotFound(MutitaskError, KeyError):
     """No dead-letter record has the given id."""
 
@@ -65,3 +71,4 @@ class ExitCode(IntEnum):
     USAGE = 2  # bad usage or configuration (ConfigurationError)
     UNREACHABLE = 3  # Redis or the broker cannot be reached (BrokerUnavailable)
     BOOKS_LOST = 4  # Redis lost data the books held (BooksLost): see the README
+    OUT_OF_MEMORY = 7  # Redis stayed full (maxmemory reached) past the wait (RedisOutOfMemory)

@@ -41,6 +41,8 @@ Layout (``<ch>`` is a channel number, ``<id>`` a task id):
 ``mutitask:steps:<writer>``     hash slot -> its last step id and result: a retried step applies once
 ``mutitask:lost:<ch>``          hash task id -> times a device died holding it
 ``mutitask:unsent:<ch>``        sorted set id -> time: in the books, not yet handed to another broker
+``mutitask:probe:room``         never written: ``SET ... XX`` on it changes nothing, yet a full Redis
+                                refuses it like every write (see :mod:`.memory`)
 ``unacked``, ``unacked_index``  kombu's own: delivered messages not yet acknowledged
 ==============================  ====================================================
 
@@ -201,3 +203,9 @@ def steps(writer: str) -> str:
     """Last step of each slot (thread) of a writer (a device, the server of a channel):
     a call repeated after a lost reply is recognised and not applied again."""
     return f"{PREFIX}:steps:{writer}"
+
+
+def room_probe() -> str:
+    """A key never written, for :func:`.memory.has_room`: ``SET`` with ``XX`` on it is a write
+    that changes nothing, which a Redis at ``maxmemory`` refuses like any other."""
+    return f"{PREFIX}:probe:room"

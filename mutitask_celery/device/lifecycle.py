@@ -37,11 +37,11 @@ from celery.signals import task_received, worker_init, worker_ready, worker_shut
 from celery.worker import state as worker_state
 from celery.worker.control import control_command
 
-from mutitask_celery import celery_app, runtime
+from mutitask_celery import celery_app, memory, runtime, settings
 from mutitask_celery.books.integrity import Watermarks
 from mutitask_celery.books.recovery import HEARTBEAT
 from mutitask_celery.control import Taken, channels_of
-from mutitask_celery.device import isolation, prefetch, wanted
+from mutitask_celery.device import isolation, kombu_guard, prefetch, wanted
 from mutitask_celery.errors import BooksLost, ConfigurationError, ExitCode
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,9 @@ class DeviceLife:
         self.books = Watermarks()  # the tasks it has finished, as the books said (see integrity)
         self.stopping = threading.Event()  # ends its threads
         self.told_to_leave = threading.Event()  # a stop is coming (see leaving)
-        self.unnoted = threading.Event()  # a message went un-noted: the server's sweep must look for it
+        # A message went un-noted (or kombu could not record it, see kombu_guard): the server's
+        # sweep must look for it.
+        self.unnoted = kombu_guard.stranded
         self.next_forget = 0.0
 
     def init(self, name: str) -> None:
@@ -156,11 +158,14 @@ class DeviceLife:
     def beat(self, name: str) -> None:
         """One heartbeat, and the books' count of this device's finished tasks checked."""
         devices = runtime.devices()
-        if self.unnoted.is_set():
-            runtime.broker().look_for_strays()  # not a death, but the same crack: a message in no device's note
-            self.unnoted.clear()
         marks = self.books.mark()
-        done = devices.heard(name)
+        done = devices.heard(name)  # first: a full Redis takes it (see heard.lua), not what follows
+        if self.unnoted.is_set():
+            try:
+                runtime.broker().look_for_strays()  # not a death, but the same crack: a message in no device's note
+                self.unnoted.clear()
+            except redis.OutOfMemoryError:
+                pass  # said when Redis filled up; asked again at the next beat
         if done < 0:  # the roster had forgotten this device: its counts start afresh
             self.books.forget(done_key(name))
             return
@@ -228,6 +233,7 @@ def _on_init(sender: Any = None, **_: Any) -> None:
     """Refuse a configuration that breaks our promises, then :meth:`DeviceLife.init`."""
     try:
         celery_app.check_compatible(celery_app.app)
+        memory.check_policy(runtime.books_client(), settings.mask_url(settings.current().redis_url))
     except ConfigurationError as exc:
         log.critical("mutitask: %s", exc)
         raise SystemExit(ExitCode.USAGE) from None

@@ -115,10 +115,14 @@ def _finish(channel: int, device: str, outcomes: list[Outcome], message_id: str,
                 {key: finished.device_done}, {key: marks.get(key, 0) + len(outcomes)}, ledger.client
             )
             return finished
-        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-            if time.monotonic() > deadline:
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.OutOfMemoryError) as exc:
+            full = isinstance(exc, redis.OutOfMemoryError)
+            if full:  # Redis is full: the outcomes wait while that lasts, and the message is kept
+                deadline = time.monotonic() + FINISH_PATIENCE
+            elif time.monotonic() > deadline:
                 raise
-            log.warning("could not record outcomes on channel %s yet (%s): retrying", channel, exc)
+            why = "Redis is out of memory: " if full else ""
+            log.warning("could not record outcomes on channel %s yet (%s%s): retrying", channel, why, exc)
             time.sleep(delay)  # Redis is restarting: wait for it, growing the wait
             delay = min(delay * 2, 2.0)
 

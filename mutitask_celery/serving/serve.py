@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from mutitask_celery import celery_app, logs, runtime, settings
+from mutitask_celery import celery_app, logs, memory, runtime, settings
 from mutitask_celery.books.rate_limits import check_rates
 from mutitask_celery.books.runs import RunRecord, check_run_name
 from mutitask_celery.connection import check_redis
@@ -90,6 +90,7 @@ def serve(
     conf = runtime.reset(settings.current())
     celery_app.check_compatible(celery_app.app)
     check_redis(conf.redis_url)
+    memory.check_policy(runtime.books_client(conf), settings.mask_url(conf.redis_url))  # an evicting Redis loses tasks
     runtime.broker().check()  # RabbitMQ unreachable: one clear error within seconds
     devices = Devices(runtime.books_client(conf), timeout=monitor_wait, flower_url=conf.flower_url)
     for channel, rate in limits.items():
