@@ -39,6 +39,7 @@ from mutitask_celery.errors import (
     LeaseLost,
     MutitaskError,
     RecordNotFound,
+    RedisOutOfMemory,
 )
 from mutitask_celery.serving.channels import TaskFormat, register_channel
 from mutitask_celery.serving.producer import ChannelSummary, RunSummary
@@ -79,4 +80,5 @@ __all__ = [
     "LeaseHeld",
     "LeaseLost",
     "RecordNotFound",
+    "RedisOutOfMemory",
 ]

@@ -25,7 +25,14 @@ from redis.commands.core import Script
 from redis.crc import key_slot
 from redis.retry import Retry
 
-from mutitask_celery.errors import BooksLost, BrokerUnavailable, ConfigurationError, ExitCode, LeaseHeld
+from mutitask_celery.errors import (
+    BooksLost,
+    BrokerUnavailable,
+    ConfigurationError,
+    ExitCode,
+    LeaseHeld,
+    RedisOutOfMemory,
+)
 from mutitask_celery.settings import mask_url
 
 log = logging.getLogger(__name__)
@@ -175,8 +182,9 @@ def check_redis(url: str) -> None:
 def exit_on_unreachable() -> Iterator[None]:
     """For the legacy scripts: an unreachable Redis (exit code 3), one that came back
     without its data (exit code 4, see :mod:`.integrity`), a channel or run another live
-    server holds (exit code 5, see :mod:`.books.leases`) or an unusable configuration (exit code
-    2) ends the script with one clear line on stderr instead of a traceback."""
+    server holds (exit code 5, see :mod:`.books.leases`), one that stayed full (exit code 7,
+    see :mod:`.memory`) or an unusable configuration (exit code 2) ends the script with one
+    clear line on stderr instead of a traceback."""
     try:
         yield
     except BrokerUnavailable as exc:
@@ -189,6 +197,12 @@ def exit_on_unreachable() -> Iterator[None]:
     except LeaseHeld as exc:
         log.critical("mutitask: %s", exc)
         raise SystemExit(ExitCode.IN_USE) from None
+    except RedisOutOfMemory as exc:
+        log.critical("mutitask: %s", exc)
+        raise SystemExit(ExitCode.OUT_OF_MEMORY) from None
+    except redis.OutOfMemoryError as exc:  # a write the run does not wait on (e.g. before its first task)
+        log.critical("mutitask: Redis is out of memory (maxmemory reached): %s", exc)
+        raise SystemExit(ExitCode.OUT_OF_MEMORY) from None
     except ConfigurationError as exc:  # e.g. a celeryconfig.py that breaks our promises
         log.critical("mutitask: %s", exc)
         raise SystemExit(ExitCode.USAGE) from None

@@ -14,6 +14,7 @@ written for the original (catching ``TypeError`` or ``ValueError``) still works:
      ├── TooManyLateRunners (RuntimeError) task functions past their time limit hold the threads
      ├── LeaseHeld (RuntimeError)          another live process is this device, or serves this channel/run
      │    └── LeaseLost                    ... and took it over while this one was out of reach
+     ├── RedisOutOfMemory (RuntimeError)   Redis stayed full (maxmemory) past the wait
      └── RecordNotFound (KeyError)         no dead-letter record with that id
 
 and :class:`ExitCode`, the exit codes of the package's processes.
@@ -72,6 +73,11 @@ class LeaseLost(LeaseHeld):
     the new holder."""
 
 
+class RedisOutOfMemory(MutitaskError, RuntimeError):
+    """Redis refused writes for longer than a run waits: it reached ``maxmemory`` (with the
+    ``noeviction`` policy mutitask needs) and nothing freed memory meanwhile."""
+
+
 class RecordNotFound(MutitaskError, KeyError):
     """No dead-letter record has the given id."""
 
@@ -89,4 +95,5 @@ class ExitCode(IntEnum):
     BOOKS_LOST = 4  # Redis lost data the books held (BooksLost): see the README
     IN_USE = 5  # another live process is this device, or serves this channel or run (LeaseHeld)
     LATE_RUNNERS = 6  # a device stopped for a fresh process: too many task functions past their time limit
+    OUT_OF_MEMORY = 7  # Redis stayed full (maxmemory reached) past the wait (RedisOutOfMemory)
     STILL_STOPPING = 75  # `mutitask stop`: a device asked to stop still runs a task (sysexits' EX_TEMPFAIL: ask again)

@@ -50,6 +50,8 @@ Layout (``<ch>`` is a channel number, ``<id>`` a task id):
 ``mutitask:lease:holders``      hash lease key -> its last taker ('' once released): may a lapsed lease be
                                 taken back by its holder (nobody took it since)
 ``mutitask:unsent:<ch>``        sorted set id -> time: in the books, not yet handed to another broker
+``mutitask:probe:room``         never written: ``SET ... XX`` on it changes nothing, yet a full Redis
+                                refuses it like every write (see :mod:`.memory`)
 ``unacked``, ``unacked_index``  kombu's own: delivered messages not yet acknowledged
 ==============================  ====================================================
 
@@ -233,3 +235,9 @@ def channel_lease(channel: int) -> str:
 def run_lease(name: str) -> str:
     """The lease of the server that runs a named (resumable) run: one server per run at a time."""
     return f"{PREFIX}:lease:run:{name}"
+
+
+def room_probe() -> str:
+    """A key never written, for :func:`.memory.has_room`: ``SET`` with ``XX`` on it is a write
+    that changes nothing, which a Redis at ``maxmemory`` refuses like any other."""
+    return f"{PREFIX}:probe:room"

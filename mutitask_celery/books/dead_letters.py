@@ -347,10 +347,13 @@ class RedisDeadLetterStore(DeadLetterStore):
         return deleted
 
     def prune(self) -> int:
-        """Apply the retention limits (cap, age); returns how many records were dropped."""
+        """Apply the retention limits (cap, age); returns how many records were dropped.
+
+        A record's age is judged in Redis's clock, in which its failure time was written: a
+        host whose own clock runs ahead would otherwise drop records written a moment ago."""
         dropped = 0
         if self.max_age is not None:
-            cutoff = f"({time.time() - self.max_age!r}"
+            cutoff = f"({redis_now(self.client) - self.max_age!r}"
             while old := cast(
                 "list[str]", self.client.zrangebyscore(keys.DEAD_INDEX, "-inf", cutoff, start=0, num=PRUNE_BUDGET)
             ):

@@ -32,13 +32,38 @@ def _when(ts: float | None) -> str:
     return "this process started" if ts is None else local_time(ts)
 
 
-def redis_restart(client: redis.Redis) -> str:
-    """``' (Redis restarted N s ago)'`` when Redis says so (``INFO``; an ACL may refuse it), else ``''``."""
+_STARTED = time.monotonic()  # books not seen whole yet: they are as old as this process
+
+
+def redis_run(client: redis.Redis) -> str:
+    """Redis's ``run_id``, new at every start of it; ``''`` when ``INFO`` is refused (an ACL)."""
     try:
-        uptime = int(client.info("server").get("uptime_in_seconds", -1))
+        return str(client.info("server").get("run_id", ""))
+    except redis.RedisError:
+        return ""
+
+
+def redis_note(client: redis.Redis, run: str, whole_for: float) -> str:
+    """What Redis says of the loss, for the message (``INFO``; an ACL may refuse it: then ``''``).
+
+    ``' (Redis restarted N s ago)'`` only when it did since the books were seen whole: its
+    ``run_id`` is not ``run`` (the one it had then), or, that unknown, its uptime (whole
+    seconds) is surely shorter than ``whole_for``, the seconds since; and ``' (Redis evicted N
+    keys (maxmemory-policy P))'`` when it evicted keys (a policy other than ``noeviction``
+    with a ``maxmemory`` it reached). The two causes call for different mends.
+    """
+    try:
+        info = client.info()
+        uptime, evicted = int(info.get("uptime_in_seconds", -1)), int(info.get("evicted_keys", 0))
     except (redis.RedisError, ValueError, TypeError):
         return ""
-    return f" (Redis restarted {uptime} s ago)" if uptime >= 0 else ""
+    notes = []
+    restarted = info.get("run_id") != run if run else 0 <= uptime and uptime + 1 <= whole_for
+    if restarted:
+        notes.append(f"Redis restarted {uptime} s ago")
+    if evicted > 0:
+        notes.append(f"Redis evicted {evicted} keys (maxmemory-policy {info.get('maxmemory_policy', '?')})")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 class Watermarks:
@@ -54,6 +79,8 @@ class Watermarks:
         self._lock = threading.Lock()
         self._high: dict[str, int] = {}
         self.whole_at: float | None = None
+        self._whole_since = _STARTED  # the same moment on the monotonic clock
+        self._redis_run: str | None = None  # Redis's run_id when the books were first seen whole
 
     def mark(self) -> dict[str, int]:
         """The highest values so far (taken before a call that reads or adds to the counters)."""
@@ -68,7 +95,7 @@ class Watermarks:
     def check(self, values: Mapping[str, int], at_least: Mapping[str, int], client: redis.Redis | None = None) -> None:
         """Raise :class:`BooksLost` when a value is below its ``at_least``; else keep the new highs.
 
-        ``client``: the Redis to ask, for the message only, when it restarted.
+        ``client``: the Redis to ask, for the message only, whether it restarted or evicted keys.
         """
         lower = [
             f"{name} was {at_least[name]}, now {value}"
@@ -76,9 +103,12 @@ class Watermarks:
             if value < at_least.get(name, 0)
         ]
         if lower:
-            note = "" if client is None else redis_restart(client)
+            since = time.monotonic() - self._whole_since
+            note = "" if client is None else redis_note(client, self._redis_run or "", since)
             raise BooksLost(f"Redis lost data since {_when(self.whole_at)}{note}: {'; '.join(lower)}. {ADVICE}")
         with self._lock:
             for name, value in values.items():
                 self._high[name] = max(self._high.get(name, 0), value)
-            self.whole_at = time.time()
+            self.whole_at, self._whole_since = time.time(), time.monotonic()
+        if client is not None and self._redis_run is None:  # asked once: a restart gives another
+            self._redis_run = redis_run(client)

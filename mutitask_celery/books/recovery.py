@@ -261,8 +261,9 @@ class Reaper:
             self._due_seen, self._sweeps_left, self._next_safety = due, 2, now + SAFETY_SWEEP
         if self._sweeps_left <= 0:
             return 0
+        found = self.sweep(channels)  # a sweep that failed (Redis away or full) is due again next round
         self._sweeps_left -= 1
-        return self.sweep(channels)
+        return found
 
     def _stalled(self, channels: Sequence[int]) -> bool:
         """True when a channel has shown tasks waiting (in the books, in no device's hands, not
@@ -417,7 +418,6 @@ class Reaper:
             return 0
         missing = outstanding - placed
         lost = missing & self._suspects.get(channel, set())
-        self._suspects[channel] = missing - lost
         if lost:
             log.warning(
                 "channel %d: %d outstanding task(s) were on no queue and in no device's hands "
@@ -426,6 +426,7 @@ class Reaper:
                 len(lost),
             )
             self.ledger.republish(channel, sorted(lost))
+        self._suspects[channel] = missing - lost  # after: a republish that failed (Redis full) is retried
         return len(lost)
 
     def reap(self, now: float | None = None) -> int:

@@ -1,39 +1,133 @@
-"""A guard around one kombu 5.7 / Celery 5.7 race that kills a worker when Redis goes away.
+"""Guards around kombu 5.7 / Celery 5.7 that would kill a worker when Redis goes away or is full.
 
-When a worker loses its Redis connection, Celery first ``collect()``s the connection (which
-closes its channels and then detaches the transport from the connection) and then
-``close()``s it. If the first close of the consuming channel was cut short by the dead
-Redis (its pending ``BRPOP`` read raised), the second close runs kombu's restore of the
-messages it still holds with no connection details left, and fails with
+**Redis goes away.** When a worker loses its Redis connection, Celery first ``collect()``\\ s
+the connection (which closes its channels and then detaches the transport from the
+connection) and then ``close()``\\ s it. If the first close of the consuming channel was cut
+short by the dead Redis (its pending ``BRPOP`` read raised), the second close runs kombu's
+restore of the messages it still holds with no connection details left, and fails with
 ``AttributeError: 'NoneType' object has no attribute 'hostname'``. Celery takes that for an
-unrecoverable error and the worker exits: a device lost to a mere Redis restart.
+unrecoverable error and the worker exits: a device lost to a mere Redis restart. The guard
+makes the missing connection details the connection error they are, which both kombu and
+Celery already handle: the close is given up, the worker reconnects, and the messages it
+held stay in kombu's ``unacked`` hash, noted in the device's hands, for the device itself or
+a reaper (see :mod:`.recovery`).
 
-The guard makes the missing connection details the connection error they are, which both
-kombu and Celery already handle: the close is given up, the worker reconnects, and the
-messages it held stay in kombu's ``unacked`` hash, noted in the device's hands, for the
-device itself or a reaper (see :mod:`.recovery`).
+**Redis is full** (``maxmemory`` reached, ``noeviction``: see :mod:`mutitask_celery.memory`).
+kombu records each message it takes in a ``MULTI`` and acknowledges in another, and a full
+Redis refuses every command inside ``MULTI``, even deletes. kombu reports that as a channel
+error, which Celery takes for unrecoverable: every device exited on its next message. Here:
+
+- the error is a connection error: the consumer reconnects, and connecting waits, with
+  Celery's growing delays, until Redis has room (:func:`.memory.has_room`, asked at every
+  connection: consuming starts with writes too, kombu's queue bindings), so a device takes
+  no task it could not record, and says so once;
+- an acknowledgement refused for memory is made of its two deletes without ``MULTI``
+  (outside it a full Redis takes deletes), so a task already recorded is not handed out
+  again;
+- a message kombu took off the queue (``BRPOP``) and could not record as unacked is in
+  nobody's hands: :data:`stranded` tells the device to have the server sweep for it;
+- the channel closed for a full Redis does not put back what it delivered: those messages
+  are in the pool already, which runs and acknowledges them (put back, they would run
+  twice), as when Redis went away and the restore could not reach it.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
 import redis
 from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+
+from mutitask_celery import memory
+
+log = logging.getLogger(__name__)
 
 _GUARDED = "_mutitask_guarded"
+#: Set when kombu took a message off a queue and could not record it: in no one's hands, its
+#: tasks are still in the books, and the server's sweep puts them back (the device asks for it).
+stranded = threading.Event()
+_full = threading.Event()  # this process has said that Redis is full
 
 
 def install() -> None:
-    """Wrap kombu's Redis channel once per process (idempotent)."""
+    """Wrap kombu's Redis transport once per process (idempotent)."""
     original = kombu_redis.Channel._connparams
     if getattr(original, _GUARDED, False):
         return
 
     def _connparams(self: Any, asynchronous: bool = False) -> Any:
-        if self.connection.client is None:
+        if self.connection is None or self.connection.client is None:  # none: a late ack on a closed channel
             raise redis.ConnectionError("the broker connection was closed (Redis went away)")
         return original(self, asynchronous)  # type: ignore[no-untyped-call]  # kombu is untyped
 
     setattr(_connparams, _GUARDED, True)
     kombu_redis.Channel._connparams = _connparams  # type: ignore[method-assign]
+    _guard_full_redis()
+
+
+def _met_full(channel: Any) -> None:
+    """Say once per episode that Redis is full. (On a client of kombu's own pool: the channel's
+    ``client`` shares the connection of its pending ``BRPOP``.)"""
+    if not _full.is_set():
+        _full.set()
+        with channel.conn_or_acquire() as client:
+            said = memory.describe_full(client)
+        log.warning("%s: no task is taken until Redis has room (the tasks in hand finish and are recorded)", said)
+
+
+def _room_again() -> None:
+    if _full.is_set():
+        _full.clear()
+        log.warning("Redis has room again: taking tasks again")
+
+
+def _guard_full_redis() -> None:
+    transport, qos = kombu_redis.Transport, kombu_redis.QoS
+    transport.connection_errors = (*transport.connection_errors, redis.OutOfMemoryError)
+    append, ack, restore, establish = qos.append, qos.ack, qos.restore_unacked, transport.establish_connection
+
+    def _append(self: Any, message: Any, delivery_tag: Any) -> None:
+        try:
+            append(self, message, delivery_tag)  # type: ignore[no-untyped-call]  # kombu is untyped
+        except redis.OutOfMemoryError:
+            stranded.set()
+            _met_full(self.channel)
+            raise
+        _room_again()
+
+    def _ack(self: Any, delivery_tag: Any) -> None:
+        try:
+            ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+        except redis.OutOfMemoryError:
+            with self.channel.conn_or_acquire() as client:
+                self._remove_from_indices(delivery_tag, client.pipeline(transaction=False)).execute()
+            virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+            _met_full(self.channel)
+
+    def _restore(self: Any, client: Any = None) -> Any:
+        if _full.is_set():
+            self._delivered.clear()
+            return None
+        return restore(self, client)  # type: ignore[no-untyped-call]
+
+    def _establish(self: Any) -> Any:
+        connection = establish(self)  # type: ignore[no-untyped-call]
+        channel = self._avail_channels[-1]
+        try:
+            with channel.conn_or_acquire() as client:
+                room = memory.has_room(client)
+        except redis.ResponseError:  # an ACL refusing the probe: nothing to learn
+            room = True
+        if not room:
+            _met_full(channel)
+            self._avail_channels.pop()
+            channel.close()
+            raise redis.OutOfMemoryError("Redis is out of memory (maxmemory reached): waiting for room")
+        _room_again()
+        return connection
+
+    qos.append, qos.ack, qos.restore_unacked = _append, _ack, _restore  # type: ignore[method-assign]
+    transport.establish_connection = _establish  # type: ignore[method-assign]

@@ -42,12 +42,12 @@ from celery.signals import task_received, worker_init, worker_ready, worker_shut
 from celery.worker import state as worker_state
 from celery.worker.control import control_command
 
-from mutitask_celery import celery_app, keys, runtime, settings
+from mutitask_celery import celery_app, keys, memory, runtime, settings
 from mutitask_celery.books.integrity import Watermarks
 from mutitask_celery.books.leases import Leases
 from mutitask_celery.books.recovery import HEARTBEAT
 from mutitask_celery.control import Ending, Taken, channels_of
-from mutitask_celery.device import isolation, prefetch, wanted
+from mutitask_celery.device import isolation, kombu_guard, prefetch, wanted
 from mutitask_celery.errors import BooksLost, ConfigurationError, ExitCode, LeaseHeld
 
 log = logging.getLogger(__name__)
@@ -91,9 +91,9 @@ class DeviceLife:
         self.books = Watermarks()  # the tasks it has finished, as the books said (see integrity)
         self.stopping = threading.Event()  # ends its threads
         self.told_to_leave = threading.Event()  # a stop is coming (see leaving)
-        # A message may be in no device's note (one went un-noted, or Redis went away while kombu
-        # took one): the server's sweep must look for it.
-        self.unnoted = threading.Event()
+        # A message may be in no device's note (one went un-noted, kombu could not record it, see
+        # kombu_guard, or Redis went away while kombu took one): the server's sweep must look for it.
+        self.unnoted = kombu_guard.stranded
         self.reconnects = 0  # the consumer's restarts seen so far (each follows a lost connection)
         self.next_forget = 0.0
         self.leases: Leases | None = None  # the lease of its name, from init to shutdown
@@ -229,18 +229,21 @@ class DeviceLife:
         if reconnects > self.reconnects:
             self.reconnects = reconnects
             self.unnoted.set()
-        if self.unnoted.is_set():
-            runtime.broker().look_for_strays()  # not a death, but the same crack: a message in no device's note
-            self.unnoted.clear()
         marks = self.books.mark()
         try:
-            done = devices.heard(name)
+            done = devices.heard(name)  # first: a full Redis takes it (see heard.lua), not what follows
         except (redis.ConnectionError, redis.TimeoutError):
             self.unnoted.set()
             raise
-        runtime.broker().release_dropped(name, self.holding())
-        if self.leaving():  # a warm shutdown, however asked: status shows it stopping, not offline
-            devices.ending(name, Ending.STOPPING)
+        try:
+            if self.unnoted.is_set():
+                runtime.broker().look_for_strays()  # not a death, but the same crack: a message in no device's note
+                self.unnoted.clear()
+            runtime.broker().release_dropped(name, self.holding())
+            if self.leaving():  # a warm shutdown, however asked: status shows it stopping, not offline
+                devices.ending(name, Ending.STOPPING)
+        except redis.OutOfMemoryError:
+            pass  # said when Redis filled up; done at the next beat
         if done < 0:  # the roster had forgotten this device: its counts start afresh
             self.books.forget(done_key(name))
             return
@@ -318,6 +321,7 @@ def _on_init(sender: Any = None, **_: Any) -> None:
     """Refuse a configuration that breaks our promises, then :meth:`DeviceLife.init`."""
     try:
         celery_app.check_compatible(celery_app.app)
+        memory.check_policy(runtime.books_client(), settings.mask_url(settings.current().redis_url))
     except ConfigurationError as exc:
         log.critical("mutitask: %s", exc)
         raise SystemExit(ExitCode.USAGE) from None

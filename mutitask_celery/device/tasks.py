@@ -152,7 +152,7 @@ _OUTAGE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
 
 
 def _patiently(what: str, step: Callable[[], T]) -> T:
-    """``step()``, tried again while Redis is away, for as long as it takes: the outcomes exist
+    """``step()``, tried again while Redis is away or full, for as long as it takes: the outcomes exist
     only in this process until they are recorded, and a message given back would run again
     with its first run never counted (nor could it be given back while Redis is away). Each
     try must be safe to repeat (a step id, or a claim). Says so now and then, not each try."""
@@ -160,9 +160,10 @@ def _patiently(what: str, step: Callable[[], T]) -> T:
     while True:
         try:
             return step()
-        except _OUTAGE as exc:
+        except (*_OUTAGE, redis.OutOfMemoryError) as exc:
             if time.monotonic() - said >= SAY_EVERY:
-                log.warning("could not %s yet (%s): waiting for Redis", what, exc)
+                why = "Redis is out of memory: " if isinstance(exc, redis.OutOfMemoryError) else ""
+                log.warning("could not %s yet (%s%s): waiting for Redis", what, why, exc)
                 said = time.monotonic()
             time.sleep(delay)  # Redis is away or restarting: wait for it, growing the wait
             delay = min(delay * 2, 2.0)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from mutitask_celery import codec, keys
+from mutitask_celery import codec, keys, memory
 from mutitask_celery.books import messages
 from mutitask_celery.books.brokers import Broker
 from mutitask_celery.books.dead_letters import RedisDeadLetterStore
@@ -34,14 +34,18 @@ from mutitask_celery.books.leases import Lease, Leases
 from mutitask_celery.books.ledger import ChannelBooks, ChannelStats, Ledger, Outgoing, batch_size
 from mutitask_celery.books.recovery import HEARTBEAT
 from mutitask_celery.books.runs import Resumed, RunRecord
-from mutitask_celery.errors import BrokerUnavailable, EncodingError
+from mutitask_celery.errors import BrokerUnavailable, EncodingError, RedisOutOfMemory
 
 log = logging.getLogger(__name__)
 
 WAIT_STEP = 0.5  # longest a control change (resume, new size) waits to be seen
 RECONNECT_FOR = 120.0  # seconds the run waits for Redis to come back before giving up
 COUNTERS = ("published", "succeeded", "failed", "duplicates", "reloaded", "revived")  # only ever grow (see integrity)
-_OUTAGE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, BrokerUnavailable)
+# Waited out (a full Redis too: it refuses writes until memory is freed, and nothing is lost meanwhile).
+_OUTAGE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.OutOfMemoryError, BrokerUnavailable)
+FREE_MEMORY = (
+    "free memory (raise maxmemory, or take results out of ResultChannel<N>: mutitask_celery.results, clear_results)"
+)
 
 
 class _Batcher:
@@ -173,14 +177,42 @@ class _Feed:
         return items
 
 
+class _Full:
+    """Whether the server has said that Redis is full, shared by its two threads: said once
+    when it fills up (by whichever thread meets it first), once when it has room again."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.said = False
+
+    def met(self, why: str) -> None:
+        if not self.said:
+            self.said = True
+            log.warning("%s: %s; %s", memory.describe_full(self.client), why, FREE_MEMORY)
+
+    def look(self) -> None:
+        """Ask Redis whether it has room (a write that changes nothing, see :func:`.memory.has_room`);
+        Redis away (or an ACL refusing the probe) says nothing here."""
+        try:
+            room = memory.has_room(self.client)
+        except redis.RedisError:
+            return
+        if not room:
+            self.met("devices cannot take tasks, and the run waits for room")
+        elif self.said:
+            self.said = False
+            log.warning("Redis has room again: the run goes on")
+
+
 class _Recovery:
     """The server's recovery duties, every heartbeat period in a thread of their own: give dead
     devices' tasks to live ones (even when all devices died), sweep for tasks a dying device
     stranded when one died (see :meth:`.Reaper.sweep_if_due`), and on another broker (which
-    redelivers by itself) publish what a dying publisher left in the journal."""
+    redelivers by itself) publish what a dying publisher left in the journal. It also watches
+    for a full Redis, which stops the run without an error while the server only waits."""
 
-    def __init__(self, broker: Broker, channels: list[int]) -> None:
-        self.broker, self.channels = broker, channels
+    def __init__(self, broker: Broker, channels: list[int], full: _Full) -> None:
+        self.broker, self.channels, self.full = broker, channels, full
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mutitask-recovery", daemon=True)
 
@@ -195,6 +227,7 @@ class _Recovery:
     def _loop(self) -> None:
         while True:
             try:
+                self.full.look()  # first: duties that write fail while Redis is full
                 self.broker.server_duties(self.channels)
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
                 self.broker.lost_touch()  # no device could beat meanwhile: no silence is a death yet
@@ -234,6 +267,7 @@ class Producer:
         self._last: dict[int, ChannelBooks] = {}  # the books as the last round read them
         self._sizes_said = False
         self._books = Watermarks()
+        self._full = _Full(ledger.client)
 
     # -- controls (the console calls these from its own thread) ---------------
     @property
@@ -302,7 +336,7 @@ class Producer:
                 )
         outage: float | None = None
         try:
-            with _Recovery(self.ledger.broker, channels):
+            with _Recovery(self.ledger.broker, channels, self._full):
                 while not self._stop.is_set():
                     try:
                         if outage is not None:  # Redis may have taken a message down with it
@@ -378,12 +412,24 @@ class Producer:
         return False
 
     def _wait_for_redis(self, since: float | None, exc: Exception) -> float:
-        """Back off while Redis (or the broker) is away; give up with a clear error after RECONNECT_FOR seconds."""
+        """Back off while Redis (or the broker) is away or full; give up with a clear error after
+        RECONNECT_FOR seconds (:class:`RedisOutOfMemory` for a full Redis, exit code 7)."""
         now = time.monotonic()
+        full = isinstance(exc, redis.OutOfMemoryError)
         if since is None:
-            log.warning("lost Redis or the broker (%s): waiting up to %.0fs for it to come back", exc, RECONNECT_FOR)
+            if full:
+                self._full.met(f"the server waits up to {RECONNECT_FOR:.0f}s for room to publish")
+            else:
+                log.warning(
+                    "lost Redis or the broker (%s): waiting up to %.0fs for it to come back", exc, RECONNECT_FOR
+                )
             since = now
         elif now - since > RECONNECT_FOR:
+            if full:
+                raise RedisOutOfMemory(
+                    f"{memory.describe_full(self.ledger.client)} for more than {RECONNECT_FOR:.0f}s: the run stops "
+                    f"(what it published stays in the books, and the next run waits for it); {FREE_MEMORY}"
+                ) from None
             raise BrokerUnavailable(
                 f"Redis or the broker did not come back within {RECONNECT_FOR:.0f}s: {exc}"
             ) from None

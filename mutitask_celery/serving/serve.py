@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 import redis
 
-from mutitask_celery import celery_app, keys, logs, runtime, settings
+from mutitask_celery import celery_app, keys, logs, memory, runtime, settings
 from mutitask_celery.books.leases import Leases
 from mutitask_celery.books.rate_limits import check_rates
 from mutitask_celery.books.runs import RunRecord, check_run_name
@@ -98,6 +98,7 @@ def serve(
     conf = runtime.reset(settings.current())
     celery_app.check_compatible(celery_app.app)
     check_redis(conf.redis_url)
+    memory.check_policy(runtime.books_client(conf), settings.mask_url(conf.redis_url))  # an evicting Redis loses tasks
     runtime.broker().check()  # RabbitMQ unreachable: one clear error within seconds
     name = check_run_name(run_name or DEFAULT_RUN) if resume or run_name is not None else None
     with take_leases(runtime.books_client(conf), len(sources), name, conf.dead_after) as leases:

@@ -14,6 +14,10 @@
 -- delivery tag, ARGV[4] its number of tasks, ARGV[5] its channel.
 -- Returns the tasks the device has finished (it only ever grows: see integrity.py), or -1
 -- when the roster had forgotten the device (its counts start afresh).
+-- A delete first: a full Redis (maxmemory, noeviction) refuses a script whose first write would
+-- grow memory, but not one that has written, so a device's heartbeat goes on while Redis is full
+-- (a device silent then would have its tasks taken while it runs them).
+local forgotten = redis.call('HDEL', KEYS[4], ARGV[1]) == 1
 local now = redis_now()
 redis.call('HSET', KEYS[1], ARGV[1], now)
 redis.call('ZADD', KEYS[2], now, ARGV[1])
@@ -30,5 +34,5 @@ if score then
     if redis.call('LLEN', KEYS[9]) == 0 then wake_server(KEYS[8]) end
   end
 end
-if redis.call('HDEL', KEYS[4], ARGV[1]) == 1 then return -1 end
+if forgotten then return -1 end
 return tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
