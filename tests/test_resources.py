@@ -229,7 +229,7 @@ def test_the_servers_publish_waits_out_a_full_redis(
     tasks = [f"{i}|{'y' * 50_000}" for i in range(60)]  # 3 MB of tasks
     thread, out = run_in_thread(tasks, channel_size=50)
     wait_until(lambda: FULL.search(caplog.text), 60, "the server to say that Redis is full")
-    assert thread.is_alive() and "waits up to" in caplog.text
+    assert thread.is_alive()  # it waits (said once, by whichever of its threads met the limit first)
     r.client.config_set("maxmemory", 0)
     procs.start(worker_command("device1@%h", include="channel_one"), "device1")
     thread.join(120)
@@ -256,8 +256,8 @@ def test_a_server_that_waits_longer_than_its_patience_stops_with_exit_code_7(
 
 
 def test_recording_outcomes_waits_while_redis_is_full(r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Unit: a device's finish refused for memory waits past its outage patience (the message
-    is kept, not given back)."""
+    """Unit: a device's finish refused for memory waits for room (the message is kept, not
+    given back)."""
     from mutitask_celery.device import tasks
 
     refusals = 5
@@ -272,7 +272,6 @@ def test_recording_outcomes_waits_while_redis_is_full(r: redis.Redis, monkeypatc
 
     runtime.ledger().publish(1, [("t1", '"a"')])
     monkeypatch.setattr(runtime.ledger(), "finish", finish)
-    monkeypatch.setattr(tasks, "FINISH_PATIENCE", 0.0)
     monkeypatch.setattr(tasks.time, "sleep", lambda _: None)
     done = tasks._finish(1, "device1@h", [Outcome("t1", ok=True, result='"A"')], "m1", 0.0)
     assert refusals == 0 and done.succeeded == 1

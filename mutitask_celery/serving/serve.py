@@ -20,6 +20,7 @@ import os
 import select
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any, TextIO
 
@@ -31,9 +32,10 @@ from mutitask_celery.books.rate_limits import check_rates
 from mutitask_celery.books.runs import RunRecord, check_run_name
 from mutitask_celery.connection import check_redis
 from mutitask_celery.control import Devices, DeviceState
-from mutitask_celery.errors import InvalidTasksError, LeaseHeld
+from mutitask_celery.errors import InvalidTasksError, LeaseHeld, RedisOutOfMemory
 from mutitask_celery.legacy.console import PROMPT, Console
-from mutitask_celery.serving import progress
+from mutitask_celery.serving import producer, progress
+from mutitask_celery.serving.producer import FREE_MEMORY as FREE
 from mutitask_celery.serving.producer import Producer, RunSummary
 
 log = logging.getLogger(__name__)
@@ -156,14 +158,37 @@ def take_leases(client: redis.Redis, channels: int, run: str | None, ttl: float 
     try:
         if run is not None:
             advice = f"One server per run: wait for that server to end the run, or stop it; {lets_go}."
-            leases.take(keys.run_lease(run), f"run {run!r}", advice)
+            _take_with_room(leases, keys.run_lease(run), f"run {run!r}", advice)
         for channel in range(1, channels + 1):
             advice = f"One server per channel: wait for that server's run to end, or stop it; {lets_go}."
-            leases.take(keys.channel_lease(channel), f"channel {channel}", advice)
+            _take_with_room(leases, keys.channel_lease(channel), f"channel {channel}", advice)
     except BaseException:
         leases.release()
         raise
     return leases
+
+
+def _take_with_room(leases: Leases, key: str, what: str, advice: str) -> None:
+    """``leases.take``, waiting while Redis is full as the run itself waits to publish (up to
+    ``producer.RECONNECT_FOR`` seconds, then :class:`.RedisOutOfMemory`, exit code 7)."""
+    since: float | None = None
+    while True:
+        try:
+            leases.take(key, what, advice)
+            return
+        except redis.OutOfMemoryError:
+            now = time.monotonic()
+            full = memory.describe_full(leases.client)
+            if since is None:
+                since = now
+                log.warning(
+                    "%s: the server waits up to %.0fs for room to start; %s", full, producer.RECONNECT_FOR, FREE
+                )
+            elif now - since > producer.RECONNECT_FOR:
+                raise RedisOutOfMemory(
+                    f"{full} for more than {producer.RECONNECT_FOR:.0f}s: the run did not start; {FREE}"
+                ) from None
+            time.sleep(min(2.0, 0.1 * 2 ** min(int(now - since), 5)))  # growing waits for room
 
 
 def _warn_paused(devices: Devices) -> None:
