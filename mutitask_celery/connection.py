@@ -178,6 +178,16 @@ def check_redis(url: str) -> None:
         raise BrokerUnavailable(f"cannot reach Redis at {mask_url(url)}: {exc}") from None
 
 
+# The errors a legacy script ends on with one line, and its exit code for each (see below).
+_EXITS: tuple[tuple[type[Exception], ExitCode], ...] = (
+    (BrokerUnavailable, ExitCode.UNREACHABLE),
+    (BooksLost, ExitCode.BOOKS_LOST),
+    (LeaseHeld, ExitCode.IN_USE),
+    (RedisOutOfMemory, ExitCode.OUT_OF_MEMORY),
+    (ConfigurationError, ExitCode.USAGE),  # e.g. a celeryconfig.py that breaks our promises
+)
+
+
 @contextmanager
 def exit_on_unreachable() -> Iterator[None]:
     """For the legacy scripts: an unreachable Redis (exit code 3), one that came back
@@ -187,25 +197,13 @@ def exit_on_unreachable() -> Iterator[None]:
     clear line on stderr instead of a traceback."""
     try:
         yield
-    except BrokerUnavailable as exc:
-        # A script that set up no logging gets exactly this line on stderr (logging's last resort).
-        log.critical("mutitask: %s", exc)
-        raise SystemExit(ExitCode.UNREACHABLE) from None
-    except BooksLost as exc:
-        log.critical("mutitask: %s", exc)
-        raise SystemExit(ExitCode.BOOKS_LOST) from None
-    except LeaseHeld as exc:
-        log.critical("mutitask: %s", exc)
-        raise SystemExit(ExitCode.IN_USE) from None
-    except RedisOutOfMemory as exc:
-        log.critical("mutitask: %s", exc)
-        raise SystemExit(ExitCode.OUT_OF_MEMORY) from None
     except redis.OutOfMemoryError as exc:  # a write the run does not wait on (e.g. before its first task)
         log.critical("mutitask: Redis is out of memory (maxmemory reached): %s", exc)
         raise SystemExit(ExitCode.OUT_OF_MEMORY) from None
-    except ConfigurationError as exc:  # e.g. a celeryconfig.py that breaks our promises
+    except tuple(error for error, _ in _EXITS) as exc:
+        # A script that set up no logging gets exactly this line on stderr (logging's last resort).
         log.critical("mutitask: %s", exc)
-        raise SystemExit(ExitCode.USAGE) from None
+        raise SystemExit(next(code for error, code in _EXITS if isinstance(exc, error))) from None
 
 
 def _addresses(host: str, port: int) -> set[str]:
