@@ -33,7 +33,6 @@ the leftovers, the kills, freezes and restarts. ``--json`` prints the figures as
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import random
@@ -47,6 +46,7 @@ from typing import Any
 
 from common import HERE, ROOT
 
+from mutitask_celery.books import messages
 from mutitask_celery.tools.localredis import LocalRedis, free_port
 from mutitask_celery.tools.processes import stop_process_groups, worker_command
 
@@ -279,12 +279,11 @@ def leftovers_of(client: Any) -> dict[str, int]:
     notes = sum(int(client.hlen(f"mutitask:inhand:{n}")) for n in client.hkeys("mutitask:devices:seen"))
     stale = 0
     for raw in client.hvals("unacked"):
-        try:
-            message = json.loads(raw)[0]
-            channel, items = json.loads(base64.b64decode(message["body"]))[0][:2]
-        except (ValueError, KeyError, IndexError, TypeError):
+        found = messages.carried(json.loads(raw)[0])
+        if found is None:
             continue
-        if not any(client.hexists(f"mutitask:pending:{channel}", item[0]) for item in items):
+        channel, items = found
+        if not any(client.hexists(f"mutitask:pending:{channel}", task_id) for task_id, _ in items):
             stale += 1
     return {"held": held, "claims": claims, "notes": notes, "stale_unacked": stale}
 

@@ -42,7 +42,6 @@ dead-lettered there too.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import time
@@ -55,7 +54,7 @@ import redis
 
 from mutitask_celery import keys
 from mutitask_celery.books import messages, scripts
-from mutitask_celery.books.ledger import Ledger, Outcome
+from mutitask_celery.books.ledger import ChannelBooks, ChannelStats, Ledger, Outcome
 from mutitask_celery.connection import redis_now, text
 
 log = logging.getLogger(__name__)
@@ -80,20 +79,9 @@ def bury(ledger: Ledger, channel: int, device: str, task_id: str, attempts: int)
     ledger.finish(channel, device, [Outcome(task_id, ok=False, reason=worker_lost(attempts))])
 
 
-def _payload(message: dict[str, Any]) -> tuple[int, list[messages.Item]] | None:
-    """(channel, [(task id, data)]) of one of our messages, or None for anything else."""
-    try:
-        if message.get("headers", {}).get("task") != "mutitask.run":
-            return None
-        args = json.loads(base64.b64decode(message["body"]))[0]
-        return int(args[0]), [(str(item[0]), str(item[1])) for item in args[1]]
-    except (KeyError, IndexError, TypeError, ValueError):
-        return None
-
-
 def _items(message: dict[str, Any]) -> tuple[int, list[str]] | None:
     """(channel, task ids) of one of our messages, or None for anything else."""
-    found = _payload(message)
+    found = messages.carried(message)
     return None if found is None else (found[0], [task_id for task_id, _ in found[1]])
 
 
@@ -156,13 +144,18 @@ class _Unacked:
         self.ids = [task_id for task_id, _ in items]
 
     @classmethod
+    def all(cls, raw: dict[Any, Any]) -> dict[str, _Unacked]:
+        """Kombu's unacked hash as read (tag -> entry), ours only, by delivery tag."""
+        return {text(tag): entry for tag, value in raw.items() if (entry := cls.parse(text(value))) is not None}
+
+    @classmethod
     def parse(cls, raw: str) -> _Unacked | None:
         """None for an unreadable entry or another application's message: those are not ours to touch."""
         try:
             message, _exchange, routing_key = json.loads(raw)
         except (ValueError, TypeError):
             return None
-        found = _payload(message) if isinstance(message, dict) else None
+        found = messages.carried(message) if isinstance(message, dict) else None
         return None if found is None else cls(message, str(routing_key), found[0], found[1])
 
 
@@ -185,9 +178,7 @@ class _Snapshot:
         pipe.hgetall(keys.KOMBU_UNACKED)
         pipe.zrange(keys.KOMBU_UNACKED_INDEX, 0, -1, withscores=True)
         *per_channel, raw_unacked, index = pipe.execute()
-        unacked = {
-            text(tag): entry for tag, raw in raw_unacked.items() if (entry := _Unacked.parse(text(raw))) is not None
-        }
+        unacked = _Unacked.all(raw_unacked)
         outstanding: dict[int, set[str]] = {}
         placed: dict[int, set[str]] = {}
         for i, channel in enumerate(channels):
@@ -197,6 +188,13 @@ class _Snapshot:
             for raw in queued:
                 placed[channel].update(_queued_ids(text(raw)))
         return cls(unacked, outstanding, placed, {text(tag): float(score) for tag, score in index})
+
+
+def _unnoted(unacked: dict[str, _Unacked], notes: dict[str, dict[str, str]]) -> set[str]:
+    """The delivery tags of ``unacked`` entries whose message no device notes in hand (``notes``:
+    device -> message id -> note, of every device alive or recently dead)."""
+    noted = {message_id for held in notes.values() for message_id in held}
+    return {tag for tag, entry in unacked.items() if entry.message.get("headers", {}).get("id") not in noted}
 
 
 class Recovered(str, Enum):
@@ -281,7 +279,8 @@ class Reaper:
         now: set[int] = set()
         for i, channel in enumerate(channels):
             outstanding, held, backlog, queued = replies[4 * i : 4 * i + 4]
-            if int(outstanding) - max(0, int(held or 0)) - int(backlog) > 0 and int(queued) == 0:
+            books = ChannelBooks(ChannelStats(), int(outstanding), int(held or 0), int(backlog))
+            if books.waiting > 0 and int(queued) == 0:
                 now.add(channel)
         confirmed = now & self._stalled_once
         newly = bool(confirmed - self._stalled_swept)
@@ -315,8 +314,7 @@ class Reaper:
         snapshot = _Snapshot.read(self.client, channels)
         unacked = snapshot.unacked
         names, notes = self._notes()
-        noted = {message_id for held in notes.values() for message_id in held}
-        orphans = {tag for tag, entry in unacked.items() if entry.message.get("headers", {}).get("id") not in noted}
+        orphans = _unnoted(unacked, notes)
         fixed = self._restore_orphans(orphans & self._suspect_tags, unacked)
         self._suspect_tags = orphans - self._suspect_tags
         held = {task_id for entry in unacked.values() for task_id in entry.ids}
@@ -389,14 +387,12 @@ class Reaper:
         A device killed between recording a message's outcomes and acknowledging it leaves
         one; the sweep drops it, but the sweep runs only while a server runs. Dropping is
         safe at any time: the message is done, and a late acknowledgement finds nothing."""
-        unacked = _Snapshot.read(self.client, []).unacked
+        unacked = _Unacked.all(self.client.hgetall(keys.KOMBU_UNACKED))
         _, notes = self._notes()
-        noted = {message_id for held in notes.values() for message_id in held}
         dropped = 0
-        for tag, entry in unacked.items():
-            if entry.channel not in channels or entry.message.get("headers", {}).get("id") in noted:
-                continue
-            if not any(self.client.hmget(keys.pending(entry.channel), entry.ids)):
+        for tag in _unnoted(unacked, notes):
+            entry = unacked[tag]
+            if entry.channel in channels and not any(self.client.hmget(keys.pending(entry.channel), entry.ids)):
                 self._drop_unacked(tag)
                 dropped += 1
         if dropped:
