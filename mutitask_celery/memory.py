@@ -16,7 +16,10 @@ which the shipped ACL forbids (``-@dangerous``, see docs/deployment.md), as it d
 configuration sets ``noeviction`` itself.
 
 Whether Redis has room for writes now needs no ``INFO``: :func:`has_room` asks with a
-write that changes nothing.
+write that changes nothing. A small write finding room does not mean a run can go on: at the
+limit, Redis's use flaps by its clients' buffers, and a device's larger writes (a message kept
+while it runs, a result) are refused while a probe squeezes through. So where ``INFO`` is
+allowed, a Redis within :data:`NEARLY` of its limit counts as full too (:attr:`Memory.nearly_full`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from mutitask_celery.errors import ConfigurationError
 log = logging.getLogger(__name__)
 
 EVICTING = ("allkeys-", "volatile-")  # the maxmemory-policy values that drop keys
+NEARLY = 0.05  # within this share of maxmemory, Redis counts as full (see the module docstring)
+CLEAR = 0.10  # and it has room again only below this share under the limit (no flapping messages)
 FIX = "set maxmemory-policy noeviction in redis.conf (and at once: redis-cli CONFIG SET maxmemory-policy noeviction)"
 
 
@@ -50,6 +55,16 @@ class Memory:
     @property
     def full(self) -> bool:
         return 0 < self.limit <= self.used
+
+    @property
+    def nearly_full(self) -> bool:
+        """Within :data:`NEARLY` of the limit: a device's next message or result may not fit."""
+        return 0 < self.limit and self.used >= self.limit * (1 - NEARLY)
+
+    @property
+    def clear(self) -> bool:
+        """Well under the limit (or no limit): room for the run to go on."""
+        return self.limit == 0 or self.used < self.limit * (1 - CLEAR)
 
 
 def memory(client: redis.Redis) -> Memory | None:
@@ -71,13 +86,18 @@ def size(n: int) -> str:
     return f"{n} B" if unit == "B" else f"{value:.1f} {unit}"
 
 
-def describe_full(client: redis.Redis) -> str:
+def describe_full(client: redis.Redis, found: Memory | None = None) -> str:
     """``'Redis is out of memory: maxmemory 8.0 MB reached (policy noeviction)'``, without the
-    figures when ``INFO`` is refused."""
-    found = memory(client)
+    figures when ``INFO`` is refused. ``found``: Redis's memory, when just read."""
+    found = found or memory(client)
     if found is None or found.limit == 0:
         return "Redis is out of memory (maxmemory reached)"
-    return f"Redis is out of memory: maxmemory {size(found.limit)} reached (policy {found.policy})"
+    if found.full:
+        return f"Redis is out of memory: maxmemory {size(found.limit)} reached (policy {found.policy})"
+    return (
+        f"Redis is out of memory: maxmemory {size(found.limit)} all but reached "
+        f"({size(found.used)} used, policy {found.policy})"
+    )
 
 
 def has_room(client: redis.Redis) -> bool:

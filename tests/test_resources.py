@@ -19,7 +19,7 @@ import redis
 from conftest import HELPERS, Processes, device_is_up, fresh_settings, run_in_thread, wait_until
 
 import mutitask_celery as mt
-from mutitask_celery import codec, keys, runtime
+from mutitask_celery import codec, keys, memory, runtime
 from mutitask_celery.books import messages
 from mutitask_celery.books.integrity import Watermarks
 from mutitask_celery.books.ledger import Finished, Outcome
@@ -31,7 +31,7 @@ from mutitask_celery.tools.processes import worker_command
 
 HOST = socket.gethostname()
 MB = 1024 * 1024
-FULL = re.compile(r"Redis is out of memory: maxmemory [\d.]+ MB reached \(policy noeviction\)")
+FULL = re.compile(r"Redis is out of memory: maxmemory [\d.]+ [KMG]?B (all but )?reached \([^)]*policy noeviction\)")
 
 
 class OwnRedis(NamedTuple):
@@ -253,6 +253,30 @@ def test_a_server_that_waits_longer_than_its_patience_stops_with_exit_code_7(
     assert re.search(
         r"Redis is out of memory: maxmemory 1 B reached \(policy noeviction\) for more than 1s", caplog.text
     )
+
+
+def test_the_server_calls_redis_full_at_its_limit_even_when_a_small_write_fits(
+    own_redis: Callable[..., OwnRedis], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the limit Redis's use flaps by its clients' buffers: the server's small probe finds
+    room while devices' larger writes are refused (CI once saw a run stall with the server
+    saying nothing). Within a few per cent of maxmemory the server says Redis is full; it
+    says it has room again only well under the limit."""
+    from mutitask_celery.serving.producer import _Full
+
+    r = own_redis()
+    full = _Full(r.client)
+    monkeypatch.setattr(memory, "has_room", lambda client: True)  # the probe squeezed through
+    r.fill_up_at(20 * 1024)  # within 5% of about 1 MB: no room for a device's message
+    full.look()
+    assert FULL.search(caplog.text), caplog.text
+    caplog.clear()
+    r.fill_up_at(1024)  # still near: nothing more said
+    full.look()
+    assert caplog.text == ""
+    r.client.config_set("maxmemory", 0)
+    full.look()
+    assert "Redis has room again" in caplog.text
 
 
 def test_recording_outcomes_waits_while_redis_is_full(r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -185,21 +185,24 @@ class _Full:
         self.client = client
         self.said = False
 
-    def met(self, why: str) -> None:
+    def met(self, why: str, found: memory.Memory | None = None) -> None:
         if not self.said:
             self.said = True
-            log.warning("%s: %s; %s", memory.describe_full(self.client), why, FREE_MEMORY)
+            log.warning("%s: %s; %s", memory.describe_full(self.client, found), why, FREE_MEMORY)
 
     def look(self) -> None:
-        """Ask Redis whether it has room (a write that changes nothing, see :func:`.memory.has_room`);
-        Redis away (or an ACL refusing the probe) says nothing here."""
+        """Ask Redis whether it has room: a write that changes nothing (see :func:`.memory.has_room`)
+        and, where ``INFO`` is allowed, how near its limit it is (at the limit a small probe can
+        find room while every device's larger writes are refused). Redis away (or an ACL refusing
+        the probe) says nothing here."""
         try:
             room = memory.has_room(self.client)
         except redis.RedisError:
             return
-        if not room:
-            self.met("devices cannot take tasks, and the run waits for room")
-        elif self.said:
+        found = memory.memory(self.client) if room else None
+        if not room or (found is not None and found.nearly_full):
+            self.met("devices cannot take tasks, and the run waits for room", found)
+        elif self.said and (found is None or found.clear):
             self.said = False
             log.warning("Redis has room again: the run goes on")
 
