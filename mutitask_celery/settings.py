@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from types import ModuleType
@@ -34,6 +35,7 @@ class Setting:
     default: Any
     parse: Callable[[str], Any]
     doc: str
+    shown: str | None = None  # the default as the README shows it, when not its Python value
 
 
 def _url(value: str) -> str:
@@ -55,6 +57,22 @@ def _optional_positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
         return number
 
     return parse
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+          "g": 1000**3, "gb": 1000**3, "gib": 1024**3}  # fmt: skip
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
+
+
+def _optional_size(value: str) -> int | None:
+    """Bytes: ``67108864``, ``64MiB``, ``64 MB``; ``none`` or ``0``: no bound."""
+    text = value.strip().lower()
+    if text in ("", "none", "0"):
+        return None
+    match = _SIZE.match(text)
+    if match is None or match.group(2) not in _UNITS or float(match.group(1)) <= 0:
+        raise ConfigurationError(f"expected a size in bytes (e.g. 67108864, 64MiB, 1GB) or 'none', got {value!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
 def _choice(*allowed: str) -> Callable[[str], str]:
@@ -132,6 +150,17 @@ SETTINGS: tuple[Setting, ...] = (
         "None: no cap (it stops when no thread can start).",
     ),
     Setting(
+        "channel_bytes",
+        "MUTITASK_CHANNEL_BYTES",
+        ("mutitask_channel_bytes",),
+        64 * 1024**2,
+        _optional_size,
+        "Most task data (as it travels: an array's bytes are about 1.33x larger as text) a channel keeps "
+        "outstanding in Redis, besides ChannelSize's count: the server waits for room rather than publish past "
+        "it; a task larger than it travels alone. e.g. 64MiB, 1GB; None: no byte bound.",
+        shown="64MiB",
+    ),
+    Setting(
         "dead_letter_max",
         "MUTITASK_DEAD_LETTER_MAX",
         ("mutitask_dead_letter_max",),
@@ -177,6 +206,7 @@ class Settings:
     max_attempts: int = 3
     forget_after: float = 86400.0
     max_late_runners: int | None = 32
+    channel_bytes: int | None = 64 * 1024**2
     dead_letter_max: int | None = None
     dead_letter_max_age: float | None = None
     progress: str = "auto"
@@ -321,6 +351,6 @@ def markdown_rows() -> list[str]:
     rows = []
     for s in SETTINGS:
         names = " or ".join(f"`{n}`" for n in s.config_names)
-        default = "none" if s.default is None else f"`{s.default}`"
+        default = "none" if s.default is None else f"`{s.shown or s.default}`"
         rows.append(f"| {s.doc} | `{s.env}` | {names} | {default} |")
     return rows

@@ -131,14 +131,31 @@ class Outgoing:
     run: str = ""  # the resumable run whose record notes this step (see .runs), or none
     taken: int = 0  # ... the items its server had taken from the channel's generator with these
     lease: Lease | None = None  # the server's lease of the channel, which fences the step (see .leases)
+    byte_budget: int = 0  # the channel's outstanding data may not pass it (0: no byte bound; see publish.lua)
 
     def groups(self) -> list[list[messages.Item]]:
         return _groups(self.items, self.batch)
 
 
+MESSAGE_BYTES = 1 << 20  # a message bundles tasks only up to this much data (a big task travels alone)
+
+
 def _groups(items: list[messages.Item], batch: int) -> list[list[messages.Item]]:
-    """The items, ``batch`` a message, in order."""
-    return [items[i : i + batch] for i in range(0, len(items), max(1, batch))]
+    """The items in order, ``batch`` a message, and no more than :data:`MESSAGE_BYTES` of data a
+    message (but at least one task): a message of many big tasks would keep one device busy
+    while another waits, and hold a device's whole share of memory at once."""
+    groups: list[list[messages.Item]] = []
+    group: list[messages.Item] = []
+    size = 0
+    for item in items:
+        if group and (len(group) >= batch or size + len(item[1]) > MESSAGE_BYTES):
+            groups.append(group)
+            group, size = [], 0
+        group.append(item)
+        size += len(item[1])
+    if group:
+        groups.append(group)
+    return groups
 
 
 @dataclass(frozen=True)
@@ -308,6 +325,7 @@ class Ledger:
             out.taken,
             out.lease.value if out.lease is not None else "",
             out.lease.ttl_ms if out.lease is not None else 0,
+            out.byte_budget,
         ]
         for task_id, data in out.items:
             argv += [task_id, data]

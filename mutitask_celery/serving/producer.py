@@ -2,7 +2,10 @@
 
 For each channel at most ``channel_size`` tasks are waiting in the channel (published,
 not yet taken by a device), as the original's ``ChannelSize`` bounded its task list;
-devices hold a few messages more each (one or two per slot). The producer tops each
+devices hold a few messages more each (one or two per slot). Big tasks are bounded in bytes
+too: while tasks wait, the data of a channel's outstanding tasks stays within
+``MUTITASK_CHANNEL_BYTES`` (see publish.lua), so forty 8 MiB arrays do not all sit in
+Redis at once; a task larger than that budget still travels, alone. The producer tops each
 channel up to that bound, then blocks on the devices' finish notifications; a generator
 is only ever advanced with ``next()``, never turned into a list. The run is over when
 every generator is exhausted (or feeding was stopped) and nothing is outstanding.
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from mutitask_celery import codec, keys, memory
+from mutitask_celery import codec, keys, memory, settings
 from mutitask_celery.books import messages
 from mutitask_celery.books.brokers import Broker
 from mutitask_celery.books.dead_letters import RedisDeadLetterStore
@@ -38,6 +41,7 @@ from mutitask_celery.errors import BrokerUnavailable, EncodingError, RedisOutOfM
 
 log = logging.getLogger(__name__)
 
+STEP_SHARE = 4  # a publish step takes at most this share of the channel's byte budget
 WAIT_STEP = 0.5  # longest a control change (resume, new size) waits to be seen
 RECONNECT_FOR = 120.0  # seconds the run waits for Redis to come back before giving up
 COUNTERS = ("published", "succeeded", "failed", "duplicates", "reloaded", "revived")  # only ever grow (see integrity)
@@ -151,10 +155,25 @@ class _Feed:
         # meanwhile), with its step's id: published again with it, they enter the books once.
         self.outgoing: Outgoing | None = None
         self.lease: Lease | None = None  # the server's lease of the channel: it fences each publish step
+        self.largest = 0  # the most data one of its tasks carried (as text), this run
 
-    def take(self, n: int, store: RedisDeadLetterStore) -> list[messages.Item]:
+    def byte_budget(self, budget: int | None, channel_size: int) -> int:
+        """The byte budget a publish step passes on (0: none). Redis checks it by summing the
+        data of the channel's outstanding tasks, which costs little for a few big tasks but much
+        for thousands of small ones; so it is asked only once ``channel_size`` tasks as large as
+        the largest seen could pass it (below that, the count bounds the bytes already)."""
+        if budget is None or self.largest * max(channel_size, 1) <= budget:
+            return 0
+        return budget
+
+    def take(self, n: int, store: RedisDeadLetterStore, max_bytes: int | None = None) -> list[messages.Item]:
+        """Up to ``n`` items from the generator, as (task id, data) with a new id each; no more
+        than ``max_bytes`` of data (but at least one item): a step of many big tasks would
+        hold them all in this process and in Redis at once. An item that cannot travel is
+        dead-lettered as unpublishable, with what was wrong."""
         items: list[messages.Item] = []
-        while len(items) < n and not self.exhausted:
+        size = 0
+        while len(items) < n and not self.exhausted and (max_bytes is None or size < max_bytes):
             try:
                 value = next(self.source)
             except StopIteration:
@@ -170,10 +189,14 @@ class _Feed:
                 break
             self.index += 1
             try:
-                items.append((messages.new_task_id(), codec.encode(value)))
+                data = codec.encode(value)
             except EncodingError as exc:
                 log.error("channel %d item %d cannot be sent: %s", self.channel, self.index - 1, exc)
                 store.add_unpublishable(self.channel, repr(value), f"unserializable: {exc}")
+                continue
+            items.append((messages.new_task_id(), data))
+            size += len(data)
+            self.largest = max(self.largest, len(data))
         return items
 
 
@@ -261,6 +284,7 @@ class Producer:
         self.record = record  # a resumable run's record (see books.runs), or none kept
         self.resume = resume  # go on from the record's unfinished run, if its generators match
         self._channel_size = channel_size
+        self._channel_bytes = settings.current().channel_bytes  # see publish.lua's byte budget
         self._paused = threading.Event()
         self._feeding_stopped = threading.Event()
         self._stop = threading.Event()
@@ -386,11 +410,19 @@ class Producer:
                 # Full as the books read last were, devices may have taken some since: a
                 # message is ready all the same, and goes if the round finds room for it.
                 want = feed.batcher.take(self._channel_size - waiting, waiting, self._channel_size) or batch
-                items = feed.take(want, self.store)
+                budget = self._channel_bytes
+                items = feed.take(want, self.store, None if budget is None else max(budget // STEP_SHARE, 1))
                 if items:
                     run = self.record.name if self.record is not None else ""
                     feed.outgoing = Outgoing(
-                        feed.channel, items, batch, messages.new_task_id(), run=run, taken=feed.index, lease=feed.lease
+                        feed.channel,
+                        items,
+                        batch,
+                        messages.new_task_id(),
+                        run=run,
+                        taken=feed.index,
+                        lease=feed.lease,
+                        byte_budget=feed.byte_budget(budget, self._channel_size),
                     )
         outgoing = [f.outgoing for f in self._feeds if f.outgoing is not None]
         read = [f.channel for f in self._feeds if f.outgoing is None]

@@ -15,7 +15,9 @@
 -- ARGV[6] n, the tasks; ARGV[7] the channel, to note in the run's record ('' for no record);
 -- ARGV[8] items the server had taken from the channel's generator with these;
 -- ARGV[9] the server's lease value ('' for a step no lease fences); ARGV[10] the lease's time
--- to live, ms; ARGV[11..10+2n] (id, data) pairs; then the messages to queue.
+-- to live, ms; ARGV[11] the channel's byte budget: publish only while the data of the channel's
+--   outstanding tasks, counting these, stays within it ('0': no byte bound); ARGV[12..11+2n]
+--   (id, data) pairs; then the messages to queue.
 -- Returns {1 if published (now or by the earlier try), 0 if the channel had no room, -1 if the
 -- lease is another server's (nothing published), then outstanding, held, backlog, then the
 -- channel's counters as field/value pairs}.
@@ -27,13 +29,21 @@ end
 if n == 0 then return books(0) end
 if redis.call('HGET', KEYS[5], ARGV[3]) == ARGV[2] then return books(1) end
 if ARGV[9] ~= '' and not lease_kept(KEYS[9], KEYS[10], ARGV[9], ARGV[10]) then return books(-1) end
-local size = tonumber(ARGV[1])
-if size > 0 then
-  local waiting = redis.call('HLEN', KEYS[1]) - math.max(0, tonumber(redis.call('GET', KEYS[3]) or '0'))
-                  - redis.call('ZCARD', KEYS[7])
-  if waiting > 0 and waiting + n > size then return books(0) end
+local size, budget = tonumber(ARGV[1]), tonumber(ARGV[11])
+local waiting = redis.call('HLEN', KEYS[1]) - math.max(0, tonumber(redis.call('GET', KEYS[3]) or '0'))
+                - redis.call('ZCARD', KEYS[7])
+-- With nothing waiting the tasks go whatever their size: a task larger than the budget travels
+-- alone rather than blocking the run, and devices are never left without work.
+if waiting > 0 then
+  if size > 0 and waiting + n > size then return books(0) end
+  if budget > 0 then
+    local bytes = 0
+    for i = 13, 11 + 2 * n, 2 do bytes = bytes + #ARGV[i] end
+    for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do bytes = bytes + redis.call('HSTRLEN', KEYS[1], id) end
+    if bytes > budget then return books(0) end
+  end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 11, 10 + 2 * n))
+redis.call('HSET', KEYS[1], unpack(ARGV, 12, 11 + 2 * n))
 redis.call('HINCRBY', KEYS[2], 'published', n)
 redis.call('HSET', KEYS[5], ARGV[3], ARGV[2])
 if ARGV[7] ~= '' then
@@ -41,8 +51,8 @@ if ARGV[7] ~= '' then
   redis.call('HINCRBY', KEYS[8], 'published:' .. ARGV[7], n)
 end
 if ARGV[4] == 'queue' then
-  redis.call('LPUSH', KEYS[4], unpack(ARGV, 11 + 2 * n, #ARGV))
+  redis.call('LPUSH', KEYS[4], unpack(ARGV, 12 + 2 * n, #ARGV))
 else
-  for i = 11, 10 + 2 * n, 2 do redis.call('ZADD', KEYS[6], ARGV[5], ARGV[i]) end
+  for i = 12, 11 + 2 * n, 2 do redis.call('ZADD', KEYS[6], ARGV[5], ARGV[i]) end
 end
 return books(1)
