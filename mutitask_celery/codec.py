@@ -95,6 +95,12 @@ def decode(text: str | bytes) -> Any:
     return _unpack(json.loads(text))
 
 
+def unpack(value: Any) -> Any:
+    """The value ``encode`` was given, from its JSON already parsed (a message carries task
+    data as a JSON value, see :func:`.books.messages.build`)."""
+    return _unpack(value)
+
+
 def _plain(value: Any) -> Any:
     """Replace numpy values by Python ones so ``repr`` is a Python literal."""
     if _np is not None:

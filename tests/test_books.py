@@ -3,7 +3,6 @@ outcomes are recorded the way a device records them."""
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 
@@ -32,9 +31,9 @@ def queued(r: redis.Redis, channel: int) -> list[tuple[str, object]]:
     for raw in reversed(r.lrange(keys.queue(channel), 0, -1)):
         envelope = json.loads(raw)
         assert envelope["headers"]["task"] == "mutitask.run"
-        args, kwargs, _embed = json.loads(base64.b64decode(envelope["properties"] and envelope["body"]))
+        args, kwargs, _embed = messages.body_of(envelope)
         assert args[0] == channel and kwargs == {}
-        out += [(task_id, codec.decode(data)) for task_id, data in args[1]]
+        out += [(item[0], codec.decode(messages.item_text(item))) for item in args[1]]
     return out
 
 

@@ -18,7 +18,6 @@ Linux and root only (``ip netns add``); skips with the reason elsewhere.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import secrets
@@ -37,6 +36,7 @@ from conftest import HELPERS, Processes, wait_until
 from helpers.netns import NetnsUnavailable, Network
 
 from mutitask_celery import keys
+from mutitask_celery.books import messages
 
 HOSTS = ("h1", "h2", "h3")  # h1: Redis + device1, h2: server + device2, h3: device3
 PORT = 6390  # inside h1's namespace: nothing else listens there
@@ -134,8 +134,8 @@ def held_tasks(r: redis.Redis, device: str) -> list[str]:
         if raw is None:
             continue
         message = json.loads(raw)[0]
-        _channel, items = json.loads(base64.b64decode(message["body"]))[0]
-        data += [json.loads(item[1]) for item in items]
+        _channel, items = messages.body_of(message)[0]
+        data += [json.loads(messages.item_text(item)) for item in items]
     return data
 
 

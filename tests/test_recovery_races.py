@@ -9,7 +9,6 @@ tests/test_exactly_once.py does the same with real devices and real SIGKILLs.
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 import time
@@ -22,6 +21,7 @@ from conftest import fresh_settings
 
 import mutitask_celery as mt
 from mutitask_celery import keys, runtime
+from mutitask_celery.books import messages
 from mutitask_celery.books.brokers import BooksRedis, OtherBroker
 from mutitask_celery.books.ledger import Outcome
 from mutitask_celery.books.recovery import Reaper
@@ -42,7 +42,7 @@ def deliver(r: redis.Redis, channel: int, device: str, started: bool = True, alo
     r.hset(keys.KOMBU_UNACKED, tag, json.dumps([envelope, "", keys.queue(channel)]))
     r.zadd(keys.KOMBU_UNACKED_INDEX, {tag: time.time()})
     message_id = envelope["headers"]["id"]
-    tasks = len(json.loads(base64.b64decode(envelope["body"]))[0][1])
+    tasks = len(messages.body_of(envelope)[0][1])
     runtime.devices().heard(device, in_hand=Taken(message_id, tag, tasks, channel))
     if started:
         runtime.devices().started(device, channel, message_id, alone=alone)
@@ -139,7 +139,7 @@ def test_a_death_beside_other_tasks_never_buries(r: redis.Redis, redis_url: str)
     reap_together(r, redis_url)
     assert mt.failed_count() == 0 and r.hget(keys.lost(1), "t") == "3"
     (queued,) = r.lrange(keys.queue(1), 0, -1)
-    assert json.loads(base64.b64decode(json.loads(queued)["body"]))[1] == {"suspect": True}
+    assert messages.body_of(json.loads(queued))[1] == {"suspect": True}
 
 
 def test_held_messages_go_back_untouched_and_started_ones_alone(r: redis.Redis, redis_url: str) -> None:
@@ -153,7 +153,7 @@ def test_held_messages_go_back_untouched_and_started_ones_alone(r: redis.Redis, 
     reap_together(r, redis_url)
     assert r.hgetall(keys.lost(1)) == {"b1": "1", "b2": "1", "b3": "1"}  # only the started ones
     queued = [json.loads(raw) for raw in r.lrange(keys.queue(1), 0, -1)]
-    singles = {m["headers"]["id"]: json.loads(base64.b64decode(m["body"])) for m in queued}
+    singles = {m["headers"]["id"]: messages.body_of(m) for m in queued}
     assert set(singles) == {"b1", "b2", "b3", *held}
     for task in ("b1", "b2", "b3"):
         assert singles[task][1] == {"suspect": True}  # each started task runs alone from now on

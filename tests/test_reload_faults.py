@@ -3,7 +3,6 @@ through back-pressure (the channel's backlog), never flooding the channel."""
 
 from __future__ import annotations
 
-import base64
 import json
 import signal
 import subprocess
@@ -15,6 +14,7 @@ from conftest import ROOT
 
 import mutitask_celery as mt
 from mutitask_celery import keys
+from mutitask_celery.books import messages
 
 sys.path.insert(0, str(ROOT / "bench"))
 from fill import fill_dead_letters  # noqa: E402
@@ -25,8 +25,8 @@ N = 30_000
 def queued_ids(r: redis.Redis, channel: int) -> list[str]:
     ids = []
     for raw in r.lrange(keys.queue(channel), 0, -1):
-        args = json.loads(base64.b64decode(json.loads(raw)["body"]))[0]
-        ids += [task_id for task_id, _ in args[1]]
+        args = messages.body_of(json.loads(raw))[0]
+        ids += [item[0] for item in args[1]]
     return ids
 
 

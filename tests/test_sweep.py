@@ -36,7 +36,7 @@ def _reaper() -> Reaper:
 def _queued_ids(r: redis.Redis, channel: int) -> list[str]:
     ids: list[str] = []
     for raw in r.lrange(keys.queue(channel), 0, -1):
-        body = json.loads(base64.b64decode(json.loads(raw)["body"]))
+        body = messages.body_of(json.loads(raw))
         ids += [str(item[0]) for item in body[0][1]]
     return ids
 
@@ -63,7 +63,7 @@ def test_the_sweep_leaves_reloaded_tasks_waiting_in_the_backlog_alone(r: redis.R
 def test_queued_ids_reads_our_envelope() -> None:
     """The helper above reads the same envelope the sweep reads (a guard for the test itself)."""
     message = json.dumps({"body": base64.b64encode(json.dumps([[1, [["a", "1"]]], {}, {}]).encode()).decode()})
-    assert json.loads(base64.b64decode(json.loads(message)["body"]))[0][1] == [["a", "1"]]
+    assert messages.body_of(json.loads(message))[0][1] == [["a", "1"]]
 
 
 class _SweepCount:
@@ -87,7 +87,7 @@ def _strand_one_message(client: redis.Redis) -> list[str]:
     goes away before the unacked record is written (or the reply is lost at ``SHUTDOWN``):
     on no queue, in no unacked entry, in no device's note. Returns its task ids."""
     raw = wait_until(lambda: client.rpop(keys.queue(1)), 30, "a message on the queue")
-    return [str(item[0]) for item in json.loads(base64.b64decode(json.loads(raw)["body"]))[0][1]]
+    return [str(item[0]) for item in messages.body_of(json.loads(raw))[0][1]]
 
 
 def _paused_device_and_run(

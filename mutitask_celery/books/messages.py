@@ -22,13 +22,15 @@ import json
 import os
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 from celery import Celery
 
 from mutitask_celery.celery_app import TASK_NAME
 
 Item = tuple[str, str]  # (task id, task data as codec JSON text)
+SPLICED = "value"  # an item's third element in a message: its data is spliced in as a JSON value
 ARGSREPR_LIMIT = 200
 
 
@@ -57,8 +59,7 @@ def task_message(app: Celery, channel: int, items: Sequence[Item], suspect: bool
         raise ValueError("a message needs at least one item")
     message_id = items[0][0] if len(items) == 1 else new_task_id()
     args: list[Any] = [channel, [list(item) for item in items]]
-    shown = ", ".join(data for _, data in items)
-    argsrepr = f"[{channel}, {shown[:ARGSREPR_LIMIT]}{'...' if len(shown) > ARGSREPR_LIMIT else ''}]"
+    argsrepr = _argsrepr(channel, items)
     kwargs = {"suspect": True} if suspect else {}
     return app.amqp.as_task_v2(
         message_id, TASK_NAME, args=args, kwargs=kwargs, argsrepr=argsrepr, kwargsrepr=repr(kwargs)
@@ -66,24 +67,49 @@ def task_message(app: Celery, channel: int, items: Sequence[Item], suspect: bool
 
 
 def build(app: Celery, queue: str, channel: int, items: Sequence[Item], suspect: bool = False) -> str:
-    """The JSON envelope that kombu's Redis transport keeps in the queue list."""
-    task = task_message(app, channel, items, suspect)
-    body = json.dumps(list(task.body)).encode("utf-8")
+    """The JSON envelope that kombu's Redis transport keeps in the queue list.
+
+    Its body is the Celery message's ``[args, kwargs, embed]`` as a JSON value, with each
+    task's data (the codec's JSON) spliced in as it is (:data:`SPLICED`), not as a string:
+    a 1 MiB array's text is then never escaped into a string again, nor base64-encoded again
+    as kombu's own body would be, and the device parses it once, with the envelope. kombu
+    hands such a body to Celery as it is (content type ``application/data``, encoding
+    ``binary``: no decoding step, nothing to deserialize; see :func:`carried` for the reader).
+    """
+    task = task_message(app, channel, [(task_id, "") for task_id, _ in items], suspect)
+    task.headers["argsrepr"] = _argsrepr(channel, items)  # the data's start, as Flower shows it
+    _args, kwargs, embed = task.body
     envelope = {
-        "body": base64.b64encode(body).decode("ascii"),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
+        "content-encoding": "binary",
+        "content-type": "application/data",
         "headers": task.headers,
         "properties": {
             **task.properties,
             "delivery_mode": 2,
             "delivery_info": {"exchange": "", "routing_key": queue},
             "priority": 0,
-            "body_encoding": "base64",
             "delivery_tag": new_delivery_tag(),
         },
     }
-    return json.dumps(envelope)
+    spliced = ",".join(f'[{json.dumps(task_id)},{data},"{SPLICED}"]' for task_id, data in items)
+    body = f"[[{channel},[{spliced}]],{json.dumps(kwargs)},{json.dumps(embed)}]"
+    return f'{json.dumps(envelope)[:-1]},"body":{body}}}'
+
+
+def _argsrepr(channel: int, items: Sequence[Item]) -> str:
+    """``[1, "task data", ...]``, cut at :data:`ARGSREPR_LIMIT` (never a copy of all the data)."""
+    shown = ", ".join(data[:ARGSREPR_LIMIT] for _, data in items[:ARGSREPR_LIMIT])
+    return f"[{channel}, {shown[:ARGSREPR_LIMIT]}{'...' if len(shown) > ARGSREPR_LIMIT else ''}]"
+
+
+def body_of(envelope: Any) -> list[Any]:
+    """The Celery body ``[args, kwargs, embed]`` of a message as kombu keeps it: a JSON value
+    (:func:`build`), or base64 of JSON text (kombu's own, Celery's ``apply_async``, and what
+    versions up to 0.2 built)."""
+    body = envelope["body"]
+    if isinstance(body, list):
+        return body
+    return cast("list[Any]", json.loads(base64.b64decode(body)))
 
 
 def carried(envelope: Any) -> tuple[int, list[Item]] | None:
@@ -92,10 +118,36 @@ def carried(envelope: Any) -> tuple[int, list[Item]] | None:
     try:
         if envelope.get("headers", {}).get("task") != TASK_NAME:
             return None
-        args = json.loads(base64.b64decode(envelope["body"]))[0]
-        return int(args[0]), [(str(item[0]), str(item[1])) for item in args[1]]
+        args = body_of(envelope)[0]
+        return int(args[0]), [(str(item[0]), item_text(item)) for item in args[1]]
     except (AttributeError, KeyError, IndexError, TypeError, ValueError):
         return None
+
+
+@dataclass(frozen=True)
+class Spliced:
+    """A task's data as a message built by :func:`build` carries it: the codec's JSON value,
+    already parsed with the message (decode it with :func:`.codec.unpack`)."""
+
+    value: Any
+
+    def text(self) -> str:
+        """The codec's JSON text again (what the books keep for the task)."""
+        return json.dumps(self.value, ensure_ascii=False, separators=(",", ":"))
+
+
+def item_data(item: Sequence[Any]) -> str | Spliced:
+    """One item of a message's arguments, ``[task id, data]``: its data as JSON text (a message
+    published through kombu, or by an earlier version) or :class:`Spliced`."""
+    if len(item) > 2 and item[2] == SPLICED:
+        return Spliced(item[1])
+    return str(item[1])
+
+
+def item_text(item: Sequence[Any]) -> str:
+    """One item's data as the codec's JSON text, whichever way the message carried it."""
+    data = item_data(item)
+    return data if isinstance(data, str) else data.text()
 
 
 def new_delivery_tag() -> str:

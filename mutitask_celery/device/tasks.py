@@ -50,11 +50,11 @@ class ToSave:
     value: Any
 
 
-def run_one(handler: ChannelHandler, task_id: str, data: str) -> Outcome | ToSave:
-    """Run the task function on one item: its outcome, or the result a user's save function
-    is to save."""
+def run_one(handler: ChannelHandler, task_id: str, data: str | messages.Spliced) -> Outcome | ToSave:
+    """Run the task function on one item (its data as JSON text, or as the message carried it
+    parsed): its outcome, or the result a user's save function is to save."""
     try:
-        value = codec.decode(data)
+        value = codec.decode(data) if isinstance(data, str) else codec.unpack(data.value)
     except (ValueError, TypeError) as exc:
         return _failure(task_id, f"undecodable task data: {exc}", exc)
     arg = value if handler.task_format is TaskFormat.NATIVE else codec.to_text(value)
@@ -230,7 +230,7 @@ def _settle_redelivery(channel: int, device: str, message_id: str, items: list[l
     """How a redelivered message runs (see recovery.Redeliveries); on the Redis broker the
     reaper counts deaths instead, and it runs as it came."""
     try:
-        return runtime.broker().settle(channel, device, message_id, [(str(i[0]), str(i[1])) for i in items])
+        return runtime.broker().settle(channel, device, message_id, [(str(i[0]), messages.item_text(i)) for i in items])
     except (redis.RedisError, BrokerUnavailable) as exc:
         raise Reject(f"cannot count the redelivery: {exc}", requeue=True) from exc
 
@@ -412,10 +412,10 @@ def _run(
     else:
         outcomes = []
         try:
-            for n, (task_id, data) in enumerate(items):
+            for n, item in enumerate(items):
                 if chunk is not None and n and n % chunk == 0:
                     _next_starts(channel, min(chunk, len(items) - n))
-                outcomes.append(run_one(handler, str(task_id), str(data)))
+                outcomes.append(run_one(handler, str(item[0]), messages.item_data(item)))
         except TooManyLateRunners as exc:
             # No thread at all mid-message (the cap is asked before a message starts): nothing
             # is recorded, the whole message runs again elsewhere, the tasks that ran here too.
