@@ -186,6 +186,29 @@ def encode(value: Any) -> str:
     return text
 
 
+def encode_arrays_as_lists(value: Any) -> str:
+    """The text :func:`encode` gave ``value`` when arrays travelled as nested lists, so that
+    :mod:`.books.runs` still knows the fingerprint of a run begun then. It costs what that
+    form cost, but only where there are arrays."""
+    text = encode(value)
+    if f'"{TAG}":"ndarray"' not in text:  # a tag, never a user's string: theirs have \" in them
+        return text
+
+    def lists(node: Any) -> Any:
+        if type(node) is list:
+            return [lists(n) for n in node]
+        if type(node) is not dict:
+            return node
+        if node.get(TAG) != "ndarray":
+            return {k: lists(v) for k, v in node.items()}
+        array = _unpack_array(node)
+        if array.dtype.kind == "c":
+            raise EncodingError("complex arrays did not travel then")  # what that encode raised too
+        return {TAG: "ndarray", "dtype": node["dtype"], "shape": node["shape"], "v": array.tolist()}
+
+    return json.dumps(lists(json.loads(text)), ensure_ascii=False, separators=(",", ":"))
+
+
 def decode(text: str | bytes) -> Any:
     """The value ``encode`` was given (numpy arrays back as arrays when numpy is installed)."""
     return _unpack(json.loads(text))

@@ -207,3 +207,12 @@ def test_the_server_dead_letters_an_array_too_big_and_loses_nothing_else() -> No
     ((channel, text, reason),) = store.records
     assert channel == 3 and reason.startswith("unserializable: value: a numpy array (uint8, shape (1073741824,))")
     assert text == repr(huge) and len(text) < 200  # numpy's repr shows a huge array in brief
+
+
+def test_the_text_arrays_had_as_lists_is_made_again_for_old_fingerprints() -> None:
+    value = {"a": np.array([[1, 2]], ">u2"), "b": ["ü", 1.5]}
+    old = '{"a":{"__mt__":"ndarray","dtype":">u2","shape":[1,2],"v":[[1,2]]},"b":["ü",1.5]}'
+    assert codec.encode_arrays_as_lists(value) == old != codec.encode(value)
+    assert codec.encode_arrays_as_lists(["no arrays", {1: 2}]) == codec.encode(["no arrays", {1: 2}])
+    with pytest.raises(EncodingError, match="complex arrays did not travel then"):
+        codec.encode_arrays_as_lists([np.ones(2, "c16")])

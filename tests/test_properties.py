@@ -125,6 +125,18 @@ def test_the_nested_list_form_of_0_2_0_decodes_to_the_same_array(array: np.ndarr
     assert np.array_equal(back, array, equal_nan=True)
 
 
+holding_arrays = st.recursive(
+    laid_out(real_dtypes) | scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=5,
+)
+
+
+@given(holding_arrays)
+def test_the_text_of_0_2_0_is_made_again_for_fingerprints_of_runs_begun_then(value: Any) -> None:
+    assert codec.encode_arrays_as_lists(value) == old_form(value)
+
+
 @given(hashable)
 def test_hashable_values_as_dict_keys_round_trip(key: object) -> None:
     value = {key: "v"}
