@@ -6,11 +6,29 @@ dead-lettered task reloads as the same task. ``to_text`` gives the legacy form
 the original handed to task functions: a ``str`` stays itself, anything else
 becomes Python-literal text that ``ast.literal_eval`` reads back (numpy arrays
 as nested lists), so a seed script's ``eval(task)`` keeps working.
+
+A numpy array travels as base64 of its memory, as it lies (C or Fortran order;
+a view with gaps is copied once into C order)::
+
+    {"__mt__": "ndarray", "dtype": "<f4", "shape": [512, 512], "order": "C", "b64": "..."}
+
+``dtype`` is numpy's ``dtype.str``, byte order included; only bool, integer,
+float and complex arrays travel (not long double, whose memory differs between
+machines). For a 512x512 uint8 image, nested lists took about 20 ms each way and
+3.6 times its bytes; base64 takes about 1 ms and 4/3. The older form with the
+values as nested lists (``"v"``, written by 0.1.0 and by 0.2.0 before this form)
+still decodes: dead letters and results saved then stay readable. A decoded
+array owns its memory and is writable (one copy after the base64 decoding,
+0.3 ms for 8 MiB beside 30 ms of decoding).
+
+No encoded text is longer than :data:`MAX_TEXT`: what Redis could not hold is
+refused here, naming where it is in the value (an array or bytes before their
+base64 is built), and the server dead-letters such a task, a device such a result.
 """
 
 from __future__ import annotations
 
-import base64
+import binascii
 import json
 from typing import Any
 
@@ -18,6 +36,15 @@ from mutitask_celery.errors import EncodingError
 
 TAG = "__mt__"
 _SCALARS = (str, int, float, bool, type(None))
+
+REDIS_MAX_STRING = 512 * 2**20  # the most Redis holds in one string value or command argument
+MAX_TEXT = REDIS_MAX_STRING * 3 // 4 - 64 * 2**20
+"""The longest encoded text (320 MiB). A task's text travels inside a message whose body
+kombu's Redis transport keeps as base64, 4/3 of its size: 384 MiB of text fill a Redis
+string; 64 MiB are left for the rest of the message."""
+
+_ARRAY_KINDS = "biufc"  # bool, signed and unsigned integers, floats, complex
+_ORDERS = ("C", "F")
 
 try:  # numpy is optional: arrays are supported when it is installed.
     import numpy as _np
@@ -41,16 +68,18 @@ def _pack(value: Any, path: str) -> Any:
             "v": [[_pack(k, f"{path}.key"), _pack(v, f"{path}[{k!r}]")] for k, v in value.items()],
         }
     if kind in (bytes, bytearray):
-        return {TAG: "bytes", "v": base64.b64encode(bytes(value)).decode("ascii")}
+        _check_size(len(value), path or "value", kind.__name__)
+        return {TAG: "bytes", "v": binascii.b2a_base64(value, newline=False).decode("ascii")}
     if kind in (set, frozenset):
         return {TAG: kind.__name__, "v": [_pack(v, f"{path}.item") for v in value]}
     if _np is not None:
         if isinstance(value, _np.ndarray):
-            if value.dtype.kind not in "biuf":
-                raise EncodingError(f"{path or 'value'}: numpy array of dtype {value.dtype} cannot travel as JSON")
-            return {TAG: "ndarray", "dtype": value.dtype.str, "shape": list(value.shape), "v": value.tolist()}
+            return _pack_array(value, path or "value")
         if isinstance(value, _np.generic):
-            return _pack(value.item(), path)
+            plain = value.item()
+            if isinstance(plain, _np.generic):  # a long double: no Python number holds it
+                raise EncodingError(f"{path or 'value'}: a numpy {value.dtype} cannot travel (convert it to float)")
+            return _pack(plain, path)
     raise EncodingError(
         f"{path or 'value'}: a {kind.__module__}.{kind.__qualname__} cannot travel as JSON "
         "(use str, int, float, bool, None, list, tuple, dict, bytes, set or a numpy array)"
@@ -71,23 +100,113 @@ def _unpack(value: Any) -> Any:
     if tag == "dict":
         return {_unpack(k): _unpack(v) for k, v in value["v"]}
     if tag == "bytes":
-        return base64.b64decode(value["v"])
+        return binascii.a2b_base64(value["v"])
     if tag == "set":
         return {_unpack(v) for v in value["v"]}
     if tag == "frozenset":
         return frozenset(_unpack(v) for v in value["v"])
     if tag == "ndarray":
-        if _np is None:
-            return value["v"]
-        return _np.asarray(value["v"], dtype=_np.dtype(value["dtype"])).reshape(value["shape"])
+        return _unpack_array(value)
     raise EncodingError(f"unknown tagged value {tag!r} (written by a newer version?)")
 
 
+def _check_size(nbytes: int, where: str, what: str) -> None:
+    """Refuse what would be too long as base64 before building it."""
+    size = 4 * -(-nbytes // 3)
+    if size > MAX_TEXT:
+        raise EncodingError(
+            f"{where}: a {what} of {nbytes} bytes is {size} characters as base64, more than a task or "
+            f"result can carry (codec.MAX_TEXT = {MAX_TEXT}); send it in parts, or where to find it"
+        )
+
+
+def _refused(dtype: Any) -> str | None:
+    """Why arrays of ``dtype`` do not travel as their memory, or None when they do."""
+    if dtype.kind not in _ARRAY_KINDS or dtype.fields is not None:
+        return "only bool, integer, float and complex arrays do (send other data as lists)"
+    if dtype.itemsize > (16 if dtype.kind == "c" else 8):
+        return "long double's memory differs between machines (convert it to float64 or complex128)"
+    return None
+
+
+def _pack_array(array: Any, where: str) -> dict[str, Any]:
+    """The array's memory as base64: in C or Fortran order as it lies (the transpose of a
+    Fortran array is C-contiguous over the same memory), copied once only when it has gaps."""
+    dtype = array.dtype
+    if isinstance(array, _np.ma.MaskedArray):
+        raise EncodingError(f"{where}: a numpy masked array cannot travel: its mask would be lost (send .filled(x))")
+    refused = _refused(dtype)
+    if refused:
+        raise EncodingError(f"{where}: a numpy array of dtype {dtype} cannot travel: {refused}")
+    _check_size(array.nbytes, where, f"numpy array ({dtype}, shape {array.shape})")
+    if array.flags.c_contiguous:
+        order, memory = "C", array
+    elif array.flags.f_contiguous:
+        order, memory = "F", array.T
+    else:
+        order, memory = "C", _np.ascontiguousarray(array)
+    return {
+        TAG: "ndarray",
+        "dtype": dtype.str,
+        "shape": list(array.shape),
+        "order": order,
+        "b64": binascii.b2a_base64(memory, newline=False).decode("ascii"),
+    }
+
+
+def _unpack_array(value: dict[str, Any]) -> Any:
+    if "b64" not in value:  # the older form: the values as nested lists
+        if _np is None:
+            return value["v"]
+        return _np.asarray(value["v"], dtype=_np.dtype(value["dtype"])).reshape(value["shape"])
+    if _np is None:
+        raise EncodingError(f"a numpy array ({value.get('dtype')}) arrived, but numpy is not installed here")
+    dtype, order = _np.dtype(value["dtype"]), value.get("order")
+    refused = _refused(dtype) or (None if order in _ORDERS else f"order {order!r} is neither 'C' nor 'F'")
+    if refused:
+        raise EncodingError(f"unreadable numpy array of dtype {dtype}: {refused}")
+    memory = _np.frombuffer(binascii.a2b_base64(value["b64"]), dtype=dtype)
+    # An array over the decoded bytes would be read-only: the copy (a memcpy, small beside
+    # the base64 decoding) gives the user an array of their own to change in place.
+    return memory.reshape(value["shape"], order=order).copy(order=order)
+
+
 def encode(value: Any) -> str:
-    """JSON text for ``value``; raises :class:`EncodingError` naming what cannot travel."""
+    """JSON text for ``value``; raises :class:`EncodingError` naming what cannot travel, or
+    when the text would be longer than :data:`MAX_TEXT`."""
     if type(value) is str:  # the common case: no walk needed
-        return json.dumps(value, ensure_ascii=False)
-    return json.dumps(_pack(value, ""), ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(value, ensure_ascii=False)
+    else:
+        text = json.dumps(_pack(value, ""), ensure_ascii=False, separators=(",", ":"))
+    if len(text) > MAX_TEXT:
+        raise EncodingError(
+            f"value: its JSON text has {len(text)} characters, more than a task or result can carry "
+            f"(codec.MAX_TEXT = {MAX_TEXT})"
+        )
+    return text
+
+
+def encode_arrays_as_lists(value: Any) -> str:
+    """The text :func:`encode` gave ``value`` when arrays travelled as nested lists, so that
+    :mod:`.books.runs` still knows the fingerprint of a run begun then. It costs what that
+    form cost, but only where there are arrays."""
+    text = encode(value)
+    if f'"{TAG}":"ndarray"' not in text:  # a tag, never a user's string: theirs have \" in them
+        return text
+
+    def lists(node: Any) -> Any:
+        if type(node) is list:
+            return [lists(n) for n in node]
+        if type(node) is not dict:
+            return node
+        if node.get(TAG) != "ndarray":
+            return {k: lists(v) for k, v in node.items()}
+        array = _unpack_array(node)
+        if array.dtype.kind == "c":
+            raise EncodingError("complex arrays did not travel then")  # what that encode raised too
+        return {TAG: "ndarray", "dtype": node["dtype"], "shape": node["shape"], "v": array.tolist()}
+
+    return json.dumps(lists(json.loads(text)), ensure_ascii=False, separators=(",", ":"))
 
 
 def decode(text: str | bytes) -> Any:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import io
+import json
+from typing import Any
 
 import numpy as np
 from hypothesis import given, settings
@@ -57,6 +59,82 @@ def test_any_array_round_trips(array: np.ndarray) -> None:
     assert np.array_equal(
         np.array(ast.literal_eval(codec.to_text(back)), dtype=array.dtype).reshape(array.shape), array
     )
+
+
+# Every dtype that travels as its memory, in either byte order; complex apart, as the
+# nested-list form of 0.1.0 and 0.2.0 could not carry it.
+real_dtypes = (
+    hnp.boolean_dtypes()
+    | hnp.integer_dtypes(endianness="?")
+    | hnp.unsigned_integer_dtypes(endianness="?")
+    | hnp.floating_dtypes(endianness="?", sizes=(16, 32, 64))
+)
+numeric_dtypes = real_dtypes | hnp.complex_number_dtypes(endianness="?")
+
+
+@st.composite
+def laid_out(draw: st.DrawFn, dtypes: st.SearchStrategy[np.dtype[Any]]) -> np.ndarray:
+    """An array as users hold one: C or Fortran order, or a view with gaps or backward steps."""
+    layout = draw(st.sampled_from(["C", "F", "gaps", "view"]))
+    if layout == "C":  # any shape: 0-d and empty ones too
+        return draw(hnp.arrays(dtypes, hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5)))
+    array = draw(hnp.arrays(dtypes, hnp.array_shapes(min_dims=2, max_dims=3, min_side=2, max_side=6)))
+    if layout == "F":
+        return np.asfortranarray(array)
+    if layout == "gaps":  # every other column, maybe backwards: never contiguous
+        gaps: np.ndarray = array[..., :: draw(st.sampled_from([2, 3, -2]))]
+        return gaps
+    index = hnp.basic_indices(array.shape, min_dims=array.ndim, allow_newaxis=False, allow_ellipsis=False)
+    view: np.ndarray = array[draw(index)]
+    return view
+
+
+def old_form(value: Any) -> str:
+    """The text 0.1.0 and 0.2.0 made of ``value``, arrays as ``value.tolist()``: here for
+    arrays at any depth in lists and dicts with str keys (no "__mt__" key)."""
+
+    def pack(v: Any) -> Any:
+        if isinstance(v, np.ndarray):
+            return {"__mt__": "ndarray", "dtype": v.dtype.str, "shape": list(v.shape), "v": v.tolist()}
+        if isinstance(v, list):
+            return [pack(x) for x in v]
+        if isinstance(v, dict):
+            return {k: pack(x) for k, x in v.items()}
+        return v
+
+    return json.dumps(pack(value), ensure_ascii=False, separators=(",", ":"))
+
+
+@given(laid_out(numeric_dtypes))
+def test_any_numeric_array_travels_as_its_memory_and_comes_back_exactly(array: np.ndarray) -> None:
+    text = codec.encode(array)
+    assert '"b64":' in text and '"v":' not in text
+    back = codec.decode(text)
+    assert back.dtype.str == array.dtype.str and back.shape == array.shape
+    assert back.tobytes() == array.tobytes()  # every bit: NaN payloads, -0.0
+    assert back.flags.writeable and back.flags.owndata
+    if array.flags.f_contiguous and not array.flags.c_contiguous:
+        assert back.flags.f_contiguous  # it came as it lay
+    assert codec.to_text(back) == codec.to_text(array)  # the legacy text form is unchanged
+
+
+@given(laid_out(real_dtypes))
+def test_the_nested_list_form_of_0_2_0_decodes_to_the_same_array(array: np.ndarray) -> None:
+    back = codec.decode(old_form(array))
+    assert back.dtype.str == array.dtype.str and back.shape == array.shape and back.flags.writeable
+    assert np.array_equal(back, array, equal_nan=True)
+
+
+holding_arrays = st.recursive(
+    laid_out(real_dtypes) | scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=5,
+)
+
+
+@given(holding_arrays)
+def test_the_text_of_0_2_0_is_made_again_for_fingerprints_of_runs_begun_then(value: Any) -> None:
+    assert codec.encode_arrays_as_lists(value) == old_form(value)
 
 
 @given(hashable)

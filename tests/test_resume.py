@@ -3,17 +3,19 @@ on where it was; nothing is published twice, nothing is skipped."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import signal
 import subprocess
 
+import numpy as np
 import pytest
 import redis
 from conftest import HELPERS, Processes, wait_until
 
 import mutitask_celery as mt
-from mutitask_celery import runtime
-from mutitask_celery.books.runs import check_run_name, fingerprint
+from mutitask_celery import keys, runtime
+from mutitask_celery.books.runs import ResumeMismatch, RunRecord, check_run_name, fingerprint
 from mutitask_celery.errors import ConfigurationError
 from mutitask_celery.legacy.server import BaseConfig
 
@@ -88,3 +90,26 @@ def test_a_generator_that_yields_other_items_is_refused_and_fresh_starts_anew(pr
     assert summary_of(procs, fresh)["published"] == 40
     assert mt.results_count(1) == published + 40  # every task of both runs saved, once
     assert runtime.ledger().stats(1).duplicates == 0
+
+
+def fingerprint_of_0_2_0(images: list[np.ndarray]) -> str:
+    """The fingerprint a run of 0.2.0 recorded for these first items, arrays as nested lists."""
+    digest = hashlib.sha256()
+    for a in images:
+        tagged = {"__mt__": "ndarray", "dtype": a.dtype.str, "shape": list(a.shape), "v": a.tolist()}
+        digest.update(json.dumps(tagged, separators=(",", ":")).encode() + b"\x00")
+    return f"{len(images)}:{digest.hexdigest()}"
+
+
+def test_a_run_of_arrays_begun_when_arrays_travelled_as_lists_is_resumed(r: redis.Redis) -> None:
+    images = [np.full((4, 3), n, dtype=np.uint8) for n in range(10)]
+    old = fingerprint_of_0_2_0(images[:3])
+    assert old != fingerprint(images[:3])  # arrays changed form, and their fingerprint with them
+    fields = {"state": "running", "channels": "1", "fingerprint:1": old, "taken:1": "5", "published:1": "5"}
+    r.hset(keys.run("images"), mapping=fields)
+    (source,), resumed = RunRecord(r, "images").begin([iter(images)], {}, resume=True)
+    assert resumed.taken == {1: 5} and [int(a[0, 0]) for a in source] == [5, 6, 7, 8, 9]
+
+    other = [np.full((4, 3), n + 1, dtype=np.uint8) for n in range(10)]
+    with pytest.raises(ResumeMismatch, match="channel 1's generator yields other first items"):
+        RunRecord(r, "images").begin([iter(other)], {}, resume=True)

@@ -20,7 +20,7 @@ import hashlib
 import itertools
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -45,16 +45,26 @@ def check_run_name(name: object) -> str:
     return name
 
 
-def fingerprint(items: list[Any]) -> str:
+def fingerprint(items: list[Any], encode: Callable[[Any], str] = codec.encode) -> str:
     """A digest of the first items as they would be sent (their encoded text, or their repr)."""
     digest = hashlib.sha256()
     for item in items:
         try:
-            digest.update(codec.encode(item).encode())
+            digest.update(encode(item).encode())
         except EncodingError:
             digest.update(repr(item).encode())
         digest.update(b"\x00")
     return f"{len(items)}:{digest.hexdigest()}"
+
+
+def _began_with(recorded: str | None, head: list[Any]) -> bool:
+    """Whether a run whose record holds ``recorded`` began with the items ``head``.
+
+    Arrays changed form when they began to travel as their memory (base64) instead of
+    nested lists, and with it their fingerprint. A run begun before, with arrays among its
+    first items, is still resumed by this version: its tasks still decode, so only the
+    fingerprint needs the old form (computed only when the new one differs)."""
+    return recorded == fingerprint(head) or recorded == fingerprint(head, codec.encode_arrays_as_lists)
 
 
 @dataclass
@@ -84,10 +94,9 @@ class RunRecord:
         ``resume``), and where the run stands. Raises :class:`ResumeMismatch`."""
         record = self.load()
         heads = [list(itertools.islice(source, FINGERPRINT_ITEMS)) for source in sources]
-        prints = [fingerprint(head) for head in heads]
         sources = [itertools.chain(head, source) for head, source in zip(heads, sources, strict=True)]
         if resume and record.get("state") == RUNNING:
-            return self._resume(record, sources, prints)
+            return self._resume(record, sources, heads)
         self.client.delete(self.key)
         fields: dict[str | bytes, str | bytes] = {
             "state": RUNNING,
@@ -96,21 +105,21 @@ class RunRecord:
         }
         for ch, stats in before.items():
             fields[f"before:{ch}"] = json.dumps(asdict(stats))
-        for ch, value in enumerate(prints, start=1):
-            fields[f"fingerprint:{ch}"] = value
+        for ch, head in enumerate(heads, start=1):
+            fields[f"fingerprint:{ch}"] = fingerprint(head)
         self.client.hset(self.key, mapping={name: value for name, value in fields.items()})  # typed by context
         return sources, Resumed({}, {}, {})
 
     def _resume(
-        self, record: dict[str, str], sources: list[Iterator[Any]], prints: list[str]
+        self, record: dict[str, str], sources: list[Iterator[Any]], heads: list[list[Any]]
     ) -> tuple[list[Iterator[Any]], Resumed]:
         if int(record.get("channels", "0")) != len(sources):
             raise ResumeMismatch(
                 f"run {self.name!r} had {record.get('channels')} channel(s), this one has {len(sources)}: it cannot "
                 "be resumed (resume=False starts afresh)"
             )
-        for ch, value in enumerate(prints, start=1):
-            if record.get(f"fingerprint:{ch}") != value:
+        for ch, head in enumerate(heads, start=1):
+            if not _began_with(record.get(f"fingerprint:{ch}"), head):
                 raise ResumeMismatch(
                     f"run {self.name!r}: channel {ch}'s generator yields other first items than when the run began, "
                     "so skipping what it published would skip the wrong tasks; resume=False starts afresh "
