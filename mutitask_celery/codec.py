@@ -38,10 +38,10 @@ TAG = "__mt__"
 _SCALARS = (str, int, float, bool, type(None))
 
 REDIS_MAX_STRING = 512 * 2**20  # the most Redis holds in one string value or command argument
-MAX_TEXT = REDIS_MAX_STRING * 3 // 4 - 64 * 2**20
-"""The longest encoded text (320 MiB). A task's text travels inside a message whose body
-kombu's Redis transport keeps as base64, 4/3 of its size: 384 MiB of text fill a Redis
-string; 64 MiB are left for the rest of the message."""
+MAX_TEXT = REDIS_MAX_STRING - 64 * 2**20
+"""The longest encoded text (448 MiB). A task's text travels as it is inside its message
+(see :func:`.books.messages.build`), which travels alone when it is big (see
+``ledger.MESSAGE_BYTES``): 64 MiB of a Redis string are left for the rest of the message."""
 
 _ARRAY_KINDS = "biufc"  # bool, signed and unsigned integers, floats, complex
 _ORDERS = ("C", "F")
