@@ -80,6 +80,11 @@ class Broker(ABC):
         ``suspect``: each runs alone (see :func:`.messages.task_message`)."""
 
     @abstractmethod
+    def step_templates(self, channel: int, groups: Groups) -> list[list[str]]:
+        """The messages a publish step has Redis put together around the tasks' data, one a
+        group (see :func:`.messages.template`); none when it journals."""
+
+    @abstractmethod
     def after_step(self, channel: int, groups: Groups) -> None:
         """After a books step accepted ``groups``: send what it journaled, then clear the journal."""
 
@@ -175,6 +180,10 @@ class BooksRedis(Broker):
         queue = keys.queue(channel)
         return [messages.build(self.app, queue, channel, group, suspect) for group in groups]
 
+    def step_templates(self, channel: int, groups: Groups) -> list[list[str]]:
+        queue = keys.queue(channel)
+        return [messages.template(self.app, queue, channel, group) for group in groups]
+
     def after_step(self, channel: int, groups: Groups) -> None:
         pass  # the step pushed the messages itself
 
@@ -243,6 +252,9 @@ class OtherBroker(Broker):
 
     def step_messages(self, channel: int, groups: Groups, suspect: bool = False) -> list[str]:
         return [""] * len(groups)
+
+    def step_templates(self, channel: int, groups: Groups) -> list[list[str]]:
+        return []  # the publisher sends the messages after the step (see after_step)
 
     def after_step(self, channel: int, groups: Groups) -> None:
         if groups:

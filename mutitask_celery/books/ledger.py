@@ -127,11 +127,11 @@ class Outgoing:
     items: list[messages.Item]
     batch: int  # tasks a message
     step: str  # the step's id: a repeated step applies once
-    built: list[str] | None = None
     run: str = ""  # the resumable run whose record notes this step (see .runs), or none
     taken: int = 0  # ... the items its server had taken from the channel's generator with these
     lease: Lease | None = None  # the server's lease of the channel, which fences the step (see .leases)
     byte_budget: int = 0  # the channel's outstanding data may not pass it (0: no byte bound; see publish.lua)
+    templates: list[list[str]] | None = None  # its messages around the data (see messages.template), built once
 
     def groups(self) -> list[list[messages.Item]]:
         return _groups(self.items, self.batch)
@@ -329,9 +329,11 @@ class Ledger:
         ]
         for task_id, data in out.items:
             argv += [task_id, data]
-        if out.built is None:  # built once, however often the step waits for room
-            out.built = self.broker.step_messages(out.channel, out.groups())
-        return argv + out.built
+        if out.templates is None:  # built once, however often the step waits for room
+            out.templates = self.broker.step_templates(out.channel, out.groups())
+        for pieces in out.templates:
+            argv += [len(pieces) - 1, *pieces]
+        return argv
 
     def _send(
         self,

@@ -76,6 +76,17 @@ def build(app: Celery, queue: str, channel: int, items: Sequence[Item], suspect:
     hands such a body to Celery as it is (content type ``application/data``, encoding
     ``binary``: no decoding step, nothing to deserialize; see :func:`carried` for the reader).
     """
+    pieces = template(app, queue, channel, items, suspect)
+    out = [pieces[0]]
+    for (_, data), piece in zip(items, pieces[1:], strict=True):
+        out += [data, piece]
+    return "".join(out)
+
+
+def template(app: Celery, queue: str, channel: int, items: Sequence[Item], suspect: bool = False) -> list[str]:
+    """:func:`build`'s envelope around the items' data: ``len(items) + 1`` pieces, between
+    which each item's data goes in order. A publish step sends the data once, for the books,
+    and Redis puts the message together from these pieces (``lua/publish.lua``)."""
     task = task_message(app, channel, [(task_id, "") for task_id, _ in items], suspect)
     task.headers["argsrepr"] = _argsrepr(channel, items)  # the data's start, as Flower shows it
     _args, kwargs, embed = task.body
@@ -91,9 +102,12 @@ def build(app: Celery, queue: str, channel: int, items: Sequence[Item], suspect:
             "delivery_tag": new_delivery_tag(),
         },
     }
-    spliced = ",".join(f'[{json.dumps(task_id)},{data},"{SPLICED}"]' for task_id, data in items)
-    body = f"[[{channel},[{spliced}]],{json.dumps(kwargs)},{json.dumps(embed)}]"
-    return f'{json.dumps(envelope)[:-1]},"body":{body}}}'
+    pieces = [f'{json.dumps(envelope)[:-1]},"body":[[{channel},[']
+    for n, (task_id, _) in enumerate(items):
+        pieces[-1] += f"{',' if n else ''}[{json.dumps(task_id)},"
+        pieces.append(f',"{SPLICED}"]')
+    pieces[-1] += f"]],{json.dumps(kwargs)},{json.dumps(embed)}]}}"
+    return pieces
 
 
 def _argsrepr(channel: int, items: Sequence[Item]) -> str:

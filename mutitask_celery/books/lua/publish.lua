@@ -17,7 +17,9 @@
 -- ARGV[9] the server's lease value ('' for a step no lease fences); ARGV[10] the lease's time
 -- to live, ms; ARGV[11] the channel's byte budget: publish only while the data of the channel's
 --   outstanding tasks, counting these, stays within it ('0': no byte bound); ARGV[12..11+2n]
---   (id, data) pairs; then the messages to queue.
+--   (id, data) pairs; then, on the queue, each message to queue as k (the tasks it carries, the
+--   next k of the pairs) and k + 1 pieces of its envelope, between which their data goes in
+--   order: the data travels to Redis once (see books/messages.py template).
 -- Returns {1 if published (now or by the earlier try), 0 if the channel had no room, -1 if the
 -- lease is another server's (nothing published), then outstanding, held, backlog, then the
 -- channel's counters as field/value pairs}.
@@ -51,7 +53,17 @@ if ARGV[7] ~= '' then
   redis.call('HINCRBY', KEYS[8], 'published:' .. ARGV[7], n)
 end
 if ARGV[4] == 'queue' then
-  redis.call('LPUSH', KEYS[4], unpack(ARGV, 12 + 2 * n, #ARGV))
+  local at, item = 12 + 2 * n, 0
+  while at <= #ARGV do
+    local k = tonumber(ARGV[at])
+    local parts = {ARGV[at + 1]}
+    for j = 1, k do
+      parts[2 * j] = ARGV[11 + 2 * (item + j)]
+      parts[2 * j + 1] = ARGV[at + 1 + j]
+    end
+    redis.call('LPUSH', KEYS[4], table.concat(parts))
+    at, item = at + k + 2, item + k
+  end
 else
   for i = 12, 11 + 2 * n, 2 do redis.call('ZADD', KEYS[6], ARGV[5], ARGV[i]) end
 end
