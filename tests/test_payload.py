@@ -3,6 +3,7 @@ bundle big tasks, and a run of arrays whose Redis memory stays within the budget
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 
@@ -120,3 +121,22 @@ def test_a_run_of_arrays_keeps_redis_within_the_channels_byte_budget(
     bound = int(1.25 * (2 * (max(budget, held) + step) + buffers)) + 2 * MB
     assert peak - start <= bound, f"Redis grew by {peak - start} bytes (bound {bound}, one task {text})"
     assert 40 * text * 2 > 2 * bound  # the count alone (all forty waiting) would pass it twice over
+
+
+def test_a_big_tasks_data_stays_in_the_books_and_its_message_small(r: redis.Redis) -> None:
+    """Its message names it (the device reads the data from pending:<ch>, once); small tasks
+    beside it travel in the message, spliced in as JSON."""
+    big = codec.encode(np.arange(100 * KB, dtype=np.uint8))
+    runtime.ledger().publish(1, [("big", big), ("small", '"a"')], batch=2)
+    (message,) = r.lrange(keys.queue(1), 0, -1)
+    assert len(message) < 4 * KB
+    assert messages.carried(json.loads(message)) == (1, [("big", ""), ("small", '"a"')])
+    assert r.hget(keys.pending(1), "big") == big
+
+
+def test_a_device_reads_a_tasks_data_from_the_books_and_skips_one_finished_elsewhere(r: redis.Redis) -> None:
+    from mutitask_celery.device.tasks import _task_data
+
+    r.hset(keys.pending(1), "big", '"data"')
+    got = _task_data(1, [["big", None, messages.REF], ["gone", None, messages.REF], ["small", '"a"']])
+    assert got == [("big", '"data"'), ("gone", None), ("small", '"a"')]

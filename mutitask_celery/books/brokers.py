@@ -80,7 +80,7 @@ class Broker(ABC):
         ``suspect``: each runs alone (see :func:`.messages.task_message`)."""
 
     @abstractmethod
-    def step_templates(self, channel: int, groups: Groups) -> list[list[str]]:
+    def step_templates(self, channel: int, groups: Groups) -> list[list[str | int]]:
         """The messages a publish step has Redis put together around the tasks' data, one a
         group (see :func:`.messages.template`); none when it journals."""
 
@@ -180,9 +180,12 @@ class BooksRedis(Broker):
         queue = keys.queue(channel)
         return [messages.build(self.app, queue, channel, group, suspect) for group in groups]
 
-    def step_templates(self, channel: int, groups: Groups) -> list[list[str]]:
-        queue = keys.queue(channel)
-        return [messages.template(self.app, queue, channel, group) for group in groups]
+    def step_templates(self, channel: int, groups: Groups) -> list[list[str | int]]:
+        queue, first, out = keys.queue(channel), 1, []
+        for group in groups:
+            out.append(messages.template(self.app, queue, channel, group, first))
+            first += len(group)
+        return out
 
     def after_step(self, channel: int, groups: Groups) -> None:
         pass  # the step pushed the messages itself
@@ -253,7 +256,7 @@ class OtherBroker(Broker):
     def step_messages(self, channel: int, groups: Groups, suspect: bool = False) -> list[str]:
         return [""] * len(groups)
 
-    def step_templates(self, channel: int, groups: Groups) -> list[list[str]]:
+    def step_templates(self, channel: int, groups: Groups) -> list[list[str | int]]:
         return []  # the publisher sends the messages after the step (see after_step)
 
     def after_step(self, channel: int, groups: Groups) -> None:

@@ -131,7 +131,7 @@ class Outgoing:
     taken: int = 0  # ... the items its server had taken from the channel's generator with these
     lease: Lease | None = None  # the server's lease of the channel, which fences the step (see .leases)
     byte_budget: int = 0  # the channel's outstanding data may not pass it (0: no byte bound; see publish.lua)
-    templates: list[list[str]] | None = None  # its messages around the data (see messages.template), built once
+    templates: list[list[str | int]] | None = None  # its messages around the data (see messages.template), built once
 
     def groups(self) -> list[list[messages.Item]]:
         return _groups(self.items, self.batch)
@@ -332,7 +332,7 @@ class Ledger:
         if out.templates is None:  # built once, however often the step waits for room
             out.templates = self.broker.step_templates(out.channel, out.groups())
         for pieces in out.templates:
-            argv += [len(pieces) - 1, *pieces]
+            argv += pieces
         return argv
 
     def _send(

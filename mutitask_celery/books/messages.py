@@ -31,6 +31,8 @@ from mutitask_celery.celery_app import TASK_NAME
 
 Item = tuple[str, str]  # (task id, task data as codec JSON text)
 SPLICED = "value"  # an item's third element in a message: its data is spliced in as a JSON value
+REF = "ref"  # ... or: its data is not in the message, but in the books (pending:<ch>)
+REF_BYTES = 64 * 1024  # data this long (as text) travels by reference
 ARGSREPR_LIMIT = 200
 
 
@@ -69,24 +71,30 @@ def task_message(app: Celery, channel: int, items: Sequence[Item], suspect: bool
 def build(app: Celery, queue: str, channel: int, items: Sequence[Item], suspect: bool = False) -> str:
     """The JSON envelope that kombu's Redis transport keeps in the queue list.
 
-    Its body is the Celery message's ``[args, kwargs, embed]`` as a JSON value, with each
-    task's data (the codec's JSON) spliced in as it is (:data:`SPLICED`), not as a string:
-    a 1 MiB array's text is then never escaped into a string again, nor base64-encoded again
-    as kombu's own body would be, and the device parses it once, with the envelope. kombu
-    hands such a body to Celery as it is (content type ``application/data``, encoding
-    ``binary``: no decoding step, nothing to deserialize; see :func:`carried` for the reader).
+    Its body is the Celery message's ``[args, kwargs, embed]`` as a JSON value. A small
+    task's data (the codec's JSON) is spliced in as it is (:data:`SPLICED`), not as a string:
+    it is never escaped into a string again, nor base64-encoded again as kombu's own body
+    would be, and the device parses it once, with the envelope. A big task's data (from
+    :data:`REF_BYTES`) stays out of the message (:data:`REF`): the books hold it already
+    (``pending:<ch>``), and the device reads it from there, once; the queue, kombu's copy of
+    the message it holds and each parse of the envelope then stay small. kombu hands such a
+    body to Celery as it is (content type ``application/data``, encoding ``binary``: no
+    decoding step, nothing to deserialize; see :func:`carried` for the reader).
     """
-    pieces = template(app, queue, channel, items, suspect)
-    out = [pieces[0]]
-    for (_, data), piece in zip(items, pieces[1:], strict=True):
-        out += [data, piece]
+    pieces = template(app, queue, channel, items, 1, suspect)
+    out = [str(pieces[1])]
+    for at in range(2, len(pieces), 2):
+        out += [items[int(pieces[at]) - 1][1], str(pieces[at + 1])]
     return "".join(out)
 
 
-def template(app: Celery, queue: str, channel: int, items: Sequence[Item], suspect: bool = False) -> list[str]:
-    """:func:`build`'s envelope around the items' data: ``len(items) + 1`` pieces, between
-    which each item's data goes in order. A publish step sends the data once, for the books,
-    and Redis puts the message together from these pieces (``lua/publish.lua``)."""
+def template(
+    app: Celery, queue: str, channel: int, items: Sequence[Item], first: int = 1, suspect: bool = False
+) -> list[str | int]:
+    """:func:`build`'s envelope around the data it carries, as a publish step hands it to
+    Redis (``lua/publish.lua``), so that the data travels there once, for the books, and Redis
+    puts the message together: ``[m, piece, i1, piece, i2, piece, ...]``, where the data of
+    the step's ``i``-th task (``first`` being the number of ``items[0]``) goes between pieces."""
     task = task_message(app, channel, [(task_id, "") for task_id, _ in items], suspect)
     task.headers["argsrepr"] = _argsrepr(channel, items)  # the data's start, as Flower shows it
     _args, kwargs, embed = task.body
@@ -102,12 +110,23 @@ def template(app: Celery, queue: str, channel: int, items: Sequence[Item], suspe
             "delivery_tag": new_delivery_tag(),
         },
     }
-    pieces = [f'{json.dumps(envelope)[:-1]},"body":[[{channel},[']
-    for n, (task_id, _) in enumerate(items):
-        pieces[-1] += f"{',' if n else ''}[{json.dumps(task_id)},"
-        pieces.append(f',"{SPLICED}"]')
-    pieces[-1] += f"]],{json.dumps(kwargs)},{json.dumps(embed)}]}}"
-    return pieces
+    piece = f'{json.dumps(envelope)[:-1]},"body":[[{channel},['
+    spliced: list[str | int] = []
+    for n, (task_id, data) in enumerate(items):
+        piece += f"{',' if n else ''}[{json.dumps(task_id)},"
+        if by_reference(data):
+            piece += f'null,"{REF}"]'
+        else:
+            spliced += [piece, first + n]
+            piece = f',"{SPLICED}"]'
+    spliced.append(f"{piece}]],{json.dumps(kwargs)},{json.dumps(embed)}]}}")
+    return [len(spliced) // 2, *spliced]
+
+
+def by_reference(data: str) -> bool:
+    """Whether a task's data stays out of its message (see :func:`build`); ``''``: the data
+    was not in the message it came from either."""
+    return not data or len(data) >= REF_BYTES
 
 
 def _argsrepr(channel: int, items: Sequence[Item]) -> str:
@@ -150,18 +169,29 @@ class Spliced:
         return json.dumps(self.value, ensure_ascii=False, separators=(",", ":"))
 
 
-def item_data(item: Sequence[Any]) -> str | Spliced:
+class InBooks:
+    """An item's data that its message left in the books (:data:`REF`): the device reads it
+    from ``pending:<ch>`` (gone from there: the task has finished elsewhere)."""
+
+
+IN_BOOKS = InBooks()
+
+
+def item_data(item: Sequence[Any]) -> str | Spliced | InBooks:
     """One item of a message's arguments, ``[task id, data]``: its data as JSON text (a message
-    published through kombu, or by an earlier version) or :class:`Spliced`."""
+    published through kombu, or by an earlier version), :class:`Spliced` or :data:`IN_BOOKS`."""
     if len(item) > 2 and item[2] == SPLICED:
         return Spliced(item[1])
+    if len(item) > 2 and item[2] == REF:
+        return IN_BOOKS
     return str(item[1])
 
 
 def item_text(item: Sequence[Any]) -> str:
-    """One item's data as the codec's JSON text, whichever way the message carried it."""
+    """One item's data as the codec's JSON text, whichever way the message carried it; ``''``
+    for data the message left in the books (:func:`build` leaves it there again)."""
     data = item_data(item)
-    return data if isinstance(data, str) else data.text()
+    return data if isinstance(data, str) else "" if isinstance(data, InBooks) else data.text()
 
 
 def new_delivery_tag() -> str:

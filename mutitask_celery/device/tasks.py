@@ -14,7 +14,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 import redis
 from billiard.einfo import ExceptionWithTraceback
@@ -24,11 +24,12 @@ from celery.exceptions import Reject
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
-from mutitask_celery import codec, runtime
+from mutitask_celery import codec, keys, runtime
 from mutitask_celery.books import messages
 from mutitask_celery.books.ledger import Finished, Outcome, claim_of
 from mutitask_celery.books.recovery import Verdict
 from mutitask_celery.celery_app import TASK_NAME, app
+from mutitask_celery.connection import text
 from mutitask_celery.device import isolation, lifecycle, pacing, prefetch, time_limits, wanted
 from mutitask_celery.errors import BooksLost, BrokerUnavailable, TooManyLateRunners
 from mutitask_celery.serving.channels import ChannelHandler, SaveFunction, TaskFormat, handler_for
@@ -388,6 +389,28 @@ def _next_starts(channel: int, tasks: int) -> None:
         log.warning("could not take channel %s's rate-limit budget (%s): starting anyway", channel, exc)
 
 
+def _task_data(channel: int, items: list[list[Any]]) -> list[tuple[str, str | messages.Spliced | None]]:
+    """Each item's task id and data, the data a message left in the books read from there in
+    one round trip (see :func:`.messages.build`). None for a task no longer in the books: it
+    finished elsewhere meanwhile (another device ran a copy, or it was dead-lettered), and
+    does not run again here."""
+    data = [(str(item[0]), messages.item_data(item)) for item in items]
+    wanted = [task_id for task_id, found in data if isinstance(found, messages.InBooks)]
+    if not wanted:
+        return cast("list[tuple[str, str | messages.Spliced | None]]", data)
+    read = dict(zip(wanted, runtime.ledger().client.hmget(keys.pending(channel), wanted), strict=True))
+    out: list[tuple[str, str | messages.Spliced | None]] = []
+    for task_id, found in data:
+        if isinstance(found, messages.InBooks):
+            value = read[task_id]
+            if value is None:
+                log.info("task %s of channel %s finished elsewhere before it ran here: skipped", task_id, channel)
+            out.append((task_id, None if value is None else text(value)))
+        else:
+            out.append((task_id, found))
+    return out
+
+
 def _run(
     channel: int, device: str, message_id: str, items: list[list[Any]], alone: bool
 ) -> tuple[list[Outcome | ToSave], float, SaveFunction | None]:
@@ -399,9 +422,10 @@ def _run(
     chunk = _first_starts(channel, device, message_id, len(items))
     try:
         devices.started(device, channel, message_id, alone=alone, wait=False)
+        data = _task_data(channel, items)
     except redis.RedisError as exc:
         _hand_back(device, message_id, channel)
-        raise Reject(f"cannot mark the message started: {exc}", requeue=True) from exc
+        raise Reject(f"cannot mark the message started or read its tasks: {exc}", requeue=True) from exc
     handler = handler_for(channel)
     outcomes: list[Outcome | ToSave]
     if handler is None:
@@ -412,10 +436,11 @@ def _run(
     else:
         outcomes = []
         try:
-            for n, item in enumerate(items):
+            for n, (task_id, task_data) in enumerate(data):
                 if chunk is not None and n and n % chunk == 0:
                     _next_starts(channel, min(chunk, len(items) - n))
-                outcomes.append(run_one(handler, str(item[0]), messages.item_data(item)))
+                if task_data is not None:
+                    outcomes.append(run_one(handler, task_id, task_data))
         except TooManyLateRunners as exc:
             # No thread at all mid-message (the cap is asked before a message starts): nothing
             # is recorded, the whole message runs again elsewhere, the tasks that ran here too.

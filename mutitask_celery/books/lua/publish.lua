@@ -17,9 +17,9 @@
 -- ARGV[9] the server's lease value ('' for a step no lease fences); ARGV[10] the lease's time
 -- to live, ms; ARGV[11] the channel's byte budget: publish only while the data of the channel's
 --   outstanding tasks, counting these, stays within it ('0': no byte bound); ARGV[12..11+2n]
---   (id, data) pairs; then, on the queue, each message to queue as k (the tasks it carries, the
---   next k of the pairs) and k + 1 pieces of its envelope, between which their data goes in
---   order: the data travels to Redis once (see books/messages.py template).
+--   (id, data) pairs; then, on the queue, each message to queue as m, a piece of its envelope,
+--   then m times the number i of a pair and the next piece: the data of the i-th pair goes
+--   between them (the data travels to Redis once; see books/messages.py template).
 -- Returns {1 if published (now or by the earlier try), 0 if the channel had no room, -1 if the
 -- lease is another server's (nothing published), then outstanding, held, backlog, then the
 -- channel's counters as field/value pairs}.
@@ -53,16 +53,16 @@ if ARGV[7] ~= '' then
   redis.call('HINCRBY', KEYS[8], 'published:' .. ARGV[7], n)
 end
 if ARGV[4] == 'queue' then
-  local at, item = 12 + 2 * n, 0
+  local at = 12 + 2 * n
   while at <= #ARGV do
-    local k = tonumber(ARGV[at])
+    local m = tonumber(ARGV[at])
     local parts = {ARGV[at + 1]}
-    for j = 1, k do
-      parts[2 * j] = ARGV[11 + 2 * (item + j)]
-      parts[2 * j + 1] = ARGV[at + 1 + j]
+    for j = 1, m do
+      parts[2 * j] = ARGV[11 + 2 * tonumber(ARGV[at + 2 * j])]
+      parts[2 * j + 1] = ARGV[at + 2 * j + 1]
     end
     redis.call('LPUSH', KEYS[4], table.concat(parts))
-    at, item = at + k + 2, item + k
+    at = at + 2 * m + 2
   end
 else
   for i = 12, 11 + 2 * n, 2 do redis.call('ZADD', KEYS[6], ARGV[5], ARGV[i]) end
