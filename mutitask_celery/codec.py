@@ -242,9 +242,29 @@ def encode_arrays_as_lists(value: Any) -> str:
     return json.dumps(lists(json.loads(text)), ensure_ascii=False, separators=(",", ":"))
 
 
+_ARRAY_START = '{"__mt__":"ndarray",'
+_ARRAY_DATA = ',"b64":"'
+
+
 def decode(text: str | bytes) -> Any:
     """The value ``encode`` was given (numpy arrays back as arrays when numpy is installed)."""
+    if isinstance(text, str) and text.startswith(_ARRAY_START) and text.endswith('"}'):
+        return _decode_array(text)
     return _unpack(json.loads(text))
+
+
+def _decode_array(text: str) -> Any:
+    """A task that is one array, as :func:`encode` writes it (its base64 last): only the
+    few fields before the base64 go through ``json.loads``, which would scan all of it
+    (1.2 ms a MiB, a fifth of the decoding). Anything else is read the usual way."""
+    head, found, data = text.partition(_ARRAY_DATA)
+    if not found or '"' in data[:-2]:
+        return _unpack(json.loads(text))
+    value = json.loads(head + "}")
+    if type(value) is not dict or set(value) != {TAG, "dtype", "shape", "order"}:
+        return _unpack(json.loads(text))
+    value["b64"] = data[:-2]
+    return _unpack_array(value)
 
 
 def unpack(value: Any) -> Any:

@@ -371,7 +371,7 @@ class Reaper:
     def _restore_orphans(self, tags: set[str], unacked: dict[str, _Unacked]) -> int:
         for tag in tags:
             entry = unacked[tag]
-            if any(self.client.hmget(keys.pending(entry.channel), entry.ids)):
+            if self._any_outstanding(entry.channel, entry.ids):
                 log.warning("message %s was taken by a device that died before noting it: restored", tag)
                 self._restore(
                     keys=[keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, entry.routing_key],
@@ -392,12 +392,20 @@ class Reaper:
         dropped = 0
         for tag in _unnoted(unacked, notes):
             entry = unacked[tag]
-            if entry.channel in channels and not any(self.client.hmget(keys.pending(entry.channel), entry.ids)):
+            if entry.channel in channels and not self._any_outstanding(entry.channel, entry.ids):
                 self._drop_unacked(tag)
                 dropped += 1
         if dropped:
-            log.info("dropped %d finished message(s) whose device died before acknowledging them", dropped)
+            log.info("dropped %d finished message(s) no device had acknowledged (it died, or had yet to)", dropped)
         return dropped
+
+    def _any_outstanding(self, channel: int, ids: Sequence[str]) -> bool:
+        """Whether any of the tasks is still in the books (asked with ``HEXISTS``: a big task's
+        data is not read for it)."""
+        pipe = self.client.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.hexists(keys.pending(channel), task_id)
+        return any(pipe.execute())
 
     def _drop_unacked(self, tag: str) -> None:
         """Acknowledge a message for a device that can no longer do it."""

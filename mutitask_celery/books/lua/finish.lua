@@ -34,10 +34,14 @@ for i = 8, #ARGV, 5 do
   local kind, id, result, reason, tb = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   record = record + 1
   local held = redis.call('HGET', KEYS[18], id)
-  local data = redis.call('HGET', KEYS[1], id)
+  -- whether it is still outstanding: its data is read only for a dead-letter record (copying a
+  -- big task's data into the script for every finish cost Redis more than the rest of the step)
+  local outstanding = redis.call('HEXISTS', KEYS[1], id) == 1
   if kind == 'skip' or (held and claim_base(held) ~= claim) then
     dup = dup + 1
-  elseif data then
+  elseif outstanding then
+    local data = nil
+    if kind ~= 'ok' then data = redis.call('HGET', KEYS[1], id) end
     redis.call('HDEL', KEYS[1], id)
     redis.call('HDEL', KEYS[13], id)
     redis.call('HDEL', KEYS[18], id)
