@@ -247,23 +247,29 @@ _ARRAY_DATA = ',"b64":"'
 
 
 def decode(text: str | bytes) -> Any:
-    """The value ``encode`` was given (numpy arrays back as arrays when numpy is installed)."""
-    if isinstance(text, str) and text.startswith(_ARRAY_START) and text.endswith('"}'):
-        return _decode_array(text)
+    """The value ``encode`` was given (numpy arrays back as arrays when numpy is installed).
+    ``bytes`` as Redis gave them are read without a copy where they hold one array."""
+    if isinstance(text, bytes):
+        if text.startswith(_ARRAY_START.encode()) and text.endswith(b'"}'):
+            return _decode_array(text, _ARRAY_DATA.encode(), b'"', b"}")
+    elif text.startswith(_ARRAY_START) and text.endswith('"}'):
+        return _decode_array(text, _ARRAY_DATA, '"', "}")
     return _unpack(json.loads(text))
 
 
-def _decode_array(text: str) -> Any:
-    """A task that is one array, as :func:`encode` writes it (its base64 last): only the
-    few fields before the base64 go through ``json.loads``, which would scan all of it
-    (1.2 ms a MiB, a fifth of the decoding). Anything else is read the usual way."""
-    head, found, data = text.partition(_ARRAY_DATA)
-    if not found or '"' in data[:-2]:
+def _decode_array(text: Any, marker: Any, quote: Any, brace: Any) -> Any:
+    """A task that is one array, as :func:`encode` writes it (its base64 last): only the few
+    fields before the base64 go through ``json.loads``, which would scan all of it (1.2 ms a
+    MiB, a fifth of the decoding), and from ``bytes`` the base64 is decoded in place. Anything
+    else is read the usual way. (``text`` is ``str`` or ``bytes``, the rest of its kind.)"""
+    at = text.find(marker)
+    start, end = at + len(marker), len(text) - 2
+    if at < 0 or text.find(quote, start, end) >= 0:
         return _unpack(json.loads(text))
-    value = json.loads(head + "}")
+    value = json.loads(text[:at] + brace)
     if type(value) is not dict or set(value) != {TAG, "dtype", "shape", "order"}:
         return _unpack(json.loads(text))
-    value["b64"] = data[:-2]
+    value["b64"] = memoryview(text)[start:end] if isinstance(text, bytes) else text[start:end]
     return _unpack_array(value)
 
 

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 5.0
 SOCKET_TIMEOUT = 5.0  # seconds a reply may take before the connection counts as lost
-_clients: dict[tuple[int, str], redis.Redis] = {}
+_clients: dict[tuple[int, str, bool], redis.Redis] = {}
 
 
 def text(value: bytes | str) -> str:
@@ -55,14 +55,15 @@ def redis_now(client: redis.Redis) -> float:
     return float(seconds + micros / 1e6)
 
 
-def redis_client(url: str) -> redis.Redis:
-    """A client for ``url`` returning ``str`` values (shared within this process)."""
-    key = (os.getpid(), url)
+def redis_client(url: str, raw: bool = False) -> redis.Redis:
+    """A client for ``url`` returning ``str`` values (shared within this process); ``raw``:
+    one returning ``bytes``, for big values read as they are (a task's data)."""
+    key = (os.getpid(), url, raw)
     client = _clients.get(key)
     if client is None:
         client = redis.Redis.from_url(
             url,
-            decode_responses=True,
+            decode_responses=not raw,
             socket_connect_timeout=CONNECT_TIMEOUT,
             # A host cut off from Redis must notice within seconds, whatever redis-py's own
             # default (none before redis-py 8): every call here is short (BLPOP waits 0.5 s).

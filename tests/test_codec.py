@@ -216,3 +216,24 @@ def test_the_text_arrays_had_as_lists_is_made_again_for_old_fingerprints() -> No
     assert codec.encode_arrays_as_lists(["no arrays", {1: 2}]) == codec.encode(["no arrays", {1: 2}])
     with pytest.raises(EncodingError, match="complex arrays did not travel then"):
         codec.encode_arrays_as_lists([np.ones(2, "c16")])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [np.arange(12, dtype="<i4").reshape(3, 4), np.asfortranarray(np.ones((2, 3))), (np.zeros(2), b"x"), "text"],
+    ids=["array", "fortran", "tuple", "str"],
+)
+def test_text_as_bytes_from_redis_decodes_the_same(value: object) -> None:
+    """A device reads big tasks' data as bytes (no decoding of the reply): one array is read
+    in place, anything else the usual way."""
+    text = codec.encode(value)
+    for form in (text, text.encode()):
+        back = codec.decode(form)
+        assert type(back) is type(value)
+        assert codec.encode(back) == text
+
+
+def test_an_array_text_with_a_field_after_its_data_is_read_the_usual_way() -> None:
+    text = '{"__mt__":"ndarray","dtype":"|u1","shape":[2],"order":"C","b64":"AAE=","extra":"x"}'
+    for form in (text, text.encode()):
+        assert codec.decode(form).tolist() == [0, 1]

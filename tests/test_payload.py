@@ -139,4 +139,4 @@ def test_a_device_reads_a_tasks_data_from_the_books_and_skips_one_finished_elsew
 
     r.hset(keys.pending(1), "big", '"data"')
     got = _task_data(1, [["big", None, messages.REF], ["gone", None, messages.REF], ["small", '"a"']])
-    assert got == [("big", '"data"'), ("gone", None), ("small", '"a"')]
+    assert got == [("big", b'"data"'), ("gone", None), ("small", '"a"')]

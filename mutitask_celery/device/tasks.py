@@ -24,12 +24,12 @@ from celery.exceptions import Reject
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
-from mutitask_celery import codec, keys, runtime
+from mutitask_celery import codec, keys, runtime, settings
 from mutitask_celery.books import messages
 from mutitask_celery.books.ledger import Finished, Outcome, claim_of
 from mutitask_celery.books.recovery import Verdict
 from mutitask_celery.celery_app import TASK_NAME, app
-from mutitask_celery.connection import text
+from mutitask_celery.connection import redis_client
 from mutitask_celery.device import isolation, lifecycle, pacing, prefetch, time_limits, wanted
 from mutitask_celery.errors import BooksLost, BrokerUnavailable, TooManyLateRunners
 from mutitask_celery.serving.channels import ChannelHandler, SaveFunction, TaskFormat, handler_for
@@ -51,11 +51,11 @@ class ToSave:
     value: Any
 
 
-def run_one(handler: ChannelHandler, task_id: str, data: str | messages.Spliced) -> Outcome | ToSave:
+def run_one(handler: ChannelHandler, task_id: str, data: str | bytes | messages.Spliced) -> Outcome | ToSave:
     """Run the task function on one item (its data as JSON text, or as the message carried it
     parsed): its outcome, or the result a user's save function is to save."""
     try:
-        value = codec.decode(data) if isinstance(data, str) else codec.unpack(data.value)
+        value = codec.unpack(data.value) if isinstance(data, messages.Spliced) else codec.decode(data)
     except (ValueError, TypeError) as exc:
         return _failure(task_id, f"undecodable task data: {exc}", exc)
     arg = value if handler.task_format is TaskFormat.NATIVE else codec.to_text(value)
@@ -389,7 +389,7 @@ def _next_starts(channel: int, tasks: int) -> None:
         log.warning("could not take channel %s's rate-limit budget (%s): starting anyway", channel, exc)
 
 
-def _task_data(channel: int, items: list[list[Any]]) -> list[tuple[str, str | messages.Spliced | None]]:
+def _task_data(channel: int, items: list[list[Any]]) -> list[tuple[str, str | bytes | messages.Spliced | None]]:
     """Each item's task id and data, the data a message left in the books read from there in
     one round trip (see :func:`.messages.build`). None for a task no longer in the books: it
     finished elsewhere meanwhile (another device ran a copy, or it was dead-lettered), and
@@ -397,15 +397,16 @@ def _task_data(channel: int, items: list[list[Any]]) -> list[tuple[str, str | me
     data = [(str(item[0]), messages.item_data(item)) for item in items]
     wanted = [task_id for task_id, found in data if isinstance(found, messages.InBooks)]
     if not wanted:
-        return cast("list[tuple[str, str | messages.Spliced | None]]", data)
-    read = dict(zip(wanted, runtime.ledger().client.hmget(keys.pending(channel), wanted), strict=True))
-    out: list[tuple[str, str | messages.Spliced | None]] = []
+        return cast("list[tuple[str, str | bytes | messages.Spliced | None]]", data)
+    raw = redis_client(settings.current().redis_url, raw=True)  # bytes: a big task's data is decoded in place
+    read = dict(zip(wanted, raw.hmget(keys.pending(channel), wanted), strict=True))
+    out: list[tuple[str, str | bytes | messages.Spliced | None]] = []
     for task_id, found in data:
         if isinstance(found, messages.InBooks):
             value = read[task_id]
             if value is None:
                 log.info("task %s of channel %s finished elsewhere before it ran here: skipped", task_id, channel)
-            out.append((task_id, None if value is None else text(value)))
+            out.append((task_id, value))
         else:
             out.append((task_id, found))
     return out
