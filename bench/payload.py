@@ -22,8 +22,10 @@ invocation, on one private redis-server, for three ways of moving the same array
   large graph, which we silence). Checked: the sums. Skipped, with how to install it,
   when ``distributed`` is not importable: it is installed only for this benchmark.
 
-A run moves ``--mib`` MiB of arrays at each size (default 64: 1024, 64 and 8 tasks, a few
-minutes in all at today's 2-3 MB/s; ask for more once the codec is fast). Prints min /
+A run moves ``--mib`` MiB of arrays at each size (default 200: 3200, 200 and 25 tasks,
+about two minutes in all with three runs). ``--task-delay S`` makes the devices sleep S
+seconds a task (slow devices: the channel's byte budget then bounds Redis's memory), and
+``--chart PNG`` draws the medians (the README's is bench/results/payload.png). Prints min /
 median / max over ``--runs`` and the ratio of mutitask_celery's median to the floor's and
 to Dask's. During each mutitask_celery run it also watches Redis: ``used_memory`` sampled
 every 20 ms (and ``used_memory_peak`` when the run set a new record), printed as the peak
@@ -70,7 +72,7 @@ from common import HERE, devices_up, parse_args, private_redis, processes, sprea
 CHANNEL_SIZE = 50  # the seed's server script: Terminal(baseConfig=BaseConfig(deviceNumb=2, ChannelSize=50))
 # MiB of arrays a run at each size: today's codec moves about 2 MB/s, so 64 MiB (1024, 64
 # and 8 tasks) keeps a default invocation to a few minutes here; give more (--mib) once it is fast.
-DEFAULT_MIB = 64
+DEFAULT_MIB = 200
 SEED = 23
 RESULT_MARK = "payload-bench-result"  # the line the server script ends with, its figures as JSON
 MB = 1e6
@@ -91,9 +93,14 @@ print({RESULT_MARK!r}, json.dumps(dict(elapsed=elapsed, **counts)), flush=True)
 
 DEVICE = """
 import sys
+import time
 from Mutitask.client import BaseConfig, FuncItem, Terminal
 
+DELAY = float(sys.argv[2])
+
 def total(task):
+    if DELAY:
+        time.sleep(DELAY)
     return int(task.sum())
 
 base = BaseConfig(deviceID=int(sys.argv[1]), TaskChannelID=1, task_format="native")
@@ -217,8 +224,11 @@ def floor(client: redis.Redis, arrays: Sequence[np.ndarray[Any, Any]], sums: Seq
     return sum(a.nbytes for a in arrays) / elapsed / MB
 
 
+TASK_DELAY = 0.0  # seconds each device task sleeps (--task-delay: slow devices, to watch memory)
+
+
 def device_commands() -> list[list[str]]:
-    return [[sys.executable, "-c", DEVICE, str(n)] for n in (1, 2)]
+    return [[sys.executable, "-c", DEVICE, str(n), str(TASK_DELAY)] for n in (1, 2)]
 
 
 def server_command(size: int, count: int) -> list[str]:
@@ -487,6 +497,40 @@ def print_table(rows: list[SizeFigures], runs: int) -> None:
         print(f"{'':15}  {'':<29}busy {busy:.0%} of a core (median), slowest reply {slowest:.2f} s")
 
 
+def chart(rows: list[SizeFigures], path: Path) -> None:
+    """Bars of the medians per size (min to max as error bars): the floor, ours, Dask."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("(matplotlib not installed: no chart; pip install matplotlib)")
+        return
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    width = 0.27
+    for n, (what, colour) in enumerate(zip(KINDS, ("#999999", "#3c6ebe", "#e08a2c"), strict=True)):
+        spreads = [(r.floor, r.ours, r.dask)[n] for r in rows]
+        xs = [i + (n - 1) * width for i, f in enumerate(spreads) if f]
+        shown = [f for f in spreads if f]
+        if not shown:
+            continue
+        medians = [m for _, m, _ in shown]
+        errors = [[m - lo for lo, m, _ in shown], [hi - m for _, m, hi in shown]]
+        ax.bar(xs, medians, width, yerr=errors, capsize=3, color=colour, label=what)
+        for x, value in zip(xs, medians, strict=True):
+            ax.text(x, value, f"{value:.0f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(rows)), [f"{label(r.size)} a task" for r in rows])
+    ax.set_ylabel("MB/s of array bytes (median)")
+    ax.set_title("numpy arrays end to end: 2 devices or workers, local Redis, 2 cores")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"chart: {path}")
+
+
 def profile_run(url: str, size: int, count: int, where: Path) -> None:
     sums = [total(a) for a in make_arrays(size, count)]
     print(f"\nprofiling one run at {label(size)} ({count} tasks) with py-spy...", flush=True)
@@ -514,7 +558,13 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs of each kind at each size (default 3)")
     parser.add_argument("--profile", type=Path, metavar="DIR", help="also record one profiled run with py-spy, here")
     parser.add_argument("--profile-size", type=parse_size, default=2**20, help="array size of that run (default 1M)")
+    parser.add_argument(
+        "--task-delay", type=float, default=0.0, help="seconds each device task sleeps: slow devices (default 0)"
+    )
+    parser.add_argument("--chart", type=Path, metavar="PNG", help="draw the medians as a bar chart here")
     args = parse_args(parser, sizes=[2**10, 2**16], tasks=[20, 4], runs=1)
+    global TASK_DELAY
+    TASK_DELAY = args.task_delay
     counts = args.tasks or [default_count(s, args.mib) for s in args.sizes]
     if len(counts) != len(args.sizes):
         parser.error(f"--tasks: one number per size ({len(args.sizes)}), got {len(counts)}")
@@ -524,6 +574,8 @@ def main() -> None:
     with private_redis() as url, dask_client() as client:
         rows = [measure(url, size, count, args.runs, client) for size, count in zip(args.sizes, counts, strict=True)]
         print_table(rows, args.runs)
+        if args.chart is not None:
+            chart(rows, args.chart)
         if args.profile is not None:
             count = dict(zip(args.sizes, counts, strict=True)).get(args.profile_size)
             profile_run(url, args.profile_size, count or default_count(args.profile_size, args.mib), args.profile)
