@@ -320,7 +320,7 @@ def check(client: Any, args: argparse.Namespace, summary: dict[str, int], save_f
     for channel in CHANNELS:
         for record_id in client.zrange(f"mutitask:dead:index:{channel}", 0, -1):
             record = client.hgetall(f"mutitask:dead:rec:{record_id}")
-            buried[json.loads(record["data"])] = record["reason"]
+            buried[json.loads(record["data"]).split("|", 1)[0]] = record["reason"]  # a big task's name
     saved_set = set(saved)
     while_saving = {t for t, reason in buried.items() if reason.startswith("worker lost while saving")}
     healthy_buried = set(buried) - poison - while_saving

@@ -23,9 +23,12 @@ from collections.abc import Iterator
 import mutitask_celery
 
 CHANNELS = (1, 2)
+BIG_EVERY = 20  # one task in N carries more data than a message holds (messages.REF_BYTES): by reference
+PAD = 70_000
 
 
 def work(task: str) -> str | None:
+    task = task.split("|", 1)[0]  # a big task's padding is not part of its name
     if task.startswith("p"):
         os._exit(3)
     if task.startswith("f") and not os.path.exists(os.environ.get("CHAOS_FAIL_FLAG", "")):
@@ -57,7 +60,13 @@ def channel_of(i: int) -> int:
 
 def tasks_of(channel: int, count: int, poison_every: int, fail_every: int) -> Iterator[str]:
     """The channel's share of the soak's ``count`` tasks, in order."""
-    return (name(i, poison_every, fail_every) for i in range(count) if channel_of(i) == channel)
+    return (padded(name(i, poison_every, fail_every), i) for i in range(count) if channel_of(i) == channel)
+
+
+def padded(task: str, i: int) -> str:
+    """Task ``i`` as fed: one in :data:`BIG_EVERY` with padding, so the soak sends big tasks
+    by reference beside small ones in their messages."""
+    return f"{task}|{'x' * PAD}" if i % BIG_EVERY == 7 else task
 
 
 mutitask_celery.register_channel(1, work)
