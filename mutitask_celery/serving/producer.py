@@ -42,6 +42,7 @@ from mutitask_celery.errors import BrokerUnavailable, EncodingError, RedisOutOfM
 log = logging.getLogger(__name__)
 
 STEP_SHARE = 4  # a publish step takes at most this share of the channel's byte budget
+STEP_BYTES = 256 * 2**20  # ... and never more data than this (Redis takes at most 1 GB in one command)
 WAIT_STEP = 0.5  # longest a control change (resume, new size) waits to be seen
 RECONNECT_FOR = 120.0  # seconds the run waits for Redis to come back before giving up
 COUNTERS = ("published", "succeeded", "failed", "duplicates", "reloaded", "revived")  # only ever grow (see integrity)
@@ -411,7 +412,8 @@ class Producer:
                 # message is ready all the same, and goes if the round finds room for it.
                 want = feed.batcher.take(self._channel_size - waiting, waiting, self._channel_size) or batch
                 budget = self._channel_bytes
-                items = feed.take(want, self.store, None if budget is None else max(budget // STEP_SHARE, 1))
+                step_bytes = STEP_BYTES if budget is None else min(max(budget // STEP_SHARE, 1), STEP_BYTES)
+                items = feed.take(want, self.store, step_bytes)
                 if items:
                     run = self.record.name if self.record is not None else ""
                     feed.outgoing = Outgoing(
