@@ -3,18 +3,21 @@ through back-pressure (the channel's backlog), never flooding the channel."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
 import sys
 import time
 
+import pytest
 import redis
 from conftest import ROOT
 
 import mutitask_celery as mt
-from mutitask_celery import keys
+from mutitask_celery import keys, runtime
 from mutitask_celery.books import messages
+from mutitask_celery.books.ledger import ChannelBooks
 
 sys.path.insert(0, str(ROOT / "bench"))
 from fill import fill_dead_letters  # noqa: E402
@@ -61,3 +64,19 @@ def test_reload_killed_halfway_then_finished(r: redis.Redis, redis_url: str) -> 
     assert mt.failed_count() == 0 and len(final) == N and set(final) == ids
     assert r.hlen(keys.pending(1)) == N  # every reloaded task is outstanding again in the books
     assert len(queued_ids(r, 1)) <= 50  # but in the channel only as many as its size (the seed's 50)
+
+
+def test_feeding_a_backlog_another_process_just_emptied_feeds_nothing(
+    r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The books said a reload waits in the backlog, then a device fed it before this process
+    read it (the chaos soak met it: the server stopped with 'wrong number of arguments for
+    hmget'): nothing to feed, no error."""
+    ledger = runtime.ledger()
+    read = ledger.books
+
+    def stale(channels: list[int]) -> dict[int, ChannelBooks]:
+        return {ch: dataclasses.replace(b, backlog=1) for ch, b in read(channels).items()}
+
+    monkeypatch.setattr(ledger, "books", stale)
+    assert ledger.feed_backlog(1, 50) == 0

@@ -362,6 +362,8 @@ class Ledger:
         if books.backlog == 0 or room <= 0:
             return 0
         ids = cast("list[str]", self.client.zrange(keys.backlog(channel), 0, room - 1))
+        if not ids:  # another process fed them since the books were read
+            return 0
         data = self.client.hmget(keys.pending(channel), ids)
         gone = [t for t, d in zip(ids, data, strict=True) if d is None]
         if gone:  # finished meanwhile (a copy ran elsewhere): nothing to feed
