@@ -1,14 +1,15 @@
 """Celery task messages built once and pushed straight onto a Redis queue.
 
 Celery's publisher costs a round trip and much Python per task; a message
-built here is exactly what ``apply_async`` would put on a Redis broker
-(protocol 2, JSON body, kombu's Redis envelope), so any Celery worker consumes
-it, and a batch of them goes out in one pipeline. Building the bytes before
-touching Redis is also what lets a dead-letter reload move a record onto its
-queue inside one atomic script.
+built here is a Celery protocol-2 message in kombu's Redis envelope, so any Celery
+worker of this app consumes it, and a batch of them goes out in one pipeline. Building
+the bytes before touching Redis is also what lets a dead-letter reload move a record
+onto its queue inside one atomic script. Unlike ``apply_async``'s, its body is a JSON
+value, not base64 of JSON text, and it carries a big task's data by reference (see
+:func:`build`): data-heavy tasks then cross each hop once.
 
-One message carries a list of ``[task_id, task_data]`` items, so later
-versions can pack several short tasks into one message without a new format.
+One message carries a list of ``[task_id, task_data]`` items (``[task_id, value,
+"value"]`` and ``[task_id, null, "ref"]`` as built here), several short tasks a message.
 
 On another broker (RabbitMQ), :mod:`.publisher` sends the same Celery message
 (:func:`task_message`) through kombu instead.
