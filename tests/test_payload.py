@@ -140,3 +140,17 @@ def test_a_device_reads_a_tasks_data_from_the_books_and_skips_one_finished_elsew
     r.hset(keys.pending(1), "big", '"data"')
     got = _task_data(1, [["big", None, messages.REF], ["gone", None, messages.REF], ["small", '"a"']])
     assert got == [("big", b'"data"'), ("gone", None), ("small", '"a"')]
+
+
+def test_a_task_too_long_for_redis_is_dead_lettered_with_its_start_and_nothing_else_lost(
+    r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A str past codec.MAX_TEXT cannot travel; its record keeps the start of it (the whole of
+    it could not be written either), and the items around it go on."""
+    monkeypatch.setattr(codec, "MAX_TEXT", 5000)
+    feed = _Feed(1, iter(["before", "y" * 8000, "after"]), ChannelStats(), held_known=True)
+    items = feed.take(10, runtime.store())
+    assert [codec.decode(data) for _, data in items] == ["before", "after"]
+    (record,) = mt.failed(1)
+    assert record.reason.startswith("unserializable:") and "MAX_TEXT" in record.reason
+    assert str(record.data).startswith("'yyy") and len(str(record.data)) < 5000

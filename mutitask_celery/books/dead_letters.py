@@ -138,6 +138,18 @@ class DeadLetterStore(ABC):
         return found
 
 
+UNPUBLISHABLE_SHOWN = 64 * 1024  # characters of an unpublishable item a record keeps
+
+
+def _cut(text: str) -> str:
+    """An unpublishable item's text as its record keeps it: its start, when it is long (one
+    too long to travel could not be written to the record either)."""
+    limit = min(UNPUBLISHABLE_SHOWN, codec.MAX_TEXT // 2)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
 class RedisDeadLetterStore(DeadLetterStore):
     """The store in Redis, next to the books (see module docstring)."""
 
@@ -389,6 +401,6 @@ class RedisDeadLetterStore(DeadLetterStore):
             keys.meta(channel),
             keys.stats(channel),
         ]
-        self._unpublishable(keys=ks, args=[task_id, channel, codec.encode(text), reason])
+        self._unpublishable(keys=ks, args=[task_id, channel, codec.encode(_cut(text)), reason])
         self.prune()
         return task_id
