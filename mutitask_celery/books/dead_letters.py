@@ -138,13 +138,10 @@ class DeadLetterStore(ABC):
         return found
 
 
-UNPUBLISHABLE_SHOWN = 64 * 1024  # characters of an unpublishable item a record keeps
-
-
 def _cut(text: str) -> str:
-    """An unpublishable item's text as its record keeps it: its start, when it is long (one
-    too long to travel could not be written to the record either)."""
-    limit = min(UNPUBLISHABLE_SHOWN, codec.MAX_TEXT // 2)
+    """An unpublishable item's text as its record keeps it: all of it, unless it is too long
+    to be written at all (an item too long to travel often is), then its start."""
+    limit = codec.MAX_TEXT // 2  # JSON escaping may double it
     if len(text) <= limit:
         return text
     return f"{text[:limit]}... ({len(text)} characters)"
