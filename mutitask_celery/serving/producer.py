@@ -286,6 +286,8 @@ class Producer:
         self.resume = resume  # go on from the record's unfinished run, if its generators match
         self._channel_size = channel_size
         self._channel_bytes = settings.current().channel_bytes  # see publish.lua's byte budget
+        budget = self._channel_bytes
+        self._step_bytes = STEP_BYTES if budget is None else min(max(budget // STEP_SHARE, 1), STEP_BYTES)
         self._paused = threading.Event()
         self._feeding_stopped = threading.Event()
         self._stop = threading.Event()
@@ -411,9 +413,7 @@ class Producer:
                 # Full as the books read last were, devices may have taken some since: a
                 # message is ready all the same, and goes if the round finds room for it.
                 want = feed.batcher.take(self._channel_size - waiting, waiting, self._channel_size) or batch
-                budget = self._channel_bytes
-                step_bytes = STEP_BYTES if budget is None else min(max(budget // STEP_SHARE, 1), STEP_BYTES)
-                items = feed.take(want, self.store, step_bytes)
+                items = feed.take(want, self.store, self._step_bytes)
                 if items:
                     run = self.record.name if self.record is not None else ""
                     feed.outgoing = Outgoing(
@@ -424,7 +424,7 @@ class Producer:
                         run=run,
                         taken=feed.index,
                         lease=feed.lease,
-                        byte_budget=feed.byte_budget(budget, self._channel_size),
+                        byte_budget=feed.byte_budget(self._channel_bytes, self._channel_size),
                     )
         outgoing = [f.outgoing for f in self._feeds if f.outgoing is not None]
         read = [f.channel for f in self._feeds if f.outgoing is None]
