@@ -46,7 +46,9 @@ from typing import Any
 
 from common import HERE, ROOT
 
+from mutitask_celery import codec
 from mutitask_celery.books import messages
+from mutitask_celery.connection import raw_twin
 from mutitask_celery.tools.localredis import LocalRedis, free_port
 from mutitask_celery.tools.processes import stop_process_groups, worker_command
 
@@ -319,8 +321,9 @@ def check(client: Any, args: argparse.Namespace, summary: dict[str, int], save_f
     buried: dict[str, str] = {}
     for channel in CHANNELS:
         for record_id in client.zrange(f"mutitask:dead:index:{channel}", 0, -1):
-            record = client.hgetall(f"mutitask:dead:rec:{record_id}")
-            buried[json.loads(record["data"]).split("|", 1)[0]] = record["reason"]  # a big task's name
+            record = raw_twin(client).hgetall(f"mutitask:dead:rec:{record_id}")  # a big task's data: a frame
+            task = codec.decode(record[b"data"])
+            buried[task[0] if isinstance(task, tuple) else task] = record[b"reason"].decode()  # a big task's name
     saved_set = set(saved)
     while_saving = {t for t, reason in buried.items() if reason.startswith("worker lost while saving")}
     healthy_buried = set(buried) - poison - while_saving

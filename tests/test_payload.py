@@ -154,3 +154,56 @@ def test_a_task_too_long_for_redis_is_dead_lettered_with_its_start_and_nothing_e
     (record,) = mt.failed(1)
     assert record.reason.startswith("unserializable:") and "MAX_TEXT" in record.reason
     assert str(record.data).startswith("'yyy") and len(str(record.data)) < 5000
+
+
+def test_a_big_array_travels_as_a_frame_and_its_dead_letter_reads_reloads_and_runs_as_it_was(
+    r: redis.Redis,
+) -> None:
+    """The books keep a big array's memory as it lies (no base64); a failure's record reads back
+    the same array (the API, the web page's text), and a reload feeds it by reference again,
+    the feeding process reading no data."""
+    from mutitask_celery.books.ledger import Outcome
+    from mutitask_celery.connection import raw_twin
+    from mutitask_celery.device.tasks import _task_data
+    from mutitask_celery.web import views
+
+    array = np.arange(256 * KB, dtype=np.int32).reshape(512, 512)
+    (item,) = _Feed(1, iter([array]), ChannelStats(), held_known=True).take(1, runtime.store(), binary=True)
+    task_id, data = item
+    assert codec.is_frame(data) and len(data) < array.nbytes + KB
+    assert _publish(1, [item], budget=0)
+    assert raw_twin(r).hget(keys.pending(1), task_id) == data
+    (message,) = r.lrange(keys.queue(1), 0, -1)
+    assert len(message) < 4 * KB and '"shape":[512,512]' in json.loads(message)["headers"]["argsrepr"]
+    ((_, read),) = _task_data(1, [[task_id, None, messages.REF]])
+    assert np.array_equal(codec.decode(read), array)  # what the device runs
+    r.delete(keys.queue(1))
+
+    runtime.ledger().finish(1, "device1@h", [Outcome(task_id, ok=False, reason="ValueError: no")])
+    (record,) = mt.failed(1)
+    assert np.array_equal(record.data, array) and record.data.dtype == array.dtype
+    assert np.array_equal(runtime.store().get(task_id).data, array)
+    assert views.dead_record(task_id)["data"]["text"].startswith("[[0, 1, 2")
+
+    assert mt.reload_failed(1) == 1
+    (message,) = r.lrange(keys.queue(1), 0, -1)
+    assert messages.carried(json.loads(message)) == (1, [(task_id, "")])  # by reference, again
+    assert raw_twin(r).hget(keys.pending(1), task_id) == data and mt.failed(1) == []
+
+
+def test_big_arguments_go_to_redis_uncopied_and_whole(r: redis.Redis, redis_url: str) -> None:
+    """Our clients send a big bytes argument as it is (see connection._Packer): commands,
+    pipelines and scripts store it whole, beside small ones packed the usual way."""
+    from mutitask_celery.connection import BIG_ARGUMENT, raw_twin, redis_client
+
+    client = redis_client(redis_url)
+    big = bytes(range(256)) * (BIG_ARGUMENT // 64)
+    client.set("big", big)
+    pipe = client.pipeline(transaction=True)
+    pipe.set("small", "é")
+    pipe.hset("h", mapping={"a": big + b"!", "b": "x"})
+    pipe.execute()
+    client.eval("redis.call('SET', KEYS[1], ARGV[1]); return 1", 1, "scripted", big)
+    raw = raw_twin(client)
+    assert raw.mget("big", "small", "scripted") == [big, "é".encode(), big]
+    assert raw.hgetall("h") == {b"a": big + b"!", b"b": b"x"}

@@ -64,6 +64,13 @@ class Broker(ABC):
         return self.lua_mode == "queue"
 
     @property
+    def keeps_frames(self) -> bool:
+        """Whether tasks' data may be kept in the books as binary frames
+        (:func:`.codec.encode_binary`): only where the books' Redis is the broker, and a big
+        task's message refers to its data there; another broker carries the data as text."""
+        return self.pushes_in_step
+
+    @property
     def ledger(self) -> Ledger:
         if self._ledger is None:
             raise RuntimeError("the broker serves no books yet: attach() it to a Ledger first")

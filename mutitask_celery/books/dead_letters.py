@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -29,7 +29,7 @@ import redis
 
 from mutitask_celery import codec, keys
 from mutitask_celery.books import messages, scripts
-from mutitask_celery.connection import redis_now, text
+from mutitask_celery.connection import raw_twin, redis_now, text
 from mutitask_celery.errors import RecordNotFound
 
 log = logging.getLogger(__name__)
@@ -72,28 +72,39 @@ class FailedTask:
         }
 
 
-def decode_record(raw: dict[str, str]) -> FailedTask | None:
-    """A record from its Redis hash, or None (with a warning) when it cannot be read."""
+def _fields(raw: dict[bytes, bytes]) -> dict[str, str | bytes]:
+    """A record's fields as Redis gave them to a raw client: text, but a task's data that is a
+    frame stays ``bytes`` (see :func:`.codec.encode_binary`)."""
+    return {k.decode(): v if k == b"data" and codec.is_frame(v) else v.decode(errors="replace") for k, v in raw.items()}
+
+
+def decode_record(raw: Mapping[str, str | bytes]) -> FailedTask | None:
+    """A record from its Redis hash, or None (with a warning) when it cannot be read. Its
+    fields are text, but a task's data may be a frame (see :func:`_fields`)."""
+
+    def field(name: str, default: str = "") -> str:
+        return text(raw.get(name, default))
+
     try:
-        version = int(raw.get("v", "0"))
+        version = int(field("v", "0"))
         if version > RECORD_VERSION:
-            log.warning("skipping dead-letter record %s: written by a newer version (v%s)", raw.get("id"), version)
+            log.warning("skipping dead-letter record %s: written by a newer version (v%s)", field("id"), version)
             return None
-        result = raw.get("result") or ""
+        result = field("result")
         return FailedTask(
-            id=raw["id"],
-            channel=int(raw["channel"]),
+            id=text(raw["id"]),
+            channel=int(field("channel")),
             data=codec.decode(raw["data"]),
-            reason=raw.get("reason", ""),
-            traceback=raw.get("traceback", ""),
-            device=raw.get("device", ""),
-            first_failed=float(raw.get("first_failed") or 0),
-            last_failed=float(raw.get("last_failed") or 0),
-            failures=int(raw.get("failures") or 1),
+            reason=field("reason"),
+            traceback=field("traceback"),
+            device=field("device"),
+            first_failed=float(field("first_failed") or 0),
+            last_failed=float(field("last_failed") or 0),
+            failures=int(field("failures") or 1),
             result=codec.decode(result) if result else None,
         )
     except (KeyError, ValueError, TypeError) as exc:
-        log.warning("skipping unreadable dead-letter record %s: %s", raw.get("id", "?"), exc)
+        log.warning("skipping unreadable dead-letter record %s: %s", field("id", "?"), exc)
         return None
 
 
@@ -175,13 +186,13 @@ class RedisDeadLetterStore(DeadLetterStore):
         return cast("list[str]", self.client.zrange(keys.dead_index(channel), offset, stop))  # ids, no scores
 
     def _load(self, ids: Sequence[str]) -> list[FailedTask]:
-        pipe = self.client.pipeline(transaction=False)
+        pipe = raw_twin(self.client).pipeline(transaction=False)  # a task's data may be a frame
         for task_id in ids:
             pipe.hgetall(keys.dead_record(task_id))
         records = []
         for raw in pipe.execute():
             if raw:
-                record = decode_record(raw)
+                record = decode_record(_fields(raw))
                 if record is not None:
                     records.append(record)
         return records
@@ -190,8 +201,8 @@ class RedisDeadLetterStore(DeadLetterStore):
         return self._load(self._ids(channel, limit, offset))
 
     def get(self, task_id: str) -> FailedTask:
-        raw = self.client.hgetall(keys.dead_record(task_id))
-        record = decode_record({text(k): text(v) for k, v in raw.items()}) if raw else None
+        raw = raw_twin(self.client).hgetall(keys.dead_record(task_id))
+        record = decode_record(_fields(cast("dict[bytes, bytes]", raw))) if raw else None
         if record is None:
             raise RecordNotFound(task_id)
         return record

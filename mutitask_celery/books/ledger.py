@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 import redis
 from celery import Celery
 
-from mutitask_celery import keys
+from mutitask_celery import codec, keys
 from mutitask_celery.books import messages, scripts
-from mutitask_celery.connection import text
+from mutitask_celery.connection import raw_twin, text
 
 if TYPE_CHECKING:
     from mutitask_celery.books.brokers import Broker
@@ -140,19 +140,21 @@ class Outgoing:
 MESSAGE_BYTES = 1 << 20  # a message bundles tasks only up to this much data (a big task travels alone)
 
 
-def _groups(items: list[messages.Item], batch: int) -> list[list[messages.Item]]:
+def _groups(items: list[messages.Item], batch: int, sizes: dict[str, int] | None = None) -> list[list[messages.Item]]:
     """The items in order, ``batch`` a message, and no more than :data:`MESSAGE_BYTES` of data a
     message (but at least one task): a message of many big tasks would keep one device busy
-    while another waits, and hold a device's whole share of memory at once."""
+    while another waits, and hold a device's whole share of memory at once. ``sizes``: the
+    data's size by task id, for items that do not carry their data (read from the books)."""
     groups: list[list[messages.Item]] = []
     group: list[messages.Item] = []
     size = 0
     for item in items:
-        if group and (len(group) >= batch or size + len(item[1]) > MESSAGE_BYTES):
+        length = len(item[1]) if sizes is None else sizes.get(item[0], len(item[1]))
+        if group and (len(group) >= batch or size + length > MESSAGE_BYTES):
             groups.append(group)
             group, size = [], 0
         group.append(item)
-        size += len(item[1])
+        size += length
     if group:
         groups.append(group)
     return groups
@@ -313,8 +315,8 @@ class Ledger:
             keys.LEASE_HOLDERS,
         ]
 
-    def _publish_args(self, out: Outgoing, room_for: int) -> list[str | int | float]:
-        argv: list[str | int | float] = [
+    def _publish_args(self, out: Outgoing, room_for: int) -> list[str | bytes | int | float]:
+        argv: list[str | bytes | int | float] = [
             room_for,
             out.step,
             f"publish:{out.channel}",
@@ -364,14 +366,11 @@ class Ledger:
         ids = cast("list[str]", self.client.zrange(keys.backlog(channel), 0, room - 1))
         if not ids:  # another process fed them since the books were read
             return 0
-        data = self.client.hmget(keys.pending(channel), ids)
-        gone = [t for t, d in zip(ids, data, strict=True) if d is None]
+        items, sizes = self._outstanding_data(channel, ids)
+        gone = [t for t in ids if t not in sizes]
         if gone:  # finished meanwhile (a copy ran elsewhere): nothing to feed
             self.client.zrem(keys.backlog(channel), *gone)
-        items = [(t, text(d)) for t, d in zip(ids, data, strict=True) if d is not None]
-        batch = batch_size(books.stats, size)
-        out = Outgoing(channel, items, batch, "")
-        groups = out.groups()
+        groups = _groups(items, batch_size(books.stats, size), sizes)
         argv: list[str | int | float] = [size, self.broker.lua_mode, time.time()]
         queue = keys.queue_list(channel)
         for group, message in zip(groups, self.broker.step_messages(channel, groups), strict=True):
@@ -387,11 +386,28 @@ class Ledger:
         self.broker.after_step(channel, [g for g in groups if g[0][0] in sent])
         return len(went)
 
+    def _outstanding_data(self, channel: int, task_ids: Sequence[str]) -> tuple[list[messages.Item], dict[str, int]]:
+        """The outstanding tasks among ``task_ids`` as items for new messages, and each one's
+        data size. Where a big task's message refers to its data in the books, its data is not
+        read here (``''``: :func:`.messages.by_reference`): this may be a device feeding a
+        backlog of big tasks. Elsewhere it is read, as text (a frame converted)."""
+        ids = list(task_ids)
+        pipe = self.client.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.hstrlen(keys.pending(channel), task_id)
+        sizes = {t: int(n) for t, n in zip(ids, pipe.execute(), strict=True) if int(n) > 0}
+        refer = self.broker.keeps_frames
+        wanted = [t for t in ids if t in sizes and not (refer and sizes[t] >= messages.REF_BYTES)]
+        raw = raw_twin(self.client).hmget(keys.pending(channel), wanted) if wanted else []
+        read = {t: codec.as_text(d) for t, d in zip(wanted, raw, strict=True) if d is not None}
+        kept = [t for t in ids if t in sizes and (t in read or t not in wanted)]  # none finished meanwhile
+        items: list[messages.Item] = [(t, read.get(t, "")) for t in kept]
+        return items, sizes
+
     def republish(self, channel: int, task_ids: Sequence[str], suspect: bool = False) -> int:
         """Put outstanding tasks on the queue again (their data from the books), one a message;
         returns how many. ``suspect``: see :func:`messages.task_message`."""
-        data = self.client.hmget(keys.pending(channel), list(task_ids))
-        items = [(t, text(d)) for t, d in zip(task_ids, data, strict=True) if d is not None]
+        items, _ = self._outstanding_data(channel, task_ids)
         if items:
             self._send(channel, items, self.client.pipeline(transaction=True), suspect=suspect)
         return len(items)

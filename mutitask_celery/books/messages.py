@@ -28,9 +28,11 @@ from typing import Any, cast
 
 from celery import Celery
 
+from mutitask_celery import codec
 from mutitask_celery.celery_app import TASK_NAME
 
-Item = tuple[str, str]  # (task id, task data as codec JSON text)
+Data = str | bytes  # a task's data as the books keep it: the codec's JSON text, or a frame
+Item = tuple[str, Data]  # (task id, task data)
 SPLICED = "value"  # an item's third element in a message: its data is spliced in as a JSON value
 REF = "ref"  # ... or: its data is not in the message, but in the books (pending:<ch>)
 REF_BYTES = 64 * 1024  # data this long (as text) travels by reference
@@ -61,7 +63,8 @@ def task_message(app: Celery, channel: int, items: Sequence[Item], suspect: bool
     if not items:
         raise ValueError("a message needs at least one item")
     message_id = items[0][0] if len(items) == 1 else new_task_id()
-    args: list[Any] = [channel, [list(item) for item in items]]
+    # Carried in the message as text: kombu's JSON body holds no frame.
+    args: list[Any] = [channel, [[task_id, codec.as_text(data)] for task_id, data in items]]
     argsrepr = _argsrepr(channel, items)
     kwargs = {"suspect": True} if suspect else {}
     return app.amqp.as_task_v2(
@@ -85,7 +88,7 @@ def build(app: Celery, queue: str, channel: int, items: Sequence[Item], suspect:
     pieces = template(app, queue, channel, items, 1, suspect)
     out = [str(pieces[1])]
     for at in range(2, len(pieces), 2):
-        out += [items[int(pieces[at]) - 1][1], str(pieces[at + 1])]
+        out += [codec.as_text(items[int(pieces[at]) - 1][1]), str(pieces[at + 1])]
     return "".join(out)
 
 
@@ -124,15 +127,15 @@ def template(
     return [len(spliced) // 2, *spliced]
 
 
-def by_reference(data: str) -> bool:
+def by_reference(data: Data) -> bool:
     """Whether a task's data stays out of its message (see :func:`build`); ``''``: the data
-    was not in the message it came from either."""
-    return not data or len(data) >= REF_BYTES
+    was not in the message it came from either. A frame always does (no JSON carries it)."""
+    return not data or len(data) >= REF_BYTES or isinstance(data, bytes)
 
 
 def _argsrepr(channel: int, items: Sequence[Item]) -> str:
     """``[1, "task data", ...]``, cut at :data:`ARGSREPR_LIMIT` (never a copy of all the data)."""
-    shown = ", ".join(data[:ARGSREPR_LIMIT] for _, data in items[:ARGSREPR_LIMIT])
+    shown = ", ".join(codec.preview(data, ARGSREPR_LIMIT) for _, data in items[:ARGSREPR_LIMIT])
     return f"[{channel}, {shown[:ARGSREPR_LIMIT]}{'...' if len(shown) > ARGSREPR_LIMIT else ''}]"
 
 

@@ -42,7 +42,7 @@ from mutitask_celery.errors import BrokerUnavailable, EncodingError, RedisOutOfM
 log = logging.getLogger(__name__)
 
 STEP_SHARE = 4  # a publish step takes at most this share of the channel's byte budget
-STEP_BYTES = 256 * 2**20  # ... and never more data than this (Redis takes at most 1 GB in one command)
+STEP_BYTES = 4 * 2**20  # ... and never more data than this (Redis takes at most 1 GB in one command)
 WAIT_STEP = 0.5  # longest a control change (resume, new size) waits to be seen
 RECONNECT_FOR = 120.0  # seconds the run waits for Redis to come back before giving up
 COUNTERS = ("published", "succeeded", "failed", "duplicates", "reloaded", "revived")  # only ever grow (see integrity)
@@ -167,11 +167,15 @@ class _Feed:
             return 0
         return budget
 
-    def take(self, n: int, store: RedisDeadLetterStore, max_bytes: int | None = None) -> list[messages.Item]:
+    def take(
+        self, n: int, store: RedisDeadLetterStore, max_bytes: int | None = None, binary: bool = False
+    ) -> list[messages.Item]:
         """Up to ``n`` items from the generator, as (task id, data) with a new id each; no more
         than ``max_bytes`` of data (but at least one item): a step of many big tasks would
-        hold them all in this process and in Redis at once. An item that cannot travel is
+        hold them all in this process and in Redis at once. ``binary``: big arrays and bytes
+        as frames (:func:`.codec.encode_binary`). An item that cannot travel is
         dead-lettered as unpublishable, with what was wrong."""
+        encode = codec.encode_binary if binary else codec.encode
         items: list[messages.Item] = []
         size = 0
         while len(items) < n and not self.exhausted and (max_bytes is None or size < max_bytes):
@@ -190,7 +194,7 @@ class _Feed:
                 break
             self.index += 1
             try:
-                data = codec.encode(value)
+                data = encode(value)
             except EncodingError as exc:
                 log.error("channel %d item %d cannot be sent: %s", self.channel, self.index - 1, exc)
                 store.add_unpublishable(self.channel, repr(value), f"unserializable: {exc}")
@@ -413,7 +417,7 @@ class Producer:
                 # Full as the books read last were, devices may have taken some since: a
                 # message is ready all the same, and goes if the round finds room for it.
                 want = feed.batcher.take(self._channel_size - waiting, waiting, self._channel_size) or batch
-                items = feed.take(want, self.store, self._step_bytes)
+                items = feed.take(want, self.store, self._step_bytes, self.ledger.broker.keeps_frames)
                 if items:
                     run = self.record.name if self.record is not None else ""
                     feed.outgoing = Outgoing(
