@@ -26,6 +26,7 @@ from mutitask_celery.api import (
 )
 from mutitask_celery.books.dead_letters import FailedTask
 from mutitask_celery.celery_app import app
+from mutitask_celery.channels import TaskFormat, register_channel
 from mutitask_celery.control import Device, DeviceState
 from mutitask_celery.device import tasks as _tasks  # noqa: F401  (registers mutitask.run before any worker starts)
 from mutitask_celery.errors import (
@@ -41,7 +42,6 @@ from mutitask_celery.errors import (
     RecordNotFound,
     RedisOutOfMemory,
 )
-from mutitask_celery.serving.channels import TaskFormat, register_channel
 from mutitask_celery.serving.producer import ChannelSummary, RunSummary
 
 __version__ = "0.2.0"  # the one version source: pyproject.toml reads it from here

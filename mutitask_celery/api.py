@@ -12,8 +12,8 @@ from typing import Any
 
 from mutitask_celery import codec, keys, runtime
 from mutitask_celery.books.dead_letters import FailedTask
+from mutitask_celery.channels import check_channel
 from mutitask_celery.control import Device
-from mutitask_celery.serving.channels import check_channel
 
 DeviceSelector = str | int | Iterable[str | int]
 

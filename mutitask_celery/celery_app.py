@@ -12,8 +12,8 @@ from typing import Any
 
 from celery import Celery
 
+from mutitask_celery import kombu_guard
 from mutitask_celery import settings as _settings
-from mutitask_celery.device import kombu_guard
 from mutitask_celery.errors import ConfigurationError
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ Our clients never retry a command by themselves. redis-py would resend a command
 whose reply timed out, and a resent ``EVALSHA`` or ``MULTI`` of a step that did
 apply applies twice (a second publish, a false "run twice"). Every caller here
 already rides out a lost connection on its own terms; the steps it repeats are
-written to apply once (see :data:`keys.STEPS`).
+written to apply once (their ids in ``steps:<writer>``, see ``keys``).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Celery's remote control does the work, always with ``destination=`` and a
 keeps what Celery forgets:
 
 * the **wanted state** of each device (``running``/``paused``), so a device
-  that restarts comes back paused if it was paused (see :mod:`hooks`), and a
+  that restarts comes back paused if it was paused (see ``device.lifecycle``), and a
   device re-checks it before each task, so a paused device starts no new task
   once :func:`pause` has returned, even one it had already fetched;
 * a **roster**: how many devices a run expects (``device1``..``deviceN``),
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TIMEOUT = 1.0
 DEFAULT_DEAD_AFTER = 10.0  # seconds of silence after which a device is dead (the setting's default)
 STOP_WAIT = 10.0  # seconds a stop waits for the devices to end
-WANTED_COMMAND = "mutitask_wanted"  # the remote control command a device answers (see hooks)
+WANTED_COMMAND = "mutitask_wanted"  # the remote control command a device answers (see device.lifecycle)
 LEAVING_COMMAND = "mutitask_leaving"  # ... told before a stop (see lifecycle.DeviceLife.leaving)
 _QUEUE = re.compile(rf"^{keys.QUEUE_PREFIX}(\d+)$")
 
@@ -198,7 +198,7 @@ class Devices:
         return out
 
     def register(self, name: str, channels: Sequence[int], host: str, pid: int) -> None:
-        """Called by a device when it is ready (see :mod:`hooks`)."""
+        """Called by a device when it is ready (see ``device.lifecycle``)."""
         info = json.dumps({"channels": list(channels), "host": host, "pid": pid, "started": time.time()})
         pipe = self.client.pipeline(transaction=True)
         pipe.hset(keys.DEVICES_INFO, name, info)
@@ -304,7 +304,7 @@ class Devices:
         """Tell the online ones among ``names`` what the operator wants; returns those that replied.
 
         The device sets its own wanted state before it replies, then stops or
-        resumes consuming its channels (``hooks.mutitask_wanted``).
+        resumes consuming its channels (``device.lifecycle``).
         """
         known = self.known()
         online = self._online([n for n in names if n in known])

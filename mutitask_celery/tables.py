@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Protocol
 
 
 def format_table(rows: Sequence[Sequence[str]]) -> str:
@@ -20,3 +21,58 @@ def format_table(rows: Sequence[Sequence[str]]) -> str:
 def local_time(ts: float) -> str:
     """A Unix time as this machine's local date and time, to the second."""
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+class _State(Protocol):
+    @property
+    def code(self) -> int: ...
+
+    @property
+    def value(self) -> str: ...
+
+
+class DeviceRow(Protocol):
+    """What :func:`format_devices` shows of a device (``control.Device`` has it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def state(self) -> _State: ...
+
+    @property
+    def channels(self) -> Sequence[int]: ...
+
+    @property
+    def in_hand(self) -> int: ...
+
+    @property
+    def done(self) -> int: ...
+
+    @property
+    def last_heard(self) -> float | None: ...
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return "never"
+    seconds = max(0.0, time.time() - ts)
+    return f"{seconds:.1f}s ago" if seconds < 120 else local_time(ts)
+
+
+def format_devices(devices: Sequence[DeviceRow]) -> str:
+    """A table of devices with the original's codes beside the words."""
+    rows = [("DEVICE", "CODE", "STATE", "CHANNELS", "IN HAND", "DONE", "LAST HEARD")]
+    for d in devices:
+        rows.append(
+            (
+                d.name,
+                str(d.state.code),
+                d.state.value,
+                ",".join(map(str, d.channels)) or "-",
+                str(d.in_hand),
+                str(d.done),
+                _ago(d.last_heard),
+            )
+        )
+    return format_table(rows)

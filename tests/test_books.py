@@ -15,7 +15,7 @@ import mutitask_celery as mt
 from mutitask_celery import codec, keys, runtime
 from mutitask_celery.books import messages
 from mutitask_celery.books.ledger import Outcome
-from mutitask_celery.legacy.console import Console
+from mutitask_celery.serving.console import Console
 from mutitask_celery.serving.producer import Producer
 
 

@@ -16,7 +16,7 @@ from hypothesis.extra import numpy as hnp
 from mutitask_celery import codec
 from mutitask_celery.books.dead_letters import FailedTask, decode_record
 from mutitask_celery.errors import EncodingError
-from mutitask_celery.legacy.console import Console, ConsoleError
+from mutitask_celery.serving.console import Console, ConsoleError
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
 scalars = st.none() | st.booleans() | st.integers() | finite | st.text()

@@ -275,8 +275,8 @@ def test_nothing_starts_beside_a_suspect_until_its_outcome_is_recorded(
     that (a poison one, killing the process) would charge it a death it did not cause. Seen
     in the chaos soak as a healthy task buried after three such deaths."""
     from mutitask_celery import codec
+    from mutitask_celery.channels import register_channel
     from mutitask_celery.device import isolation, tasks
-    from mutitask_celery.serving.channels import register_channel
 
     register_channel(1, lambda task: task)
     seen: list[tuple[bool, int]] = []

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from mutitask_celery import codec
+from mutitask_celery.channels import ChannelHandler, TaskFormat, register_channel
 from mutitask_celery.device.tasks import run_one
 from mutitask_celery.errors import ConfigurationError
-from mutitask_celery.serving.channels import ChannelHandler, TaskFormat, register_channel
 
 
 def handler(fn, retries: int = 0, save=None, fmt: TaskFormat = TaskFormat.TEXT) -> ChannelHandler:  # type: ignore[no-untyped-def]

@@ -16,10 +16,10 @@ from conftest import HELPERS, Processes, device_is_up, wait_until
 
 import mutitask_celery as mt
 from mutitask_celery import runtime
+from mutitask_celery.channels import check_time_limit
 from mutitask_celery.device import time_limits
 from mutitask_celery.errors import ConfigurationError
 from mutitask_celery.serving import serve
-from mutitask_celery.serving.channels import check_time_limit
 from mutitask_celery.tools.processes import worker_command
 
 HOST = socket.gethostname()

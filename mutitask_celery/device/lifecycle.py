@@ -42,12 +42,12 @@ from celery.signals import task_received, worker_init, worker_ready, worker_shut
 from celery.worker import state as worker_state
 from celery.worker.control import control_command
 
-from mutitask_celery import celery_app, keys, memory, runtime, settings
+from mutitask_celery import celery_app, keys, kombu_guard, memory, runtime, settings
 from mutitask_celery.books.integrity import Watermarks
 from mutitask_celery.books.leases import Leases
 from mutitask_celery.books.recovery import HEARTBEAT
 from mutitask_celery.control import Ending, Taken, channels_of
-from mutitask_celery.device import isolation, kombu_guard, prefetch, wanted
+from mutitask_celery.device import isolation, prefetch, wanted
 from mutitask_celery.errors import BooksLost, ConfigurationError, ExitCode, LeaseHeld
 
 log = logging.getLogger(__name__)

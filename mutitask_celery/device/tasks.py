@@ -29,10 +29,10 @@ from mutitask_celery.books import messages
 from mutitask_celery.books.ledger import Finished, Outcome, claim_of
 from mutitask_celery.books.recovery import Verdict
 from mutitask_celery.celery_app import TASK_NAME, app
+from mutitask_celery.channels import ChannelHandler, SaveFunction, TaskFormat, handler_for
 from mutitask_celery.connection import redis_client
 from mutitask_celery.device import isolation, lifecycle, pacing, prefetch, time_limits, wanted
 from mutitask_celery.errors import BooksLost, BrokerUnavailable, TooManyLateRunners
-from mutitask_celery.serving.channels import ChannelHandler, SaveFunction, TaskFormat, handler_for
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,7 @@
-"""The legacy facade: MutiTask's server and client classes and its operator console.
+"""The legacy facade: MutiTask's server and client classes.
 
-These modules only translate the old calls (``Terminal``, ``BaseConfig``, ``FuncItem``, the
-console's commands) into the package's own objects; the public paths are
-``mutitask_celery.server`` / ``.client`` and ``Mutitask.server`` / ``.client``.
+These modules only translate the old calls (``Terminal``, ``BaseConfig``, ``FuncItem``) into
+the package's own objects; the public paths are ``mutitask_celery.server`` / ``.client`` and
+``Mutitask.server`` / ``.client``. The server's operator console, whose commands keep
+MutiTask's names, is the server's: ``serving.console``.
 """

@@ -10,10 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from mutitask_celery import runtime, settings
-from mutitask_celery.connection import check_redis, exit_on_unreachable
-from mutitask_celery.device.worker import device_name, run_worker
-from mutitask_celery.errors import ConfigurationError, ExitCode, FunctionError
-from mutitask_celery.serving.channels import (
+from mutitask_celery.channels import (
     SaveFunction,
     TaskFunction,
     check_backoff,
@@ -24,6 +21,9 @@ from mutitask_celery.serving.channels import (
     parse_task_format,
     register_channel,
 )
+from mutitask_celery.connection import check_redis, exit_on_unreachable
+from mutitask_celery.device.worker import device_name, run_worker
+from mutitask_celery.errors import ConfigurationError, ExitCode, FunctionError
 
 __all__ = ["BaseConfig", "FuncItem", "Terminal"]
 

@@ -33,8 +33,8 @@ from mutitask_celery.books.runs import RunRecord, check_run_name
 from mutitask_celery.connection import check_redis
 from mutitask_celery.control import Devices, DeviceState
 from mutitask_celery.errors import InvalidTasksError, LeaseHeld, RedisOutOfMemory
-from mutitask_celery.legacy.console import PROMPT, Console
 from mutitask_celery.serving import producer, progress
+from mutitask_celery.serving.console import PROMPT, Console
 from mutitask_celery.serving.producer import FREE_MEMORY as FREE
 from mutitask_celery.serving.producer import Producer, RunSummary
 

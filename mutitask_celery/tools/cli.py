@@ -18,8 +18,7 @@ from mutitask_celery.books.rate_limits import describe, parse_rate
 from mutitask_celery.connection import check_redis
 from mutitask_celery.control import STOP_WAIT, Devices, StopReport
 from mutitask_celery.errors import BrokerUnavailable, ConfigurationError, ExitCode, RecordNotFound
-from mutitask_celery.legacy.console import format_devices
-from mutitask_celery.tables import format_table, local_time
+from mutitask_celery.tables import format_devices, format_table, local_time
 from mutitask_celery.web import app as web_app
 
 EPILOG = """\

@@ -50,9 +50,8 @@ from mutitask_celery import api, runtime, settings
 from mutitask_celery.connection import check_redis, redis_client
 from mutitask_celery.device.worker import device_name
 from mutitask_celery.errors import ConfigurationError, ExitCode
-from mutitask_celery.legacy.console import format_devices
 from mutitask_celery.settings import mask_url
-from mutitask_celery.tables import format_table
+from mutitask_celery.tables import format_devices, format_table
 from mutitask_celery.tools.demo_job import (
     CHANNELS,
     DEVICES,

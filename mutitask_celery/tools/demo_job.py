@@ -191,9 +191,9 @@ def _run_device(number: int) -> int:
         funcitem = FuncItem(baseConfig=base)
         funcitem.load_task_function(functions[channels[0]])
         return Terminal(baseConfig=base, funcItem=funcitem).run()
+    from mutitask_celery.channels import register_channel
     from mutitask_celery.connection import exit_on_unreachable
     from mutitask_celery.device.worker import run_worker
-    from mutitask_celery.serving.channels import register_channel
 
     conf = runtime.reset(settings.configure())
     with exit_on_unreachable():

@@ -18,10 +18,10 @@ from typing import Any, cast
 from mutitask_celery import keys, runtime
 from mutitask_celery.books.dead_letters import FailedTask
 from mutitask_celery.books.ledger import DEFAULT_CHANNEL_SIZE
+from mutitask_celery.channels import check_channel
 from mutitask_celery.connection import text
 from mutitask_celery.control import Device
 from mutitask_celery.errors import ConfigurationError
-from mutitask_celery.serving.channels import check_channel
 
 LIST_CUT = 300  # characters of a task (or reason) shown in a list
 RECORD_CUT = 65_536  # ... in one record's view, and of its traceback

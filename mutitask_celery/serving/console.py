@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
 from mutitask_celery.books.dead_letters import DeadLetterStore
 from mutitask_celery.books.rate_limits import RateLimits, describe, parse_rate
-from mutitask_celery.control import Device, Devices
+from mutitask_celery.control import Devices
 from mutitask_celery.errors import ConfigurationError, MutitaskError
 from mutitask_celery.serving.producer import Producer
-from mutitask_celery.tables import format_table, local_time
+from mutitask_celery.tables import format_devices
 
 log = logging.getLogger(__name__)
 
@@ -283,28 +282,3 @@ class Console:
             for name, running in report.stopping.items()
         )
         return f"stopped {len(report.stopped)} device(s){still}; stopping the server"
-
-
-def _ago(ts: float | None) -> str:
-    if ts is None:
-        return "never"
-    seconds = max(0.0, time.time() - ts)
-    return f"{seconds:.1f}s ago" if seconds < 120 else local_time(ts)
-
-
-def format_devices(devices: Sequence[Device]) -> str:
-    """A table of devices with the original's codes beside the words."""
-    rows = [("DEVICE", "CODE", "STATE", "CHANNELS", "IN HAND", "DONE", "LAST HEARD")]
-    for d in devices:
-        rows.append(
-            (
-                d.name,
-                str(d.state.code),
-                d.state.value,
-                ",".join(map(str, d.channels)) or "-",
-                str(d.in_hand),
-                str(d.done),
-                _ago(d.last_heard),
-            )
-        )
-    return format_table(rows)
