@@ -1,5 +1,5 @@
 """The guard around kombu's restore after Celery collected a broken connection
-(mutitask_celery/device/kombu_guard.py): the missing connection details are a connection error,
+(mutitask_celery/kombu_guard.py): the missing connection details are a connection error,
 which kombu and Celery handle by reconnecting, not an AttributeError that ends the worker."""
 
 from __future__ import annotations

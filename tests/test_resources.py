@@ -1,6 +1,6 @@
 """Resource and clock faults: a full Redis (``maxmemory``), an evicting policy, a host whose
 clock runs ahead. Each gives a clear word and loses nothing (mutitask_celery/memory.py,
-device/kombu_guard.py, books/integrity.py, books/dead_letters.py)."""
+kombu_guard.py, books/integrity.py, books/dead_letters.py)."""
 
 from __future__ import annotations
 

@@ -140,7 +140,7 @@ class DeadLetterStore(ABC):
         """How many records the retention limits have dropped so far."""
 
     def ids_at(self, channel: int, positions: Sequence[int]) -> list[str]:
-        """Ids at 0-based positions in the channel's order (the legacy console's index): one
+        """Ids at 0-based positions in the channel's order (the operator console's index): one
         record read each, never the channel's all (O(log N) on the Redis store)."""
         found: list[str] = []
         for i in positions:
