@@ -50,9 +50,9 @@ BIG_ARGUMENT = 64 * 1024  # bytes: an argument this long is sent as it is, not c
 class _Packer:
     """Packs commands for the socket as redis-py does, but sends a big ``bytes`` argument (a
     task's data as a frame, see :func:`.codec.encode_binary`) as it is: redis-py's hiredis
-    packer copies every argument into one new buffer, and on this machine writing fresh
-    memory costs more than the copy (about 3 ms a MiB, a third of a server publishing 1 MiB
-    arrays). Commands without one (nearly all) go through hiredis, the fastest for them."""
+    packer copies every argument into one new buffer, and for task data that copy (into fresh
+    memory, about 3 ms a MiB here) took a third of a server publishing 1 MiB arrays. Commands
+    without one (nearly all) go through hiredis, the fastest for them."""
 
     def __init__(self) -> None:
         self._small = HiredisRespSerializer() if HIREDIS_AVAILABLE else None

@@ -42,7 +42,9 @@ from mutitask_celery.errors import BrokerUnavailable, EncodingError, RedisOutOfM
 log = logging.getLogger(__name__)
 
 STEP_SHARE = 4  # a publish step takes at most this share of the channel's byte budget
-STEP_BYTES = 4 * 2**20  # ... and never more data than this (Redis takes at most 1 GB in one command)
+# ... and never more data than this: Redis runs one command at a time, and every device's next
+# command waits behind a step (16 MiB steps kept 1 MiB-array devices waiting a third of their time)
+STEP_BYTES = 4 * 2**20
 WAIT_STEP = 0.5  # longest a control change (resume, new size) waits to be seen
 RECONNECT_FOR = 120.0  # seconds the run waits for Redis to come back before giving up
 COUNTERS = ("published", "succeeded", "failed", "duplicates", "reloaded", "revived")  # only ever grow (see integrity)
