@@ -235,9 +235,12 @@ def encode(value: Any) -> str:
     """JSON text for ``value``; raises :class:`EncodingError` naming what cannot travel, or
     when the text would be longer than :data:`MAX_TEXT`."""
     if type(value) is str:  # the common case: no walk needed
-        text = json.dumps(value, ensure_ascii=False)
-    else:
-        text = _dumps(_pack(value, ""))
+        return _checked(json.dumps(value, ensure_ascii=False))
+    return _checked(_dumps(_pack(value, "")))
+
+
+def _checked(text: str) -> str:
+    """``text``, unless it is longer than :data:`MAX_TEXT`."""
     if len(text) > MAX_TEXT:
         raise EncodingError(
             f"value: its JSON text has {len(text)} characters, more than a task or result can carry "
@@ -272,7 +275,9 @@ def encode_binary(value: Any, min_bytes: int = BINARY_BYTES) -> str | bytes:
     packed = _pack(value, "", buffers)
     lengths = [len(b) for b in buffers]
     total = sum(lengths)
-    if total < min_bytes:
+    if not buffers:  # nothing to carry as memory: the walk just made is the text's
+        return _checked(_dumps(packed))
+    if total < min_bytes:  # small buffers: as base64, which needs a walk of its own
         return encode(value)
     header = json.dumps({"v": packed, "b": lengths}, ensure_ascii=False, separators=(",", ":")).encode()
     size = len(FRAME) + _LENGTH + len(header) + total
@@ -288,18 +293,23 @@ def is_frame(data: object) -> bool:
     return isinstance(data, bytes) and data.startswith(FRAME)
 
 
+def _header_span(data: bytes | memoryview) -> tuple[int, int]:
+    """Where a frame's header starts and ends."""
+    start = len(FRAME) + _LENGTH
+    return start, start + int.from_bytes(data[len(FRAME) : start], "big")
+
+
 def _decode_frame(data: bytes) -> Any:
     view = memoryview(data)
-    start = len(FRAME) + _LENGTH
-    size = int.from_bytes(view[len(FRAME) : start], "big")
+    start, end = _header_span(view)
     try:
-        header = json.loads(view[start : start + size].tobytes())
+        header = json.loads(view[start:end].tobytes())
         lengths, packed = header["b"], header["v"]
-        if start + size + sum(lengths) != len(data) or any(type(n) is not int or n < 0 for n in lengths):
-            raise ValueError(f"its header accounts for {start + size + sum(lengths)} of its {len(data)} bytes")
+        if end + sum(lengths) != len(data) or any(type(n) is not int or n < 0 for n in lengths):
+            raise ValueError(f"its header accounts for {end + sum(lengths)} of its {len(data)} bytes")
     except (ValueError, TypeError, KeyError) as exc:
         raise EncodingError(f"an unreadable frame: {exc}") from None
-    buffers, at = [], start + size
+    buffers, at = [], end
     for length in lengths:
         buffers.append(view[at : at + length])
         at += length
@@ -319,9 +329,8 @@ def preview(data: str | bytes, limit: int) -> str:
     if isinstance(data, str):
         return data[:limit]
     if data.startswith(FRAME):
-        start = len(FRAME) + _LENGTH
-        size = int.from_bytes(data[len(FRAME) : start], "big")
-        return data[start : start + min(size, limit)].decode(errors="replace")
+        start, end = _header_span(data)
+        return data[start : min(end, start + limit)].decode(errors="replace")
     return data[:limit].decode(errors="replace")
 
 

@@ -244,3 +244,8 @@ def test_a_frame_cut_short_or_run_on_is_refused_by_name(junk: bytes, cut: int) -
     assume(len(damaged) != len(frame))  # cut short or run on (no checksum: Redis keeps bytes whole)
     with pytest.raises(EncodingError, match="frame"):
         codec.decode(damaged)
+
+
+@given(holding_arrays | values)
+def test_a_value_with_little_memory_in_it_is_kept_as_the_same_text(value: Any) -> None:
+    assert codec.encode_binary(value) == codec.encode(value)  # under BINARY_BYTES: no frame
