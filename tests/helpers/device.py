@@ -27,9 +27,20 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
 
 from Mutitask.client import BaseConfig, FuncItem, Terminal
+
+_say_lock = threading.Lock()
+
+
+def say(line: str) -> None:
+    """Print one whole line. print() writes the text and its newline apart, so two task
+    threads printing at once could join their lines ("START t1 <time>START t3 <time>") and a
+    test reading them would miss a start."""
+    with _say_lock:
+        print(line, flush=True)
 
 
 def double(task):
@@ -46,7 +57,7 @@ def echo(task):
 
 
 def slow(task):
-    print(f"START {task} {time.time()!r}", flush=True)
+    say(f"START {task} {time.time()!r}")
     time.sleep(float(os.environ.get("SLOW_SECONDS", "1")))
     return task
 
@@ -80,14 +91,14 @@ def failing(task):
 
 
 def hang(task):
-    print(f"START {task} {time.time()!r}", flush=True)
+    say(f"START {task} {time.time()!r}")
     if task.startswith("hang"):
         time.sleep(float(os.environ.get("HANG_SECONDS", "60")))
     return task
 
 
 def hold(task):
-    print(f"START {task} {time.time()!r}", flush=True)
+    say(f"START {task} {time.time()!r}")
     while task.startswith("hold") and not os.path.exists(os.environ["RELEASE_FILE"]):
         time.sleep(0.05)  # a task that hangs until the test lets it go
     return task
@@ -109,7 +120,7 @@ def shaky(task):
 
 
 def gil(task):
-    print(f"START {task} {time.time()!r}", flush=True)
+    say(f"START {task} {time.time()!r}")
     if task.startswith("gil"):
         sum(range(int(float(os.environ.get("GIL_N", "8e8")))))
     else:
@@ -118,7 +129,7 @@ def gil(task):
 
 
 def save_to_file(result):
-    print(f"SAVING {result} {time.time()!r}", flush=True)
+    say(f"SAVING {result} {time.time()!r}")
     if str(result).startswith("slowsave"):
         time.sleep(float(os.environ.get("SAVE_SECONDS", "2")))
     fd = os.open(os.environ["SAVE_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -131,7 +142,7 @@ def save_to_file(result):
 def bad_save(result):
     if str(result).endswith("7"):
         raise OSError(f"disk full for {result}")
-    print(f"saved {result}", flush=True)
+    say(f"saved {result}")
 
 
 BEHAVIOURS = {
