@@ -55,7 +55,8 @@ class _Packer:
     without one (nearly all) go through hiredis, the fastest for them."""
 
     def __init__(self) -> None:
-        self._small = HiredisRespSerializer() if HIREDIS_AVAILABLE else None
+        # redis-py 8.2 dropped the annotations of this one (unused-ignore: earlier versions have them)
+        self._small = HiredisRespSerializer() if HIREDIS_AVAILABLE else None  # type: ignore[no-untyped-call, unused-ignore]
         encoder = Encoder("utf-8", "strict", False)  # type: ignore[no-untyped-call]  # redis-py's, untyped
         self._big = PythonRespSerializer(BIG_ARGUMENT, encoder.encode)
 
