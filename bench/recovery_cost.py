@@ -20,8 +20,8 @@ from common import parse_args, private_redis, spread
 
 from mutitask_celery import codec, runtime
 from mutitask_celery.books import messages
-from mutitask_celery.books.brokers import BooksRedis
-from mutitask_celery.books.recovery import HEARTBEAT
+from mutitask_celery.books.recovery.reaper import Reaper
+from mutitask_celery.settings import HEARTBEAT
 
 
 def fill(channels: int, outstanding: int) -> None:
@@ -34,26 +34,26 @@ def fill(channels: int, outstanding: int) -> None:
 
 def share(channels: int, seconds: float) -> float:
     """Wall time the recovery duties took, as a share of the time they ran over."""
-    broker = runtime.broker()
-    assert isinstance(broker, BooksRedis)
+    reaper = runtime.recovery()
+    assert isinstance(reaper, Reaper)
     names = list(range(1, channels + 1))
-    broker.reaper.sweep_if_due(names)  # the first round sweeps (nothing seen yet); then steady state
-    broker.reaper.sweep_if_due(names)
+    reaper.sweep_if_due(names)  # the first round sweeps (nothing seen yet); then steady state
+    reaper.sweep_if_due(names)
     busy = 0.0
     start = time.monotonic()
     while time.monotonic() - start < seconds:
         t = time.perf_counter()
-        broker.server_duties(names)  # what the server's recovery thread does each round
+        reaper.server_duties(names)  # what the server's recovery thread does each round
         busy += time.perf_counter() - t
         time.sleep(HEARTBEAT)  # the recovery thread's own period
     return busy / (time.monotonic() - start)
 
 
 def full_sweep(channels: int) -> float:
-    broker = runtime.broker()
-    assert isinstance(broker, BooksRedis)
+    reaper = runtime.recovery()
+    assert isinstance(reaper, Reaper)
     t = time.perf_counter()
-    broker.reaper.sweep(list(range(1, channels + 1)))
+    reaper.sweep(list(range(1, channels + 1)))
     return time.perf_counter() - t
 
 

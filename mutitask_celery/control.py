@@ -37,11 +37,11 @@ from mutitask_celery.celery_app import app as default_app
 from mutitask_celery.connection import Deferred, text
 from mutitask_celery.errors import ConfigurationError
 from mutitask_celery.flower import flower_workers
+from mutitask_celery.settings import DEFAULTS
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 1.0
-DEFAULT_DEAD_AFTER = 10.0  # seconds of silence after which a device is dead (the setting's default)
 STOP_WAIT = 10.0  # seconds a stop waits for the devices to end
 WANTED_COMMAND = "mutitask_wanted"  # the remote control command a device answers (see device.lifecycle)
 LEAVING_COMMAND = "mutitask_leaving"  # ... told before a stop (see lifecycle.DeviceLife.leaving)
@@ -162,7 +162,7 @@ class Devices:
         self.app = app or default_app
         self.timeout = timeout
         self.flower_url = flower_url
-        self.dead_after = dead_after or DEFAULT_DEAD_AFTER
+        self.dead_after = dead_after or DEFAULTS.dead_after
         self._heard = scripts.load(client, "heard")
         self._started = scripts.load(client, "start")
         self._deferred = Deferred(client)  # this thread's steps written now, replies read later

@@ -207,7 +207,7 @@ def started(channel: int) -> str:
 
 def unsent(channel: int) -> str:
     """The journal of a broker other than this Redis: tasks entered in the books whose
-    message the broker has not confirmed yet (see :meth:`.OtherBroker.resend_unsent`)."""
+    message the broker has not confirmed yet (see :meth:`.Redeliveries.resend_unsent`)."""
     return f"{UNSENT_PREFIX}{channel}"
 
 

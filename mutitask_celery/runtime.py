@@ -9,15 +9,21 @@ from __future__ import annotations
 import redis
 
 from mutitask_celery import celery_app, keys, settings
-from mutitask_celery.books.brokers import BooksRedis, Broker, OtherBroker
 from mutitask_celery.books.dead_letters import RedisDeadLetterStore
 from mutitask_celery.books.ledger import Ledger
 from mutitask_celery.books.rate_limits import RateLimits
+from mutitask_celery.books.recovery.base import Recovery
+from mutitask_celery.books.recovery.reaper import Reaper
+from mutitask_celery.books.recovery.redeliveries import Redeliveries
+from mutitask_celery.books.transports.base import Transport
+from mutitask_celery.books.transports.kombu_broker import KombuBroker
+from mutitask_celery.books.transports.redis_broker import RedisBroker
 from mutitask_celery.connection import check_cluster_slot, cluster_enabled, redis_client, same_redis
 from mutitask_celery.control import Devices
 
-_broker: Broker | None = None
+_transport: Transport | None = None
 _ledger: Ledger | None = None
+_recovery: Recovery | None = None
 _store: RedisDeadLetterStore | None = None
 _devices: Devices | None = None
 _rate_limits: RateLimits | None = None
@@ -27,12 +33,12 @@ _layout_known = False
 
 def reset(conf: settings.Settings | None = None) -> settings.Settings:
     """Drop cached objects; point the Celery app at ``conf`` (default: current settings)."""
-    global _broker, _ledger, _store, _devices, _rate_limits, _built_for, _layout_known
+    global _transport, _ledger, _recovery, _store, _devices, _rate_limits, _built_for, _layout_known
     conf = conf or settings.current()
-    if _broker is not None:
-        _broker.close()
+    if _transport is not None:
+        _transport.close()
     celery_app.apply_settings(conf)
-    _broker = _ledger = _store = _devices = _rate_limits = None
+    _transport = _ledger = _recovery = _store = _devices = _rate_limits = None
     _built_for = conf
     _layout_known = False
     return conf
@@ -70,27 +76,39 @@ def broker_is_store(conf: settings.Settings | None = None) -> bool:
     return same_redis(conf.broker, conf.redis_url)
 
 
-def _books() -> tuple[Broker, Ledger]:
-    """The broker and the ledger, built together: the ledger publishes through the broker,
-    and the broker's recovery acts on the ledger's books."""
-    global _broker, _ledger
+def _books() -> tuple[Transport, Ledger, Recovery]:
+    """The transport, the ledger over it and the recovery beside them, chosen together (see
+    :mod:`.books.transports` and :mod:`.books.recovery`): the books' own Redis as the broker,
+    or another broker with a journal and one confirmed publisher."""
+    global _transport, _ledger, _recovery
     conf = _fresh()
-    if _broker is None or _ledger is None:
+    if _transport is None or _ledger is None or _recovery is None:
         client = books_client(conf)
-        kind = BooksRedis if broker_is_store(conf) else OtherBroker
-        _broker = kind(celery_app.app, client, conf)
-        _ledger = Ledger(client, celery_app.app, _broker)
-    return _broker, _ledger
+        if broker_is_store(conf):
+            _transport = RedisBroker(celery_app.app, client)
+            _ledger = Ledger(client, celery_app.app, _transport)
+            _recovery = Reaper(
+                _ledger, dead_after=conf.dead_after, max_attempts=conf.max_attempts, forget_after=conf.forget_after
+            )
+        else:
+            journal = KombuBroker(celery_app.app, client)
+            _transport, _ledger = journal, Ledger(client, celery_app.app, journal)
+            _recovery = Redeliveries(_ledger, journal, max_attempts=conf.max_attempts)
+    return _transport, _ledger, _recovery
 
 
-def broker() -> Broker:
-    """How tasks reach the devices, decided here and nowhere else (see :mod:`.books.brokers`):
-    the books' own Redis, or another broker with a journal and one confirmed publisher."""
+def transport() -> Transport:
+    """How tasks reach the devices, decided here and nowhere else."""
     return _books()[0]
 
 
 def ledger() -> Ledger:
     return _books()[1]
+
+
+def recovery() -> Recovery:
+    """How a dead device's tasks go back, decided with the transport."""
+    return _books()[2]
 
 
 def store() -> RedisDeadLetterStore:

@@ -23,6 +23,9 @@ from mutitask_celery.errors import ConfigurationError
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 CONFIG_MODULE = "celeryconfig"
+# Seconds between a device's heartbeats, and between the recovery rounds of the server and of
+# every device. Not a setting: dead_after (a setting) is counted in these.
+HEARTBEAT = 2.0
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,9 @@ class Settings:
     def broker(self) -> str:
         """The URL Celery publishes to and consumes from."""
         return self.broker_url or self.redis_url
+
+
+DEFAULTS = Settings()  # each setting's default, for code that takes one as an argument
 
 
 def _config_module() -> ModuleType | None:

@@ -22,7 +22,7 @@ from conftest import HELPERS, ROOT, Processes, free_port, wait_until
 from helpers.shipped_redis import ShippedRedis
 
 from mutitask_celery import codec, keys, settings
-from mutitask_celery.books.recovery import HEARTBEAT
+from mutitask_celery.settings import HEARTBEAT
 
 pytestmark = pytest.mark.services  # runs the shipped redis.conf in a redis-server of its own
 

@@ -21,7 +21,7 @@ from conftest import HELPERS, Broker, Processes, device_is_up, poison_run, run_i
 
 import mutitask_celery as mt
 from mutitask_celery import keys, runtime
-from mutitask_celery.books.brokers import OtherBroker
+from mutitask_celery.books.transports.kombu_broker import KombuBroker
 from mutitask_celery.control import DeviceState
 from mutitask_celery.serving import serve
 from mutitask_celery.tools.processes import worker_command
@@ -332,8 +332,8 @@ def test_a_reload_that_dies_before_publishing_is_published_by_the_next_run(
     flag = tmp_path / "now-it-works"
     procs.device(1, 1, "flaky", env={"FLAKY_FLAG": str(flag)})
     assert serve.serve(iter(["a", "b", "c"]), channel_size=5, stdin=io.StringIO(""), out=io.StringIO()).failed == 3
-    other = runtime.broker()
-    assert isinstance(other, OtherBroker)
+    other = runtime.transport()
+    assert isinstance(other, KombuBroker)
     publisher = other.publisher
 
     def dies(*args: Any, **kwargs: Any) -> None:

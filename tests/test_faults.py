@@ -22,7 +22,7 @@ from conftest import (
 import mutitask_celery as mt
 from mutitask_celery import codec, keys, runtime
 from mutitask_celery.books import messages
-from mutitask_celery.books.brokers import BooksRedis
+from mutitask_celery.books.recovery.reaper import Reaper
 
 HOST = socket.gethostname()
 
@@ -117,9 +117,8 @@ def test_redis_restarted_mid_run_loses_nothing(procs: Processes, restartable_red
 def test_the_sweep_leaves_other_applications_messages_alone(r: redis.Redis, fast_reaper: None) -> None:
     foreign = '[{"headers": {"task": "other.app.task", "id": "x1"}, "body": "", "properties": {}}, "", "other"]'
     r.hset(keys.KOMBU_UNACKED, "foreign-tag", foreign)
-    broker = runtime.broker()
-    assert isinstance(broker, BooksRedis)
-    reaper = broker.reaper
+    reaper = runtime.recovery()
+    assert isinstance(reaper, Reaper)
     reaper.sweep([1])
     reaper.sweep([1])  # two sweeps in a row: an orphan of ours would be acted on now
     assert r.hget(keys.KOMBU_UNACKED, "foreign-tag") == foreign

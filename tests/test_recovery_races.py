@@ -22,9 +22,10 @@ from conftest import fresh_settings
 import mutitask_celery as mt
 from mutitask_celery import keys, runtime
 from mutitask_celery.books import messages
-from mutitask_celery.books.brokers import BooksRedis, OtherBroker
 from mutitask_celery.books.ledger import Outcome
-from mutitask_celery.books.recovery import Reaper
+from mutitask_celery.books.recovery.reaper import Reaper
+from mutitask_celery.books.transports.kombu_broker import KombuBroker
+from mutitask_celery.books.transports.redis_broker import RedisBroker
 from mutitask_celery.connection import redis_now
 from mutitask_celery.control import Taken
 
@@ -81,10 +82,10 @@ def reap_together(r: redis.Redis, url: str, max_attempts: int = 3, barrier: bool
         client = redis.Redis.from_url(url, decode_responses=True)
         reapers.append(
             Reaper(
-                BarrierClient(client, wall) if barrier else client,  # type: ignore[arg-type]
                 ledger,
                 dead_after=10,
                 max_attempts=max_attempts,
+                client=BarrierClient(client, wall) if barrier else client,  # type: ignore[arg-type]
             )
         )
     threads = [threading.Thread(target=reaper.reap) for reaper in reapers]
@@ -167,7 +168,7 @@ def test_a_device_heard_from_again_keeps_what_it_holds(r: redis.Redis, redis_url
     deliver(r, 1, "device9@h")
     deliver(r, 1, "device9@h")
     silence(r, "device9@h")
-    reaper = Reaper(r, runtime.ledger(), dead_after=10)
+    reaper = Reaper(runtime.ledger(), dead_after=10)
     judged = r.hget(keys.DEVICES_SEEN, "device9@h")
     runtime.devices().heard("device9@h")  # back from a network cut, just before the reaper acts
     assert reaper.recover("device9@h", seen=judged) == 0
@@ -187,7 +188,7 @@ def test_a_stale_note_never_takes_back_another_devices_delivery(r: redis.Redis, 
     time.sleep(0.002)  # kombu stamps deliveries with time(): make the two stamps differ
     _, tag2 = deliver(r, 1, "device2@h")
     assert tag2 == tag
-    assert Reaper(r, runtime.ledger()).recover("device1@h") == 0  # what lifecycle.DeviceLife.init does
+    assert Reaper(runtime.ledger()).recover("device1@h") == 0  # what lifecycle.DeviceLife.init does
     assert r.hexists(keys.KOMBU_UNACKED, tag) and r.llen(keys.queue(1)) == 0
     assert r.hget(keys.lost(1), "M") is None and r.hlen(keys.inhand("device1@h")) == 0
 
@@ -198,7 +199,7 @@ def test_a_late_ack_does_not_remove_the_next_delivery(r: redis.Redis, redis_url:
     runtime.ledger().publish(1, [("M", '"m"')])
     _, old = deliver(r, 1, "device9@h", started=False)
     silence(r, "device9@h")
-    Reaper(r, runtime.ledger(), dead_after=10).reap()
+    Reaper(runtime.ledger(), dead_after=10).reap()
     _, new = deliver(r, 1, "device2@h")
     assert new != old
     r.hdel(keys.KOMBU_UNACKED, old)  # device9, back from a cut, acks what it had
@@ -337,7 +338,7 @@ def test_forgotten_devices_leave_the_roster_and_status_says_so(r: redis.Redis, r
         },
     )
     r.hset(keys.inhand("device9@busy"), "m", "tag|1|1|1")  # still holds a message: kept for a reaper
-    forgotten = Reaper(r, runtime.ledger(), forget_after=86400).forget_silent()
+    forgotten = Reaper(runtime.ledger(), forget_after=86400).forget_silent()
     assert sorted(forgotten) == ["device7@old", "device8@old"]
     assert sorted(r.hkeys(keys.DEVICES_INFO)) == ["device1@new", "device9@busy"]
     out = subprocess.run(
@@ -380,9 +381,9 @@ def test_one_redis_named_two_ways_is_recognised(redis_server: Any, monkeypatch: 
     monkeypatch.setenv("MUTITASK_BROKER_URL", f"redis://localhost:{redis_server.port}/0")
     fresh_settings()
     try:
-        assert runtime.broker_is_store() and isinstance(runtime.broker(), BooksRedis)
+        assert runtime.broker_is_store() and isinstance(runtime.transport(), RedisBroker)
         monkeypatch.setenv("MUTITASK_BROKER_URL", f"redis://localhost:{redis_server.port}/1")  # another database
-        assert not runtime.broker_is_store() and isinstance(runtime.broker(), OtherBroker)
+        assert not runtime.broker_is_store() and isinstance(runtime.transport(), KombuBroker)
     finally:
         monkeypatch.undo()
         fresh_settings()

@@ -11,12 +11,13 @@ import pytest
 import redis
 
 import mutitask_celery as mt
-from mutitask_celery import codec, keys, settings
+from mutitask_celery import codec, keys
 from mutitask_celery.books import messages
-from mutitask_celery.books.brokers import OtherBroker
 from mutitask_celery.books.ledger import Ledger, Outcome
-from mutitask_celery.books.publisher import BrokerPublisher
-from mutitask_celery.books.recovery import Redeliveries, Verdict
+from mutitask_celery.books.recovery.base import Verdict
+from mutitask_celery.books.recovery.redeliveries import Redeliveries
+from mutitask_celery.books.transports.kombu_broker import KombuBroker
+from mutitask_celery.books.transports.publisher import BrokerPublisher
 
 
 class Recorder(BrokerPublisher):
@@ -41,9 +42,9 @@ Books = tuple[Ledger, Redeliveries, Recorder]
 @pytest.fixture
 def books(r: redis.Redis) -> Books:
     recorder = Recorder()
-    broker = OtherBroker(mt.app, r, settings.current(), publisher=recorder)
-    ledger = Ledger(r, mt.app, broker)
-    return ledger, Redeliveries(r, ledger, max_attempts=3), recorder
+    transport = KombuBroker(mt.app, r, publisher=recorder)
+    ledger = Ledger(r, mt.app, transport)
+    return ledger, Redeliveries(ledger, transport, max_attempts=3), recorder
 
 
 def items(*names: str) -> list[messages.Item]:
@@ -51,7 +52,7 @@ def items(*names: str) -> list[messages.Item]:
 
 
 def test_publishing_journals_until_the_broker_has_the_messages(r: redis.Redis, books: Books) -> None:
-    ledger, _, recorder = books
+    ledger, redeliveries, recorder = books
     ledger.publish(1, items("a", "b", "c"), batch=2)
     assert recorder.sent == [("channel1", [["id-a", "id-b"], ["id-c"]])]
     assert r.hlen(keys.pending(1)) == 3 and r.zcard(keys.unsent(1)) == 0
@@ -61,8 +62,8 @@ def test_publishing_journals_until_the_broker_has_the_messages(r: redis.Redis, b
         ledger.publish(1, items("d"))
     assert r.hexists(keys.pending(1), "id-d") and r.zrange(keys.unsent(1), 0, -1) == ["id-d"]
     recorder.fail = False
-    assert ledger.broker.resend_unsent([1]) == 0  # too recent: its publisher may still be at work
-    assert ledger.broker.resend_unsent([1], grace=0) == 1
+    assert redeliveries.resend_unsent([1]) == 0  # too recent: its publisher may still be at work
+    assert redeliveries.resend_unsent([1], grace=0) == 1
     assert recorder.sent[-1] == ("channel1", [["id-d"]]) and r.zcard(keys.unsent(1)) == 0
 
 

@@ -23,9 +23,9 @@ from mutitask_celery import codec, keys, memory, runtime
 from mutitask_celery.books import messages
 from mutitask_celery.books.integrity import Watermarks
 from mutitask_celery.books.ledger import Finished, Outcome
-from mutitask_celery.books.recovery import HEARTBEAT
 from mutitask_celery.connection import exit_on_unreachable, redis_now
 from mutitask_celery.errors import BooksLost, ExitCode, RedisOutOfMemory
+from mutitask_celery.settings import HEARTBEAT
 from mutitask_celery.tools.localredis import LocalRedis
 from mutitask_celery.tools.processes import worker_command
 

@@ -20,8 +20,8 @@ from conftest import FAST, Processes, device_is_up, fresh_settings, run_in_threa
 
 import mutitask_celery as mt
 from mutitask_celery import codec, keys, runtime
-from mutitask_celery.books.brokers import BooksRedis
 from mutitask_celery.books.ledger import Claimed
+from mutitask_celery.books.recovery.reaper import Reaper
 from mutitask_celery.control import Taken
 
 HOST = socket.gethostname()
@@ -161,9 +161,9 @@ def test_a_device_that_dies_holding_claims_loses_its_tasks_only_if_it_began_savi
     assert ledger.claim(1, device, message_id, ids) == [Claimed.CLAIMED] * 3  # ...and claimed them
     if saving:
         assert ledger.mark_claims(1, device, message_id, ids, "saving") == 3
-    broker = runtime.broker()
-    assert isinstance(broker, BooksRedis)
-    broker.reaper.recover(device)  # then it died
+    reaper = runtime.recovery()
+    assert isinstance(reaper, Reaper)
+    reaper.recover(device)  # then it died
     assert r.hlen(keys.claims(1)) == 0
     if saving:
         assert sorted(str(f.data) for f in mt.failed(1)) == ids

@@ -19,18 +19,17 @@ from kombu.exceptions import OperationalError
 import mutitask_celery as mt
 from mutitask_celery import codec, keys, runtime
 from mutitask_celery.books import messages
-from mutitask_celery.books.brokers import BooksRedis
 from mutitask_celery.books.ledger import Outcome
-from mutitask_celery.books.recovery import Reaper
+from mutitask_celery.books.recovery.reaper import Reaper
 from mutitask_celery.control import Taken
 
 HOST = socket.gethostname()
 
 
 def _reaper() -> Reaper:
-    broker = runtime.broker()
-    assert isinstance(broker, BooksRedis)
-    return broker.reaper
+    reaper = runtime.recovery()
+    assert isinstance(reaper, Reaper)
+    return reaper
 
 
 def _queued_ids(r: redis.Redis, channel: int) -> list[str]:

@@ -12,7 +12,7 @@ deleted and its task re-entered in the books, in the channel's *backlog*, all
 at once, so a task is never in the store and the books together, nor in
 neither. The backlog goes into the channel as devices make room
 (:meth:`.Ledger.feed_backlog`), through whichever broker carries the tasks
-(:mod:`.brokers`). A reloaded task keeps its id, so
+(:mod:`.transports`). A reloaded task keeps its id, so
 failing again updates the same record (``failures`` + 1).
 """
 

@@ -57,9 +57,9 @@ import redis
 
 from mutitask_celery import keys
 from mutitask_celery.books import scripts
-from mutitask_celery.books.recovery import DEAD_AFTER, HEARTBEAT
 from mutitask_celery.connection import text
 from mutitask_celery.errors import LeaseHeld, LeaseLost
+from mutitask_celery.settings import DEFAULTS, HEARTBEAT
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class Leases:
         self, client: redis.Redis, ttl: float | None = None, on_lost: Callable[[LeaseHeld], None] | None = None
     ) -> None:
         self.client = client
-        self.ttl = ttl or DEAD_AFTER
+        self.ttl = ttl or DEFAULTS.dead_after
         self.on_lost = on_lost
         self.leases: list[Lease] = []
         self.lost: LeaseHeld | None = None

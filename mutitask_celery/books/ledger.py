@@ -11,8 +11,8 @@ whatever the broker is.
 
 On the Redis broker a task enters the books and its queue in one transaction;
 on another broker (RabbitMQ) it enters the books and a journal first, and
-:mod:`.publisher` sends it: the ledger publishes through its :class:`.Broker`, which
-knows which (see :mod:`.brokers`).
+:mod:`.transports.publisher` sends it: the ledger publishes through its :class:`.Transport`,
+which knows which (see :mod:`.transports`).
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from celery import Celery
 
 from mutitask_celery import codec, keys
 from mutitask_celery.books import messages, scripts
+from mutitask_celery.books.transports.base import Transport
 from mutitask_celery.connection import raw_twin, text
 
 if TYPE_CHECKING:
-    from mutitask_celery.books.brokers import Broker
     from mutitask_celery.books.leases import Lease
 
 log = logging.getLogger(__name__)
@@ -204,11 +204,10 @@ def _round_replies(
 class Ledger:
     """Reads and changes the books of the channels in one Redis database."""
 
-    def __init__(self, client: redis.Redis, app: Celery, broker: Broker) -> None:
+    def __init__(self, client: redis.Redis, app: Celery, transport: Transport) -> None:
         self.client = client
         self.app = app
-        self.broker = broker  # how messages reach the queues (see .brokers)
-        broker.attach(self)
+        self.transport = transport  # how messages reach the queues (see .transports)
         self._finish = scripts.load(client, "finish")
         self._give_back = scripts.load(client, "drop_note")
         self._publish = scripts.load(client, "publish")
@@ -267,7 +266,7 @@ class Ledger:
             self.client.script_load(self._publish.script)
             self._publish_known = True
         # Another broker gets the messages only after this round trip: wait after sending them.
-        wait_after = list(wait) if outgoing and not self.broker.pushes_in_step else []
+        wait_after = list(wait) if outgoing and not self.transport.pushes_in_step else []
         wait = [] if wait_after else wait
 
         def send() -> list[Any]:
@@ -291,7 +290,7 @@ class Ledger:
         went, books = _round_replies(outgoing, read, replies)
         for out in outgoing:
             if out.channel in went and out.items:
-                self.broker.after_step(out.channel, out.groups())
+                self.transport.after_step(out.channel, out.groups())
         for out, reply in zip(outgoing, replies, strict=False):
             if int(reply[0]) < 0 and out.lease is not None:  # fenced: nothing of it went
                 raise out.lease.lost(text(self.client.get(out.lease.key) or ""))
@@ -320,7 +319,7 @@ class Ledger:
             room_for,
             out.step,
             f"publish:{out.channel}",
-            self.broker.lua_mode,
+            self.transport.lua_mode,
             time.time(),
             len(out.items),
             str(out.channel) if out.run else "",
@@ -332,7 +331,7 @@ class Ledger:
         for task_id, data in out.items:
             argv += [task_id, data]
         if out.templates is None:  # built once, however often the step waits for room
-            out.templates = self.broker.step_templates(out.channel, out.groups())
+            out.templates = self.transport.step_templates(out.channel, out.groups())
         for pieces in out.templates:
             argv += pieces
         return argv
@@ -346,7 +345,7 @@ class Ledger:
         suspect: bool = False,
     ) -> None:
         """Queue the items, ``batch`` a message; on this Redis, in the same transaction as ``pipe``."""
-        self.broker.send(channel, _groups(items, batch), pipe, suspect)
+        self.transport.send(channel, _groups(items, batch), pipe, suspect)
 
     def channel_sizes(self, sizes: dict[int, int]) -> None:
         """The server says with which ``ChannelSize`` it runs its channels (reloads and devices
@@ -371,9 +370,9 @@ class Ledger:
         if gone:  # finished meanwhile (a copy ran elsewhere): nothing to feed
             self.client.zrem(keys.backlog(channel), *gone)
         groups = _groups(items, batch_size(books.stats, size), sizes)
-        argv: list[str | int | float] = [size, self.broker.lua_mode, time.time()]
+        argv: list[str | int | float] = [size, self.transport.lua_mode, time.time()]
         queue = keys.queue_list(channel)
-        for group, message in zip(groups, self.broker.step_messages(channel, groups), strict=True):
+        for group, message in zip(groups, self.transport.step_messages(channel, groups), strict=True):
             argv += [len(group), *[t for t, _ in group], message]
         went = [
             text(t)
@@ -383,7 +382,7 @@ class Ledger:
             )
         ]
         sent = set(went)
-        self.broker.after_step(channel, [g for g in groups if g[0][0] in sent])
+        self.transport.after_step(channel, [g for g in groups if g[0][0] in sent])
         return len(went)
 
     def _outstanding_data(self, channel: int, task_ids: Sequence[str]) -> tuple[list[messages.Item], dict[str, int]]:
@@ -396,7 +395,7 @@ class Ledger:
         for task_id in ids:
             pipe.hstrlen(keys.pending(channel), task_id)
         sizes = {t: int(n) for t, n in zip(ids, pipe.execute(), strict=True) if int(n) > 0}
-        refer = self.broker.keeps_frames
+        refer = self.transport.keeps_frames
         wanted = [t for t in ids if t in sizes and not (refer and sizes[t] >= messages.REF_BYTES)]
         raw = raw_twin(self.client).hmget(keys.pending(channel), wanted) if wanted else []
         read = {t: codec.as_text(d) for t, d in zip(wanted, raw, strict=True) if d is not None}
@@ -478,7 +477,7 @@ class Ledger:
         if not task_ids:
             return []
         ks = [keys.pending(channel), keys.claims(channel), keys.inhand(device), *map(keys.dead_record, task_ids)]
-        argv = [claim_of(device, message_id), message_id, "1" if self.broker.notes_holds else "0", *task_ids]
+        argv = [claim_of(device, message_id), message_id, "1" if self.transport.notes_holds else "0", *task_ids]
         return [Claimed(int(code)) for code in self._claim(keys=ks, args=argv)]
 
     def mark_claims(self, channel: int, device: str, message_id: str, task_ids: Sequence[str], mark: str) -> int:

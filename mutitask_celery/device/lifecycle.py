@@ -15,7 +15,7 @@ Three threads of its own run while it works, in the worker's main process:
   name's lease, and stops the device (exit code 5) if another process took the
   name while this one was frozen or cut off;
 * the **heartbeat** (``mutitask-heartbeat``) says the device lives every
-  :data:`HEARTBEAT` seconds and does nothing else, so no other duty can make it
+  :data:`.settings.HEARTBEAT` seconds and does nothing else, so no other duty can make it
   late and get a live device taken for dead;
 * the **housekeeping** (``mutitask-housekeeping``) re-reads the wanted state (a
   pause made while the device was out of reach), gives dead devices' tasks to
@@ -45,7 +45,6 @@ from celery.worker.control import control_command
 from mutitask_celery import celery_app, keys, kombu_guard, memory, runtime, settings
 from mutitask_celery.books.integrity import Watermarks
 from mutitask_celery.books.leases import Leases
-from mutitask_celery.books.recovery import HEARTBEAT
 from mutitask_celery.control import Ending, Taken, channels_of
 from mutitask_celery.device import isolation, prefetch, wanted
 from mutitask_celery.errors import BooksLost, ConfigurationError, ExitCode, LeaseHeld
@@ -105,7 +104,7 @@ class DeviceLife:
         if not self.take_name(name):
             return
         try:
-            restored = runtime.broker().device_started(name)
+            restored = runtime.recovery().device_started(name)
             if restored:
                 log.warning("%s restarted: took back %d message(s) its previous run held", name, restored)
         except redis.RedisError as exc:
@@ -170,13 +169,15 @@ class DeviceLife:
             ("mutitask-heartbeat", partial(self.beat, name), f"heartbeat of {name}"),
             ("mutitask-housekeeping", partial(self.housekeeping, name), f"housekeeping of {name}"),
         ):
-            threading.Thread(target=self.every, args=(HEARTBEAT, duty, what), name=thread_name, daemon=True).start()
+            threading.Thread(
+                target=self.every, args=(settings.HEARTBEAT, duty, what), name=thread_name, daemon=True
+            ).start()
 
     def received(self, request: Any) -> None:
         """Note the message in this device's hands, so a reaper can give it back if the device dies."""
         message = getattr(request, "message", None)
         tag = getattr(message, "delivery_tag", None)
-        if tag is None or not runtime.broker().notes_holds:
+        if tag is None or not runtime.transport().notes_holds:
             return
         try:
             channel, items = request.args[0], request.args[1]
@@ -207,7 +208,7 @@ class DeviceLife:
             try:
                 duty()
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-                runtime.broker().lost_touch()  # no device could beat meanwhile: no silence is a death yet
+                runtime.recovery().lost_touch()  # no device could beat meanwhile: no silence is a death yet
                 log.warning("%s failed: %s", what, exc)
             except redis.RedisError as exc:
                 log.warning("%s failed: %s", what, exc)
@@ -237,9 +238,9 @@ class DeviceLife:
             raise
         try:
             if self.unnoted.is_set():
-                runtime.broker().look_for_strays()  # not a death, but the same crack: a message in no device's note
+                runtime.recovery().look_for_strays()  # not a death, but the same crack: a message in no device's note
                 self.unnoted.clear()
-            runtime.broker().release_dropped(name, self.holding())
+            runtime.recovery().release_dropped(name, self.holding())
             if self.leaving():  # a warm shutdown, however asked: status shows it stopping, not offline
                 devices.ending(name, Ending.STOPPING)
         except redis.OutOfMemoryError:
@@ -266,11 +267,11 @@ class DeviceLife:
                 "paused" if wanted.local.paused else "running",
             )
             self.consume(self.consumer, not wanted.local.paused)
-        broker = runtime.broker()
-        broker.reap()
+        recovery = runtime.recovery()
+        recovery.reap()
         if time.monotonic() >= self.next_forget:
             self.next_forget = time.monotonic() + FORGET_EVERY
-            broker.forget_silent()
+            recovery.forget_silent()
         ledger = runtime.ledger()
         for channel in channels_of(self.queues):  # reloaded tasks go out even when no server runs
             ledger.feed_backlog(channel)
@@ -302,7 +303,7 @@ class DeviceLife:
         wanted.local.forget()
         try:
             if self.holds_name(name):
-                dropped = runtime.broker().device_stopped(name)
+                dropped = runtime.recovery().device_stopped(name)
                 if dropped:
                     log.info("%s handed back %d message(s) it held", name, dropped)
                 runtime.devices().heard(name)

@@ -27,7 +27,7 @@ from celery.worker.state import task_ready
 from mutitask_celery import codec, keys, runtime, settings
 from mutitask_celery.books import messages
 from mutitask_celery.books.ledger import Finished, Outcome, claim_of
-from mutitask_celery.books.recovery import Verdict
+from mutitask_celery.books.recovery.base import Verdict
 from mutitask_celery.celery_app import TASK_NAME, app
 from mutitask_celery.channels import ChannelHandler, SaveFunction, TaskFormat, handler_for
 from mutitask_celery.connection import redis_client
@@ -231,7 +231,9 @@ def _settle_redelivery(channel: int, device: str, message_id: str, items: list[l
     """How a redelivered message runs (see recovery.Redeliveries); on the Redis broker the
     reaper counts deaths instead, and it runs as it came."""
     try:
-        return runtime.broker().settle(channel, device, message_id, [(str(i[0]), messages.item_text(i)) for i in items])
+        return runtime.recovery().settle(
+            channel, device, message_id, [(str(i[0]), messages.item_text(i)) for i in items]
+        )
     except (redis.RedisError, BrokerUnavailable) as exc:
         raise Reject(f"cannot count the redelivery: {exc}", requeue=True) from exc
 
@@ -243,7 +245,7 @@ class DeviceRequest(Request):  # type: ignore[misc]  # celery's, untyped
     that kills its process kills a child, not the device; Celery would requeue the message
     (``task_reject_on_worker_lost``) and count nothing, so a poison task would loop for
     ever. Here the device takes the message back with the reaper's own step
-    (:meth:`Reaper.worker_lost`): the death is charged, the tasks go back alone, and a
+    (:meth:`Reaper.child_lost`): the death is charged, the tasks go back alone, and a
     task that died ``max_attempts`` times is dead-lettered. On a broker that redelivers by
     itself (RabbitMQ), Celery's requeue stays and the redelivery is counted.
 
@@ -276,7 +278,7 @@ def _take_back(request: Request) -> bool:
     if not request.id:
         return False
     try:
-        outcome = runtime.broker().child_lost(request.hostname, request.id)
+        outcome = runtime.recovery().child_lost(request.hostname, request.id)
     except redis.RedisError as exc:
         log.warning("could not take back the message of a lost pool child (%s): Celery requeues it", exc)
         return False

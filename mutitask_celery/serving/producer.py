@@ -30,12 +30,11 @@ import redis
 
 from mutitask_celery import codec, keys, memory, settings
 from mutitask_celery.books import messages
-from mutitask_celery.books.brokers import Broker
 from mutitask_celery.books.dead_letters import RedisDeadLetterStore
 from mutitask_celery.books.integrity import Watermarks
 from mutitask_celery.books.leases import Lease, Leases
 from mutitask_celery.books.ledger import ChannelBooks, ChannelStats, Ledger, Outgoing, batch_size
-from mutitask_celery.books.recovery import HEARTBEAT
+from mutitask_celery.books.recovery.base import Recovery
 from mutitask_celery.books.runs import Resumed, RunRecord
 from mutitask_celery.errors import BrokerUnavailable, EncodingError, RedisOutOfMemory
 
@@ -244,8 +243,8 @@ class _Recovery:
     redelivers by itself) publish what a dying publisher left in the journal. It also watches
     for a full Redis, which stops the run without an error while the server only waits."""
 
-    def __init__(self, broker: Broker, channels: list[int], full: _Full) -> None:
-        self.broker, self.channels, self.full = broker, channels, full
+    def __init__(self, recovery: Recovery, channels: list[int], full: _Full) -> None:
+        self.recovery, self.channels, self.full = recovery, channels, full
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="mutitask-recovery", daemon=True)
 
@@ -261,15 +260,15 @@ class _Recovery:
         while True:
             try:
                 self.full.look()  # first: duties that write fail while Redis is full
-                self.broker.server_duties(self.channels)
+                self.recovery.server_duties(self.channels)
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-                self.broker.lost_touch()  # no device could beat meanwhile: no silence is a death yet
+                self.recovery.lost_touch()  # no device could beat meanwhile: no silence is a death yet
                 log.debug("recovery round skipped: %s", exc)  # the feeding thread reports outages
             except (redis.RedisError, BrokerUnavailable) as exc:
                 log.debug("recovery round skipped: %s", exc)
             except Exception:  # a bug must not end recovery for the rest of the run
                 log.exception("recovery round failed")
-            if self._stop.wait(HEARTBEAT):
+            if self._stop.wait(settings.HEARTBEAT):
                 return
 
 
@@ -279,6 +278,7 @@ class Producer:
     def __init__(
         self,
         ledger: Ledger,
+        recovery: Recovery,
         store: RedisDeadLetterStore,
         channel_size: int,
         record: RunRecord | None = None,
@@ -286,6 +286,7 @@ class Producer:
         leases: Leases | None = None,
     ) -> None:
         self.ledger = ledger
+        self.recovery = recovery  # beside the ledger: the server's share of it runs in a thread
         self.store = store
         self.leases = leases  # the server's leases of its channels and run, or none taken
         self.record = record  # a resumable run's record (see books.runs), or none kept
@@ -341,7 +342,7 @@ class Producer:
     def run(self, sources: list[Iterator[object]]) -> RunSummary:
         channels = list(range(1, len(sources) + 1))
         books = self._read(channels)
-        held_known = self.ledger.broker.notes_holds  # devices note what they hold: the books count it
+        held_known = self.ledger.transport.notes_holds  # devices note what they hold: the books count it
         resumed = Resumed({}, {}, {})
         if self.record is not None:
             sources, resumed = self.record.begin(sources, {ch: books[ch].stats for ch in channels}, self.resume)
@@ -372,15 +373,15 @@ class Producer:
                 )
         outage: float | None = None
         try:
-            with _Recovery(self.ledger.broker, channels, self._full):
+            with _Recovery(self.recovery, channels, self._full):
                 while not self._stop.is_set():
                     try:
                         if outage is not None:  # Redis may have taken a message down with it
-                            self.ledger.broker.look_for_strays()
+                            self.recovery.look_for_strays()
                         if self._step():
                             if self.record is not None:
                                 self.record.finish()  # started again, it starts afresh
-                            self.ledger.broker.end_of_run(channels)
+                            self.recovery.end_of_run(channels)
                             break
                         outage = None
                     except _OUTAGE as exc:
@@ -419,7 +420,7 @@ class Producer:
                 # Full as the books read last were, devices may have taken some since: a
                 # message is ready all the same, and goes if the round finds room for it.
                 want = feed.batcher.take(self._channel_size - waiting, waiting, self._channel_size) or batch
-                items = feed.take(want, self.store, self._step_bytes, self.ledger.broker.keeps_frames)
+                items = feed.take(want, self.store, self._step_bytes, self.ledger.transport.keeps_frames)
                 if items:
                     run = self.record.name if self.record is not None else ""
                     feed.outgoing = Outgoing(

@@ -101,7 +101,7 @@ def serve(
     celery_app.check_compatible(celery_app.app)
     check_redis(conf.redis_url)
     memory.check_policy(runtime.books_client(conf), settings.mask_url(conf.redis_url))  # an evicting Redis loses tasks
-    runtime.broker().check()  # RabbitMQ unreachable: one clear error within seconds
+    runtime.transport().check()  # RabbitMQ unreachable: one clear error within seconds
     name = check_run_name(run_name or DEFAULT_RUN) if resume or run_name is not None else None
     with take_leases(runtime.books_client(conf), len(sources), name, conf.dead_after) as leases:
         devices = Devices(runtime.books_client(conf), timeout=monitor_wait, flower_url=conf.flower_url)
@@ -117,7 +117,13 @@ def serve(
             _warn_paused(devices)
         record = RunRecord(runtime.books_client(conf), name) if name is not None else None
         producer = Producer(
-            runtime.ledger(), runtime.store(), channel_size, record=record, resume=resume, leases=leases
+            runtime.ledger(),
+            runtime.recovery(),
+            runtime.store(),
+            channel_size,
+            record=record,
+            resume=resume,
+            leases=leases,
         )
         stdin = sys.stdin if stdin is None else stdin
         out = sys.stdout if out is None else out

@@ -5,7 +5,7 @@ tasks in the books (:mod:`.ledger`). Another broker cannot share that
 transaction, so the books are written first, each task also in a journal
 (``mutitask:unsent:<ch>``); then the messages go out here; then the journal
 entries are removed. A publisher that dies in between leaves its tasks in the
-journal, and the server sends them again (:meth:`.OtherBroker.resend_unsent`). A
+journal, and the server sends them again (:meth:`.Redeliveries.resend_unsent`). A
 task sent twice is harmless: the books take its first finish only.
 
 One connection and one channel serve every call of the process (the server's

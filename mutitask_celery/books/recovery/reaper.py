@@ -26,18 +26,14 @@ has died alone ``max_attempts`` times is a poison task (it kills its worker:
 ``os._exit``, a segfault): it goes to the dead-letter store with the reason
 ``worker lost`` in that same step. The prefork pool loses a child, not the
 device: the device takes the message back with the same step, unfenced
-(:meth:`Reaper.worker_lost`).
+(:meth:`Reaper.child_lost`).
 
 A last net, the sweep (see :meth:`Reaper.sweep`): kombu takes a message off
 the queue (``BRPOP``) and only then records it as unacked, and a device notes
 it in hand a moment later still; a device killed in either gap would strand
 the task. The server's sweep finds both cases and puts the task back.
 
-On RabbitMQ none of this is needed: the broker redelivers a dead consumer's
-messages, flagged ``redelivered``, the moment its connection drops. What the
-broker cannot know is how often a task killed its device: :class:`Redeliveries`
-counts that from the flag and the start marks, so a poison task is
-dead-lettered there too.
+On another broker none of this is needed: see :mod:`.redeliveries`.
 """
 
 from __future__ import annotations
@@ -47,36 +43,21 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, cast
 
 import redis
 
 from mutitask_celery import keys
 from mutitask_celery.books import messages, scripts
-from mutitask_celery.books.ledger import ChannelBooks, ChannelStats, Ledger, Outcome
+from mutitask_celery.books.ledger import ChannelBooks, ChannelStats, Ledger
+from mutitask_celery.books.recovery.base import WORKER_LOST, Recovered, Recovery, Verdict, burial_keys
 from mutitask_celery.connection import redis_now, text
+from mutitask_celery.settings import DEFAULTS
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT = 2.0
-DEAD_AFTER = 10.0
-MAX_ATTEMPTS = 3
-WORKER_LOST = "worker lost"  # lua/recover.lua writes the same reason
 REAP_BATCH = 100  # silent devices looked at per reap (the next reap takes the rest)
 SAFETY_SWEEP = 300.0  # seconds between sweeps when no device died: a last net for what nothing announced
-FORGET_AFTER = 86400.0  # seconds of silence, with nothing in hand, before the roster drops a name
-
-
-def worker_lost(attempts: int) -> str:
-    """The dead-letter reason of a poison task."""
-    return f"{WORKER_LOST}: the device died while running it, {attempts} time(s)"
-
-
-def bury(ledger: Ledger, channel: int, device: str, task_id: str, attempts: int) -> None:
-    """Dead-letter a task that killed its device ``attempts`` times (either broker)."""
-    log.error("task %s of channel %d killed its device %d times: dead-lettered", task_id, channel, attempts)
-    ledger.finish(channel, device, [Outcome(task_id, ok=False, reason=worker_lost(attempts))])
 
 
 def _items(message: dict[str, Any]) -> tuple[int, list[str]] | None:
@@ -92,20 +73,6 @@ def _redelivered(message: dict[str, Any]) -> dict[str, Any]:
     properties.setdefault("delivery_info", {})["redelivered"] = True
     properties["delivery_tag"] = messages.new_delivery_tag()
     return message
-
-
-def _burial_keys(channel: int) -> list[str]:
-    """The keys a step that buries a task of ``channel`` takes in a row (``recover.lua``,
-    ``settle.lua``): its reload history, its counters, the dead-letter indexes, the set of
-    channels with dead letters, and the server's wake-up list."""
-    return [
-        keys.meta(channel),
-        keys.stats(channel),
-        keys.dead_index(),
-        keys.dead_index(channel),
-        keys.DEAD_CHANNELS,
-        keys.notify(channel),
-    ]
 
 
 def _noted_channel(noted: str) -> int:
@@ -197,31 +164,19 @@ def _unnoted(unacked: dict[str, _Unacked], notes: dict[str, dict[str, str]]) -> 
     return {tag for tag, entry in unacked.items() if entry.message.get("headers", {}).get("id") not in noted}
 
 
-class Recovered(str, Enum):
-    """What became of one message a reaper tried to take back (``lua/recover.lua``)."""
-
-    ALIVE = "alive"  # its device was heard from since it was judged dead: it keeps the message
-    MOVED = "moved"  # another reaper (or the device) acted on it first
-    CHANGED = "changed"  # started meanwhile: read it again
-    GONE = "gone"  # acknowledged, or its tag names a later delivery: the note was stale
-    RESTORED = "restored"  # back on its queue untouched: it had not started, no death
-    SUSPECTS = "suspects"  # it had started: each task back alone, one death each
-    BURIED = "buried"  # its one task died alone max_attempts times: dead-lettered
-
-
-class Reaper:
+class Reaper(Recovery):
     """Finds dead devices and puts their messages back (see module docstring)."""
 
     def __init__(
         self,
-        client: redis.Redis,
         ledger: Ledger,
-        dead_after: float = DEAD_AFTER,
-        max_attempts: int = MAX_ATTEMPTS,
-        forget_after: float = FORGET_AFTER,
+        dead_after: float = DEFAULTS.dead_after,
+        max_attempts: int = DEFAULTS.max_attempts,
+        forget_after: float = DEFAULTS.forget_after,
+        client: redis.Redis | None = None,
     ) -> None:
-        self.client = client
-        self.ledger = ledger
+        super().__init__(ledger)
+        self.client = client = client or ledger.client  # a test's own client makes reapers meet
         self.dead_after = dead_after
         self.max_attempts = max_attempts
         self.forget_after = forget_after
@@ -243,6 +198,29 @@ class Reaper:
         self._stalled_once: set[int] = set()  # channels stalled at the last look
         self._stalled_swept: set[int] = set()  # ... whose stall has had its sweeps already
 
+    # -- the Recovery duties ------------------------------------------------------------
+    def device_started(self, name: str) -> int:
+        self.client.delete(keys.steps(name))  # the previous life's retries are over
+        self.announce_death()  # whatever killed the previous life may have stranded a message
+        return self.recover(name)
+
+    def device_stopped(self, name: str) -> int:
+        return self.drop_stale_notes(name)
+
+    def look_for_strays(self) -> None:
+        self.announce_death()
+
+    def server_duties(self, channels: Sequence[int]) -> None:
+        self.reap()
+        self.sweep_if_due(channels)
+
+    def end_of_run(self, channels: Sequence[int]) -> None:
+        self.drop_finished(channels)
+
+    def settle(self, channel: int, device: str, message_id: str, items: Sequence[messages.Item]) -> Verdict:
+        return Verdict.RUN  # the reaper counts deaths and sends suspects back flagged
+
+    # -- how ----------------------------------------------------------------------------
     def sweep_if_due(self, channels: Sequence[int]) -> int:
         """Sweep (see :meth:`sweep`) only when it can find something: the cracks it mends open
         when a device process dies, or when Redis goes away while a device takes a message.
@@ -528,7 +506,7 @@ class Reaper:
             )
         return handled
 
-    def worker_lost(self, device: str, message_id: str) -> Recovered:
+    def child_lost(self, device: str, message_id: str) -> Recovered:
         """A pool child of the live ``device`` died running ``message_id`` (prefork): take the
         message back as for a dead device (the child's death is charged), instead of
         Celery's requeue, which would count nothing and loop forever on a poison task."""
@@ -572,7 +550,7 @@ class Reaper:
             keys.started(channel),
             keys.lost(channel),
             keys.pending(channel),
-            *_burial_keys(channel),
+            *burial_keys(channel),
             keys.held(channel),
             keys.claims(channel),
             *[keys.dead_record(t) for t in entry.ids],
@@ -670,59 +648,3 @@ class Reaper:
                 ", ".join(sorted(forgotten)),
             )
         return forgotten
-
-
-class Verdict(str, Enum):
-    """What a device does with a message a broker redelivered (:meth:`Redeliveries.settle`)."""
-
-    RUN = "run"
-    RUN_ALONE = "run alone"  # a suspect: it was running when a device died
-    SKIP = "skip"  # finished already, split into suspects, or buried
-
-
-class Redeliveries:
-    """Poison tasks on a broker that redelivers by itself (RabbitMQ), counted on the device.
-
-    A redelivered message that a device had started (``started:<ch>`` still names it)
-    costs each of its tasks one death in ``lost:<ch>`` (the count the Redis reaper keeps;
-    finishing the task clears it); one only held, or given back untouched, costs none.
-    Only redelivered messages cost a Redis call.
-    """
-
-    def __init__(self, client: redis.Redis, ledger: Ledger, max_attempts: int = MAX_ATTEMPTS) -> None:
-        self.client = client
-        self.ledger = ledger
-        self.max_attempts = max_attempts
-        self._settle = scripts.load(client, "settle")
-
-    def settle(self, channel: int, device: str, message_id: str, items: Sequence[messages.Item]) -> Verdict:
-        """Count the deaths a redelivered message caused; say whether and how it runs.
-
-        Skipped when all its tasks are finished (only the acknowledgement was lost), when
-        it carries several tasks and one of them had started on a device that died (each
-        goes back alone, flagged suspect), or when its one task has now died
-        ``max_attempts`` times, the last one running alone (dead-lettered as ``worker lost``).
-        """
-        ids = [task_id for task_id, _ in items]
-        ks = [
-            keys.pending(channel),
-            keys.lost(channel),
-            keys.started(channel),
-            keys.claims(channel),
-            *_burial_keys(channel),
-            *map(keys.dead_record, ids),
-        ]
-        alone, *deaths = (int(n) for n in self._settle(keys=ks, args=[message_id, channel, *ids]))
-        alive = [(task_id, n) for (task_id, _), n in zip(items, deaths, strict=True) if n >= 0]
-        if not alive:
-            return Verdict.SKIP
-        if max(n for _, n in alive) == 0:
-            return Verdict.RUN
-        if len(items) > 1:
-            self.ledger.republish(channel, [task_id for task_id, _ in alive], suspect=True)
-            return Verdict.SKIP
-        task_id, n = alive[0]
-        if n < self.max_attempts or not alone:
-            return Verdict.RUN_ALONE
-        bury(self.ledger, channel, device, task_id, n)
-        return Verdict.SKIP
