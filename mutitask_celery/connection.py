@@ -138,7 +138,9 @@ class Deferred:
         self._local = threading.local()
         self._loaded: set[str] = set()  # scripts this process made sure Redis knows
 
-    def send(self, script: Script, keys: Sequence[str], args: Sequence[str | int]) -> None:
+    def send(
+        self, script: Script, keys: Sequence[str | bytes | int | float], args: Sequence[str | bytes | int | float]
+    ) -> None:
         """Write one call of ``script``; raises a ``redis.RedisError`` when it cannot be written."""
         self.settle()
         if script.sha not in self._loaded:  # else its first call would only come back NOSCRIPT

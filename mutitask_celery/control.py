@@ -32,7 +32,7 @@ import redis
 from celery import Celery
 
 from mutitask_celery import keys
-from mutitask_celery.books import messages, scripts
+from mutitask_celery.books import messages, steps
 from mutitask_celery.celery_app import app as default_app
 from mutitask_celery.connection import Deferred, text
 from mutitask_celery.errors import ConfigurationError
@@ -163,8 +163,8 @@ class Devices:
         self.timeout = timeout
         self.flower_url = flower_url
         self.dead_after = dead_after or DEFAULTS.dead_after
-        self._heard = scripts.load(client, "heard")
-        self._started = scripts.load(client, "start")
+        self._heard = steps.HEARD.on(client)
+        self._started = steps.START.on(client)
         self._deferred = Deferred(client)  # this thread's steps written now, replies read later
 
     # -- roster ---------------------------------------------------------------
@@ -223,22 +223,27 @@ class Devices:
         roster had forgotten it (silent too long): its counts start afresh. ``wait=False``:
         the step is written now and its reply read later (see :class:`Deferred`); returns 0.
         """
-        ks = [
-            keys.DEVICES_SEEN,
-            keys.DEVICES_BEATS,
-            keys.DEVICES_DONE,
-            keys.DEVICES_FORGOTTEN,
-            keys.inhand(name),
-            keys.KOMBU_UNACKED_INDEX,
-        ]
-        args: list[str | int] = [name]
+        message_keys: list[str] = []
+        taken: list[str | int] = []
         if in_hand is not None:
-            ks += [keys.held(in_hand.channel), keys.notify(in_hand.channel), keys.queue_list(in_hand.channel)]
-            args += [in_hand.message_id, in_hand.tag, in_hand.tasks, in_hand.channel]
+            channel = in_hand.channel
+            message_keys = [keys.held(channel), keys.notify(channel), keys.queue_list(channel)]
+            taken = [in_hand.message_id, in_hand.tag, in_hand.tasks, channel]
+        given = {
+            "devices_seen": keys.DEVICES_SEEN,
+            "devices_beats": keys.DEVICES_BEATS,
+            "devices_done": keys.DEVICES_DONE,
+            "devices_forgotten": keys.DEVICES_FORGOTTEN,
+            "inhand": keys.inhand(name),
+            "unacked_index": keys.KOMBU_UNACKED_INDEX,
+            "device": name,
+            "message_keys": message_keys,
+            "taken": taken,
+        }
         if not wait:
-            self._deferred.send(self._heard, ks, args)
+            self._deferred.send(self._heard.script, *steps.HEARD.keys_and_args(given))
             return 0
-        return int(self._heard(keys=ks, args=args))
+        return int(self._heard(**given))
 
     def started(self, name: str, channel: int, message_id: str, alone: bool = False, wait: bool = True) -> None:
         """``name`` starts running the tasks of ``message_id`` (``lua/start.lua``): from now on a
@@ -249,11 +254,17 @@ class Devices:
         :meth:`started_settled`, or the next such call): it reaches Redis even if the task
         kills the process at once, and costs no round trip (see :class:`Deferred`).
         """
-        self._deferred.send(
-            self._started,
-            [keys.DEVICES_SEEN, keys.DEVICES_BEATS, keys.started(channel)],
-            [name, message_id, "1" if alone else "0"],
+        ks, args = steps.START.keys_and_args(
+            {
+                "devices_seen": keys.DEVICES_SEEN,
+                "devices_beats": keys.DEVICES_BEATS,
+                "started": keys.started(channel),
+                "device": name,
+                "message_id": message_id,
+                "alone": "1" if alone else "0",
+            }
         )
+        self._deferred.send(self._started.script, ks, args)
         if wait:
             self._deferred.settle()
 

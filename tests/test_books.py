@@ -167,7 +167,9 @@ def test_unreadable_records_are_skipped_with_a_warning(r: redis.Redis, caplog: p
 
 def console() -> tuple[Console, io.StringIO]:
     out = io.StringIO()
-    return Console(Producer(runtime.ledger(), runtime.recovery(), runtime.store(), 50), runtime.store(), runtime.devices(), out), out
+    return Console(
+        Producer(runtime.ledger(), runtime.recovery(), runtime.store(), 50), runtime.store(), runtime.devices(), out
+    ), out
 
 
 def test_console_fail_channel_commands(r: redis.Redis) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT
 
-from mutitask_celery.books import scripts
+from mutitask_celery.books import scripts, steps
 
 LUA = ROOT / "mutitask_celery" / "books" / "lua"
 FILES = sorted(LUA.glob("*.lua"))
@@ -50,19 +50,56 @@ def test_no_step_builds_a_key_name(path: Path) -> None:
         assert ".." not in call.group(2), f"{path.name} builds a key inside the script: {call.group(0)}"
 
 
-def test_every_step_the_package_loads_exists_and_its_includes_resolve() -> None:
+def test_every_step_the_package_loads_is_declared_and_exists_and_its_includes_resolve() -> None:
     package = ROOT / "mutitask_celery"
-    loaded = {
-        name
+    loaders = [
+        str(source.relative_to(package))
         for source in package.rglob("*.py")
-        for name in re.findall(r"scripts\.load\([^,]+,\s*\"(\w+)\"\)", source.read_text(encoding="utf-8"))
-    }
-    assert loaded, "found no scripts.load calls: the pattern above is out of date"
-    missing = sorted(name for name in loaded if not (LUA / f"{name}.lua").exists())
-    assert not missing, f"loaded but not in lua/: {missing}"
-    for name in loaded:
-        text = scripts.source(name)
-        assert "--! include" not in text, f"{name}: an include was not pasted in"
+        if "scripts.load(" in source.read_text(encoding="utf-8") and source.name not in ("scripts.py", "steps.py")
+    ]
+    assert loaders == [], "load steps through books/steps.py, where their KEYS and ARGV are declared"
+    missing = sorted(step.name for step in steps.ALL if not (LUA / f"{step.name}.lua").exists())
+    assert not missing, f"declared but not in lua/: {missing}"
+    for step in steps.ALL:
+        text = scripts.source(step.name)
+        assert "--! include" not in text, f"{step.name}: an include was not pasted in"
+    shared = {"claims", "clock", "dead_letter", "note", "wake", "lease_check"}  # pasted into steps, called by none
+    assert {p.stem for p in FILES} - shared == {step.name for step in steps.ALL}
+
+
+def declared_locals(body: str, kind: str) -> list[str]:
+    """The names a script gives its ``kind`` entries at its top (``local a, b = KEYS[1], KEYS[2]``), in order."""
+    names: dict[int, str] = {}
+    for line in body.splitlines():
+        match = re.fullmatch(rf"local ([\w, ]+) = ((?:{kind}\[\d+\](?:, )?)+)", line)
+        if match:
+            for name, index in zip(match[1].split(", "), re.findall(rf"{kind}\[(\d+)\]", match[2]), strict=True):
+                names[int(index)] = name
+    assert sorted(names) == list(range(1, len(names) + 1)), f"{kind} named out of order: {names}"
+    return [names[i] for i in sorted(names)]
+
+
+@pytest.mark.parametrize("step", steps.ALL, ids=[s.name for s in steps.ALL])
+def test_python_and_the_script_name_the_same_keys_and_arguments_in_the_same_order(step: steps.Step) -> None:
+    """steps.py puts each keyword in a position; the script reads each position under a name:
+    the two lists must be one, and a tail of any length must start where the header says."""
+    header, body = split_header((LUA / f"{step.name}.lua").read_text(encoding="utf-8"))
+    assert declared_locals(body, "KEYS") == list(step.keys)
+    assert declared_locals(body, "ARGV") == list(step.args)
+    for kind, fixed, tail in (("KEYS", step.keys, step.more_keys), ("ARGV", step.args, step.more_args)):
+        if tail:
+            assert named(header, kind, len(fixed) + 1), f"{step.name}: its header must say where {kind}'s {tail} begin"
+        else:
+            assert not named(header, kind, len(fixed) + 1), f"{step.name}: its header names {kind} steps.py does not"
+
+
+def test_a_step_called_with_a_name_missing_or_unknown_says_which() -> None:
+    with pytest.raises(TypeError, match=r"missing \['channel'\].*unknown \['chanel'\]"):
+        steps.TAKE_TOKENS.keys_and_args({"rate_limits": "a", "rate_tat": "b", "tasks": 1, "chanel": 2})
+    assert steps.TAKE_TOKENS.keys_and_args({"rate_limits": "a", "rate_tat": "b", "tasks": 1, "channel": 2}) == (
+        ["a", "b"],
+        [1, 2],
+    )
 
 
 def test_a_broken_include_names_the_file_it_wanted() -> None:

@@ -28,7 +28,7 @@ from typing import Any, cast
 import redis
 
 from mutitask_celery import codec, keys
-from mutitask_celery.books import messages, scripts
+from mutitask_celery.books import messages, steps
 from mutitask_celery.connection import raw_twin, redis_now, text
 from mutitask_celery.errors import RecordNotFound
 
@@ -172,9 +172,9 @@ class RedisDeadLetterStore(DeadLetterStore):
         self.max_records = max_records
         self.max_age = max_age
         self.feed = feed  # feeds a channel's backlog (Ledger.feed_backlog), after a reload
-        self._reload = scripts.load(client, "reload")
-        self._delete = scripts.load(client, "delete")
-        self._unpublishable = scripts.load(client, "unpublishable")
+        self._reload = steps.RELOAD.on(client)
+        self._delete = steps.DELETE.on(client)
+        self._unpublishable = steps.UNPUBLISHABLE.on(client)
 
     def count(self, channel: int | None = None) -> int:
         return int(self.client.zcard(keys.dead_index(channel)))
@@ -322,16 +322,19 @@ class RedisDeadLetterStore(DeadLetterStore):
         """Move a page of the channel's records (``lua/reload.lua``); returns how many moved, and
         the ids left alone (another channel's, unreadable, or newer)."""
         prefix = keys.DEAD_RECORD_PREFIX  # keys.dead_record, without a call per record
-        ks = [
-            keys.DEAD_INDEX,
-            keys.dead_index(channel),
-            keys.pending(channel),
-            keys.meta(channel),
-            keys.stats(channel),
-            keys.backlog(channel),
-            *[prefix + t for t in ids],
-        ]
-        moved, *left = self._reload(keys=ks, args=[channel, repr(time.time()), RECORD_VERSION, *ids])
+        moved, *left = self._reload(
+            dead_index=keys.DEAD_INDEX,
+            dead_index_ch=keys.dead_index(channel),
+            pending=keys.pending(channel),
+            meta=keys.meta(channel),
+            stats=keys.stats(channel),
+            backlog=keys.backlog(channel),
+            records=[prefix + t for t in ids],
+            channel=channel,
+            now=repr(time.time()),
+            version=RECORD_VERSION,
+            task_ids=ids,
+        )
         for task_id in left:
             log.warning("not reloading dead-letter record %s: unreadable or written by a newer version", task_id)
         return int(moved), [text(t) for t in left]
@@ -349,8 +352,15 @@ class RedisDeadLetterStore(DeadLetterStore):
         known = {t for chosen in grouped.values() for t in chosen}
         strays = [t for t in ids if t not in known]
         if strays:
-            ks = [keys.DEAD_INDEX, keys.DEAD_INDEX, keys.DEAD_DROPPED, *[keys.dead_record(t) for t in strays]]
-            self._delete(keys=ks, args=["", "", *strays])
+            self._delete(
+                dead_index=keys.DEAD_INDEX,
+                dead_index_ch=keys.DEAD_INDEX,  # no channel's: the index of all stands in (the step needs a key)
+                dropped=keys.DEAD_DROPPED,
+                records=[keys.dead_record(t) for t in strays],
+                count="",
+                channel="",
+                task_ids=strays,
+            )
 
     def _delete_page(self, ids: Sequence[str], only: int | None = None, count: bool = False) -> int:
         """Delete records (``lua/delete.lua``, one step per channel: every key it touches is named
@@ -362,8 +372,17 @@ class RedisDeadLetterStore(DeadLetterStore):
         for ch, chosen in grouped.items():
             if only is not None and ch != only:
                 continue
-            ks = [keys.DEAD_INDEX, keys.dead_index(ch), keys.DEAD_DROPPED, *[keys.dead_record(t) for t in chosen]]
-            deleted += int(self._delete(keys=ks, args=["count" if count else "", ch, *chosen]))
+            deleted += int(
+                self._delete(
+                    dead_index=keys.DEAD_INDEX,
+                    dead_index_ch=keys.dead_index(ch),
+                    dropped=keys.DEAD_DROPPED,
+                    records=[keys.dead_record(t) for t in chosen],
+                    count="count" if count else "",
+                    channel=ch,
+                    task_ids=chosen,
+                )
+            )
         return deleted
 
     def prune(self) -> int:
@@ -401,14 +420,17 @@ class RedisDeadLetterStore(DeadLetterStore):
         """Record a yielded item that could not be published (e.g. not JSON-able), written by
         ``lua/dead_letter.lua`` like every record (``lua/unpublishable.lua``); returns its id."""
         task_id = messages.new_task_id()
-        ks = [
-            keys.dead_record(task_id),
-            keys.dead_index(),
-            keys.dead_index(channel),
-            keys.DEAD_CHANNELS,
-            keys.meta(channel),
-            keys.stats(channel),
-        ]
-        self._unpublishable(keys=ks, args=[task_id, channel, codec.encode(_cut(text)), reason])
+        self._unpublishable(
+            record=keys.dead_record(task_id),
+            dead_index=keys.dead_index(),
+            dead_index_ch=keys.dead_index(channel),
+            dead_channels=keys.DEAD_CHANNELS,
+            meta=keys.meta(channel),
+            stats=keys.stats(channel),
+            task_id=task_id,
+            channel=channel,
+            data=codec.encode(_cut(text)),
+            reason=reason,
+        )
         self.prune()
         return task_id

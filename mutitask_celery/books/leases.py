@@ -56,7 +56,7 @@ from pathlib import Path
 import redis
 
 from mutitask_celery import keys
-from mutitask_celery.books import scripts
+from mutitask_celery.books import steps
 from mutitask_celery.connection import text
 from mutitask_celery.errors import LeaseHeld, LeaseLost
 from mutitask_celery.settings import DEFAULTS, HEARTBEAT
@@ -190,9 +190,9 @@ class Leases:
         self.on_lost = on_lost
         self.leases: list[Lease] = []
         self.lost: LeaseHeld | None = None
-        self._take = scripts.load(client, "lease_take")
-        self._keep = scripts.load(client, "lease_keep")
-        self._release = scripts.load(client, "lease_release")
+        self._take = steps.LEASE_TAKE.on(client)
+        self._keep = steps.LEASE_KEEP.on(client)
+        self._release = steps.LEASE_RELEASE.on(client)
         self._stop = threading.Event()
         self._lock = threading.Lock()  # a renewal round and the release never overlap
         self._thread: threading.Thread | None = None
@@ -244,7 +244,7 @@ class Leases:
     def _take_once(self, lease: Lease, replace: str = "") -> tuple[bool, str, float]:
         """One try (``lua/lease_take.lua``): (taken, the holder's value, its seconds left)."""
         taken, value, left_ms = self._take(
-            keys=[lease.key, keys.LEASE_HOLDERS], args=[lease.value, lease.ttl_ms, replace]
+            lease=lease.key, holders=keys.LEASE_HOLDERS, value=lease.value, ttl=lease.ttl_ms, replaces=replace
         )
         return bool(int(taken)), text(value), int(left_ms) / 1000
 
@@ -291,7 +291,7 @@ class Leases:
             if not lease.held:
                 self._take_wanted(lease)
                 continue
-            kept, value = self._keep(keys=[lease.key, keys.LEASE_HOLDERS], args=[lease.value, lease.ttl_ms])
+            kept, value = self._keep(lease=lease.key, holders=keys.LEASE_HOLDERS, value=lease.value, ttl=lease.ttl_ms)
             if not int(kept):
                 self._drop(lease)
                 self._report(lease.lost(text(value)))
@@ -334,6 +334,6 @@ class Leases:
                 if not held:
                     continue
                 try:
-                    self._release(keys=[lease.key, keys.LEASE_HOLDERS], args=[lease.value])
+                    self._release(lease=lease.key, holders=keys.LEASE_HOLDERS, value=lease.value)
                 except redis.RedisError as exc:  # it expires by itself
                     log.debug("could not release %s: %s", lease.what, exc)

@@ -29,7 +29,7 @@ import redis
 from celery import Celery
 
 from mutitask_celery import codec, keys
-from mutitask_celery.books import messages, scripts
+from mutitask_celery.books import messages, steps
 from mutitask_celery.books.transports.base import Transport
 from mutitask_celery.connection import raw_twin, text
 
@@ -208,13 +208,13 @@ class Ledger:
         self.client = client
         self.app = app
         self.transport = transport  # how messages reach the queues (see .transports)
-        self._finish = scripts.load(client, "finish")
-        self._give_back = scripts.load(client, "drop_note")
-        self._publish = scripts.load(client, "publish")
+        self._finish = steps.FINISH.on(client)
+        self._give_back = steps.DROP_NOTE.on(client)
+        self._publish = steps.PUBLISH.on(client)
         self._publish_known = False  # loaded into Redis by this process (round() pipelines EVALSHA)
-        self._feed = scripts.load(client, "feed")
-        self._claim = scripts.load(client, "claim")
-        self._mark = scripts.load(client, "claim_mark")
+        self._feed = steps.FEED.on(client)
+        self._claim = steps.CLAIM.on(client)
+        self._mark = steps.CLAIM_MARK.on(client)
 
     def outstanding(self, channel: int) -> int:
         """Tasks of the channel published (or reloaded) and not yet finished."""
@@ -224,7 +224,12 @@ class Ledger:
         """``device`` hands a message back without an outcome (paused, Redis away): it leaves the
         device's hands, and its next delivery counts no death."""
         self._give_back(
-            keys=[keys.inhand(device), keys.held(channel), keys.started(channel)], args=[message_id, "", "1"]
+            inhand=keys.inhand(device),
+            held=keys.held(channel),
+            started=keys.started(channel),
+            message_id=message_id,
+            noted="",  # whatever it is
+            drop_mark="1",
         )
 
     def stats(self, channel: int) -> ChannelStats:
@@ -263,7 +268,7 @@ class Ledger:
         channel another server has taken publishes nothing, and this raises :class:`.LeaseLost`.
         """
         if outgoing and not self._publish_known:  # else the first round's NOSCRIPT costs its whole wait
-            self.client.script_load(self._publish.script)
+            self.client.script_load(self._publish.script.script)
             self._publish_known = True
         # Another broker gets the messages only after this round trip: wait after sending them.
         wait_after = list(wait) if outgoing and not self.transport.pushes_in_step else []
@@ -272,7 +277,8 @@ class Ledger:
         def send() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
             for out in outgoing:
-                pipe.evalsha(self._publish.sha, 10, *self._publish_keys(out), *self._publish_args(out, room_for))
+                ks, argv = steps.PUBLISH.keys_and_args(self._publish_step(out, room_for))
+                pipe.evalsha(self._publish.sha, len(ks), *ks, *argv)
             for channel in read:
                 pipe.hgetall(keys.stats(channel))
                 pipe.hlen(keys.pending(channel))
@@ -285,7 +291,7 @@ class Ledger:
         try:
             replies = send()
         except redis.exceptions.NoScriptError:  # Redis restarted, forgetting it: none of it applied
-            self.client.script_load(self._publish.script)
+            self.client.script_load(self._publish.script.script)
             replies = send()
         went, books = _round_replies(outgoing, read, replies)
         for out in outgoing:
@@ -298,43 +304,36 @@ class Ledger:
             self.wait_for_progress(wait_after, timeout)
         return went, books
 
-    @staticmethod
-    def _publish_keys(out: Outgoing) -> list[str]:
-        channel = out.channel
-        return [
-            keys.pending(channel),
-            keys.stats(channel),
-            keys.held(channel),
-            keys.queue_list(channel),
-            keys.steps(PUBLISHER),
-            keys.unsent(channel),
-            keys.backlog(channel),
-            keys.run(out.run or "-"),  # "-": no run noted (the step does not touch it)
-            out.lease.key if out.lease is not None else keys.channel_lease(channel),  # untouched without a lease
-            keys.LEASE_HOLDERS,
-        ]
-
-    def _publish_args(self, out: Outgoing, room_for: int) -> list[str | bytes | int | float]:
-        argv: list[str | bytes | int | float] = [
-            room_for,
-            out.step,
-            f"publish:{out.channel}",
-            self.transport.lua_mode,
-            time.time(),
-            len(out.items),
-            str(out.channel) if out.run else "",
-            out.taken,
-            out.lease.value if out.lease is not None else "",
-            out.lease.ttl_ms if out.lease is not None else 0,
-            out.byte_budget,
-        ]
-        for task_id, data in out.items:
-            argv += [task_id, data]
+    def _publish_step(self, out: Outgoing, room_for: int) -> dict[str, Any]:
+        """The publish step of ``out``, by name (see :data:`.steps.PUBLISH`)."""
+        channel, lease = out.channel, out.lease
         if out.templates is None:  # built once, however often the step waits for room
-            out.templates = self.transport.step_templates(out.channel, out.groups())
-        for pieces in out.templates:
-            argv += pieces
-        return argv
+            out.templates = self.transport.step_templates(channel, out.groups())
+        items: list[str | bytes | int] = [part for item in out.items for part in item]
+        return {
+            "pending": keys.pending(channel),
+            "stats": keys.stats(channel),
+            "held": keys.held(channel),
+            "queue": keys.queue_list(channel),
+            "steps": keys.steps(PUBLISHER),
+            "unsent": keys.unsent(channel),
+            "backlog": keys.backlog(channel),
+            "run": keys.run(out.run or "-"),  # "-": no run noted (the step does not touch it)
+            "lease": lease.key if lease is not None else keys.channel_lease(channel),  # untouched without a lease
+            "lease_holders": keys.LEASE_HOLDERS,
+            "channel_size": room_for,
+            "step": out.step,
+            "slot": f"publish:{channel}",
+            "mode": self.transport.lua_mode,
+            "now": time.time(),
+            "tasks": len(out.items),
+            "run_channel": str(channel) if out.run else "",
+            "taken": out.taken,
+            "lease_value": lease.value if lease is not None else "",
+            "lease_ttl": lease.ttl_ms if lease is not None else 0,
+            "byte_budget": out.byte_budget,
+            "items": [*items, *(piece for pieces in out.templates for piece in pieces)],
+        }
 
     def _send(
         self,
@@ -370,17 +369,21 @@ class Ledger:
         if gone:  # finished meanwhile (a copy ran elsewhere): nothing to feed
             self.client.zrem(keys.backlog(channel), *gone)
         groups = _groups(items, batch_size(books.stats, size), sizes)
-        argv: list[str | int | float] = [size, self.transport.lua_mode, time.time()]
-        queue = keys.queue_list(channel)
+        each: list[str | int] = []  # per message: its number of tasks, their ids, the message
         for group, message in zip(groups, self.transport.step_messages(channel, groups), strict=True):
-            argv += [len(group), *[t for t, _ in group], message]
-        went = [
-            text(t)
-            for t in self._feed(
-                keys=[keys.backlog(channel), keys.pending(channel), keys.held(channel), queue, keys.unsent(channel)],
-                args=argv,
-            )
-        ]
+            each += [len(group), *[t for t, _ in group], message]
+        fed = self._feed(
+            backlog=keys.backlog(channel),
+            pending=keys.pending(channel),
+            held=keys.held(channel),
+            queue=keys.queue_list(channel),
+            unsent=keys.unsent(channel),
+            channel_size=size,
+            mode=self.transport.lua_mode,
+            now=time.time(),
+            messages=each,
+        )
+        went = [text(t) for t in fed]
         sent = set(went)
         self.transport.after_step(channel, [g for g in groups if g[0][0] in sent])
         return len(went)
@@ -435,39 +438,36 @@ class Ledger:
         listed = list(outcomes)
         if not listed:
             return Finished(0, 0, 0, 0, 0)
-        argv: list[str | float] = [
-            device,
-            str(channel),
-            message_id,
-            repr(float(busy)),
-            step or messages.new_task_id(),
-            writer or f"{device}:{threading.get_ident()}",
-            claim,
-        ]
-        for o in listed:
-            argv += [o.kind, o.task_id, o.result, o.reason, o.traceback]
-        ks = [
-            keys.pending(channel),
-            keys.meta(channel),
-            keys.stats(channel),
-            keys.notify(channel),
-            keys.results(channel),
-            keys.dead_index(),
-            keys.dead_index(channel),
-            keys.DEAD_CHANNELS,
-            keys.DEVICES_DONE,
-            keys.DEVICES_SEEN,
-            keys.DEVICES_BEATS,
-            keys.inhand(device),
-            keys.lost(channel),
-            keys.started(channel),
-            keys.steps(device),
-            keys.held(channel),
-            keys.backlog(channel),
-            keys.claims(channel),
-            *[keys.dead_record(o.task_id) for o in listed],
-        ]
-        return Finished(*(int(n) for n in self._finish(keys=ks, args=argv)))
+        reply = self._finish(
+            pending=keys.pending(channel),
+            meta=keys.meta(channel),
+            stats=keys.stats(channel),
+            notify=keys.notify(channel),
+            results=keys.results(channel),
+            dead_index=keys.dead_index(),
+            dead_index_ch=keys.dead_index(channel),
+            dead_channels=keys.DEAD_CHANNELS,
+            devices_done=keys.DEVICES_DONE,
+            devices_seen=keys.DEVICES_SEEN,
+            devices_beats=keys.DEVICES_BEATS,
+            inhand=keys.inhand(device),
+            lost=keys.lost(channel),
+            started=keys.started(channel),
+            steps=keys.steps(device),
+            held=keys.held(channel),
+            backlog=keys.backlog(channel),
+            claims=keys.claims(channel),
+            records=[keys.dead_record(o.task_id) for o in listed],
+            device=device,
+            channel=str(channel),
+            message_id=message_id,
+            busy=repr(float(busy)),
+            step=step or messages.new_task_id(),
+            writer=writer or f"{device}:{threading.get_ident()}",
+            claim=claim,
+            outcomes=[part for o in listed for part in (o.kind, o.task_id, o.result, o.reason, o.traceback)],
+        )
+        return Finished(*(int(n) for n in reply))
 
     def claim(self, channel: int, device: str, message_id: str, task_ids: Sequence[str]) -> list[Claimed]:
         """Claim tasks before a user's save function is called on their results
@@ -476,9 +476,17 @@ class Ledger:
         saved once. Safe to repeat: a claim made again by its holder stands."""
         if not task_ids:
             return []
-        ks = [keys.pending(channel), keys.claims(channel), keys.inhand(device), *map(keys.dead_record, task_ids)]
-        argv = [claim_of(device, message_id), message_id, "1" if self.transport.notes_holds else "0", *task_ids]
-        return [Claimed(int(code)) for code in self._claim(keys=ks, args=argv)]
+        codes = self._claim(
+            pending=keys.pending(channel),
+            claims=keys.claims(channel),
+            inhand=keys.inhand(device),
+            records=[keys.dead_record(t) for t in task_ids],
+            claim=claim_of(device, message_id),
+            message_id=message_id,
+            notes_holds="1" if self.transport.notes_holds else "0",
+            task_ids=task_ids,
+        )
+        return [Claimed(int(code)) for code in codes]
 
     def mark_claims(self, channel: int, device: str, message_id: str, task_ids: Sequence[str], mark: str) -> int:
         """``mark`` ``'saving'``: the device begins calling its save function on the claimed
@@ -487,7 +495,9 @@ class Ledger:
         save (``lua/claim_mark.lua``). Returns how many claims it marked."""
         if not task_ids:
             return 0
-        return int(self._mark(keys=[keys.claims(channel)], args=[claim_of(device, message_id), mark, *task_ids]))
+        return int(
+            self._mark(claims=keys.claims(channel), claim=claim_of(device, message_id), mark=mark, task_ids=task_ids)
+        )
 
     def wait_for_progress(self, channels: Sequence[int], timeout: float) -> None:
         """Block until a device takes or finishes a message of one of ``channels``, or ``timeout``

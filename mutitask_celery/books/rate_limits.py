@@ -15,7 +15,7 @@ from typing import Any
 import redis
 
 from mutitask_celery import keys
-from mutitask_celery.books import scripts
+from mutitask_celery.books import steps
 from mutitask_celery.connection import text
 from mutitask_celery.errors import ConfigurationError
 
@@ -81,7 +81,7 @@ class RateLimits:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self._take = scripts.load(client, "take_tokens")
+        self._take = steps.TAKE_TOKENS.on(client)
 
     def set(self, channel: int, per_second: float | None) -> float | None:
         """Limit ``channel`` to ``per_second`` tasks a second (None: no limit); returns it."""
@@ -105,5 +105,5 @@ class RateLimits:
     def take(self, channel: int, tasks: int) -> tuple[float, float | None]:
         """Take ``tasks`` starts from the channel's budget: (seconds to wait before asking
         again, 0 when taken; the limit, None when the channel has none)."""
-        wait, limit = self._take(keys=[keys.RATE_LIMITS, keys.RATE_TAT], args=[tasks, channel])
+        wait, limit = self._take(rate_limits=keys.RATE_LIMITS, rate_tat=keys.RATE_TAT, tasks=tasks, channel=channel)
         return int(wait) / 1e6, (int(limit) / 1000 or None)

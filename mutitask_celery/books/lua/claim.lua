@@ -17,20 +17,22 @@
 -- Returns one code a task: 1 claimed (save it); 2 claimed to replace its burial as worker lost
 -- (save it: finish.lua then replaces the record by the success); 0 finished already, or the
 -- message is no longer this device's (do not save); -1 another run holds the claim (do not save).
-local claim, out = ARGV[1], {}
-local holds = ARGV[3] ~= '1' or redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1
+local pending, claims, inhand = KEYS[1], KEYS[2], KEYS[3]
+local claim, message_id, notes_holds = ARGV[1], ARGV[2], ARGV[3]
+local out = {}
+local holds = notes_holds ~= '1' or redis.call('HEXISTS', inhand, message_id) == 1
 for i = 4, #ARGV do
   local id = ARGV[i]
-  local held = redis.call('HGET', KEYS[2], id)
+  local held = redis.call('HGET', claims, id)
   local code = 0
   if held and claim_base(held) ~= claim then
     code = -1
-  elseif redis.call('HEXISTS', KEYS[1], id) == 1 then
+  elseif redis.call('HEXISTS', pending, id) == 1 then
     code = holds and 1 or 0
   elseif revivable(KEYS[i], claim) then
     code = 2  -- no other run is under way: a buried task is in no message
   end
-  if code > 0 and not held then redis.call('HSET', KEYS[2], id, claim) end  -- a claim made again stands as it is
+  if code > 0 and not held then redis.call('HSET', claims, id, claim) end  -- a claim made again stands as it is
   out[#out + 1] = code
 end
 return out

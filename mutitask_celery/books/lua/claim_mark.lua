@@ -5,14 +5,16 @@
 -- KEYS[1] claims:<ch> (task id -> "<device>|<message id>[|saving]")
 -- ARGV[1] the claim, "<device>|<message id>"; ARGV[2] 'saving' or 'release'; ARGV[3..] task ids.
 -- Returns how many claims it marked or gave up (only the caller's own, not marked saving yet).
+local claims = KEYS[1]
+local claim, mark = ARGV[1], ARGV[2]
 local n = 0
 for i = 3, #ARGV do
-  local value = redis.call('HGET', KEYS[1], ARGV[i])
-  if value == ARGV[1] then
-    if ARGV[2] == 'saving' then
-      redis.call('HSET', KEYS[1], ARGV[i], ARGV[1] .. SAVING)
+  local value = redis.call('HGET', claims, ARGV[i])
+  if value == claim then
+    if mark == 'saving' then
+      redis.call('HSET', claims, ARGV[i], claim .. SAVING)
     else
-      redis.call('HDEL', KEYS[1], ARGV[i])
+      redis.call('HDEL', claims, ARGV[i])
     end
     n = n + 1
   end

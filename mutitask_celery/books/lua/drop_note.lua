@@ -5,6 +5,8 @@
 -- KEYS[1] inhand:<device>; KEYS[2] held:<ch> of the note's channel; KEYS[3] started:<ch>
 -- ARGV[1] message id; ARGV[2] the note as read ('' : whatever it is); ARGV[3] '1' to drop the
 -- start mark too. Returns 1 if the note was dropped.
-local dropped = drop_note(KEYS[1], KEYS[2], ARGV[1], ARGV[2] ~= '' and ARGV[2] or nil)
-if ARGV[3] == '1' then redis.call('HDEL', KEYS[3], ARGV[1]) end
+local inhand, held, started = KEYS[1], KEYS[2], KEYS[3]
+local message_id, noted, drop_mark = ARGV[1], ARGV[2], ARGV[3]
+local dropped = drop_note(inhand, held, message_id, noted ~= '' and noted or nil)
+if drop_mark == '1' then redis.call('HDEL', started, message_id) end
 return dropped and 1 or 0

@@ -17,72 +17,78 @@
 -- KEYS[19..] the dead-letter record of each outcome, in order.
 -- ARGV[1] device; ARGV[2] channel; ARGV[3] message id ('' for none); ARGV[4] seconds the tasks
 -- took; ARGV[5] step id; ARGV[6] the writer's field in steps:<device>; ARGV[7] the device's claim
--- ("<device>|<message id>", see claim.lua; '' when it saved nothing itself); then per outcome
--- five values: 'ok', 'fail' or 'skip' (it ran, but another run owns its outcome: counted as run
+-- ("<device>|<message id>", see claim.lua; '' when it saved nothing itself); ARGV[8..] per
+-- outcome five values: 'ok', 'fail' or 'skip' (it ran, but another run owns its outcome: counted as run
 -- twice), task id, result (JSON, '' for none), reason, traceback.
 -- Returns {succeeded, failed, run twice, tasks the device has finished, reloaded tasks in the
 -- channel's backlog (the device then feeds some in: a reload flows with no server running)}.
-local device, channel, message_id, step, writer, claim = ARGV[1], ARGV[2], ARGV[3], ARGV[5], ARGV[6], ARGV[7]
-local last = redis.call('HGET', KEYS[15], writer)
+local pending, meta, stats, notify = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local results, dead_index, dead_index_ch, dead_channels = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local devices_done, devices_seen, devices_beats, inhand = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local lost, started, steps, held = KEYS[13], KEYS[14], KEYS[15], KEYS[16]
+local backlog, claims = KEYS[17], KEYS[18]
+local device, channel, message_id, busy = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local step, writer, claim = ARGV[5], ARGV[6], ARGV[7]
+local last = redis.call('HGET', steps, writer)
 if last then
   local id, a, b, c, d = string.match(last, '^([^|]*)|(%d+),(%d+),(%d+),(%d+)$')
-  if id == step then return {tonumber(a), tonumber(b), tonumber(c), tonumber(d), redis.call('ZCARD', KEYS[17])} end
+  if id == step then return {tonumber(a), tonumber(b), tonumber(c), tonumber(d), redis.call('ZCARD', backlog)} end
 end
 local now = redis_now()
 local ok, failed, dup, revived, record = 0, 0, 0, 0, 18
 for i = 8, #ARGV, 5 do
   local kind, id, result, reason, tb = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   record = record + 1
-  local held = redis.call('HGET', KEYS[18], id)
+  local holder = redis.call('HGET', claims, id)
   -- whether it is still outstanding: its data is read only for a dead-letter record (copying a
   -- big task's data into the script for every finish cost Redis more than the rest of the step)
-  local outstanding = redis.call('HEXISTS', KEYS[1], id) == 1
-  if kind == 'skip' or (held and claim_base(held) ~= claim) then
+  local outstanding = redis.call('HEXISTS', pending, id) == 1
+  if kind == 'skip' or (holder and claim_base(holder) ~= claim) then
     dup = dup + 1
   elseif outstanding then
     local data = nil
-    if kind ~= 'ok' then data = redis.call('HGET', KEYS[1], id) end
-    redis.call('HDEL', KEYS[1], id)
-    redis.call('HDEL', KEYS[13], id)
-    redis.call('HDEL', KEYS[18], id)
+    if kind ~= 'ok' then data = redis.call('HGET', pending, id) end
+    redis.call('HDEL', pending, id)
+    redis.call('HDEL', lost, id)
+    redis.call('HDEL', claims, id)
     if kind == 'ok' then
-      redis.call('HDEL', KEYS[2], id)
-      if result ~= '' then redis.call('RPUSH', KEYS[5], result) end
+      redis.call('HDEL', meta, id)
+      if result ~= '' then redis.call('RPUSH', results, result) end
       ok = ok + 1
     else
-      write_dead_letter(KEYS[record], KEYS[6], KEYS[7], KEYS[8], KEYS[2], id, channel, data, reason, tb,
+      write_dead_letter(KEYS[record], dead_index, dead_index_ch, dead_channels, meta, id, channel, data, reason, tb,
         device, result, now, '')
       failed = failed + 1
     end
   elseif kind == 'ok' and revivable(KEYS[record], claim) then
     redis.call('DEL', KEYS[record])
-    redis.call('ZREM', KEYS[6], id)
-    redis.call('ZREM', KEYS[7], id)
-    redis.call('HDEL', KEYS[2], id)
-    redis.call('HDEL', KEYS[13], id)
-    redis.call('HDEL', KEYS[18], id)
-    if result ~= '' then redis.call('RPUSH', KEYS[5], result) end
+    redis.call('ZREM', dead_index, id)
+    redis.call('ZREM', dead_index_ch, id)
+    redis.call('HDEL', meta, id)
+    redis.call('HDEL', lost, id)
+    redis.call('HDEL', claims, id)
+    if result ~= '' then redis.call('RPUSH', results, result) end
     ok = ok + 1
     revived = revived + 1
   else
-    if held and claim ~= '' then redis.call('HDEL', KEYS[18], id) end  -- its own claim: done with
+    if holder and claim ~= '' then redis.call('HDEL', claims, id) end  -- its own claim: done with
     dup = dup + 1
   end
 end
-if ok > 0 then redis.call('HINCRBY', KEYS[3], 'succeeded', ok) end
-if failed > 0 then redis.call('HINCRBY', KEYS[3], 'failed', failed) end
-if dup > 0 then redis.call('HINCRBY', KEYS[3], 'duplicates', dup) end
-if revived > 0 then redis.call('HINCRBY', KEYS[3], 'revived', revived) end
-redis.call('HINCRBY', KEYS[3], 'messages', 1)
-redis.call('HINCRBY', KEYS[3], 'timed', ok + failed + dup)
-redis.call('HINCRBYFLOAT', KEYS[3], 'busy', ARGV[4])
-local done = redis.call('HINCRBY', KEYS[9], device, ok + failed + dup)
+if ok > 0 then redis.call('HINCRBY', stats, 'succeeded', ok) end
+if failed > 0 then redis.call('HINCRBY', stats, 'failed', failed) end
+if dup > 0 then redis.call('HINCRBY', stats, 'duplicates', dup) end
+if revived > 0 then redis.call('HINCRBY', stats, 'revived', revived) end
+redis.call('HINCRBY', stats, 'messages', 1)
+redis.call('HINCRBY', stats, 'timed', ok + failed + dup)
+redis.call('HINCRBYFLOAT', stats, 'busy', busy)
+local done = redis.call('HINCRBY', devices_done, device, ok + failed + dup)
 if message_id ~= '' then
-  drop_note(KEYS[12], KEYS[16], message_id)
-  redis.call('HDEL', KEYS[14], message_id)
+  drop_note(inhand, held, message_id)
+  redis.call('HDEL', started, message_id)
 end
-redis.call('HSET', KEYS[10], device, now)  -- finishing proves the device lives
-redis.call('ZADD', KEYS[11], now, device)
-if ok + failed > 0 then wake_server(KEYS[4]) end
-redis.call('HSET', KEYS[15], writer, step .. '|' .. ok .. ',' .. failed .. ',' .. dup .. ',' .. done)
-return {ok, failed, dup, done, redis.call('ZCARD', KEYS[17])}
+redis.call('HSET', devices_seen, device, now)  -- finishing proves the device lives
+redis.call('ZADD', devices_beats, now, device)
+if ok + failed > 0 then wake_server(notify) end
+redis.call('HSET', steps, writer, step .. '|' .. ok .. ',' .. failed .. ',' .. dup .. ',' .. done)
+return {ok, failed, dup, done, redis.call('ZCARD', backlog)}

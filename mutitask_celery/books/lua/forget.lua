@@ -4,12 +4,15 @@
 -- KEYS[1] devices:seen; KEYS[2] devices:beats; KEYS[3] inhand:<device>; KEYS[4] devices:info;
 -- KEYS[5] devices:done; KEYS[6] devices:wanted; KEYS[7] devices:forgotten; KEYS[8] steps:<device>
 -- ARGV[1] device name; ARGV[2] its last heartbeat, as read.
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] or redis.call('HLEN', KEYS[3]) > 0 then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('HDEL', KEYS[4], ARGV[1])
-redis.call('HDEL', KEYS[5], ARGV[1])
-redis.call('HDEL', KEYS[6], ARGV[1])
-redis.call('DEL', KEYS[8])
-redis.call('HSET', KEYS[7], ARGV[1], redis_now())
+local devices_seen, devices_beats, inhand, devices_info = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local devices_done, devices_wanted, devices_forgotten, steps = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local device, seen = ARGV[1], ARGV[2]
+if redis.call('HGET', devices_seen, device) ~= seen or redis.call('HLEN', inhand) > 0 then return 0 end
+redis.call('HDEL', devices_seen, device)
+redis.call('ZREM', devices_beats, device)
+redis.call('HDEL', devices_info, device)
+redis.call('HDEL', devices_done, device)
+redis.call('HDEL', devices_wanted, device)
+redis.call('DEL', steps)
+redis.call('HSET', devices_forgotten, device, redis_now())
 return 1

@@ -17,22 +17,25 @@
 -- A delete first: a full Redis (maxmemory, noeviction) refuses a script whose first write would
 -- grow memory, but not one that has written, so a device's heartbeat goes on while Redis is full
 -- (a device silent then would have its tasks taken while it runs them).
-local forgotten = redis.call('HDEL', KEYS[4], ARGV[1]) == 1
+local devices_seen, devices_beats, devices_done, devices_forgotten = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local inhand, unacked_index = KEYS[5], KEYS[6]
+local device = ARGV[1]
+local forgotten = redis.call('HDEL', devices_forgotten, device) == 1
 local now = redis_now()
-redis.call('HSET', KEYS[1], ARGV[1], now)
-redis.call('ZADD', KEYS[2], now, ARGV[1])
+redis.call('HSET', devices_seen, device, now)
+redis.call('ZADD', devices_beats, now, device)
 -- The delivery's score tells it from a later delivery of the same message, which kombu
 -- gives the same tag: a reaper acts only while the score is still the one noted here. With no
 -- score kombu no longer holds the delivery (acknowledged: a call that Redis forgot in a restart
 -- and that was made again after the message finished) or never recorded it (the sweep's to
 -- find): a note of it would be stale at once, and would hold held:<ch> up for good.
-local score = #ARGV >= 5 and redis.call('ZSCORE', KEYS[6], ARGV[3])
+local score = #ARGV >= 5 and redis.call('ZSCORE', unacked_index, ARGV[3])
 if score then
-  if redis.call('HSETNX', KEYS[5], ARGV[2], ARGV[3] .. '|' .. score .. '|' .. ARGV[4] .. '|' .. ARGV[5]) == 1 then
+  if redis.call('HSETNX', inhand, ARGV[2], ARGV[3] .. '|' .. score .. '|' .. ARGV[4] .. '|' .. ARGV[5]) == 1 then
     redis.call('INCRBY', KEYS[7], ARGV[4])
     -- The server refills as devices finish; if the channel ran dry, it should not wait for that.
     if redis.call('LLEN', KEYS[9]) == 0 then wake_server(KEYS[8]) end
   end
 end
 if forgotten then return -1 end
-return tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+return tonumber(redis.call('HGET', devices_done, device) or '0')

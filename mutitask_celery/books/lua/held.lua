@@ -7,7 +7,9 @@
 -- ARGV[1] the channel; ARGV[2..] the device names as read from devices:beats
 -- Returns {the count before, the count now}, or {-1} when devices:beats changed since it was
 -- read (the caller reads it again).
-local names = redis.call('ZRANGE', KEYS[2], 0, -1)
+local held, devices_beats = KEYS[1], KEYS[2]
+local channel = ARGV[1]
+local names = redis.call('ZRANGE', devices_beats, 0, -1)
 if #names ~= #ARGV - 1 then return {-1} end
 local listed = {}
 for i = 2, #ARGV do listed[ARGV[i]] = true end
@@ -18,9 +20,9 @@ local total = 0
 for i = 3, #KEYS do
   local notes = redis.call('HVALS', KEYS[i])
   for _, note in ipairs(notes) do
-    if string.match(note, '^[^|]*|[^|]*|%d+|(%d+)$') == ARGV[1] then total = total + note_tasks(note) end
+    if string.match(note, '^[^|]*|[^|]*|%d+|(%d+)$') == channel then total = total + note_tasks(note) end
   end
 end
-local before = tonumber(redis.call('GET', KEYS[1]) or '0')
-if before ~= total then redis.call('SET', KEYS[1], total) end
+local before = tonumber(redis.call('GET', held) or '0')
+if before ~= total then redis.call('SET', held, total) end
 return {before, total}

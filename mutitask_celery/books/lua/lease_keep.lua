@@ -4,7 +4,9 @@
 -- KEYS[1] the lease (mutitask:lease:<what>); KEYS[2] lease:holders
 -- ARGV[1] the holder's value; ARGV[2] the lease's time to live, ms
 -- Returns {1, ''} when kept, else {0, the value of whoever holds it now ('' for nobody)}.
-if lease_kept(KEYS[1], KEYS[2], ARGV[1], ARGV[2]) then
+local lease, holders = KEYS[1], KEYS[2]
+local value, ttl = ARGV[1], ARGV[2]
+if lease_kept(lease, holders, value, ttl) then
   return {1, ''}
 end
-return {0, redis.call('GET', KEYS[1]) or ''}
+return {0, redis.call('GET', lease) or ''}

@@ -4,13 +4,15 @@
 -- KEYS[1] the lease (mutitask:lease:<what>); KEYS[2] lease:holders
 -- ARGV[1] the holder's value
 -- Returns 1 if the lease was the caller's, else 0.
+local lease, holders = KEYS[1], KEYS[2]
+local value = ARGV[1]
 local mine = 0
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
+if redis.call('GET', lease) == value then
+  redis.call('DEL', lease)
   mine = 1
 end
-if redis.call('HGET', KEYS[2], KEYS[1]) == ARGV[1] then
-  redis.call('HSET', KEYS[2], KEYS[1], '')
+if redis.call('HGET', holders, lease) == value then
+  redis.call('HSET', holders, lease, '')
   mine = 1
 end
 return mine

@@ -4,10 +4,12 @@
 -- ARGV[1] the taker's value (host, pid, token, since); ARGV[2] the lease's time to live, ms;
 -- ARGV[3] the value of the holder the taker may replace ('' for none: only a free lease).
 -- Returns {1, ARGV[1], ARGV[2]} when taken, else {0, the holder's value, its milliseconds left}.
-local held = redis.call('GET', KEYS[1])
-if held and held ~= ARGV[3] then
-  return {0, held, redis.call('PTTL', KEYS[1])}
+local lease, holders = KEYS[1], KEYS[2]
+local value, ttl, replaces = ARGV[1], ARGV[2], ARGV[3]
+local held = redis.call('GET', lease)
+if held and held ~= replaces then
+  return {0, held, redis.call('PTTL', lease)}
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('HSET', KEYS[2], KEYS[1], ARGV[1])
-return {1, ARGV[1], tonumber(ARGV[2])}
+redis.call('SET', lease, value, 'PX', ttl)
+redis.call('HSET', holders, lease, value)
+return {1, value, tonumber(ttl)}

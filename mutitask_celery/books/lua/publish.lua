@@ -23,17 +23,23 @@
 -- Returns {1 if published (now or by the earlier try), 0 if the channel had no room, -1 if the
 -- lease is another server's (nothing published), then outstanding, held, backlog, then the
 -- channel's counters as field/value pairs}.
-local n = tonumber(ARGV[6])
+local pending, stats, held, queue = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local steps, unsent, backlog, run = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local lease, lease_holders = KEYS[9], KEYS[10]
+local channel_size, step, slot, mode = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local now, tasks, run_channel, taken = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local lease_value, lease_ttl, byte_budget = ARGV[9], ARGV[10], ARGV[11]
+local n = tonumber(tasks)
 local function books(published)
-  return {published, redis.call('HLEN', KEYS[1]), tonumber(redis.call('GET', KEYS[3]) or '0'),
-          redis.call('ZCARD', KEYS[7]), unpack(redis.call('HGETALL', KEYS[2]))}
+  return {published, redis.call('HLEN', pending), tonumber(redis.call('GET', held) or '0'),
+          redis.call('ZCARD', backlog), unpack(redis.call('HGETALL', stats))}
 end
 if n == 0 then return books(0) end
-if redis.call('HGET', KEYS[5], ARGV[3]) == ARGV[2] then return books(1) end
-if ARGV[9] ~= '' and not lease_kept(KEYS[9], KEYS[10], ARGV[9], ARGV[10]) then return books(-1) end
-local size, budget = tonumber(ARGV[1]), tonumber(ARGV[11])
-local waiting = redis.call('HLEN', KEYS[1]) - math.max(0, tonumber(redis.call('GET', KEYS[3]) or '0'))
-                - redis.call('ZCARD', KEYS[7])
+if redis.call('HGET', steps, slot) == step then return books(1) end
+if lease_value ~= '' and not lease_kept(lease, lease_holders, lease_value, lease_ttl) then return books(-1) end
+local size, budget = tonumber(channel_size), tonumber(byte_budget)
+local waiting = redis.call('HLEN', pending) - math.max(0, tonumber(redis.call('GET', held) or '0'))
+                - redis.call('ZCARD', backlog)
 -- With nothing waiting the tasks go whatever their size: a task larger than the budget travels
 -- alone rather than blocking the run, and devices are never left without work.
 if waiting > 0 then
@@ -41,18 +47,18 @@ if waiting > 0 then
   if budget > 0 then
     local bytes = 0
     for i = 13, 11 + 2 * n, 2 do bytes = bytes + #ARGV[i] end
-    for _, id in ipairs(redis.call('HKEYS', KEYS[1])) do bytes = bytes + redis.call('HSTRLEN', KEYS[1], id) end
+    for _, id in ipairs(redis.call('HKEYS', pending)) do bytes = bytes + redis.call('HSTRLEN', pending, id) end
     if bytes > budget then return books(0) end
   end
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 12, 11 + 2 * n))
-redis.call('HINCRBY', KEYS[2], 'published', n)
-redis.call('HSET', KEYS[5], ARGV[3], ARGV[2])
-if ARGV[7] ~= '' then
-  redis.call('HSET', KEYS[8], 'taken:' .. ARGV[7], ARGV[8])
-  redis.call('HINCRBY', KEYS[8], 'published:' .. ARGV[7], n)
+redis.call('HSET', pending, unpack(ARGV, 12, 11 + 2 * n))
+redis.call('HINCRBY', stats, 'published', n)
+redis.call('HSET', steps, slot, step)
+if run_channel ~= '' then
+  redis.call('HSET', run, 'taken:' .. run_channel, taken)
+  redis.call('HINCRBY', run, 'published:' .. run_channel, n)
 end
-if ARGV[4] == 'queue' then
+if mode == 'queue' then
   local at = 12 + 2 * n
   while at <= #ARGV do
     local m = tonumber(ARGV[at])
@@ -61,10 +67,10 @@ if ARGV[4] == 'queue' then
       parts[2 * j] = ARGV[11 + 2 * tonumber(ARGV[at + 2 * j])]
       parts[2 * j + 1] = ARGV[at + 2 * j + 1]
     end
-    redis.call('LPUSH', KEYS[4], table.concat(parts))
+    redis.call('LPUSH', queue, table.concat(parts))
     at = at + 2 * m + 2
   end
 else
-  for i = 12, 11 + 2 * n, 2 do redis.call('ZADD', KEYS[6], ARGV[5], ARGV[i]) end
+  for i = 12, 11 + 2 * n, 2 do redis.call('ZADD', unsent, now, ARGV[i]) end
 end
 return books(1)

@@ -38,44 +38,50 @@
 -- (claim.lua, claim_mark.lua) died while it was being saved: it may have been saved, so it never runs again by itself: it is
 -- dead-lettered as 'worker lost while saving' (and its record keeps the claim, so that the
 -- device's own late finish, if it was only frozen, replaces it by the success).
-local device, judged, message_id, noted, tag = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-if judged ~= '' and redis.call('HGET', KEYS[1], device) ~= judged then return {'alive', 0} end
-if redis.call('HGET', KEYS[2], message_id) ~= noted then return {'moved', 0} end
-local mark = redis.call('HGET', KEYS[6], message_id) or ''
-if mark ~= ARGV[6] then return {'changed', 0} end
+local devices_seen, inhand, unacked, unacked_index = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local queue, started, lost, pending = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local meta, stats, dead_index, dead_index_ch = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
+local dead_channels, notify, held, claims = KEYS[13], KEYS[14], KEYS[15], KEYS[16]
+local device, judged, message_id, noted = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local tag, mark_read, max_attempts, channel = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local tasks = ARGV[9]
+if judged ~= '' and redis.call('HGET', devices_seen, device) ~= judged then return {'alive', 0} end
+if redis.call('HGET', inhand, message_id) ~= noted then return {'moved', 0} end
+local mark = redis.call('HGET', started, message_id) or ''
+if mark ~= mark_read then return {'changed', 0} end
 local alone = mark == device .. '|alone'
-local started = alone or mark == device
-drop_note(KEYS[2], KEYS[15], message_id, noted)
+local ran = alone or mark == device
+drop_note(inhand, held, message_id, noted)
 local noted_score = tonumber(string.match(noted, '^[^|]*|([^|]*)') or '')
-local score = redis.call('ZSCORE', KEYS[4], tag)
-if redis.call('HEXISTS', KEYS[3], tag) == 0 or not noted_score or not score or tonumber(score) ~= noted_score then
+local score = redis.call('ZSCORE', unacked_index, tag)
+if redis.call('HEXISTS', unacked, tag) == 0 or not noted_score or not score or tonumber(score) ~= noted_score then
   return {'gone', 0}  -- compared as numbers: Redis versions write a score's text differently
 end
-redis.call('HDEL', KEYS[3], tag)
-redis.call('ZREM', KEYS[4], tag)
-local n = tonumber(ARGV[9])
-if not started then
-  redis.call('RPUSH', KEYS[5], ARGV[10 + n])
+redis.call('HDEL', unacked, tag)
+redis.call('ZREM', unacked_index, tag)
+local n = tonumber(tasks)
+if not ran then
+  redis.call('RPUSH', queue, ARGV[10 + n])
   return {'restored', 0}
 end
-redis.call('HDEL', KEYS[6], message_id)
+redis.call('HDEL', started, message_id)
 local claim = device .. '|' .. message_id
 local alive, most, buried = {}, 0, 0
 for i = 1, n do
   local id = ARGV[9 + i]
-  local value = redis.call('HGET', KEYS[16], id)
+  local value = redis.call('HGET', claims, id)
   local claimed = claim_base(value) == claim
   local saving = claimed and claim_saving(value)
-  if claimed then redis.call('HDEL', KEYS[16], id) end
-  if redis.call('HEXISTS', KEYS[8], id) == 1 then
+  if claimed then redis.call('HDEL', claims, id) end
+  if redis.call('HEXISTS', pending, id) == 1 then
     if saving then
-      write_dead_letter(KEYS[16 + i], KEYS[11], KEYS[12], KEYS[13], KEYS[9], id, ARGV[8],
-        redis.call('HGET', KEYS[8], id), LOST_WHILE_SAVING, '', device, '', redis_now(), claim)
-      redis.call('HDEL', KEYS[8], id)
-      redis.call('HDEL', KEYS[7], id)
+      write_dead_letter(KEYS[16 + i], dead_index, dead_index_ch, dead_channels, meta, id, channel,
+        redis.call('HGET', pending, id), LOST_WHILE_SAVING, '', device, '', redis_now(), claim)
+      redis.call('HDEL', pending, id)
+      redis.call('HDEL', lost, id)
       buried = buried + 1
     else
-      local deaths = redis.call('HINCRBY', KEYS[7], id, 1)
+      local deaths = redis.call('HINCRBY', lost, id, 1)
       if deaths > most then most = deaths end
       alive[#alive + 1] = i
     end
@@ -84,20 +90,20 @@ for i = 1, n do
   end
 end
 if buried > 0 then
-  redis.call('HINCRBY', KEYS[10], 'failed', buried)
-  wake_server(KEYS[14])
+  redis.call('HINCRBY', stats, 'failed', buried)
+  wake_server(notify)
 end
 if #alive == 0 then return {buried > 0 and 'buried' or 'gone', most} end
-if n == 1 and alone and most >= tonumber(ARGV[7]) then
+if n == 1 and alone and most >= tonumber(max_attempts) then
   local id, now = ARGV[10], redis_now()
   local reason = 'worker lost: the device died while running it, ' .. most .. ' time(s)'
-  write_dead_letter(KEYS[17], KEYS[11], KEYS[12], KEYS[13], KEYS[9], id, ARGV[8],
-    redis.call('HGET', KEYS[8], id), reason, '', device, '', now, '')
-  redis.call('HDEL', KEYS[8], id)
-  redis.call('HDEL', KEYS[7], id)
-  redis.call('HINCRBY', KEYS[10], 'failed', 1)
-  wake_server(KEYS[14])
+  write_dead_letter(KEYS[17], dead_index, dead_index_ch, dead_channels, meta, id, channel,
+    redis.call('HGET', pending, id), reason, '', device, '', now, '')
+  redis.call('HDEL', pending, id)
+  redis.call('HDEL', lost, id)
+  redis.call('HINCRBY', stats, 'failed', 1)
+  wake_server(notify)
   return {'buried', most}
 end
-for _, i in ipairs(alive) do redis.call('RPUSH', KEYS[5], ARGV[9 + n + i]) end
+for _, i in ipairs(alive) do redis.call('RPUSH', queue, ARGV[9 + n + i]) end
 return {'suspects', most}

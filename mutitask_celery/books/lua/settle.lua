@@ -15,36 +15,40 @@
 -- ARGV[1] message id; ARGV[2] the channel; ARGV[3..2+n] its task ids.
 -- Returns 1 if the device that started it ran it alone (a death then is its own), else 0;
 -- then per task: -1 when no longer outstanding (or buried here), else its deaths so far.
-local mark = redis.call('HGET', KEYS[3], ARGV[1])
-redis.call('HDEL', KEYS[3], ARGV[1])
+local pending, lost, started, claims = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local meta, stats, dead_index, dead_index_ch = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
+local dead_channels, notify = KEYS[9], KEYS[10]
+local message_id, channel = ARGV[1], ARGV[2]
+local mark = redis.call('HGET', started, message_id)
+redis.call('HDEL', started, message_id)
 local out, buried = {(mark and string.sub(mark, -6) == '|alone') and 1 or 0}, 0
-local suffix = '|' .. ARGV[1]
+local suffix = '|' .. message_id
 for i = 3, #ARGV do
   local id = ARGV[i]
-  local value = redis.call('HGET', KEYS[4], id)
+  local value = redis.call('HGET', claims, id)
   local claim = claim_base(value)
   local claimed = claim and string.sub(claim, -#suffix) == suffix
   local saving = claimed and claim_saving(value)
-  if claimed then redis.call('HDEL', KEYS[4], id) end
-  if redis.call('HEXISTS', KEYS[1], id) == 0 then
+  if claimed then redis.call('HDEL', claims, id) end
+  if redis.call('HEXISTS', pending, id) == 0 then
     if saving and redis.call('EXISTS', KEYS[8 + i]) == 1 then redis.call('HSET', KEYS[8 + i], 'claim', claim) end
     out[#out + 1] = -1
   elseif saving then
     local device = string.sub(claim, 1, #claim - #suffix)
-    write_dead_letter(KEYS[8 + i], KEYS[7], KEYS[8], KEYS[9], KEYS[5], id, ARGV[2],
-      redis.call('HGET', KEYS[1], id), LOST_WHILE_SAVING, '', device, '', redis_now(), claim)
-    redis.call('HDEL', KEYS[1], id)
-    redis.call('HDEL', KEYS[2], id)
+    write_dead_letter(KEYS[8 + i], dead_index, dead_index_ch, dead_channels, meta, id, channel,
+      redis.call('HGET', pending, id), LOST_WHILE_SAVING, '', device, '', redis_now(), claim)
+    redis.call('HDEL', pending, id)
+    redis.call('HDEL', lost, id)
     buried = buried + 1
     out[#out + 1] = -1
   elseif mark then
-    out[#out + 1] = redis.call('HINCRBY', KEYS[2], id, 1)
+    out[#out + 1] = redis.call('HINCRBY', lost, id, 1)
   else
-    out[#out + 1] = tonumber(redis.call('HGET', KEYS[2], id) or '0')
+    out[#out + 1] = tonumber(redis.call('HGET', lost, id) or '0')
   end
 end
 if buried > 0 then
-  redis.call('HINCRBY', KEYS[6], 'failed', buried)
-  wake_server(KEYS[10])
+  redis.call('HINCRBY', stats, 'failed', buried)
+  wake_server(notify)
 end
 return out

@@ -10,13 +10,15 @@
 -- ARGV[1] tasks to start; ARGV[2] the channel
 -- Returns {wait, limit}: microseconds to wait before asking again (0: taken), and the
 -- limit in thousandths of a task a second (0: none).
-local limit = tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or '')
+local rate_limits, rate_tat = KEYS[1], KEYS[2]
+local tasks, channel = ARGV[1], ARGV[2]
+local limit = tonumber(redis.call('HGET', rate_limits, channel) or '')
 if not limit or limit <= 0 then return {0, 0} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = 1000000 / limit
-local tat = tonumber(redis.call('HGET', KEYS[2], ARGV[2]) or '0')
+local tat = tonumber(redis.call('HGET', rate_tat, channel) or '0')
 if tat < now - interval then tat = now end
 if tat > now then return {math.ceil(tat - now), math.floor(limit * 1000)} end
-redis.call('HSET', KEYS[2], ARGV[2], string.format('%.0f', tat + tonumber(ARGV[1]) * interval))
+redis.call('HSET', rate_tat, channel, string.format('%.0f', tat + tonumber(tasks) * interval))
 return {0, math.floor(limit * 1000)}

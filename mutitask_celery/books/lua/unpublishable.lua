@@ -7,8 +7,11 @@
 -- KEYS[6] stats:<ch>.
 -- ARGV[1] the id; ARGV[2] the channel; ARGV[3] the item as text (codec JSON); ARGV[4] why.
 -- Returns the failure time (Redis's clock).
+local record, dead_index, dead_index_ch, dead_channels = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local meta, stats = KEYS[5], KEYS[6]
+local task_id, channel, data, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now = redis_now()
-write_dead_letter(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2], ARGV[3], ARGV[4], '',
+write_dead_letter(record, dead_index, dead_index_ch, dead_channels, meta, task_id, channel, data, reason, '',
                   'server', '', now)
-redis.call('HINCRBY', KEYS[6], 'failed', 1)
+redis.call('HINCRBY', stats, 'failed', 1)
 return now

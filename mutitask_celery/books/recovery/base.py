@@ -35,18 +35,18 @@ def bury(ledger: Ledger, channel: int, device: str, task_id: str, attempts: int)
     ledger.finish(channel, device, [Outcome(task_id, ok=False, reason=worker_lost(attempts))])
 
 
-def burial_keys(channel: int) -> list[str]:
-    """The keys a step that buries a task of ``channel`` takes in a row (``recover.lua``,
-    ``settle.lua``): its reload history, its counters, the dead-letter indexes, the set of
-    channels with dead letters, and the server's wake-up list."""
-    return [
-        keys.meta(channel),
-        keys.stats(channel),
-        keys.dead_index(),
-        keys.dead_index(channel),
-        keys.DEAD_CHANNELS,
-        keys.notify(channel),
-    ]
+def burial_keys(channel: int) -> dict[str, str]:
+    """The keys a step that buries a task of ``channel`` takes (``recover.lua``,
+    ``settle.lua``), by name: its reload history, its counters, the dead-letter indexes, the
+    set of channels with dead letters, and the server's wake-up list."""
+    return {
+        "meta": keys.meta(channel),
+        "stats": keys.stats(channel),
+        "dead_index": keys.dead_index(),
+        "dead_index_ch": keys.dead_index(channel),
+        "dead_channels": keys.DEAD_CHANNELS,
+        "notify": keys.notify(channel),
+    }
 
 
 class Recovered(str, Enum):

@@ -48,7 +48,7 @@ from typing import Any, cast
 import redis
 
 from mutitask_celery import keys
-from mutitask_celery.books import messages, scripts
+from mutitask_celery.books import messages, steps
 from mutitask_celery.books.ledger import ChannelBooks, ChannelStats, Ledger
 from mutitask_celery.books.recovery.base import WORKER_LOST, Recovered, Recovery, Verdict, burial_keys
 from mutitask_celery.connection import redis_now, text
@@ -180,12 +180,12 @@ class Reaper(Recovery):
         self.dead_after = dead_after
         self.max_attempts = max_attempts
         self.forget_after = forget_after
-        self._restore = scripts.load(client, "restore")
-        self._recover = scripts.load(client, "recover")
-        self._retire = scripts.load(client, "retire")
-        self._forget = scripts.load(client, "forget")
-        self._drop = scripts.load(client, "drop_note")
-        self._held = scripts.load(client, "held")
+        self._restore = steps.RESTORE.on(client)
+        self._recover = steps.RECOVER.on(client)
+        self._retire = steps.RETIRE.on(client)
+        self._forget = steps.FORGET.on(client)
+        self._drop = steps.DROP_NOTE.on(client)
+        self._held = steps.HELD.on(client)
         self._suspects: dict[int, set[str]] = {}
         self._suspect_tags: set[str] = set()
         self._stale_notes: set[tuple[str, str, str]] = set()  # (device, message id, note) stale at the last sweep
@@ -336,7 +336,11 @@ class Reaper(Recovery):
         """``held:<ch>`` set to the sum of the notes (``lua/held.lua``), if it drifted."""
         for _ in range(3):
             reply = self._held(
-                keys=[keys.held(channel), keys.DEVICES_BEATS, *map(keys.inhand, names)], args=[channel, *names]
+                held=keys.held(channel),
+                devices_beats=keys.DEVICES_BEATS,
+                notes=[keys.inhand(name) for name in names],
+                channel=channel,
+                devices=names,
             )
             if int(reply[0]) >= 0:
                 if int(reply[0]) != int(reply[1]):
@@ -352,8 +356,11 @@ class Reaper(Recovery):
             if self._any_outstanding(entry.channel, entry.ids):
                 log.warning("message %s was taken by a device that died before noting it: restored", tag)
                 self._restore(
-                    keys=[keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, entry.routing_key],
-                    args=[tag, json.dumps(_redelivered(entry.message))],
+                    unacked=keys.KOMBU_UNACKED,
+                    unacked_index=keys.KOMBU_UNACKED_INDEX,
+                    queue=entry.routing_key,
+                    tag=tag,
+                    messages=[json.dumps(_redelivered(entry.message))],
                 )
             else:  # finished, only its acknowledgement was lost with its device
                 self._drop_unacked(tag)
@@ -439,7 +446,13 @@ class Reaper(Recovery):
             if self.client.exists(keys.inhand(name)):
                 log.warning("%s silent for %.0fs: giving its tasks to other devices", name, now - beat)
                 handled += self.recover(name, seen=text(seen))
-            self._retire(keys=[keys.DEVICES_SEEN, keys.DEVICES_BEATS, keys.inhand(name)], args=[name, text(seen)])
+            self._retire(
+                devices_seen=keys.DEVICES_SEEN,
+                devices_beats=keys.DEVICES_BEATS,
+                inhand=keys.inhand(name),
+                device=name,
+                seen=text(seen),
+            )
         return handled
 
     def lost_touch(self) -> None:
@@ -541,34 +554,30 @@ class Reaper(Recovery):
             ]
         else:
             queued = [json.dumps(_redelivered(entry.message))]
-        ks = [
-            keys.DEVICES_SEEN,
-            keys.inhand(device),
-            keys.KOMBU_UNACKED,
-            keys.KOMBU_UNACKED_INDEX,
-            entry.routing_key,
-            keys.started(channel),
-            keys.lost(channel),
-            keys.pending(channel),
-            *burial_keys(channel),
-            keys.held(channel),
-            keys.claims(channel),
-            *[keys.dead_record(t) for t in entry.ids],
-        ]
-        argv: list[str | int] = [
-            device,
-            judged,
-            message_id,
-            noted,
-            tag,
-            mark,
-            self.max_attempts,
-            channel,
-            len(entry.ids),
-            *entry.ids,
-            *queued,
-        ]
-        reply = self._recover(keys=ks, args=argv)
+        reply = self._recover(
+            devices_seen=keys.DEVICES_SEEN,
+            inhand=keys.inhand(device),
+            unacked=keys.KOMBU_UNACKED,
+            unacked_index=keys.KOMBU_UNACKED_INDEX,
+            queue=entry.routing_key,
+            started=keys.started(channel),
+            lost=keys.lost(channel),
+            pending=keys.pending(channel),
+            **burial_keys(channel),
+            held=keys.held(channel),
+            claims=keys.claims(channel),
+            records=[keys.dead_record(t) for t in entry.ids],
+            device=device,
+            judged=judged,
+            message_id=message_id,
+            noted=noted,
+            tag=tag,
+            mark_read=mark,
+            max_attempts=self.max_attempts,
+            channel=channel,
+            tasks=len(entry.ids),
+            ids_then_messages=[*entry.ids, *queued],
+        )
         outcome, deaths = Recovered(text(reply[0])), int(reply[1])
         if outcome is Recovered.BURIED and deaths == 0:
             log.error(
@@ -610,7 +619,14 @@ class Reaper(Recovery):
     def _drop_note(self, device: str, message_id: str, noted: str) -> None:
         """Forget a note whose delivery is no longer kombu's to give (acknowledged, or unreadable)."""
         channel = _noted_channel(noted)
-        self._drop(keys=[keys.inhand(device), keys.held(channel), keys.started(channel)], args=[message_id, noted, "0"])
+        self._drop(
+            inhand=keys.inhand(device),
+            held=keys.held(channel),
+            started=keys.started(channel),
+            message_id=message_id,
+            noted=noted,
+            drop_mark="0",
+        )
 
     def forget_silent(self, now: float | None = None) -> list[str]:
         """Drop from the roster every device silent for ``forget_after`` seconds with nothing in
@@ -625,17 +641,16 @@ class Reaper(Recovery):
                 continue
             name = text(name)
             if old and self._forget(
-                keys=[
-                    keys.DEVICES_SEEN,
-                    keys.DEVICES_BEATS,
-                    keys.inhand(name),
-                    keys.DEVICES_INFO,
-                    keys.DEVICES_DONE,
-                    keys.DEVICES_WANTED,
-                    keys.DEVICES_FORGOTTEN,
-                    keys.steps(name),
-                ],
-                args=[name, text(seen)],
+                devices_seen=keys.DEVICES_SEEN,
+                devices_beats=keys.DEVICES_BEATS,
+                inhand=keys.inhand(name),
+                devices_info=keys.DEVICES_INFO,
+                devices_done=keys.DEVICES_DONE,
+                devices_wanted=keys.DEVICES_WANTED,
+                devices_forgotten=keys.DEVICES_FORGOTTEN,
+                steps=keys.steps(name),
+                device=name,
+                seen=text(seen),
             ):
                 forgotten.append(name)
         if forgotten:

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 
 from mutitask_celery import keys
-from mutitask_celery.books import messages, scripts
+from mutitask_celery.books import messages, steps
 from mutitask_celery.books.ledger import Ledger
 from mutitask_celery.books.recovery.base import Recovered, Recovery, Verdict, burial_keys, bury
 from mutitask_celery.books.transports.kombu_broker import KombuBroker
@@ -39,7 +39,7 @@ class Redeliveries(Recovery):
         super().__init__(ledger)
         self.transport = transport
         self.max_attempts = max_attempts
-        self._settle = scripts.load(self.client, "settle")
+        self._settle = steps.SETTLE.on(self.client)
 
     def settle(self, channel: int, device: str, message_id: str, items: Sequence[messages.Item]) -> Verdict:
         """Count the deaths a redelivered message caused; say whether and how it runs.
@@ -50,15 +50,18 @@ class Redeliveries(Recovery):
         ``max_attempts`` times, the last one running alone (dead-lettered as ``worker lost``).
         """
         ids = [task_id for task_id, _ in items]
-        ks = [
-            keys.pending(channel),
-            keys.lost(channel),
-            keys.started(channel),
-            keys.claims(channel),
-            *burial_keys(channel),
-            *map(keys.dead_record, ids),
-        ]
-        alone, *deaths = (int(n) for n in self._settle(keys=ks, args=[message_id, channel, *ids]))
+        reply = self._settle(
+            pending=keys.pending(channel),
+            lost=keys.lost(channel),
+            started=keys.started(channel),
+            claims=keys.claims(channel),
+            **burial_keys(channel),
+            records=[keys.dead_record(t) for t in ids],
+            message_id=message_id,
+            channel=channel,
+            task_ids=ids,
+        )
+        alone, *deaths = (int(n) for n in reply)
         alive = [(task_id, n) for (task_id, _), n in zip(items, deaths, strict=True) if n >= 0]
         if not alive:
             return Verdict.SKIP
