@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from mutitask_celery import api, keys, runtime, settings
-from mutitask_celery.books.dead_letters import FailedTask
+from mutitask_celery.books.dead_letters import FailedTask, Kind, table_rows
 from mutitask_celery.books.rate_limits import describe, parse_rate
 from mutitask_celery.connection import check_redis
 from mutitask_celery.control import STOP_WAIT, Devices, StopReport
@@ -57,21 +57,7 @@ examples:
 
 
 def _table(records: Sequence[FailedTask]) -> str:
-    rows = [("ID", "CH", "FAILS", "LAST FAILED", "DEVICE", "REASON", "TASK")]
-    for r in records:
-        task = r.as_dict()["data"]
-        rows.append(
-            (
-                r.id,
-                str(r.channel),
-                str(r.failures),
-                local_time(r.last_failed),
-                r.device,
-                r.reason[:40],
-                task[:40] + ("..." if len(task) > 40 else ""),
-            )
-        )
-    return format_table(rows)
+    return format_table(table_rows(records))
 
 
 def _selection(args: argparse.Namespace) -> tuple[int | None, list[str] | None]:
@@ -278,10 +264,10 @@ def _failed_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(record.as_dict(), indent=1))
         return ExitCode.OK
-    for key, value in record.as_dict().items():
-        if key in ("first_failed", "last_failed"):
-            value = local_time(float(value))
-        print(f"{key:>12}: {value}")
+    exported = record.as_dict()
+    for f in FailedTask.FIELDS:
+        value = exported[f.name]
+        print(f"{f.name:>12}: {local_time(value) if f.kind is Kind.TIME else value}")
     return ExitCode.OK
 
 

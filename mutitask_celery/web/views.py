@@ -37,12 +37,12 @@ def shown(value: str, limit: int) -> dict[str, Any]:
 
 
 def record_view(record: FailedTask, limit: int = LIST_CUT) -> dict[str, Any]:
-    """A dead-letter record for the page: every text cut to ``limit``."""
-    raw = record.as_dict()
-    view: dict[str, Any] = {k: raw[k] for k in ("id", "channel", "device", "first_failed", "last_failed", "failures")}
-    for name in ("data", "reason", "traceback"):
-        view[name] = shown(raw[name] or "", limit)
-    view["result"] = None if raw["result"] is None else shown(raw["result"], limit)
+    """A dead-letter record for the page, its fields as :attr:`.FailedTask.FIELDS` declares
+    them: every text cut to ``limit`` (a result that is absent stays None)."""
+    view = record.as_dict()
+    for f in FailedTask.FIELDS:
+        if f.kind.long and view[f.name] is not None:
+            view[f.name] = shown(view[f.name] or "", limit)
     return view
 
 
