@@ -261,6 +261,11 @@ def test_task_text_is_shown_as_text_in_a_browser(web: Web, browser: Browser, r: 
         browser.wait_for(f"document.body.textContent.includes({SCRIPT_TASK!r})", f"the task as text on {path}")
         assert browser.js("document.title").startswith("mutitask")
         assert browser.js("document.querySelectorAll('main img, main script, main b').length") == 0
+    browser.open(web.url + "/dead")
+    listed = "[...document.querySelectorAll('#records thead th[data-field]')].map(th => th.dataset.field)"
+    assert browser.js(listed) == [f.name for f in FailedTask.FIELDS if f.listed]  # the page lays out the fields
     browser.open(web.url + f"/dead/record?id={huge}")
     browser.wait_for("document.getElementById('data').textContent.includes('1.0 MB in all')", "the cut huge task")
+    assert browser.js("document.querySelector(\"dd[data-field='device']\").textContent") == "server"
+    assert browser.js("document.querySelector(\"dd[data-field='data']\").textContent") == "1.0 MB"
     assert browser.js("document.getElementById('data').textContent.length") < 70_000

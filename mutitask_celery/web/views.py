@@ -30,6 +30,12 @@ PAGE_MAX = 200  # records a page of the dead-letter list, at most
 HISTORY_SPAN = 600.0  # seconds of rate history the plots show
 RATE_WINDOW = 10.0  # seconds the "rate" column averages over
 
+# Where a record's fields show on the pages, which lay them out from these (each header or
+# row carries its field's name and kind, and the page's script fills it from the JSON).
+LISTED = tuple(f for f in FailedTask.FIELDS if f.listed)  # a column each in the lists of records
+RECORD_ROWS = tuple(f for f in FailedTask.FIELDS if f.label and not f.block)  # a row each in a record's view
+RECORD_BLOCKS = tuple(f for f in FailedTask.FIELDS if f.label and f.block)  # ... and a block each below
+
 
 def shown(value: str, limit: int) -> dict[str, Any]:
     """``value`` cut to ``limit`` characters, with its whole size, for the page to say so."""
