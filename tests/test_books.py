@@ -315,6 +315,37 @@ def test_reload_leaves_records_of_a_newer_version_alone(r: redis.Redis, caplog: 
     assert [i for i, _ in queued(r, 1)][-1] == good
 
 
+@pytest.mark.parametrize("chosen", ["channel", "all"])
+def test_a_reload_pages_past_what_it_leaves_and_ends_at_what_was_there(
+    chosen: str, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mutitask_celery.books import dead_letters
+
+    monkeypatch.setattr(dead_letters, "RELOAD_PAGE", 3)
+    ids = publish(1, list(range(10)))
+    r.delete(keys.queue(1))
+    for task_id in ids:
+        fail(1, task_id)
+    for n in range(4):  # at the head of the index, left alone by each step: stepped over
+        r.hset(keys.dead_record(f"future{n}"), mapping={"v": "99", "id": f"future{n}", "channel": "1", "data": "0"})
+        r.zadd(keys.dead_index(), {f"future{n}": n})
+        r.zadd(keys.dead_index(1), {f"future{n}": n})
+    store = runtime.store()
+    read = store.client.zrangebyscore
+    again = iter(ids)
+
+    def failing_again(*args: object, **kwargs: object) -> object:
+        page = read(*args, **kwargs)  # type: ignore[arg-type]
+        if (task_id := next(again, None)) is not None and r.hexists(keys.pending(1), task_id):
+            fail(1, task_id)  # a reloaded task fails again at once: not met again by this reload
+        return page
+
+    monkeypatch.setattr(store.client, "zrangebyscore", failing_again)
+    assert store.reload(1 if chosen == "channel" else None) == 10
+    assert r.zcard(keys.dead_index(1)) == 4 + sum(1 for i in ids if r.exists(keys.dead_record(i)))
+    assert all(r.exists(keys.dead_record(f"future{n}")) for n in range(4))
+
+
 def test_retention_settings_are_validated() -> None:
     import types
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from enum import Enum
@@ -274,6 +275,59 @@ def _cut(text: str) -> str:
     return f"{text[:limit]}... ({len(text)} characters)"
 
 
+def _chunks(ids: Iterable[str], size: int) -> Iterator[list[str]]:
+    """``ids`` in lists of ``size`` (the last shorter), read as they come."""
+    batch: list[str] = []
+    for task_id in ids:
+        batch.append(task_id)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _Pager:
+    """The ids an index held at ``until`` (Redis's clock: when the caller began), a page of
+    ``size`` at a time, oldest first: O(what matched), never the whole index in memory.
+
+    The reader moves or deletes what it can of each page out of the index, and says how many
+    it left there (:meth:`left`, or :meth:`left_of` when the step that acted cannot say):
+    those stay at the head (unreadable, another channel's, newer) and the next page starts
+    past them. A task that fails again meanwhile re-enters the index later than ``until``
+    (failure times are Redis's clock), so it is not met again, and the count at the start caps
+    the pages anyway: acting on N records acts on at most N, however fast they fail again.
+    """
+
+    def __init__(self, client: redis.Redis, index: str, size: int, until: float | None = None) -> None:
+        self.client, self.index, self.size = client, index, size
+        self.until = redis_now(client) if until is None else until
+        self.budget = int(client.zcard(index))
+        self.offset = 0
+
+    def __iter__(self) -> Iterator[list[str]]:
+        while self.budget > 0:
+            page = cast(
+                "list[str]",
+                self.client.zrangebyscore(
+                    self.index, "-inf", self.until, start=self.offset, num=min(self.size, self.budget)
+                ),
+            )
+            if not page:
+                return
+            self.budget -= len(page)
+            yield page
+
+    def left(self, count: int) -> None:
+        """The reader left ``count`` ids of the last page in the index: the next starts past them."""
+        self.offset += count
+
+    def left_of(self, page: list[str]) -> None:
+        """The reader left those of ``page`` that the index still holds (from before the start)."""
+        scores = self.client.zmscore(self.index, page)
+        self.left(sum(1 for score in scores if score is not None and score <= self.until))
+
+
 class RedisDeadLetterStore(DeadLetterStore):
     """The store in Redis, next to the books (see module docstring)."""
 
@@ -324,59 +378,27 @@ class RedisDeadLetterStore(DeadLetterStore):
         return record
 
     def _batches(self, channel: int | None, ids: Iterable[str] | None) -> Iterator[list[str]]:
-        """Ids to act on, a bounded batch at a time (never the whole store in memory)."""
+        """Ids to delete, a bounded batch at a time (never the whole store in memory): the ids
+        given, or those an index holds when this is called (see :class:`_Pager`)."""
         if ids is not None:
-            batch: list[str] = []
-            for task_id in ids:
-                batch.append(task_id)
-                if len(batch) == BATCH:
-                    yield batch
-                    batch = []
-            if batch:
-                yield batch
+            yield from _chunks(ids, BATCH)
             return
-        yield from self._index_pages(channel)
-
-    def _index_pages(self, channel: int | None) -> Iterator[list[str]]:
-        """The ids in the store when this is called, a page at a time, oldest first.
-
-        The caller moves or deletes each page out of the index; a record it leaves (unreadable,
-        or another channel's) stays at the head and is stepped over. A task that fails again
-        meanwhile re-enters the index later than the call's start (failure times are Redis's
-        clock), so it is not seen again, and the count at the start caps the pages anyway:
-        reloading N records moves at most N, however fast they fail again.
-        """
-        index = keys.dead_index(channel)
-        until = redis_now(self.client)
-        budget = int(self.client.zcard(index))
-        offset = 0
-        while budget > 0:
-            page = cast(
-                "list[str]", self.client.zrangebyscore(index, "-inf", until, start=offset, num=min(BATCH, budget))
-            )
-            if not page:
-                return
-            yield page
-            budget -= len(page)
-            scores = self.client.zmscore(index, page)
-            offset += sum(1 for score in scores if score is not None and score <= until)
+        pager = _Pager(self.client, keys.dead_index(channel), BATCH)
+        for page in pager:
+            yield page  # the caller deletes what it can of it
+            pager.left_of(page)
 
     def reload(self, channel: int | None = None, ids: Iterable[str] | None = None) -> int:
         """Put records back (``lua/reload.lua``), a page at a time: each task enters its
         channel's backlog in the books, and goes out as devices make room in the channel
         (:meth:`Ledger.feed_backlog`, run here once per channel, then by the server and the
         devices). Returns how many moved."""
-        moved: dict[int, int] = {}
-        if ids is not None:
-            for batch in self._batches(None, ids):
-                for ch, chosen in self._by_channel(batch).items():
-                    if channel is None or ch == channel:
-                        moved[ch] = moved.get(ch, 0) + self._reload_page(ch, chosen)[0]
-        else:
-            for ch in [channel] if channel is not None else self._channels():
-                moved[ch] = self._reload_channel(ch)
-            if channel is None:
-                self._reload_strays(moved)
+        moved: Counter[int] = Counter()
+        for ch, page, pager in self._to_reload(channel, ids):
+            n, left = self._reload_page(ch, page)
+            moved[ch] += n
+            if pager is not None:
+                pager.left(len(left))
         for ch, n in moved.items():
             if n and self.feed is not None:
                 self.feed(ch)  # the first ones go out at once, if devices have room
@@ -385,34 +407,39 @@ class RedisDeadLetterStore(DeadLetterStore):
             log.info("reloaded %d failed task(s); they go out as devices make room", total)
         return total
 
-    def _reload_strays(self, moved: dict[int, int]) -> None:
-        """What the channels' indexes did not hold (only the global index names them), added
-        to ``moved``; an index entry whose record is gone is dropped."""
-        for page in self._index_pages(None):
-            grouped = self._by_channel(page)
-            self._drop_strays(page, grouped)
-            for ch, chosen in grouped.items():
-                moved[ch] = moved.get(ch, 0) + self._reload_page(ch, chosen)[0]
+    def _to_reload(
+        self, channel: int | None, ids: Iterable[str] | None
+    ) -> Iterator[tuple[int, list[str], _Pager | None]]:
+        """What a reload moves, as pages of one channel's ids for ``lua/reload.lua``: the ids
+        given (of ``channel`` only, when given); else the channel's index; else every channel's
+        index, then what only the all-channels index names (an entry of it whose record is
+        gone is dropped). A page of a channel's index comes with its pager, to be told how
+        many the step left there; the others step over what they left themselves. Every index
+        is read as it was when the call began: a task reloaded from its channel's index that
+        fails again meanwhile is not met again in the all-channels one."""
+        if ids is not None:
+            for batch in _chunks(ids, BATCH):
+                for ch, chosen in self._by_channel(batch).items():
+                    if channel is None or ch == channel:
+                        yield ch, chosen, None
+            return
+        began = redis_now(self.client)
+        for ch in [channel] if channel is not None else self.channels():
+            pager = _Pager(self.client, keys.dead_index(ch), RELOAD_PAGE, began)
+            for page in pager:
+                yield ch, page, pager
+        if channel is None:
+            strays = _Pager(self.client, keys.dead_index(), BATCH, began)
+            for page in strays:
+                grouped = self._by_channel(page)
+                self._drop_strays(page, grouped)
+                for ch, chosen in grouped.items():
+                    yield ch, chosen, None
+                strays.left_of(page)
 
-    def _reload_channel(self, channel: int) -> int:
-        """Every record of the channel when called (as :meth:`_index_pages` bounds it), a page
-        a step; a record left alone stays at the head and is stepped over."""
-        index = keys.dead_index(channel)
-        until = redis_now(self.client)
-        budget = int(self.client.zcard(index))
-        moved = offset = 0
-        while budget > 0:
-            page = cast(
-                "list[str]", self.client.zrangebyscore(index, "-inf", until, start=offset, num=min(RELOAD_PAGE, budget))
-            )
-            if not page:
-                break
-            budget -= len(page)
-            n, left = self._reload_page(channel, page)
-            moved, offset = moved + n, offset + len(left)
-        return moved
-
-    def _channels(self) -> list[int]:
+    def channels(self) -> list[int]:
+        """The channels that have records (every record's writer adds its channel to the set; a
+        channel may stay in it after its last record went)."""
         found = []
         for ch in self.client.smembers(keys.DEAD_CHANNELS):
             try:
