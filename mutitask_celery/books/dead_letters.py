@@ -1,11 +1,11 @@
 """The dead-letter store: every failed task with why, where and when.
 
-:class:`DeadLetterStore` is the small interface the API, console and CLI use;
-:class:`RedisDeadLetterStore` keeps each record in a hash
-(``mutitask:dead:rec:<id>``) indexed by failure time in one sorted set per
-channel and one for all channels, so counting is ``ZCARD`` and listing is
-paged. Records are written by the device's finish script (``ledger.py``) in the
-same atomic step that takes the task out of the books.
+:class:`FailedTask` is a record, its fields declared once (:attr:`FailedTask.FIELDS`:
+how each reads from the hash and where it shows). :class:`RedisDeadLetterStore` keeps
+each record in a hash (``mutitask:dead:rec:<id>``) indexed by failure time in one sorted
+set per channel and one for all channels, so counting is ``ZCARD`` and listing is
+paged. Records are written by ``lua/dead_letter.lua``, from the device's finish step
+(``ledger.py``) in the same atomic step that takes the task out of the books.
 
 A reload moves records back in one Lua step per page: each record is
 deleted and its task re-entered in the books, in the channel's *backlog*, all
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import time
-from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -225,47 +224,6 @@ def decode_record(raw: Mapping[str, str | bytes]) -> FailedTask | None:
         return None
 
 
-class DeadLetterStore(ABC):
-    """What the API, the console and the CLI need from a dead-letter store."""
-
-    @abstractmethod
-    def failed(self, channel: int | None = None, limit: int | None = None, offset: int = 0) -> list[FailedTask]:
-        """Records ordered by last failure time, oldest first."""
-
-    @abstractmethod
-    def count(self, channel: int | None = None) -> int:
-        """How many records (one channel, or all)."""
-
-    @abstractmethod
-    def get(self, task_id: str) -> FailedTask:
-        """One record; raises :class:`RecordNotFound`."""
-
-    @abstractmethod
-    def reload(self, channel: int | None = None, ids: Iterable[str] | None = None) -> int:
-        """Put records back on their channels; returns how many moved."""
-
-    @abstractmethod
-    def delete(self, channel: int | None = None, ids: Iterable[str] | None = None) -> int:
-        """Remove records for good; returns how many."""
-
-    @abstractmethod
-    def prune(self) -> int:
-        """Apply the retention limits; returns how many records were dropped."""
-
-    @abstractmethod
-    def dropped(self, channel: int | None = None) -> int:
-        """How many records the retention limits have dropped so far."""
-
-    def ids_at(self, channel: int, positions: Sequence[int]) -> list[str]:
-        """Ids at 0-based positions in the channel's order (the operator console's index): one
-        record read each, never the channel's all (O(log N) on the Redis store)."""
-        found: list[str] = []
-        for i in positions:
-            if i >= 0:
-                found += [record.id for record in self.failed(channel, limit=1, offset=i)]
-        return found
-
-
 def _cut(text: str) -> str:
     """An unpublishable item's text as its record keeps it: all of it, unless it is too long
     to be written at all (an item too long to travel often is), then its start."""
@@ -328,8 +286,15 @@ class _Pager:
         self.left(sum(1 for score in scores if score is not None and score <= self.until))
 
 
-class RedisDeadLetterStore(DeadLetterStore):
-    """The store in Redis, next to the books (see module docstring)."""
+class RedisDeadLetterStore:
+    """The store in Redis, next to the books (see module docstring): what the API, the
+    console, the CLI, the web page and the server's producer read and change.
+
+    It has no abstract base and no in-memory twin: a reload is a move into the books in the
+    same Lua step (``lua/reload.lua``), so a store without the books would be a different
+    store, and a test of it would pass where this one could fail. What the record's fields
+    decide (:class:`FailedTask`) is read without a store, and tested so.
+    """
 
     def __init__(
         self,
@@ -347,6 +312,7 @@ class RedisDeadLetterStore(DeadLetterStore):
         self._unpublishable = scripts.load(client, "unpublishable")
 
     def count(self, channel: int | None = None) -> int:
+        """How many records (one channel, or all)."""
         return int(self.client.zcard(keys.dead_index(channel)))
 
     def _ids(self, channel: int | None, limit: int | None = None, offset: int = 0) -> list[str]:
@@ -368,9 +334,12 @@ class RedisDeadLetterStore(DeadLetterStore):
         return records
 
     def failed(self, channel: int | None = None, limit: int | None = None, offset: int = 0) -> list[FailedTask]:
+        """Records (one channel, or all) ordered by last failure time, oldest first: ``limit``
+        of them from ``offset`` (None: all); an unreadable one is skipped with a warning."""
         return self._load(self._ids(channel, limit, offset))
 
     def get(self, task_id: str) -> FailedTask:
+        """One record; raises :class:`RecordNotFound` (also for one that cannot be read)."""
         raw = raw_twin(self.client).hgetall(keys.dead_record(task_id))
         record = decode_record(_fields(cast("dict[bytes, bytes]", raw))) if raw else None
         if record is None:
@@ -480,6 +449,8 @@ class RedisDeadLetterStore(DeadLetterStore):
         return int(moved), [text(t) for t in left]
 
     def delete(self, channel: int | None = None, ids: Iterable[str] | None = None) -> int:
+        """Remove records for good (the ids given, of ``channel`` only when given; else the
+        channel's, or all); returns how many."""
         deleted = 0
         for batch in self._batches(channel, ids):
             deleted += self._delete_page(batch, only=channel)
@@ -533,6 +504,15 @@ class RedisDeadLetterStore(DeadLetterStore):
         if dropped:
             log.info("dead-letter retention dropped %d record(s)", dropped)
         return dropped
+
+    def ids_at(self, channel: int, positions: Sequence[int]) -> list[str]:
+        """Ids at 0-based positions in the channel's order (the operator console's index): one
+        record read each, never the channel's all (O(log N) each)."""
+        found: list[str] = []
+        for i in positions:
+            if i >= 0:
+                found += [record.id for record in self.failed(channel, limit=1, offset=i)]
+        return found
 
     def dropped(self, channel: int | None = None) -> int:
         """How many records the retention limits have dropped (one channel, or all)."""

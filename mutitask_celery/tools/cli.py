@@ -12,7 +12,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
-from mutitask_celery import api, keys, runtime, settings
+from mutitask_celery import api, runtime, settings
 from mutitask_celery.books.dead_letters import FailedTask, Kind, table_rows
 from mutitask_celery.books.rate_limits import describe, parse_rate
 from mutitask_celery.connection import check_redis
@@ -178,11 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _channels_with_records() -> list[int]:
-    client = runtime.store().client
-    return sorted(int(c) for c in client.smembers(keys.DEAD_CHANNELS))
-
-
 def _status(args: argparse.Namespace) -> int:
     """``mutitask status``: every device and its state, then how many names were forgotten."""
     base = runtime.devices()
@@ -273,7 +268,7 @@ def _failed_show(args: argparse.Namespace) -> int:
 
 def _failed_count(args: argparse.Namespace) -> int:
     """``mutitask failed count``: records per channel, in all, and what the retention limits dropped."""
-    channels = [args.channel] if args.channel else _channels_with_records()
+    channels = [args.channel] if args.channel else runtime.store().channels()
     counts = {str(c): api.failed_count(c) for c in channels}
     total = api.failed_count(args.channel)
     dropped = api.failed_dropped(args.channel)

@@ -88,9 +88,9 @@ class RateHistory:
 
 def known_channels(devices: list[Device] | None = None) -> list[int]:
     """Every channel the books know: a server ran it, it has dead letters, or a device serves it."""
-    client = runtime.books_client()
-    found = {text(c) for c in client.hkeys(keys.CHANNEL_SIZES)} | {text(c) for c in client.smembers(keys.DEAD_CHANNELS)}
-    channels = {int(c) for c in found if c.isdigit() and int(c) > 0}
+    sizes = {text(c) for c in runtime.books_client().hkeys(keys.CHANNEL_SIZES)}
+    channels = {int(c) for c in sizes if c.isdigit() and int(c) > 0}
+    channels.update(c for c in runtime.store().channels() if c > 0)
     for device in devices or []:
         channels.update(device.channels)
     return sorted(channels)
