@@ -69,7 +69,7 @@ class Kind(str, Enum):
 
     @property
     def long(self) -> bool:
-        """Cut where it is shown: the page gets it as :func:`.views.shown` text with its size."""
+        """Cut where it is shown, with its whole size beside it: one field may be megabytes."""
         return self in (Kind.TEXT, Kind.VALUE)
 
 
@@ -137,7 +137,7 @@ class Field:
         width = self.column.width if self.column else None
         if width is None or len(cell) <= width:
             return cell
-        return cell[:width] + ("..." if self.kind is Kind.VALUE else "")  # a cut value is not one
+        return cell[:width] + ("..." if self.kind is Kind.VALUE else "")  # else its start reads as a whole value
 
 
 def _record(kind: Kind, absent: Any = REQUIRED, **shown: Any) -> dict[str, Any]:
@@ -153,8 +153,9 @@ class FailedTask:
     (:class:`Field`); :data:`FIELDS` collects them in this order, which is the order of
     :meth:`as_dict`, the web page's lists and ``mutitask failed show``. A new field is a line
     here (with ``absent``: records written before it lack it) and its value in
-    ``lua/dead_letter.lua``'s writer. The hash also holds ``v`` (:data:`RECORD_VERSION`)
-    and ``claim`` (read only by the Lua steps: see ``lua/claim.lua``).
+    ``lua/dead_letter.lua``'s writer; the pages lay it out by ``label``, ``listed`` and
+    ``block`` and show it by its :class:`Kind`. The hash also holds ``v``
+    (:data:`RECORD_VERSION`) and ``claim`` (read only by the Lua steps: see ``lua/claim.lua``).
     """
 
     id: str = field(metadata=_record(Kind.WORD, column=Column("ID", 1)))
