@@ -48,7 +48,7 @@ def record_view(record: FailedTask, limit: int = LIST_CUT) -> dict[str, Any]:
     view = record.as_dict()
     for f in FailedTask.FIELDS:
         if f.kind.long and view[f.name] is not None:
-            view[f.name] = shown(view[f.name] or "", limit)
+            view[f.name] = shown(view[f.name], limit)
     return view
 
 
