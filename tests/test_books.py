@@ -3,6 +3,7 @@ outcomes are recorded the way a device records them."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 
@@ -14,6 +15,7 @@ from conftest import fresh_settings
 import mutitask_celery as mt
 from mutitask_celery import codec, keys, runtime
 from mutitask_celery.books import messages
+from mutitask_celery.books.dead_letters import FailedTask, decode_record, table_rows
 from mutitask_celery.books.ledger import Outcome
 from mutitask_celery.serving.console import Console
 from mutitask_celery.serving.producer import Producer
@@ -90,6 +92,55 @@ def test_failure_record_keeps_why_where_when(r: redis.Redis) -> None:
     assert record.failures == 1 and record.first_failed == record.last_failed > 0
     assert mt.get_failed(task_id).as_dict() == record.as_dict()
     assert mt.failed_count(1) == 1 and mt.failed_count() == 1 and mt.failed_count(2) == 0
+
+
+def test_a_record_is_stored_with_the_fields_its_type_declares(r: redis.Redis) -> None:
+    (task_id,) = publish(1, ["x"])
+    fail(1, task_id)
+    names = [f.name for f in FailedTask.FIELDS]
+    assert names == [f.name for f in dataclasses.fields(FailedTask)] == list(mt.get_failed(task_id).as_dict())
+    assert set(r.hkeys(keys.dead_record(task_id))) == {"v", *names}  # and "claim" when a device died saving
+
+
+RECORD = {
+    "v": "1",
+    "id": "t1",
+    "channel": "3",
+    "data": codec.encode({"n": [1, 2]}),
+    "reason": "ValueError: no",
+    "traceback": "Traceback ...",
+    "device": "device1@h",
+    "first_failed": "1700000000.5",
+    "last_failed": "1700000100.25",
+    "failures": "2",
+    "result": "",
+    "claim": "",
+}
+
+
+def test_a_record_reads_from_its_hash_field_by_field() -> None:
+    record = decode_record(RECORD)
+    assert record == FailedTask(
+        "t1", 3, {"n": [1, 2]}, "ValueError: no", "Traceback ...", "device1@h", 1700000000.5, 1700000100.25, 2
+    )
+    assert record.as_dict()["data"] == "{'n': [1, 2]}" and record.as_dict()["result"] is None
+    # As 0.2.0 wrote one: an array as nested lists, fields added since absent
+    old = decode_record(
+        {"v": "1", "id": "t2", "channel": "1", "data": '{"__mt__":"ndarray","dtype":"<i8","shape":[2],"v":[1,2]}'}
+    )
+    assert old is not None and old.data.tolist() == [1, 2]
+    assert (old.reason, old.failures, old.first_failed, old.result) == ("", 1, 0.0, None)
+    for required in ("id", "channel", "data"):
+        assert decode_record({k: v for k, v in RECORD.items() if k != required}) is None
+
+
+def test_the_cli_table_shows_the_fields_with_a_column() -> None:
+    long = decode_record({**RECORD, "data": codec.encode("t" * 50), "reason": "r" * 50})
+    assert long is not None
+    header, row = table_rows([long])
+    assert header == ("ID", "CH", "FAILS", "LAST FAILED", "DEVICE", "REASON", "TASK")
+    assert row[:3] == ("t1", "3", "2") and row[4] == "device1@h"
+    assert row[5] == "r" * 40 and row[6] == "t" * 40 + "..."  # a cut task says so
 
 
 def test_reload_moves_each_record_to_the_queue_exactly_once(r: redis.Redis) -> None:
@@ -264,6 +315,37 @@ def test_reload_leaves_records_of_a_newer_version_alone(r: redis.Redis, caplog: 
     assert r.exists(keys.dead_record("future")) == 1 and "newer version" in caplog.text
     assert r.zscore(keys.dead_index(), "orphan") is None
     assert [i for i, _ in queued(r, 1)][-1] == good
+
+
+@pytest.mark.parametrize("chosen", ["channel", "all"])
+def test_a_reload_pages_past_what_it_leaves_and_ends_at_what_was_there(
+    chosen: str, r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mutitask_celery.books import dead_letters
+
+    monkeypatch.setattr(dead_letters, "RELOAD_PAGE", 3)
+    ids = publish(1, list(range(10)))
+    r.delete(keys.queue(1))
+    for task_id in ids:
+        fail(1, task_id)
+    for n in range(4):  # at the head of the index, left alone by each step: stepped over
+        r.hset(keys.dead_record(f"future{n}"), mapping={"v": "99", "id": f"future{n}", "channel": "1", "data": "0"})
+        r.zadd(keys.dead_index(), {f"future{n}": n})
+        r.zadd(keys.dead_index(1), {f"future{n}": n})
+    store = runtime.store()
+    read = store.client.zrangebyscore
+    again = iter(ids)
+
+    def failing_again(*args: object, **kwargs: object) -> object:
+        page = read(*args, **kwargs)  # type: ignore[arg-type]
+        if (task_id := next(again, None)) is not None and r.hexists(keys.pending(1), task_id):
+            fail(1, task_id)  # a reloaded task fails again at once: not met again by this reload
+        return page
+
+    monkeypatch.setattr(store.client, "zrangebyscore", failing_again)
+    assert store.reload(1 if chosen == "channel" else None) == 10
+    assert r.zcard(keys.dead_index(1)) == 4 + sum(1 for i in ids if r.exists(keys.dead_record(i)))
+    assert all(r.exists(keys.dead_record(f"future{n}")) for n in range(4))
 
 
 def test_retention_settings_are_validated() -> None:

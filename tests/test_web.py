@@ -4,6 +4,7 @@ prometheus_client, task text shown as text, and the page in headless Chromium.""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import socket
@@ -22,8 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import mutitask_celery as mt
 from mutitask_celery import runtime
+from mutitask_celery.books.dead_letters import FailedTask
 from mutitask_celery.errors import ConfigurationError
 from mutitask_celery.serving import serve
+from mutitask_celery.web import views
 from mutitask_celery.web.app import WebConfig, check_listen
 
 HOST = socket.gethostname()
@@ -164,6 +167,17 @@ def test_the_api_pages_the_store_and_cuts_a_huge_task(web: Web, r: redis.Redis) 
     assert web.post("/api/dead/delete", {"channel": 1}).json()["moved"] == 7
 
 
+def test_a_record_view_cuts_its_long_fields_and_keeps_the_others_whole() -> None:
+    record = FailedTask("t1", 2, "x" * 500, "why " * 100, "Traceback ...", "device1@h", 1.5, 2.5, 3)
+    view = views.record_view(record)
+    assert list(view) == [f.name for f in FailedTask.FIELDS]
+    assert view["data"] == {"text": "x" * 300, "size": 500, "cut": True}
+    assert view["reason"]["cut"] and view["traceback"] == {"text": "Traceback ...", "size": 13, "cut": False}
+    assert (view["id"], view["channel"], view["device"], view["failures"]) == ("t1", 2, "device1@h", 3)
+    assert (view["first_failed"], view["last_failed"], view["result"]) == (1.5, 2.5, None)
+    assert views.record_view(dataclasses.replace(record, result=[1]))["result"]["text"] == "[1]"
+
+
 def test_metrics_in_prometheus_text(web: Web, procs: Processes, tmp_path: Path) -> None:
     failing_run(procs, ["a", "b", "c"], tmp_path)
     wait_until(device_is_up(f"device1@{HOST}"), 30, "device1")
@@ -247,6 +261,11 @@ def test_task_text_is_shown_as_text_in_a_browser(web: Web, browser: Browser, r: 
         browser.wait_for(f"document.body.textContent.includes({SCRIPT_TASK!r})", f"the task as text on {path}")
         assert browser.js("document.title").startswith("mutitask")
         assert browser.js("document.querySelectorAll('main img, main script, main b').length") == 0
+    browser.open(web.url + "/dead")
+    listed = "[...document.querySelectorAll('#records thead th[data-field]')].map(th => th.dataset.field)"
+    assert browser.js(listed) == [f.name for f in FailedTask.FIELDS if f.listed]  # the page lays out the fields
     browser.open(web.url + f"/dead/record?id={huge}")
     browser.wait_for("document.getElementById('data').textContent.includes('1.0 MB in all')", "the cut huge task")
+    assert browser.js("document.querySelector(\"dd[data-field='device']\").textContent") == "server"
+    assert browser.js("document.querySelector(\"dd[data-field='data']\").textContent") == "1.0 MB"
     assert browser.js("document.getElementById('data').textContent.length") < 70_000

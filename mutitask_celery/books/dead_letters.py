@@ -1,11 +1,11 @@
 """The dead-letter store: every failed task with why, where and when.
 
-:class:`DeadLetterStore` is the small interface the API, console and CLI use;
-:class:`RedisDeadLetterStore` keeps each record in a hash
-(``mutitask:dead:rec:<id>``) indexed by failure time in one sorted set per
-channel and one for all channels, so counting is ``ZCARD`` and listing is
-paged. Records are written by the device's finish script (``ledger.py``) in the
-same atomic step that takes the task out of the books.
+:class:`FailedTask` is a record, its fields declared once (:attr:`FailedTask.FIELDS`:
+how each reads from the hash and where it shows). :class:`RedisDeadLetterStore` keeps
+each record in a hash (``mutitask:dead:rec:<id>``) indexed by failure time in one sorted
+set per channel and one for all channels, so counting is ``ZCARD`` and listing is
+paged. Records are written by ``lua/dead_letter.lua``, from the device's finish step
+(``ledger.py``) in the same atomic step that takes the task out of the books.
 
 A reload moves records back in one Lua step per page: each record is
 deleted and its task re-entered in the books, in the channel's *backlog*, all
@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import logging
 import time
-from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, cast
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from typing import Any, ClassVar, cast
 
 import redis
 
@@ -31,6 +32,7 @@ from mutitask_celery import codec, keys
 from mutitask_celery.books import messages, steps
 from mutitask_celery.connection import raw_twin, redis_now, text
 from mutitask_celery.errors import RecordNotFound
+from mutitask_celery.tables import local_time
 
 log = logging.getLogger(__name__)
 
@@ -41,112 +43,186 @@ RELOAD_PAGE = 8000  # records a reload step moves (about 50 ms of Redis's time)
 PRUNE_BUDGET = 1000
 
 
+class Kind(str, Enum):
+    """How a record field reads from its hash, leaves :meth:`FailedTask.as_dict` and shows.
+
+    The value is the word the web page's script knows it by (``mt.field`` in
+    ``static/common.js``), so a new field of a known kind shows without touching the script.
+    """
+
+    WORD = "word"  # a short text (an id, a device's name): shown whole
+    TEXT = "text"  # a text that may be long (a reason, a traceback): cut where shown
+    INT = "int"
+    TIME = "time"  # Unix seconds in Redis's clock
+    VALUE = "value"  # a task's data or result as the codec wrote it (a frame, for a big task)
+
+    def read(self, raw: str | bytes) -> Any:
+        """The value from a hash field that a raw client read (see :func:`_fields`)."""
+        if self is Kind.VALUE:
+            return codec.decode(raw)
+        value = text(raw)
+        if self is Kind.INT:
+            return int(value)
+        if self is Kind.TIME:
+            return float(value)
+        return value
+
+    @property
+    def long(self) -> bool:
+        """Cut where it is shown, with its whole size beside it: one field may be megabytes."""
+        return self in (Kind.TEXT, Kind.VALUE)
+
+
+@dataclass(frozen=True)
+class Column:
+    """A field's column in ``mutitask failed list``: its header, its place from the left (the
+    table keeps short fields first and long texts last, not the record's order), and the
+    characters it shows of a long text."""
+
+    header: str
+    place: int
+    width: int | None = None
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()  # a record whose hash lacks this field is unreadable
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a dead-letter record, declared once on :class:`FailedTask`; the store's
+    decoder, :meth:`FailedTask.as_dict`, the web page and ``mutitask failed`` all read it.
+
+    ``absent`` is the value when the hash lacks the field or holds it empty (records written
+    before the field existed), or :data:`REQUIRED`. ``label`` is its name on the web page
+    (None: not shown there); ``listed``: a column of the page's lists; ``block``: a block of
+    its own in a record's view rather than a row (a text that runs to many lines).
+    """
+
+    name: str
+    kind: Kind
+    absent: Any = REQUIRED
+    column: Column | None = None
+    label: str | None = None
+    listed: bool = False
+    block: bool = False
+
+    def read(self, raw: Mapping[str, str | bytes]) -> Any:
+        """This field of a record's hash; raises ``KeyError`` when it is required and missing,
+        ``ValueError`` or ``TypeError`` when it cannot be read."""
+        value = raw.get(self.name)
+        if self.absent is REQUIRED:
+            if value is None:
+                raise KeyError(self.name)
+        elif not value:
+            return self.absent
+        return self.kind.read(value)
+
+    def export(self, value: Any) -> Any:
+        """The value as :meth:`FailedTask.as_dict` gives it: a task's data or result as its
+        text (:func:`.codec.to_text`), a result that is absent as None."""
+        if self.kind is not Kind.VALUE or (value is None and self.absent is None):
+            return value
+        return codec.to_text(value)
+
+    def cell(self, exported: Any) -> str:
+        """The value (as :meth:`export` gave it) in its column of ``mutitask failed list``."""
+        if self.kind is Kind.TIME:
+            return local_time(exported)
+        cell = str(exported)
+        width = self.column.width if self.column else None
+        if width is None or len(cell) <= width:
+            return cell
+        return cell[:width] + ("..." if self.kind is Kind.VALUE else "")  # else its start reads as a whole value
+
+
+def _record(kind: Kind, absent: Any = REQUIRED, **shown: Any) -> dict[str, Any]:
+    """A :class:`FailedTask` field's metadata: how it is stored and shown (see :class:`Field`)."""
+    return {"record": {"kind": kind, "absent": absent, **shown}}
+
+
 @dataclass(frozen=True)
 class FailedTask:
-    """One dead-letter record."""
+    """One dead-letter record.
 
-    id: str
-    channel: int
-    data: Any  # the task exactly as the generator yielded it
-    reason: str
-    traceback: str
-    device: str
-    first_failed: float
-    last_failed: float
-    failures: int
-    result: Any = None  # kept when the save function failed
+    Each field is declared once, here, with how its hash field reads and where it shows
+    (:class:`Field`); :data:`FIELDS` collects them in this order, which is the order of
+    :meth:`as_dict`, the web page's lists and ``mutitask failed show``. A new field is a line
+    here (with ``absent``: records written before it lack it) and its value in
+    ``lua/dead_letter.lua``'s writer; the pages lay it out by ``label``, ``listed`` and
+    ``block`` and show it by its :class:`Kind`. The hash also holds ``v``
+    (:data:`RECORD_VERSION`) and ``claim`` (read only by the Lua steps: see ``lua/claim.lua``).
+    """
+
+    id: str = field(metadata=_record(Kind.WORD, column=Column("ID", 1)))
+    channel: int = field(metadata=_record(Kind.INT, column=Column("CH", 2), label="Channel", listed=True))
+    data: Any = field(  # the task exactly as the generator yielded it
+        metadata=_record(Kind.VALUE, column=Column("TASK", 7, 40), label="Task", listed=True, block=True)
+    )
+    reason: str = field(metadata=_record(Kind.TEXT, "", column=Column("REASON", 6, 40), label="Reason", listed=True))
+    traceback: str = field(metadata=_record(Kind.TEXT, "", label="Traceback", block=True))
+    device: str = field(metadata=_record(Kind.WORD, "", column=Column("DEVICE", 5), label="Device", listed=True))
+    first_failed: float = field(metadata=_record(Kind.TIME, 0.0, label="First failed"))
+    last_failed: float = field(
+        metadata=_record(Kind.TIME, 0.0, column=Column("LAST FAILED", 4), label="Last failed", listed=True)
+    )
+    failures: int = field(metadata=_record(Kind.INT, 1, column=Column("FAILS", 3), label="Failures", listed=True))
+    result: Any = field(  # kept when the save function failed
+        default=None, metadata=_record(Kind.VALUE, None, label="Result kept", block=True)
+    )
+
+    FIELDS: ClassVar[tuple[Field, ...]]
+
+    @classmethod
+    def from_hash(cls, raw: Mapping[str, str | bytes]) -> FailedTask:
+        """A record from its hash's fields (text, but a task's data may be a frame: see
+        :func:`_fields`); raises ``KeyError``, ``ValueError`` or ``TypeError`` when it cannot
+        be read."""
+        return cls(**{f.name: f.read(raw) for f in cls.FIELDS})
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly form (task data and result as their JSON text values)."""
-        return {
-            "id": self.id,
-            "channel": self.channel,
-            "data": codec.to_text(self.data),
-            "reason": self.reason,
-            "traceback": self.traceback,
-            "device": self.device,
-            "first_failed": self.first_failed,
-            "last_failed": self.last_failed,
-            "failures": self.failures,
-            "result": None if self.result is None else codec.to_text(self.result),
-        }
+        return {f.name: f.export(getattr(self, f.name)) for f in self.FIELDS}
+
+
+FailedTask.FIELDS = tuple(Field(name=f.name, **f.metadata["record"]) for f in fields(FailedTask))
+_FRAMES = {f.name.encode() for f in FailedTask.FIELDS if f.kind is Kind.VALUE}  # fields that may hold a frame
+_COLUMNS = sorted(((f.column, f) for f in FailedTask.FIELDS if f.column is not None), key=lambda c: c[0].place)
+
+
+def table_rows(records: Sequence[FailedTask]) -> list[tuple[str, ...]]:
+    """Rows of ``mutitask failed list``, the header first: the fields with a :class:`Column`."""
+    rows = [tuple(column.header for column, _ in _COLUMNS)]
+    for record in records:
+        exported = record.as_dict()
+        rows.append(tuple(f.cell(exported[f.name]) for _, f in _COLUMNS))
+    return rows
 
 
 def _fields(raw: dict[bytes, bytes]) -> dict[str, str | bytes]:
     """A record's fields as Redis gave them to a raw client: text, but a task's data that is a
     frame stays ``bytes`` (see :func:`.codec.encode_binary`)."""
-    return {k.decode(): v if k == b"data" and codec.is_frame(v) else v.decode(errors="replace") for k, v in raw.items()}
+    return {k.decode(): v if k in _FRAMES and codec.is_frame(v) else v.decode(errors="replace") for k, v in raw.items()}
 
 
 def decode_record(raw: Mapping[str, str | bytes]) -> FailedTask | None:
-    """A record from its Redis hash, or None (with a warning) when it cannot be read. Its
-    fields are text, but a task's data may be a frame (see :func:`_fields`)."""
-
-    def field(name: str, default: str = "") -> str:
-        return text(raw.get(name, default))
-
+    """A record from its Redis hash, or None (with a warning) when it cannot be read: written
+    by a newer version, or a field unreadable. Its fields are text, but a task's data may be
+    a frame (see :func:`_fields`)."""
+    name = text(raw.get("id", "?"))
     try:
-        version = int(field("v", "0"))
+        version = int(text(raw.get("v", "0")))
         if version > RECORD_VERSION:
-            log.warning("skipping dead-letter record %s: written by a newer version (v%s)", field("id"), version)
+            log.warning("skipping dead-letter record %s: written by a newer version (v%s)", name, version)
             return None
-        result = field("result")
-        return FailedTask(
-            id=text(raw["id"]),
-            channel=int(field("channel")),
-            data=codec.decode(raw["data"]),
-            reason=field("reason"),
-            traceback=field("traceback"),
-            device=field("device"),
-            first_failed=float(field("first_failed") or 0),
-            last_failed=float(field("last_failed") or 0),
-            failures=int(field("failures") or 1),
-            result=codec.decode(result) if result else None,
-        )
+        return FailedTask.from_hash(raw)
     except (KeyError, ValueError, TypeError) as exc:
-        log.warning("skipping unreadable dead-letter record %s: %s", field("id", "?"), exc)
+        log.warning("skipping unreadable dead-letter record %s: %s", name, exc)
         return None
-
-
-class DeadLetterStore(ABC):
-    """What the API, the console and the CLI need from a dead-letter store."""
-
-    @abstractmethod
-    def failed(self, channel: int | None = None, limit: int | None = None, offset: int = 0) -> list[FailedTask]:
-        """Records ordered by last failure time, oldest first."""
-
-    @abstractmethod
-    def count(self, channel: int | None = None) -> int:
-        """How many records (one channel, or all)."""
-
-    @abstractmethod
-    def get(self, task_id: str) -> FailedTask:
-        """One record; raises :class:`RecordNotFound`."""
-
-    @abstractmethod
-    def reload(self, channel: int | None = None, ids: Iterable[str] | None = None) -> int:
-        """Put records back on their channels; returns how many moved."""
-
-    @abstractmethod
-    def delete(self, channel: int | None = None, ids: Iterable[str] | None = None) -> int:
-        """Remove records for good; returns how many."""
-
-    @abstractmethod
-    def prune(self) -> int:
-        """Apply the retention limits; returns how many records were dropped."""
-
-    @abstractmethod
-    def dropped(self, channel: int | None = None) -> int:
-        """How many records the retention limits have dropped so far."""
-
-    def ids_at(self, channel: int, positions: Sequence[int]) -> list[str]:
-        """Ids at 0-based positions in the channel's order (the operator console's index): one
-        record read each, never the channel's all (O(log N) on the Redis store)."""
-        found: list[str] = []
-        for i in positions:
-            if i >= 0:
-                found += [record.id for record in self.failed(channel, limit=1, offset=i)]
-        return found
 
 
 def _cut(text: str) -> str:
@@ -158,8 +234,68 @@ def _cut(text: str) -> str:
     return f"{text[:limit]}... ({len(text)} characters)"
 
 
-class RedisDeadLetterStore(DeadLetterStore):
-    """The store in Redis, next to the books (see module docstring)."""
+def _chunks(ids: Iterable[str], size: int) -> Iterator[list[str]]:
+    """``ids`` in lists of ``size`` (the last shorter), read as they come."""
+    batch: list[str] = []
+    for task_id in ids:
+        batch.append(task_id)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _Pager:
+    """The ids an index held at ``until`` (Redis's clock: when the caller began), a page of
+    ``size`` at a time, oldest first: O(what matched), never the whole index in memory.
+
+    The reader moves or deletes what it can of each page out of the index, and says how many
+    it left there (:meth:`left`, or :meth:`left_of` when the step that acted cannot say):
+    those stay at the head (unreadable, another channel's, newer) and the next page starts
+    past them. A task that fails again meanwhile re-enters the index later than ``until``
+    (failure times are Redis's clock), so it is not met again, and the count at the start caps
+    the pages anyway: acting on N records acts on at most N, however fast they fail again.
+    """
+
+    def __init__(self, client: redis.Redis, index: str, size: int, until: float | None = None) -> None:
+        self.client, self.index, self.size = client, index, size
+        self.until = redis_now(client) if until is None else until
+        self.budget = int(client.zcard(index))
+        self.offset = 0
+
+    def __iter__(self) -> Iterator[list[str]]:
+        while self.budget > 0:
+            page = cast(
+                "list[str]",
+                self.client.zrangebyscore(
+                    self.index, "-inf", self.until, start=self.offset, num=min(self.size, self.budget)
+                ),
+            )
+            if not page:
+                return
+            self.budget -= len(page)
+            yield page
+
+    def left(self, count: int) -> None:
+        """The reader left ``count`` ids of the last page in the index: the next starts past them."""
+        self.offset += count
+
+    def left_of(self, page: list[str]) -> None:
+        """The reader left those of ``page`` that the index still holds (from before the start)."""
+        scores = self.client.zmscore(self.index, page)
+        self.left(sum(1 for score in scores if score is not None and score <= self.until))
+
+
+class RedisDeadLetterStore:
+    """The store in Redis, next to the books (see module docstring): what the API, the
+    console, the CLI, the web page and the server's producer read and change.
+
+    It has no abstract base and no in-memory twin: a reload is a move into the books in the
+    same Lua step (``lua/reload.lua``), so a store without the books would be a different
+    store, and a test of it would pass where this one could fail. What the record's fields
+    decide (:class:`FailedTask`) is read without a store, and tested so.
+    """
 
     def __init__(
         self,
@@ -177,6 +313,7 @@ class RedisDeadLetterStore(DeadLetterStore):
         self._unpublishable = steps.UNPUBLISHABLE.on(client)
 
     def count(self, channel: int | None = None) -> int:
+        """How many records (one channel, or all)."""
         return int(self.client.zcard(keys.dead_index(channel)))
 
     def _ids(self, channel: int | None, limit: int | None = None, offset: int = 0) -> list[str]:
@@ -198,9 +335,12 @@ class RedisDeadLetterStore(DeadLetterStore):
         return records
 
     def failed(self, channel: int | None = None, limit: int | None = None, offset: int = 0) -> list[FailedTask]:
+        """Records (one channel, or all) ordered by last failure time, oldest first: ``limit``
+        of them from ``offset`` (None: all); an unreadable one is skipped with a warning."""
         return self._load(self._ids(channel, limit, offset))
 
     def get(self, task_id: str) -> FailedTask:
+        """One record; raises :class:`RecordNotFound` (also for one that cannot be read)."""
         raw = raw_twin(self.client).hgetall(keys.dead_record(task_id))
         record = decode_record(_fields(cast("dict[bytes, bytes]", raw))) if raw else None
         if record is None:
@@ -208,59 +348,27 @@ class RedisDeadLetterStore(DeadLetterStore):
         return record
 
     def _batches(self, channel: int | None, ids: Iterable[str] | None) -> Iterator[list[str]]:
-        """Ids to act on, a bounded batch at a time (never the whole store in memory)."""
+        """Ids to delete, a bounded batch at a time (never the whole store in memory): the ids
+        given, or those an index holds when this is called (see :class:`_Pager`)."""
         if ids is not None:
-            batch: list[str] = []
-            for task_id in ids:
-                batch.append(task_id)
-                if len(batch) == BATCH:
-                    yield batch
-                    batch = []
-            if batch:
-                yield batch
+            yield from _chunks(ids, BATCH)
             return
-        yield from self._index_pages(channel)
-
-    def _index_pages(self, channel: int | None) -> Iterator[list[str]]:
-        """The ids in the store when this is called, a page at a time, oldest first.
-
-        The caller moves or deletes each page out of the index; a record it leaves (unreadable,
-        or another channel's) stays at the head and is stepped over. A task that fails again
-        meanwhile re-enters the index later than the call's start (failure times are Redis's
-        clock), so it is not seen again, and the count at the start caps the pages anyway:
-        reloading N records moves at most N, however fast they fail again.
-        """
-        index = keys.dead_index(channel)
-        until = redis_now(self.client)
-        budget = int(self.client.zcard(index))
-        offset = 0
-        while budget > 0:
-            page = cast(
-                "list[str]", self.client.zrangebyscore(index, "-inf", until, start=offset, num=min(BATCH, budget))
-            )
-            if not page:
-                return
-            yield page
-            budget -= len(page)
-            scores = self.client.zmscore(index, page)
-            offset += sum(1 for score in scores if score is not None and score <= until)
+        pager = _Pager(self.client, keys.dead_index(channel), BATCH)
+        for page in pager:
+            yield page  # the caller deletes what it can of it
+            pager.left_of(page)
 
     def reload(self, channel: int | None = None, ids: Iterable[str] | None = None) -> int:
         """Put records back (``lua/reload.lua``), a page at a time: each task enters its
         channel's backlog in the books, and goes out as devices make room in the channel
         (:meth:`Ledger.feed_backlog`, run here once per channel, then by the server and the
         devices). Returns how many moved."""
-        moved: dict[int, int] = {}
-        if ids is not None:
-            for batch in self._batches(None, ids):
-                for ch, chosen in self._by_channel(batch).items():
-                    if channel is None or ch == channel:
-                        moved[ch] = moved.get(ch, 0) + self._reload_page(ch, chosen)[0]
-        else:
-            for ch in [channel] if channel is not None else self._channels():
-                moved[ch] = self._reload_channel(ch)
-            if channel is None:
-                self._reload_strays(moved)
+        moved: Counter[int] = Counter()
+        for ch, page, pager in self._to_reload(channel, ids):
+            n, left = self._reload_page(ch, page)
+            moved[ch] += n
+            if pager is not None:
+                pager.left(len(left))
         for ch, n in moved.items():
             if n and self.feed is not None:
                 self.feed(ch)  # the first ones go out at once, if devices have room
@@ -269,34 +377,39 @@ class RedisDeadLetterStore(DeadLetterStore):
             log.info("reloaded %d failed task(s); they go out as devices make room", total)
         return total
 
-    def _reload_strays(self, moved: dict[int, int]) -> None:
-        """What the channels' indexes did not hold (only the global index names them), added
-        to ``moved``; an index entry whose record is gone is dropped."""
-        for page in self._index_pages(None):
-            grouped = self._by_channel(page)
-            self._drop_strays(page, grouped)
-            for ch, chosen in grouped.items():
-                moved[ch] = moved.get(ch, 0) + self._reload_page(ch, chosen)[0]
+    def _to_reload(
+        self, channel: int | None, ids: Iterable[str] | None
+    ) -> Iterator[tuple[int, list[str], _Pager | None]]:
+        """What a reload moves, as pages of one channel's ids for ``lua/reload.lua``: the ids
+        given (of ``channel`` only, when given); else the channel's index; else every channel's
+        index, then what only the all-channels index names (an entry of it whose record is
+        gone is dropped). A page of a channel's index comes with its pager, to be told how
+        many the step left there; the others step over what they left themselves. Every index
+        is read as it was when the call began: a task reloaded from its channel's index that
+        fails again meanwhile is not met again in the all-channels one."""
+        if ids is not None:
+            for batch in _chunks(ids, BATCH):
+                for ch, chosen in self._by_channel(batch).items():
+                    if channel is None or ch == channel:
+                        yield ch, chosen, None
+            return
+        began = redis_now(self.client)
+        for ch in [channel] if channel is not None else self.channels():
+            pager = _Pager(self.client, keys.dead_index(ch), RELOAD_PAGE, began)
+            for page in pager:
+                yield ch, page, pager
+        if channel is None:
+            strays = _Pager(self.client, keys.dead_index(), BATCH, began)
+            for page in strays:
+                grouped = self._by_channel(page)
+                self._drop_strays(page, grouped)
+                for ch, chosen in grouped.items():
+                    yield ch, chosen, None
+                strays.left_of(page)
 
-    def _reload_channel(self, channel: int) -> int:
-        """Every record of the channel when called (as :meth:`_index_pages` bounds it), a page
-        a step; a record left alone stays at the head and is stepped over."""
-        index = keys.dead_index(channel)
-        until = redis_now(self.client)
-        budget = int(self.client.zcard(index))
-        moved = offset = 0
-        while budget > 0:
-            page = cast(
-                "list[str]", self.client.zrangebyscore(index, "-inf", until, start=offset, num=min(RELOAD_PAGE, budget))
-            )
-            if not page:
-                break
-            budget -= len(page)
-            n, left = self._reload_page(channel, page)
-            moved, offset = moved + n, offset + len(left)
-        return moved
-
-    def _channels(self) -> list[int]:
+    def channels(self) -> list[int]:
+        """The channels that have records (every record's writer adds its channel to the set; a
+        channel may stay in it after its last record went)."""
         found = []
         for ch in self.client.smembers(keys.DEAD_CHANNELS):
             try:
@@ -340,6 +453,8 @@ class RedisDeadLetterStore(DeadLetterStore):
         return int(moved), [text(t) for t in left]
 
     def delete(self, channel: int | None = None, ids: Iterable[str] | None = None) -> int:
+        """Remove records for good (the ids given, of ``channel`` only when given; else the
+        channel's, or all); returns how many."""
         deleted = 0
         for batch in self._batches(channel, ids):
             deleted += self._delete_page(batch, only=channel)
@@ -409,6 +524,15 @@ class RedisDeadLetterStore(DeadLetterStore):
         if dropped:
             log.info("dead-letter retention dropped %d record(s)", dropped)
         return dropped
+
+    def ids_at(self, channel: int, positions: Sequence[int]) -> list[str]:
+        """Ids at 0-based positions in the channel's order (the operator console's index): one
+        record read each, never the channel's all (O(log N) each)."""
+        found: list[str] = []
+        for i in positions:
+            if i >= 0:
+                found += [record.id for record in self.failed(channel, limit=1, offset=i)]
+        return found
 
     def dropped(self, channel: int | None = None) -> int:
         """How many records the retention limits have dropped (one channel, or all)."""

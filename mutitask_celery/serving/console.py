@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-from mutitask_celery.books.dead_letters import DeadLetterStore
+from mutitask_celery.books.dead_letters import RedisDeadLetterStore
 from mutitask_celery.books.rate_limits import RateLimits, describe, parse_rate
 from mutitask_celery.control import Devices
 from mutitask_celery.errors import ConfigurationError, MutitaskError
@@ -43,7 +43,7 @@ class Console:
     def __init__(
         self,
         producer: Producer,
-        store: DeadLetterStore,
+        store: RedisDeadLetterStore,
         devices: Devices,
         out: TextIO | None = None,
         rates: RateLimits | None = None,

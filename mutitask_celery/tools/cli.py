@@ -12,8 +12,8 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 
-from mutitask_celery import api, keys, runtime, settings
-from mutitask_celery.books.dead_letters import FailedTask
+from mutitask_celery import api, runtime, settings
+from mutitask_celery.books.dead_letters import FailedTask, Kind, table_rows
 from mutitask_celery.books.rate_limits import describe, parse_rate
 from mutitask_celery.connection import check_redis
 from mutitask_celery.control import STOP_WAIT, Devices, StopReport
@@ -57,21 +57,7 @@ examples:
 
 
 def _table(records: Sequence[FailedTask]) -> str:
-    rows = [("ID", "CH", "FAILS", "LAST FAILED", "DEVICE", "REASON", "TASK")]
-    for r in records:
-        task = r.as_dict()["data"]
-        rows.append(
-            (
-                r.id,
-                str(r.channel),
-                str(r.failures),
-                local_time(r.last_failed),
-                r.device,
-                r.reason[:40],
-                task[:40] + ("..." if len(task) > 40 else ""),
-            )
-        )
-    return format_table(rows)
+    return format_table(table_rows(records))
 
 
 def _selection(args: argparse.Namespace) -> tuple[int | None, list[str] | None]:
@@ -192,11 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _channels_with_records() -> list[int]:
-    client = runtime.store().client
-    return sorted(int(c) for c in client.smembers(keys.DEAD_CHANNELS))
-
-
 def _status(args: argparse.Namespace) -> int:
     """``mutitask status``: every device and its state, then how many names were forgotten."""
     base = runtime.devices()
@@ -278,16 +259,16 @@ def _failed_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(record.as_dict(), indent=1))
         return ExitCode.OK
-    for key, value in record.as_dict().items():
-        if key in ("first_failed", "last_failed"):
-            value = local_time(float(value))
-        print(f"{key:>12}: {value}")
+    exported = record.as_dict()
+    for f in FailedTask.FIELDS:
+        value = exported[f.name]
+        print(f"{f.name:>12}: {local_time(value) if f.kind is Kind.TIME else value}")
     return ExitCode.OK
 
 
 def _failed_count(args: argparse.Namespace) -> int:
     """``mutitask failed count``: records per channel, in all, and what the retention limits dropped."""
-    channels = [args.channel] if args.channel else _channels_with_records()
+    channels = [args.channel] if args.channel else runtime.store().channels()
     counts = {str(c): api.failed_count(c) for c in channels}
     total = api.failed_count(args.channel)
     dropped = api.failed_dropped(args.channel)

@@ -30,6 +30,12 @@ PAGE_MAX = 200  # records a page of the dead-letter list, at most
 HISTORY_SPAN = 600.0  # seconds of rate history the plots show
 RATE_WINDOW = 10.0  # seconds the "rate" column averages over
 
+# Where a record's fields show on the pages, which lay them out from these (each header or
+# row carries its field's name and kind, and the page's script fills it from the JSON).
+LISTED = tuple(f for f in FailedTask.FIELDS if f.listed)  # a column each in the lists of records
+RECORD_ROWS = tuple(f for f in FailedTask.FIELDS if f.label and not f.block)  # a row each in a record's view
+RECORD_BLOCKS = tuple(f for f in FailedTask.FIELDS if f.label and f.block)  # ... and a block each below
+
 
 def shown(value: str, limit: int) -> dict[str, Any]:
     """``value`` cut to ``limit`` characters, with its whole size, for the page to say so."""
@@ -37,12 +43,12 @@ def shown(value: str, limit: int) -> dict[str, Any]:
 
 
 def record_view(record: FailedTask, limit: int = LIST_CUT) -> dict[str, Any]:
-    """A dead-letter record for the page: every text cut to ``limit``."""
-    raw = record.as_dict()
-    view: dict[str, Any] = {k: raw[k] for k in ("id", "channel", "device", "first_failed", "last_failed", "failures")}
-    for name in ("data", "reason", "traceback"):
-        view[name] = shown(raw[name] or "", limit)
-    view["result"] = None if raw["result"] is None else shown(raw["result"], limit)
+    """A dead-letter record for the page, its fields as :attr:`.FailedTask.FIELDS` declares
+    them: every text cut to ``limit`` (a result that is absent stays None)."""
+    view = record.as_dict()
+    for f in FailedTask.FIELDS:
+        if f.kind.long and view[f.name] is not None:
+            view[f.name] = shown(view[f.name], limit)
     return view
 
 
@@ -82,9 +88,9 @@ class RateHistory:
 
 def known_channels(devices: list[Device] | None = None) -> list[int]:
     """Every channel the books know: a server ran it, it has dead letters, or a device serves it."""
-    client = runtime.books_client()
-    found = {text(c) for c in client.hkeys(keys.CHANNEL_SIZES)} | {text(c) for c in client.smembers(keys.DEAD_CHANNELS)}
-    channels = {int(c) for c in found if c.isdigit() and int(c) > 0}
+    sizes = {text(c) for c in runtime.books_client().hkeys(keys.CHANNEL_SIZES)}
+    channels = {int(c) for c in sizes if c.isdigit() and int(c) > 0}
+    channels.update(c for c in runtime.store().channels() if c > 0)
     for device in devices or []:
         channels.update(device.channels)
     return sorted(channels)

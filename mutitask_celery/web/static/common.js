@@ -55,6 +55,22 @@ mt.shown = function (value, className) {
   return node;
 };
 
+// A dead-letter record's field as the pages show it, by its kind. The pages' headers and
+// rows name each field and its kind (laid out from FailedTask.FIELDS in
+// books/dead_letters.py), so a new field of a known kind shows without a change here.
+mt.field = function (value, kind) {
+  if (kind === "time") return mt.time(value);
+  if (kind === "text") return mt.shown(value);
+  if (kind === "value") return mt.shown(value, "task");
+  if (kind === "size") return mt.size(value.size);
+  return value === null || value === undefined ? "" : String(value);  // word, int
+};
+
+// The fields a table lists: its header cells that name one, in order.
+mt.columns = function (table) {
+  return [...document.querySelectorAll("#" + table + " thead th[data-field]")];
+};
+
 mt.time = function (seconds) {
   if (seconds === null || seconds === undefined) return "never";
   return new Date(seconds * 1000).toLocaleString();

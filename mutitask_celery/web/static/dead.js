@@ -16,18 +16,15 @@ function updateButtons() {
   document.getElementById("delete-channel").disabled = state.channel === "";
 }
 
+const columns = mt.columns("records");
+
 function row(r) {
   const box = mt.el("input", { type: "checkbox", value: r.id });
   box.setAttribute("aria-label", "select " + r.id);
   const view = mt.el("a", { href: "/dead/record?id=" + encodeURIComponent(r.id) }, "view");
   return mt.el("tr", { "data-id": r.id },
     mt.el("td", {}, box),
-    mt.el("td", {}, r.channel),
-    mt.el("td", {}, mt.shown(r.data, "task")),
-    mt.el("td", {}, mt.shown(r.reason)),
-    mt.el("td", {}, r.device),
-    mt.el("td", {}, mt.time(r.last_failed)),
-    mt.el("td", {}, r.failures),
+    ...columns.map((th) => mt.el("td", {}, mt.field(r[th.dataset.field], th.dataset.kind))),
     mt.el("td", {}, view));
 }
 
@@ -48,7 +45,7 @@ async function load() {
     channels(page.channels);
     const body = document.querySelector("#records tbody");
     const rows = page.records.map(row);
-    body.replaceChildren(...(rows.length ? rows : [mt.el("tr", {}, mt.el("td", { colSpan: 8, className: "none" }, "no dead letters"))]));
+    body.replaceChildren(...(rows.length ? rows : [mt.el("tr", {}, mt.el("td", { colSpan: columns.length + 2, className: "none" }, "no dead letters"))]));
     document.getElementById("total").textContent = "(" + mt.number(page.total) + ")";
     const last = Math.min(page.total, state.offset + page.records.length);
     document.getElementById("range").textContent = page.total ? (state.offset + 1) + "–" + last + " of " + mt.number(page.total) : "";

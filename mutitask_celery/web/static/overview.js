@@ -73,15 +73,14 @@ function deviceRow(d, now) {
       deviceButton("pause", d.name), " ", deviceButton("start", d.name), " ", deviceButton("stop", d.name)));
 }
 
+const deadColumns = mt.columns("recent");
+
 function deadRow(r) {
-  const link = mt.el("a", { href: "/dead/record?id=" + encodeURIComponent(r.id) }, mt.shown(r.data, "task"));
-  return mt.el("tr", { "data-id": r.id },
-    mt.el("td", {}, r.channel),
-    mt.el("td", {}, link),
-    mt.el("td", {}, mt.shown(r.reason)),
-    mt.el("td", {}, r.device),
-    mt.el("td", {}, mt.time(r.last_failed)),
-    mt.el("td", {}, r.failures));
+  const href = "/dead/record?id=" + encodeURIComponent(r.id);
+  return mt.el("tr", { "data-id": r.id }, ...deadColumns.map((th) => {
+    const shown = mt.field(r[th.dataset.field], th.dataset.kind);
+    return mt.el("td", {}, th.dataset.field === "data" ? mt.el("a", { href }, shown) : shown);  // the task links to its record
+  }));
 }
 
 function fill(id, rows, empty, columns) {
@@ -94,7 +93,7 @@ async function refresh() {
     const data = await mt.api("/api/overview");
     fill("channels", data.channels.map((c) => channelRow(c, data.now)), "no channel has run yet", 11);
     fill("devices", data.devices.map((d) => deviceRow(d, data.now)), "no device has started yet", 7);
-    fill("recent", data.dead_letters.records.map(deadRow), "no dead letters", 6);
+    fill("recent", data.dead_letters.records.map(deadRow), "no dead letters", deadColumns.length);
     document.getElementById("dead-total").textContent = "(all " + mt.number(data.dead_letters.total) + ")";
     mt.status("updated " + new Date().toLocaleTimeString());
   } catch (error) {

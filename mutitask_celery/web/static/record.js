@@ -1,27 +1,17 @@
-// One dead letter, whole (texts cut only past 64 KB), with Reload and Delete.
+// One dead letter, whole (texts cut only past 64 KB), with Reload and Delete. The page lays
+// out a row or a block for each field; this fills them from the record's JSON.
 "use strict";
 
 const id = new URLSearchParams(location.search).get("id") || "";
-
-function field(name, value) {
-  return [mt.el("dt", {}, name), mt.el("dd", {}, value)];
-}
 
 async function load() {
   document.getElementById("record-id").textContent = id;
   try {
     const r = await mt.api("/api/dead/record?id=" + encodeURIComponent(id));
-    document.getElementById("fields").replaceChildren(
-      ...field("Channel", String(r.channel)),
-      ...field("Reason", mt.shown(r.reason)),
-      ...field("Device", r.device),
-      ...field("First failed", mt.time(r.first_failed)),
-      ...field("Last failed", mt.time(r.last_failed)),
-      ...field("Failures", String(r.failures)),
-      ...field("Task size", mt.size(r.data.size)));
-    document.getElementById("data").replaceChildren(mt.shown(r.data));
-    document.getElementById("result").replaceChildren(mt.shown(r.result));
-    document.getElementById("traceback").replaceChildren(mt.shown(r.traceback));
+    for (const node of document.querySelectorAll("main [data-field]")) {  // laid out by the page, one per field
+      node.replaceChildren(mt.field(r[node.dataset.field], node.dataset.kind));
+    }
+    document.getElementById("fields").hidden = false;
     document.getElementById("reload").disabled = false;
     document.getElementById("delete").disabled = false;
     mt.status("");
