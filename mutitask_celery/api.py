@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from mutitask_celery import codec, keys, runtime
+from mutitask_celery import codec, runtime
 from mutitask_celery.books.dead_letters import FailedTask
 from mutitask_celery.channels import check_channel
 from mutitask_celery.control import Device
@@ -31,18 +31,19 @@ def results(channel: int, limit: int | None = PAGE, offset: int = 0) -> list[Any
     stop = -1 if limit is None else offset + limit - 1
     if limit is not None and limit <= 0:
         return []
-    raw = runtime.ledger().client.lrange(keys.results(check_channel(channel)), offset, stop)
+    ledger = runtime.ledger()
+    raw = ledger.client.lrange(ledger.keys.results(check_channel(channel)), offset, stop)
     return [codec.decode(r) for r in raw]
 
 
 def results_count(channel: int) -> int:
-    return int(runtime.ledger().client.llen(keys.results(check_channel(channel))))
+    ledger = runtime.ledger()
+    return int(ledger.client.llen(ledger.keys.results(check_channel(channel))))
 
 
 def clear_results(channel: int) -> int:
     """Delete the channel's stored results; returns how many there were."""
-    client = runtime.ledger().client
-    key = keys.results(check_channel(channel))
+    client, key = runtime.ledger().client, runtime.ledger().keys.results(check_channel(channel))
     pipe = client.pipeline(transaction=True)
     pipe.llen(key)
     pipe.delete(key)

@@ -94,6 +94,15 @@ kombu_guard.install()
 
 def apply_settings(conf: _settings.Settings) -> None:
     """Point the app at the broker of ``conf``, dropping connections to another one."""
+    options = dict(app.conf.broker_transport_options or {})
+    prefix = conf.key_prefix if conf.broker.startswith(("redis", "rediss", "unix")) else ""
+    if options.get("global_keyprefix", "") != prefix:  # kombu's keys carry the run's prefix too
+        if prefix:
+            options["global_keyprefix"] = prefix
+        else:
+            options.pop("global_keyprefix", None)
+        app.conf.broker_transport_options = options
+        app.conf.broker_url = None  # so that the connections below are dropped
     if app.conf.broker_url != conf.broker:
         app.conf.broker_url = conf.broker
         app.close()  # pooled connections to the old broker must not be reused
@@ -119,11 +128,13 @@ def check_compatible(celery_app: Celery) -> None:
         problems.append(f"accept_content {conf.accept_content!r} leaves out json: devices could not read the tasks")
     options = conf.broker_transport_options or {}
     if str(conf.broker_url or "").startswith("redis"):
+        prefix = _settings.current().key_prefix
         for option in _KOMBU_KEY_OPTIONS:
-            if options.get(option):
+            if options.get(option) and not (option == "global_keyprefix" and options[option] == prefix):
                 problems.append(
                     f"broker_transport_options[{option!r}] is set: the reapers read kombu's delivered "
-                    "messages under its default key names, and would find none"
+                    "messages under its default key names, and would find none (a key prefix for a whole "
+                    "deployment is the key_prefix setting, MUTITASK_KEY_PREFIX)"
                 )
     if problems:
         raise ConfigurationError(

@@ -37,6 +37,7 @@ from mutitask_celery.celery_app import app as default_app
 from mutitask_celery.connection import Deferred, text
 from mutitask_celery.errors import ConfigurationError
 from mutitask_celery.flower import flower_workers
+from mutitask_celery.keys import DEFAULT, Keys
 from mutitask_celery.settings import DEFAULTS
 
 log = logging.getLogger(__name__)
@@ -157,8 +158,9 @@ class Devices:
         timeout: float = DEFAULT_TIMEOUT,
         flower_url: str | None = None,
         dead_after: float | None = None,
+        keys: Keys = DEFAULT,
     ) -> None:
-        self.client = client
+        self.client, self.keys = client, keys
         self.app = app or default_app
         self.timeout = timeout
         self.flower_url = flower_url
@@ -169,18 +171,18 @@ class Devices:
 
     # -- roster ---------------------------------------------------------------
     def expected(self) -> int:
-        return int(self.client.get(keys.DEVICES_EXPECTED) or 0)
+        return int(self.client.get(self.keys.devices_expected) or 0)
 
     def set_expected(self, count: int) -> int:
         if count < 0:
             raise ConfigurationError(f"the number of expected devices cannot be negative, got {count}")
-        self.client.set(keys.DEVICES_EXPECTED, count)
+        self.client.set(self.keys.devices_expected, count)
         return count
 
     def known(self) -> dict[str, list[int]]:
         """Every device that has ever started here, with its channels."""
         out: dict[str, list[int]] = {}
-        for name, raw in self.client.hgetall(keys.DEVICES_INFO).items():
+        for name, raw in self.client.hgetall(self.keys.devices_info).items():
             try:
                 out[text(name)] = [int(c) for c in json.loads(raw).get("channels", [])]
             except (ValueError, TypeError, AttributeError):
@@ -190,7 +192,7 @@ class Devices:
     def forgotten(self) -> dict[str, float]:
         """Devices the roster dropped after a long silence with nothing in hand -> when."""
         out: dict[str, float] = {}
-        for name, when in self.client.hgetall(keys.DEVICES_FORGOTTEN).items():
+        for name, when in self.client.hgetall(self.keys.devices_forgotten).items():
             try:
                 out[text(name)] = float(when)
             except ValueError:
@@ -201,8 +203,8 @@ class Devices:
         """Called by a device when it is ready (see ``device.lifecycle``)."""
         info = json.dumps({"channels": list(channels), "host": host, "pid": pid, "started": time.time()})
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(keys.DEVICES_INFO, name, info)
-        pipe.hdel(keys.DEVICES_LEAVING, name)  # a new life: what the last one said of its end is past
+        pipe.hset(self.keys.devices_info, name, info)
+        pipe.hdel(self.keys.devices_leaving, name)  # a new life: what the last one said of its end is past
         pipe.execute()
         self.heard(name)
 
@@ -210,9 +212,9 @@ class Devices:
         """The device ``name`` says its warm shutdown has begun, or that it has ended. Once
         ended, a late word of its shutdown (a heartbeat thread a moment behind) changes nothing."""
         if ending is Ending.STOPPED:
-            self.client.hset(keys.DEVICES_LEAVING, name, ending.value)
+            self.client.hset(self.keys.devices_leaving, name, ending.value)
         else:
-            self.client.hsetnx(keys.DEVICES_LEAVING, name, ending.value)
+            self.client.hsetnx(self.keys.devices_leaving, name, ending.value)
 
     def heard(self, name: str, in_hand: Taken | None = None, wait: bool = True) -> int:
         """``name`` lives (``lua/heard.lua``, in Redis's clock); ``in_hand``: the message it
@@ -227,15 +229,15 @@ class Devices:
         taken: list[str | int] = []
         if in_hand is not None:
             channel = in_hand.channel
-            message_keys = [keys.held(channel), keys.notify(channel), keys.queue_list(channel)]
+            message_keys = [self.keys.held(channel), self.keys.notify(channel), self.keys.queue_list(channel)]
             taken = [in_hand.message_id, in_hand.tag, in_hand.tasks, channel]
         given = {
-            "devices_seen": keys.DEVICES_SEEN,
-            "devices_beats": keys.DEVICES_BEATS,
-            "devices_done": keys.DEVICES_DONE,
-            "devices_forgotten": keys.DEVICES_FORGOTTEN,
-            "inhand": keys.inhand(name),
-            "unacked_index": keys.KOMBU_UNACKED_INDEX,
+            "devices_seen": self.keys.devices_seen,
+            "devices_beats": self.keys.devices_beats,
+            "devices_done": self.keys.devices_done,
+            "devices_forgotten": self.keys.devices_forgotten,
+            "inhand": self.keys.inhand(name),
+            "unacked_index": self.keys.kombu_unacked_index,
             "device": name,
             "message_keys": message_keys,
             "taken": taken,
@@ -256,9 +258,9 @@ class Devices:
         """
         ks, args = steps.START.keys_and_args(
             {
-                "devices_seen": keys.DEVICES_SEEN,
-                "devices_beats": keys.DEVICES_BEATS,
-                "started": keys.started(channel),
+                "devices_seen": self.keys.devices_seen,
+                "devices_beats": self.keys.devices_beats,
+                "started": self.keys.started(channel),
                 "device": name,
                 "message_id": message_id,
                 "alone": "1" if alone else "0",
@@ -275,7 +277,7 @@ class Devices:
     # -- wanted state -----------------------------------------------------------
     def wanted(self, name: str) -> str:
         """The state the operator wants for ``name``: its own, else its short name's, else everyone's."""
-        own, short, everyone = self.client.hmget(keys.DEVICES_WANTED, name, short_name(name), keys.ALL_DEVICES)
+        own, short, everyone = self.client.hmget(self.keys.devices_wanted, name, short_name(name), keys.ALL_DEVICES)
         return text(own or short or everyone or DeviceState.RUNNING.value)
 
     def is_paused(self, name: str) -> bool:
@@ -284,11 +286,11 @@ class Devices:
     def _want(self, names: Sequence[str] | None, state: DeviceState) -> None:
         pipe = self.client.pipeline(transaction=True)
         if names is None:  # everyone, now and later: forget per-device wishes
-            pipe.delete(keys.DEVICES_WANTED)
-            pipe.hset(keys.DEVICES_WANTED, keys.ALL_DEVICES, state.value)
+            pipe.delete(self.keys.devices_wanted)
+            pipe.hset(self.keys.devices_wanted, keys.ALL_DEVICES, state.value)
         else:
             for name in names:
-                pipe.hset(keys.DEVICES_WANTED, name, state.value)
+                pipe.hset(self.keys.devices_wanted, name, state.value)
         pipe.execute()
 
     # -- selection --------------------------------------------------------------
@@ -399,8 +401,8 @@ class Devices:
         if not names:
             return []
         pipe = self.client.pipeline(transaction=False)
-        pipe.hmget(keys.DEVICES_LEAVING, list(names))
-        pipe.hmget(keys.DEVICES_SEEN, list(names))
+        pipe.hmget(self.keys.devices_leaving, list(names))
+        pipe.hmget(self.keys.devices_seen, list(names))
         pipe.time()
         said, seen, (seconds, micros) = pipe.execute()
         now = seconds + micros / 1e6
@@ -430,15 +432,15 @@ class Devices:
         marks), with their task ids from kombu's entry when the broker is this Redis."""
         found: list[Running] = []
         for channel in channels:
-            for message_id, device in self.client.hgetall(keys.started(channel)).items():
+            for message_id, device in self.client.hgetall(self.keys.started(channel)).items():
                 if text(device).split("|", 1)[0] == name:
                     found.append(Running(text(message_id), channel, self._task_ids(name, text(message_id))))
         return sorted(found)
 
     def _task_ids(self, name: str, message_id: str) -> tuple[str, ...]:
         """The task ids of a message ``name`` holds: its note names kombu's delivery tag."""
-        noted = self.client.hget(keys.inhand(name), message_id)
-        raw = self.client.hget(keys.KOMBU_UNACKED, text(noted).split("|", 1)[0]) if noted else None
+        noted = self.client.hget(self.keys.inhand(name), message_id)
+        raw = self.client.hget(self.keys.kombu_unacked, text(noted).split("|", 1)[0]) if noted else None
         try:
             envelope = json.loads(raw)[0] if raw else None
         except (ValueError, TypeError, IndexError, KeyError):
@@ -469,8 +471,8 @@ class Devices:
         live = self._live(list(known))
         for name, (_, consumed) in live.items():
             known.setdefault(name, consumed)  # seen by Flower before it entered our roster
-        seen = self.client.hgetall(keys.DEVICES_SEEN)
-        done = self.client.hgetall(keys.DEVICES_DONE)
+        seen = self.client.hgetall(self.keys.devices_seen)
+        done = self.client.hgetall(self.keys.devices_done)
         stopping = self._stopping(list(known))
         now = time.time()
         result = []

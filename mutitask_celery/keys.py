@@ -55,189 +55,269 @@ Layout (``<ch>`` is a channel number, ``<id>`` a task id):
 ``unacked``, ``unacked_index``  kombu's own: delivered messages not yet acknowledged
 ==============================  ====================================================
 
-On a Redis Cluster (see :func:`use_cluster_layout`) every name above but the queue's
-carries the hash tag ``{books}``: ``mutitask:{books}:pending:<ch>``,
-``ResultChannel<ch>{books}``, so that each Lua step's keys hash to one slot.
+On a Redis Cluster every name above but the queue's carries the hash tag ``{books}``:
+``mutitask:{books}:pending:<ch>``, ``ResultChannel<ch>{books}``, so that each Lua step's keys
+hash to one slot.
+
+A *key prefix* (the ``key_prefix`` setting, ``''`` by default) goes in front of every name,
+kombu's included (kombu's ``global_keyprefix``): two deployments that share one Redis then
+see nothing of each other. Celery's queue names stay ``channel<ch>``.
+
+The names are one frozen :class:`Keys`, built once for the Redis at hand
+(:func:`mutitask_celery.runtime.keys`) and handed to what reads or writes the books. The
+module-level functions below name the keys of the default layout (no prefix, one server):
+tests and tools use them; the package's own code asks its ``Keys``.
 """
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
 
 PLAIN_PREFIX = "mutitask"
 CLUSTER_TAG = "{books}"  # the hash tag every key shares on a Redis Cluster (one slot)
 QUEUE_PREFIX = "channel"
 RESULTS_PREFIX = "ResultChannel"
-PREFIX = PLAIN_PREFIX
-PENDING_PREFIX = META_PREFIX = STATS_PREFIX = DEAD_INDEX = DEAD_CHANNELS = DEAD_RECORD_PREFIX = ""
-DEAD_DROPPED = DEVICES_EXPECTED = DEVICES_WANTED = DEVICES_INFO = DEVICES_SEEN = DEVICES_DONE = ""
-DEVICES_BEATS = DEVICES_FORGOTTEN = DEVICES_LEAVING = SWEEP_DUE = CHANNEL_SIZES = INHAND_PREFIX = LOST_PREFIX = ""
-UNSENT_PREFIX = RESULTS_TAG = RATE_LIMITS = RATE_TAT = LEASE_HOLDERS = ""
-
-
-def use_cluster_layout(cluster: bool) -> None:
-    """Name every key for a Redis Cluster (``cluster=True``) or for one Redis server.
-
-    Why: a cluster runs a Lua step only when all its keys hash to one slot, and a step
-    spans a channel's books, the dead-letter index and a device's note together; so on a
-    cluster every key carries the hash tag :data:`CLUSTER_TAG` (``mutitask:{books}:...``,
-    ``ResultChannel<ch>{books}``) and the books live in one slot. On one server the names
-    stay those above, so the books of a running deployment keep their names. The layout is
-    the Redis's, not the caller's: :mod:`.runtime` picks it when it connects (``INFO``).
-    """
-    global PREFIX, PENDING_PREFIX, META_PREFIX, STATS_PREFIX, DEAD_INDEX, DEAD_CHANNELS
-    global DEAD_RECORD_PREFIX, DEAD_DROPPED, DEVICES_EXPECTED, DEVICES_WANTED, DEVICES_INFO
-    global DEVICES_SEEN, DEVICES_DONE, DEVICES_BEATS, DEVICES_FORGOTTEN, DEVICES_LEAVING, SWEEP_DUE
-    global CHANNEL_SIZES, INHAND_PREFIX, LOST_PREFIX, UNSENT_PREFIX, RESULTS_TAG
-    global KOMBU_UNACKED, KOMBU_UNACKED_INDEX, RATE_LIMITS, RATE_TAT, LEASE_HOLDERS
-    PREFIX = f"{PLAIN_PREFIX}:{CLUSTER_TAG}" if cluster else PLAIN_PREFIX
-    RESULTS_TAG = CLUSTER_TAG if cluster else ""
-    PENDING_PREFIX = f"{PREFIX}:pending:"
-    META_PREFIX = f"{PREFIX}:meta:"
-    STATS_PREFIX = f"{PREFIX}:stats:"
-    DEAD_INDEX = f"{PREFIX}:dead:index"
-    DEAD_CHANNELS = f"{PREFIX}:dead:channels"
-    DEAD_RECORD_PREFIX = f"{PREFIX}:dead:rec:"
-    DEAD_DROPPED = f"{PREFIX}:dead:dropped"
-    DEVICES_EXPECTED = f"{PREFIX}:devices:expected"
-    DEVICES_WANTED = f"{PREFIX}:devices:wanted"
-    DEVICES_INFO = f"{PREFIX}:devices:info"
-    DEVICES_SEEN = f"{PREFIX}:devices:seen"
-    DEVICES_DONE = f"{PREFIX}:devices:done"
-    DEVICES_BEATS = f"{PREFIX}:devices:beats"
-    DEVICES_FORGOTTEN = f"{PREFIX}:devices:forgotten"
-    DEVICES_LEAVING = f"{PREFIX}:devices:leaving"
-    SWEEP_DUE = f"{PREFIX}:sweep:due"
-    CHANNEL_SIZES = f"{PREFIX}:channel_sizes"
-    RATE_LIMITS = f"{PREFIX}:rate_limits"
-    RATE_TAT = f"{PREFIX}:rate_tat"
-    LEASE_HOLDERS = f"{PREFIX}:lease:holders"
-    INHAND_PREFIX = f"{PREFIX}:inhand:"
-    LOST_PREFIX = f"{PREFIX}:lost:"
-    UNSENT_PREFIX = f"{PREFIX}:unsent:"
-    KOMBU_UNACKED = f"{PREFIX}:no-kombu:unacked" if cluster else "unacked"
-    KOMBU_UNACKED_INDEX = f"{PREFIX}:no-kombu:unacked_index" if cluster else "unacked_index"
-
-
-def cluster_layout() -> bool:
-    """True while keys are named for a Redis Cluster (see :func:`use_cluster_layout`)."""
-    return PREFIX != PLAIN_PREFIX
-
-
-use_cluster_layout(False)
-ALL_DEVICES = "*"  # the field of DEVICES_WANTED that applies to every device
-INHAND_PREFIX = f"{PREFIX}:inhand:"
-LOST_PREFIX = f"{PREFIX}:lost:"
-UNSENT_PREFIX = f"{PREFIX}:unsent:"
-# kombu's Redis transport keeps delivered, not yet acked messages here (its defaults).
-# kombu cannot use a Redis Cluster, so in the cluster layout these (and a queue's list,
-# :func:`queue_list`) are names in the books' slot that no step touches: a step that
-# declares them on a broker of one's own still hashes to one slot.
-KOMBU_UNACKED = "unacked"
-KOMBU_UNACKED_INDEX = "unacked_index"
+ALL_DEVICES = "*"  # the field of devices:wanted that applies to every device
+PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]*$")  # no braces: a hash tag would split the books' slot
 
 
 def queue(channel: int) -> str:
-    """Celery queue of a channel (what ``celery worker -Q`` names)."""
+    """Celery queue of a channel (what ``celery worker -Q`` names); the same in every layout."""
     return f"{QUEUE_PREFIX}{channel}"
 
 
-def queue_list(channel: int) -> str:
-    """The list kombu keeps for the channel's queue on a Redis broker, as a step's KEYS
-    entry (in the cluster layout a name no step touches: see :data:`KOMBU_UNACKED`)."""
-    return f"{PREFIX}:no-kombu:{queue(channel)}" if cluster_layout() else queue(channel)
+@dataclass(frozen=True)
+class Keys:
+    """Every key name of one deployment on one Redis (see the module docstring).
+
+    ``prefix``: the deployment's own prefix (``''``: none); ``cluster``: the Redis is a
+    Redis Cluster, so every name carries :data:`CLUSTER_TAG`. Why a cluster needs it: a
+    cluster runs a Lua step only when all its keys hash to one slot, and a step spans a
+    channel's books, the dead-letter index and a device's note together.
+    """
+
+    prefix: str = ""
+    cluster: bool = False
+    base: str = field(init=False)  # what every name of ours starts with
+
+    def __post_init__(self) -> None:
+        if not PREFIX_PATTERN.match(self.prefix):
+            raise ValueError(
+                f"a key prefix may hold letters, digits and _ . : - only (braces would split a cluster's slot), "
+                f"got {self.prefix!r}"
+            )
+        tag = f":{CLUSTER_TAG}" if self.cluster else ""
+        object.__setattr__(self, "base", f"{self.prefix}{PLAIN_PREFIX}{tag}")
+
+    # -- one of each ------------------------------------------------------------------
+    @property
+    def dead_index_all(self) -> str:
+        return f"{self.base}:dead:index"
+
+    @property
+    def dead_channels(self) -> str:
+        return f"{self.base}:dead:channels"
+
+    @property
+    def dead_record_prefix(self) -> str:
+        return f"{self.base}:dead:rec:"
+
+    @property
+    def dead_dropped(self) -> str:
+        return f"{self.base}:dead:dropped"
+
+    @property
+    def devices_expected(self) -> str:
+        return f"{self.base}:devices:expected"
+
+    @property
+    def devices_wanted(self) -> str:
+        return f"{self.base}:devices:wanted"
+
+    @property
+    def devices_info(self) -> str:
+        return f"{self.base}:devices:info"
+
+    @property
+    def devices_seen(self) -> str:
+        return f"{self.base}:devices:seen"
+
+    @property
+    def devices_done(self) -> str:
+        return f"{self.base}:devices:done"
+
+    @property
+    def devices_beats(self) -> str:
+        return f"{self.base}:devices:beats"
+
+    @property
+    def devices_forgotten(self) -> str:
+        return f"{self.base}:devices:forgotten"
+
+    @property
+    def devices_leaving(self) -> str:
+        return f"{self.base}:devices:leaving"
+
+    @property
+    def sweep_due(self) -> str:
+        return f"{self.base}:sweep:due"
+
+    @property
+    def channel_sizes(self) -> str:
+        return f"{self.base}:channel_sizes"
+
+    @property
+    def rate_limits(self) -> str:
+        return f"{self.base}:rate_limits"
+
+    @property
+    def rate_tat(self) -> str:
+        return f"{self.base}:rate_tat"
+
+    @property
+    def lease_holders(self) -> str:
+        return f"{self.base}:lease:holders"
+
+    @property
+    def kombu_unacked(self) -> str:
+        """kombu's Redis transport keeps delivered, not yet acked messages here. kombu cannot
+        use a Redis Cluster, so in the cluster layout this (and a queue's list,
+        :meth:`queue_list`) is a name in the books' slot that no step touches: a step that
+        declares it still hashes to one slot."""
+        return f"{self.base}:no-kombu:unacked" if self.cluster else f"{self.prefix}unacked"
+
+    @property
+    def kombu_unacked_index(self) -> str:
+        return f"{self.base}:no-kombu:unacked_index" if self.cluster else f"{self.prefix}unacked_index"
+
+    def room_probe(self) -> str:
+        """A key never written, for :func:`.memory.has_room`: ``SET`` with ``XX`` on it is a write
+        that changes nothing, which a Redis at ``maxmemory`` refuses like any other."""
+        return f"{self.base}:probe:room"
+
+    # -- one a channel, device, task, run ... ----------------------------------------------
+    def queue_list(self, channel: int) -> str:
+        """The list kombu keeps for the channel's queue on a Redis broker."""
+        return self.list_of(queue(channel))
+
+    def list_of(self, queue_name: str) -> str:
+        """The list kombu keeps for the queue named ``queue_name`` (a message's routing key)."""
+        return f"{self.base}:no-kombu:{queue_name}" if self.cluster else f"{self.prefix}{queue_name}"
+
+    def results(self, channel: int) -> str:
+        """The legacy result list the default save function appends to."""
+        return f"{self.prefix}{RESULTS_PREFIX}{channel}{CLUSTER_TAG if self.cluster else ''}"
+
+    def pending(self, channel: int) -> str:
+        return f"{self.base}:pending:{channel}"
+
+    def meta(self, channel: int) -> str:
+        return f"{self.base}:meta:{channel}"
+
+    def stats(self, channel: int) -> str:
+        return f"{self.base}:stats:{channel}"
+
+    def notify(self, channel: int) -> str:
+        return f"{self.base}:notify:{channel}"
+
+    def dead_index(self, channel: int | None = None) -> str:
+        return self.dead_index_all if channel is None else f"{self.dead_index_all}:{channel}"
+
+    def dead_record(self, task_id: str) -> str:
+        return f"{self.base}:dead:rec:{task_id}"
+
+    def inhand(self, device: str) -> str:
+        return f"{self.base}:inhand:{device}"
+
+    def lost(self, channel: int) -> str:
+        return f"{self.base}:lost:{channel}"
+
+    def backlog(self, channel: int) -> str:
+        """Reloaded tasks of the channel, in the books, waiting for room in the channel."""
+        return f"{self.base}:backlog:{channel}"
+
+    def claims(self, channel: int) -> str:
+        """Tasks of the channel whose result a device's save function is saving: claimed first, so
+        that a task that ran twice is saved once (see ``lua/claim.lua``)."""
+        return f"{self.base}:claims:{channel}"
+
+    def held(self, channel: int) -> str:
+        """How many tasks of the channel devices hold (taken off the queue, not finished): the
+        server's back-pressure counts only the tasks still waiting in the channel."""
+        return f"{self.base}:held:{channel}"
+
+    def started(self, channel: int) -> str:
+        """Messages of the channel whose tasks a device has started: only those are charged a death."""
+        return f"{self.base}:started:{channel}"
+
+    def unsent(self, channel: int) -> str:
+        """The journal of a broker other than this Redis: tasks entered in the books whose
+        message the broker has not confirmed yet (see :meth:`.Redeliveries.resend_unsent`)."""
+        return f"{self.base}:unsent:{channel}"
+
+    def run(self, name: str) -> str:
+        """The record of a resumable run (see :mod:`.books.runs`)."""
+        return f"{self.base}:run:{name}"
+
+    def steps(self, writer: str) -> str:
+        """Last step of each slot (thread) of a writer (a device, the server of a channel):
+        a call repeated after a lost reply is recognised and not applied again."""
+        return f"{self.base}:steps:{writer}"
+
+    def device_lease(self, name: str) -> str:
+        """The lease of a device's name: one process at a time works as ``name`` (see :mod:`.books.leases`)."""
+        return f"{self.base}:lease:device:{name}"
+
+    def channel_lease(self, channel: int) -> str:
+        """The lease of the server that feeds a channel: one server per channel at a time."""
+        return f"{self.base}:lease:channel:{channel}"
+
+    def run_lease(self, name: str) -> str:
+        """The lease of the server that runs a named (resumable) run: one server per run at a time."""
+        return f"{self.base}:lease:run:{name}"
 
 
-def results(channel: int) -> str:
-    """The legacy result list the default save function appends to."""
-    return f"{RESULTS_PREFIX}{channel}{RESULTS_TAG}"
+DEFAULT = Keys()  # the default layout: no prefix, one Redis server
 
-
-def pending(channel: int) -> str:
-    return f"{PENDING_PREFIX}{channel}"
-
-
-def meta(channel: int) -> str:
-    return f"{META_PREFIX}{channel}"
-
-
-def stats(channel: int) -> str:
-    return f"{STATS_PREFIX}{channel}"
-
-
-def notify(channel: int) -> str:
-    return f"{PREFIX}:notify:{channel}"
-
-
-def dead_index(channel: int | None = None) -> str:
-    return DEAD_INDEX if channel is None else f"{DEAD_INDEX}:{channel}"
-
-
-def dead_record(task_id: str) -> str:
-    return f"{DEAD_RECORD_PREFIX}{task_id}"
-
-
-def inhand(device: str) -> str:
-    return f"{INHAND_PREFIX}{device}"
-
-
-def lost(channel: int) -> str:
-    return f"{LOST_PREFIX}{channel}"
-
-
-def backlog(channel: int) -> str:
-    """Reloaded tasks of the channel, in the books, waiting for room in the channel."""
-    return f"{PREFIX}:backlog:{channel}"
-
-
-def claims(channel: int) -> str:
-    """Tasks of the channel whose result a device's save function is saving: claimed first, so
-    that a task that ran twice is saved once (see ``lua/claim.lua``)."""
-    return f"{PREFIX}:claims:{channel}"
-
-
-def held(channel: int) -> str:
-    """How many tasks of the channel devices hold (taken off the queue, not finished): the
-    server's back-pressure counts only the tasks still waiting in the channel."""
-    return f"{PREFIX}:held:{channel}"
-
-
-def started(channel: int) -> str:
-    """Messages of the channel whose tasks a device has started: only those are charged a death."""
-    return f"{PREFIX}:started:{channel}"
-
-
-def unsent(channel: int) -> str:
-    """The journal of a broker other than this Redis: tasks entered in the books whose
-    message the broker has not confirmed yet (see :meth:`.Redeliveries.resend_unsent`)."""
-    return f"{UNSENT_PREFIX}{channel}"
-
-
-def run(name: str) -> str:
-    """The record of a resumable run (see :mod:`.books.runs`)."""
-    return f"{PREFIX}:run:{name}"
-
-
-def steps(writer: str) -> str:
-    """Last step of each slot (thread) of a writer (a device, the server of a channel):
-    a call repeated after a lost reply is recognised and not applied again."""
-    return f"{PREFIX}:steps:{writer}"
-
-
-def device_lease(name: str) -> str:
-    """The lease of a device's name: one process at a time works as ``name`` (see :mod:`.books.leases`)."""
-    return f"{PREFIX}:lease:device:{name}"
-
-
-def channel_lease(channel: int) -> str:
-    """The lease of the server that feeds a channel: one server per channel at a time."""
-    return f"{PREFIX}:lease:channel:{channel}"
-
-
-def run_lease(name: str) -> str:
-    """The lease of the server that runs a named (resumable) run: one server per run at a time."""
-    return f"{PREFIX}:lease:run:{name}"
-
-
-def room_probe() -> str:
-    """A key never written, for :func:`.memory.has_room`: ``SET`` with ``XX`` on it is a write
-    that changes nothing, which a Redis at ``maxmemory`` refuses like any other."""
-    return f"{PREFIX}:probe:room"
+# The default layout's names, for tests and tools (the package's code asks its own Keys).
+DEAD_INDEX = DEFAULT.dead_index_all
+DEAD_CHANNELS = DEFAULT.dead_channels
+DEAD_RECORD_PREFIX = DEFAULT.dead_record_prefix
+DEAD_DROPPED = DEFAULT.dead_dropped
+DEVICES_EXPECTED = DEFAULT.devices_expected
+DEVICES_WANTED = DEFAULT.devices_wanted
+DEVICES_INFO = DEFAULT.devices_info
+DEVICES_SEEN = DEFAULT.devices_seen
+DEVICES_DONE = DEFAULT.devices_done
+DEVICES_BEATS = DEFAULT.devices_beats
+DEVICES_FORGOTTEN = DEFAULT.devices_forgotten
+DEVICES_LEAVING = DEFAULT.devices_leaving
+SWEEP_DUE = DEFAULT.sweep_due
+CHANNEL_SIZES = DEFAULT.channel_sizes
+RATE_LIMITS = DEFAULT.rate_limits
+RATE_TAT = DEFAULT.rate_tat
+LEASE_HOLDERS = DEFAULT.lease_holders
+KOMBU_UNACKED = DEFAULT.kombu_unacked
+KOMBU_UNACKED_INDEX = DEFAULT.kombu_unacked_index
+queue_list = DEFAULT.queue_list
+results = DEFAULT.results
+pending = DEFAULT.pending
+meta = DEFAULT.meta
+stats = DEFAULT.stats
+notify = DEFAULT.notify
+dead_index = DEFAULT.dead_index
+dead_record = DEFAULT.dead_record
+inhand = DEFAULT.inhand
+lost = DEFAULT.lost
+backlog = DEFAULT.backlog
+claims = DEFAULT.claims
+held = DEFAULT.held
+started = DEFAULT.started
+unsent = DEFAULT.unsent
+run = DEFAULT.run
+steps = DEFAULT.steps
+device_lease = DEFAULT.device_lease
+channel_lease = DEFAULT.channel_lease
+run_lease = DEFAULT.run_lease
+room_probe = DEFAULT.room_probe

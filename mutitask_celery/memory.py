@@ -100,11 +100,12 @@ def describe_full(client: redis.Redis, found: Memory | None = None) -> str:
     )
 
 
-def has_room(client: redis.Redis) -> bool:
+def has_room(client: redis.Redis, probe: str = keys.DEFAULT.room_probe()) -> bool:
     """False while Redis refuses writes for memory: ``SET`` with ``XX`` on a key never written
-    (it changes nothing) is refused by a full Redis as any write is. Other errors propagate."""
+    (``probe``: it changes nothing) is refused by a full Redis as any write is. Other errors
+    propagate. (On a Redis Cluster the probe must be a name of the books' slot.)"""
     try:
-        client.set(keys.room_probe(), "", xx=True)
+        client.set(probe, "", xx=True)
     except redis.OutOfMemoryError:
         return False
     return True

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import redis
 
-from mutitask_celery import celery_app, keys, settings
+from mutitask_celery import celery_app, settings
 from mutitask_celery.books.dead_letters import RedisDeadLetterStore
 from mutitask_celery.books.ledger import Ledger
 from mutitask_celery.books.rate_limits import RateLimits
@@ -20,6 +20,7 @@ from mutitask_celery.books.transports.kombu_broker import KombuBroker
 from mutitask_celery.books.transports.redis_broker import RedisBroker
 from mutitask_celery.connection import check_cluster_slot, cluster_enabled, redis_client, same_redis
 from mutitask_celery.control import Devices
+from mutitask_celery.keys import CLUSTER_TAG, Keys
 
 _transport: Transport | None = None
 _ledger: Ledger | None = None
@@ -28,37 +29,49 @@ _store: RedisDeadLetterStore | None = None
 _devices: Devices | None = None
 _rate_limits: RateLimits | None = None
 _built_for: settings.Settings | None = None
-_layout_known = False
+_keys: Keys | None = None  # the names, once the Redis said whether it is a cluster
 
 
 def reset(conf: settings.Settings | None = None) -> settings.Settings:
     """Drop cached objects; point the Celery app at ``conf`` (default: current settings)."""
-    global _transport, _ledger, _recovery, _store, _devices, _rate_limits, _built_for, _layout_known
+    global _transport, _ledger, _recovery, _store, _devices, _rate_limits, _built_for, _keys
     conf = conf or settings.current()
     if _transport is not None:
         _transport.close()
     celery_app.apply_settings(conf)
     _transport = _ledger = _recovery = _store = _devices = _rate_limits = None
     _built_for = conf
-    _layout_known = False
+    _keys = None
     return conf
 
 
 def books_client(conf: settings.Settings | None = None) -> redis.Redis:
-    """The client of the books' Redis, with the key names set for it: a Redis Cluster
-    gets the hash-tagged layout (:func:`keys.use_cluster_layout`), asked once it answers,
-    and must be the node that holds the books (else a :class:`ConfigurationError` says which)."""
-    global _layout_known
+    """The client of the books' Redis. A Redis Cluster must be the node that holds the
+    books (else a :class:`ConfigurationError` says which): checked when it first answers."""
     conf = conf or _fresh()
     client = redis_client(conf.redis_url)
-    if not _layout_known:
-        cluster = cluster_enabled(client)
-        if cluster:
-            check_cluster_slot(client, keys.CLUSTER_TAG)
-        if cluster is not None:
-            keys.use_cluster_layout(cluster)
-            _layout_known = True
+    keys(conf, client)
     return client
+
+
+def keys(conf: settings.Settings | None = None, client: redis.Redis | None = None) -> Keys:
+    """The key names of the books on this Redis, built once: with the run's key prefix, and
+    the hash-tagged layout on a Redis Cluster (asked once it answers). While the Redis does
+    not answer yet, the names of one server, not kept: what is built with them meanwhile is
+    built again (:func:`reset`) if the Redis turns out to be a cluster."""
+    global _keys
+    conf = conf or _fresh()
+    if _keys is not None:
+        return _keys
+    cluster = cluster_enabled(client or redis_client(conf.redis_url))
+    if cluster is None:
+        return Keys(conf.key_prefix)
+    if cluster:
+        check_cluster_slot(client or redis_client(conf.redis_url), CLUSTER_TAG)
+        if any(x is not None for x in (_transport, _store, _devices, _rate_limits)):
+            reset(conf)  # built with a server's names before the cluster answered
+    _keys = Keys(conf.key_prefix, cluster)
+    return _keys
 
 
 def _fresh() -> settings.Settings:
@@ -84,14 +97,15 @@ def _books() -> tuple[Transport, Ledger, Recovery]:
     conf = _fresh()
     if _transport is None or _ledger is None or _recovery is None:
         client = books_client(conf)
+        names = keys(conf, client)
         if broker_is_store(conf):
-            _transport = RedisBroker(celery_app.app, client)
+            _transport = RedisBroker(celery_app.app, client, names)
             _ledger = Ledger(client, celery_app.app, _transport)
             _recovery = Reaper(
                 _ledger, dead_after=conf.dead_after, max_attempts=conf.max_attempts, forget_after=conf.forget_after
             )
         else:
-            journal = KombuBroker(celery_app.app, client)
+            journal = KombuBroker(celery_app.app, client, names)
             _transport, _ledger = journal, Ledger(client, celery_app.app, journal)
             _recovery = Redeliveries(_ledger, journal, max_attempts=conf.max_attempts)
     return _transport, _ledger, _recovery
@@ -115,11 +129,13 @@ def store() -> RedisDeadLetterStore:
     global _store
     conf = _fresh()
     if _store is None:
+        client = books_client(conf)
         _store = RedisDeadLetterStore(
-            books_client(conf),
+            client,
             max_records=conf.dead_letter_max,
             max_age=conf.dead_letter_max_age,
             feed=ledger().feed_backlog,
+            keys=keys(conf, client),
         )
     return _store
 
@@ -128,7 +144,10 @@ def devices() -> Devices:
     global _devices
     conf = _fresh()
     if _devices is None:
-        _devices = Devices(books_client(conf), celery_app.app, flower_url=conf.flower_url, dead_after=conf.dead_after)
+        client = books_client(conf)
+        _devices = Devices(
+            client, celery_app.app, flower_url=conf.flower_url, dead_after=conf.dead_after, keys=keys(conf, client)
+        )
     return _devices
 
 
@@ -137,5 +156,6 @@ def rate_limits() -> RateLimits:
     global _rate_limits
     conf = _fresh()
     if _rate_limits is None:
-        _rate_limits = RateLimits(books_client(conf))
+        client = books_client(conf)
+        _rate_limits = RateLimits(client, keys(conf, client))
     return _rate_limits

@@ -78,6 +78,14 @@ def _optional_size(value: str) -> int | None:
     return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
+def _key_prefix(value: str) -> str:
+    """Letters, digits and ``_ . : -`` (a brace would split a Redis Cluster's slot)."""
+    text = value.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]*", text):
+        raise ConfigurationError(f"a key prefix may hold letters, digits and _ . : - only, got {value!r}")
+    return text
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         word = value.strip().lower()
@@ -114,6 +122,15 @@ SETTINGS: tuple[Setting, ...] = (
         _url,
         "Flower's address (http://user:password@host:5555); when set, devices() reads device status from "
         "Flower's REST API instead of asking the workers.",
+    ),
+    Setting(
+        "key_prefix",
+        "MUTITASK_KEY_PREFIX",
+        ("mutitask_key_prefix",),
+        "",
+        _key_prefix,
+        "Put in front of every Redis key of the run, kombu's too (e.g. team2:), so that two deployments "
+        "can share one Redis without seeing each other; queues keep their names (channel1).",
     ),
     Setting(
         "dead_after",
@@ -205,6 +222,7 @@ class Settings:
     redis_url: str = DEFAULT_REDIS_URL
     broker_url: str | None = None
     flower_url: str | None = None
+    key_prefix: str = ""
     dead_after: float = 10.0
     max_attempts: int = 3
     forget_after: float = 86400.0
@@ -357,6 +375,6 @@ def markdown_rows() -> list[str]:
     rows = []
     for s in SETTINGS:
         names = " or ".join(f"`{n}`" for n in s.config_names)
-        default = "none" if s.default is None else f"`{s.shown or s.default}`"
+        default = "none" if s.default in (None, "") else f"`{s.shown or s.default}`"
         rows.append(f"| {s.doc} | `{s.env}` | {names} | {default} |")
     return rows

@@ -80,56 +80,55 @@ def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rabbitmq: str) -> I
     finally:
         monkeypatch.undo()
         fresh_settings()
-        keys.use_cluster_layout(False)  # the next test's Redis is one server
         node.close()
 
 
 def test_the_cluster_layout_puts_every_key_in_one_slot() -> None:
-    keys.use_cluster_layout(True)
-    try:
+    for prefix in ("", "team2:"):
+        k = keys.Keys(prefix, cluster=True)
         names = [
-            keys.pending(1),
-            keys.meta(2),
-            keys.stats(3),
-            keys.notify(4),
-            keys.results(5),
-            keys.dead_index(),
-            keys.dead_index(6),
-            keys.dead_record("abc"),
-            keys.run("default"),
-            keys.RATE_LIMITS,
-            keys.RATE_TAT,
-            keys.inhand("device1@host"),
-            keys.lost(7),
-            keys.backlog(8),
-            keys.held(9),
-            keys.started(10),
-            keys.unsent(11),
-            keys.steps("publisher"),
-            keys.queue_list(12),
-            keys.DEAD_CHANNELS,
-            keys.DEAD_DROPPED,
-            keys.DEVICES_EXPECTED,
-            keys.DEVICES_WANTED,
-            keys.DEVICES_INFO,
-            keys.DEVICES_SEEN,
-            keys.DEVICES_DONE,
-            keys.DEVICES_BEATS,
-            keys.DEVICES_FORGOTTEN,
-            keys.SWEEP_DUE,
-            keys.CHANNEL_SIZES,
-            keys.KOMBU_UNACKED,
-            keys.KOMBU_UNACKED_INDEX,
-            keys.device_lease("device1@host"),
-            keys.channel_lease(13),
-            keys.run_lease("default"),
-            keys.LEASE_HOLDERS,
+            k.pending(1),
+            k.meta(2),
+            k.stats(3),
+            k.notify(4),
+            k.results(5),
+            k.dead_index(),
+            k.dead_index(6),
+            k.dead_record("abc"),
+            k.run("default"),
+            k.rate_limits,
+            k.rate_tat,
+            k.inhand("device1@host"),
+            k.lost(7),
+            k.backlog(8),
+            k.held(9),
+            k.started(10),
+            k.unsent(11),
+            k.steps("publisher"),
+            k.queue_list(12),
+            k.dead_channels,
+            k.dead_dropped,
+            k.devices_expected,
+            k.devices_wanted,
+            k.devices_info,
+            k.devices_seen,
+            k.devices_done,
+            k.devices_beats,
+            k.devices_forgotten,
+            k.devices_leaving,
+            k.sweep_due,
+            k.channel_sizes,
+            k.kombu_unacked,
+            k.kombu_unacked_index,
+            k.device_lease("device1@host"),
+            k.channel_lease(13),
+            k.run_lease("default"),
+            k.lease_holders,
+            k.room_probe(),
         ]
         assert {key_slot(name.encode()) for name in names} == {key_slot(b"books")}
-        assert keys.results(5) == "ResultChannel5{books}" and keys.queue(12) == "channel12"
-    finally:
-        keys.use_cluster_layout(False)
-    assert keys.pending(1) == "mutitask:pending:1" and keys.results(5) == "ResultChannel5"
+        assert k.results(5) == f"{prefix}ResultChannel5{{books}}" and keys.queue(12) == "channel12"
+    assert keys.pending(1) == "mutitask:pending:1" and keys.results(5) == "ResultChannel5"  # one server's
 
 
 @pytest.mark.services  # two redis-servers of its own
@@ -152,11 +151,10 @@ def test_books_on_another_node_of_the_cluster_are_named(tmp_path: Path, monkeypa
             runtime.ledger()
         monkeypatch.setenv("MUTITASK_REDIS_URL", second.server.url)
         fresh_settings()
-        assert runtime.ledger().outstanding(1) == 0 and keys.cluster_layout()
+        assert runtime.ledger().outstanding(1) == 0 and runtime.keys().cluster
     finally:
         monkeypatch.undo()
         fresh_settings()
-        keys.use_cluster_layout(False)
         first.close()
         if second is not None:
             second.close()
@@ -174,7 +172,7 @@ def test_a_run_on_a_cluster_node_takes_every_step_in_one_slot(
     mt.set_rate_limit(1, 10_000)  # a limit no device reaches: its steps run, the run's pace does not change
     thread, out = run_in_thread([str(n) for n in range(count)])
     wait_until(lambda: procs.starts(victim), 30, "device3 to start a task")
-    assert runtime.books_client().info("cluster")["cluster_enabled"] == 1 and keys.cluster_layout()
+    assert runtime.books_client().info("cluster")["cluster_enabled"] == 1 and runtime.keys().cluster
     helpers = [procs.device(1, 1), procs.device(2, 1)]
     wait_until(lambda: mt.results_count(1) >= 20, 60, "the run to be under way")
     victim.send_signal(signal.SIGKILL)  # RabbitMQ hands its message to another device

@@ -140,3 +140,39 @@ def test_the_checker_sees_imports_inside_functions_and_for_type_checking() -> No
     assert "books.leases" in GRAPH["books.ledger"]  # under TYPE_CHECKING
     assert "device.tasks" in GRAPH[""]  # the package's __init__ registers the task
     assert "serving.console" in GRAPH["serving.serve"]
+
+
+# What keys.py offers every module: the layout object, and the names that are the same in
+# every layout. Its module-level key names are the default layout's (no prefix, one server),
+# kept for tests and tools: package code that used them would miss a prefix or a cluster.
+LAYOUT_FREE = {"Keys", "DEFAULT", "queue", "QUEUE_PREFIX", "RESULTS_PREFIX", "CLUSTER_TAG", "ALL_DEVICES"}
+
+
+def test_the_package_names_keys_through_its_keys_object() -> None:
+    used = []
+    for name, path in MODULES.items():
+        if name == "keys":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        imported = any(
+            isinstance(node, ast.ImportFrom)
+            and node.module == "mutitask_celery"
+            and any(a.name == "keys" for a in node.names)
+            for node in ast.walk(tree)
+        )
+        for node in ast.walk(tree):
+            if (
+                imported
+                and isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "keys"
+                and node.attr not in LAYOUT_FREE
+            ):
+                used.append(f"{path.relative_to(PACKAGE)}:{node.lineno} keys.{node.attr}")
+            if isinstance(node, ast.ImportFrom) and node.module == "mutitask_celery.keys":
+                used += [
+                    f"{path.relative_to(PACKAGE)}:{node.lineno} {a.name}"
+                    for a in node.names
+                    if a.name not in LAYOUT_FREE
+                ]
+    assert used == []

@@ -28,10 +28,11 @@ from typing import Any, ClassVar, cast
 
 import redis
 
-from mutitask_celery import codec, keys
+from mutitask_celery import codec
 from mutitask_celery.books import messages, steps
 from mutitask_celery.connection import raw_twin, redis_now, text
 from mutitask_celery.errors import RecordNotFound
+from mutitask_celery.keys import DEFAULT, Keys
 from mutitask_celery.tables import local_time
 
 log = logging.getLogger(__name__)
@@ -303,8 +304,9 @@ class RedisDeadLetterStore:
         max_records: int | None = None,
         max_age: float | None = None,
         feed: Callable[[int], object] | None = None,
+        keys: Keys = DEFAULT,
     ) -> None:
-        self.client = client
+        self.client, self.keys = client, keys
         self.max_records = max_records
         self.max_age = max_age
         self.feed = feed  # feeds a channel's backlog (Ledger.feed_backlog), after a reload
@@ -314,18 +316,18 @@ class RedisDeadLetterStore:
 
     def count(self, channel: int | None = None) -> int:
         """How many records (one channel, or all)."""
-        return int(self.client.zcard(keys.dead_index(channel)))
+        return int(self.client.zcard(self.keys.dead_index(channel)))
 
     def _ids(self, channel: int | None, limit: int | None = None, offset: int = 0) -> list[str]:
         stop = -1 if limit is None else offset + limit - 1
         if limit is not None and limit <= 0:
             return []
-        return cast("list[str]", self.client.zrange(keys.dead_index(channel), offset, stop))  # ids, no scores
+        return cast("list[str]", self.client.zrange(self.keys.dead_index(channel), offset, stop))  # ids, no scores
 
     def _load(self, ids: Sequence[str]) -> list[FailedTask]:
         pipe = raw_twin(self.client).pipeline(transaction=False)  # a task's data may be a frame
         for task_id in ids:
-            pipe.hgetall(keys.dead_record(task_id))
+            pipe.hgetall(self.keys.dead_record(task_id))
         records = []
         for raw in pipe.execute():
             if raw:
@@ -341,7 +343,7 @@ class RedisDeadLetterStore:
 
     def get(self, task_id: str) -> FailedTask:
         """One record; raises :class:`RecordNotFound` (also for one that cannot be read)."""
-        raw = raw_twin(self.client).hgetall(keys.dead_record(task_id))
+        raw = raw_twin(self.client).hgetall(self.keys.dead_record(task_id))
         record = decode_record(_fields(cast("dict[bytes, bytes]", raw))) if raw else None
         if record is None:
             raise RecordNotFound(task_id)
@@ -353,7 +355,7 @@ class RedisDeadLetterStore:
         if ids is not None:
             yield from _chunks(ids, BATCH)
             return
-        pager = _Pager(self.client, keys.dead_index(channel), BATCH)
+        pager = _Pager(self.client, self.keys.dead_index(channel), BATCH)
         for page in pager:
             yield page  # the caller deletes what it can of it
             pager.left_of(page)
@@ -395,11 +397,11 @@ class RedisDeadLetterStore:
             return
         began = redis_now(self.client)
         for ch in [channel] if channel is not None else self.channels():
-            pager = _Pager(self.client, keys.dead_index(ch), RELOAD_PAGE, began)
+            pager = _Pager(self.client, self.keys.dead_index(ch), RELOAD_PAGE, began)
             for page in pager:
                 yield ch, page, pager
         if channel is None:
-            strays = _Pager(self.client, keys.dead_index(), BATCH, began)
+            strays = _Pager(self.client, self.keys.dead_index(), BATCH, began)
             for page in strays:
                 grouped = self._by_channel(page)
                 self._drop_strays(page, grouped)
@@ -411,7 +413,7 @@ class RedisDeadLetterStore:
         """The channels that have records (every record's writer adds its channel to the set; a
         channel may stay in it after its last record went)."""
         found = []
-        for ch in self.client.smembers(keys.DEAD_CHANNELS):
+        for ch in self.client.smembers(self.keys.dead_channels):
             try:
                 found.append(int(ch))
             except ValueError:
@@ -422,7 +424,7 @@ class RedisDeadLetterStore:
         """Chosen ids by the channel their record names (records gone or unreadable left out)."""
         pipe = self.client.pipeline(transaction=False)
         for task_id in ids:
-            pipe.hget(keys.dead_record(task_id), "channel")
+            pipe.hget(self.keys.dead_record(task_id), "channel")
         grouped: dict[int, list[str]] = {}
         for task_id, ch in zip(ids, pipe.execute(), strict=True):
             try:
@@ -434,14 +436,14 @@ class RedisDeadLetterStore:
     def _reload_page(self, channel: int, ids: Sequence[str]) -> tuple[int, list[str]]:
         """Move a page of the channel's records (``lua/reload.lua``); returns how many moved, and
         the ids left alone (another channel's, unreadable, or newer)."""
-        prefix = keys.DEAD_RECORD_PREFIX  # keys.dead_record, without a call per record
+        prefix = self.keys.dead_record_prefix  # self.keys.dead_record, without a call per record
         moved, *left = self._reload(
-            dead_index=keys.DEAD_INDEX,
-            dead_index_ch=keys.dead_index(channel),
-            pending=keys.pending(channel),
-            meta=keys.meta(channel),
-            stats=keys.stats(channel),
-            backlog=keys.backlog(channel),
+            dead_index=self.keys.dead_index_all,
+            dead_index_ch=self.keys.dead_index(channel),
+            pending=self.keys.pending(channel),
+            meta=self.keys.meta(channel),
+            stats=self.keys.stats(channel),
+            backlog=self.keys.backlog(channel),
             records=[prefix + t for t in ids],
             channel=channel,
             now=repr(time.time()),
@@ -468,10 +470,10 @@ class RedisDeadLetterStore:
         strays = [t for t in ids if t not in known]
         if strays:
             self._delete(
-                dead_index=keys.DEAD_INDEX,
-                dead_index_ch=keys.DEAD_INDEX,  # no channel's: the index of all stands in (the step needs a key)
-                dropped=keys.DEAD_DROPPED,
-                records=[keys.dead_record(t) for t in strays],
+                dead_index=self.keys.dead_index_all,
+                dead_index_ch=self.keys.dead_index_all,  # no channel: the index of all stands in
+                dropped=self.keys.dead_dropped,
+                records=[self.keys.dead_record(t) for t in strays],
                 count="",
                 channel="",
                 task_ids=strays,
@@ -489,10 +491,10 @@ class RedisDeadLetterStore:
                 continue
             deleted += int(
                 self._delete(
-                    dead_index=keys.DEAD_INDEX,
-                    dead_index_ch=keys.dead_index(ch),
-                    dropped=keys.DEAD_DROPPED,
-                    records=[keys.dead_record(t) for t in chosen],
+                    dead_index=self.keys.dead_index_all,
+                    dead_index_ch=self.keys.dead_index(ch),
+                    dropped=self.keys.dead_dropped,
+                    records=[self.keys.dead_record(t) for t in chosen],
                     count="count" if count else "",
                     channel=ch,
                     task_ids=chosen,
@@ -509,14 +511,17 @@ class RedisDeadLetterStore:
         if self.max_age is not None:
             cutoff = f"({redis_now(self.client) - self.max_age!r}"
             while old := cast(
-                "list[str]", self.client.zrangebyscore(keys.DEAD_INDEX, "-inf", cutoff, start=0, num=PRUNE_BUDGET)
+                "list[str]",
+                self.client.zrangebyscore(self.keys.dead_index_all, "-inf", cutoff, start=0, num=PRUNE_BUDGET),
             ):
                 dropped += self._delete_page(old, count=True)
                 if len(old) < PRUNE_BUDGET:
                     break
         if self.max_records is not None:
-            while (excess := min(int(self.client.zcard(keys.DEAD_INDEX)) - self.max_records, PRUNE_BUDGET)) > 0:
-                oldest = cast("list[str]", self.client.zrange(keys.DEAD_INDEX, 0, excess - 1))
+            while (
+                excess := min(int(self.client.zcard(self.keys.dead_index_all)) - self.max_records, PRUNE_BUDGET)
+            ) > 0:
+                oldest = cast("list[str]", self.client.zrange(self.keys.dead_index_all, 0, excess - 1))
                 n = self._delete_page(oldest, count=True)
                 dropped += n
                 if n == 0:  # only stray index entries, dropped now
@@ -537,20 +542,20 @@ class RedisDeadLetterStore:
     def dropped(self, channel: int | None = None) -> int:
         """How many records the retention limits have dropped (one channel, or all)."""
         if channel is not None:
-            return int(self.client.hget(keys.DEAD_DROPPED, str(channel)) or 0)
-        return sum(int(v) for v in self.client.hvals(keys.DEAD_DROPPED))
+            return int(self.client.hget(self.keys.dead_dropped, str(channel)) or 0)
+        return sum(int(v) for v in self.client.hvals(self.keys.dead_dropped))
 
     def add_unpublishable(self, channel: int, text: str, reason: str) -> str:
         """Record a yielded item that could not be published (e.g. not JSON-able), written by
         ``lua/dead_letter.lua`` like every record (``lua/unpublishable.lua``); returns its id."""
         task_id = messages.new_task_id()
         self._unpublishable(
-            record=keys.dead_record(task_id),
-            dead_index=keys.dead_index(),
-            dead_index_ch=keys.dead_index(channel),
-            dead_channels=keys.DEAD_CHANNELS,
-            meta=keys.meta(channel),
-            stats=keys.stats(channel),
+            record=self.keys.dead_record(task_id),
+            dead_index=self.keys.dead_index(),
+            dead_index_ch=self.keys.dead_index(channel),
+            dead_channels=self.keys.dead_channels,
+            meta=self.keys.meta(channel),
+            stats=self.keys.stats(channel),
             task_id=task_id,
             channel=channel,
             data=codec.encode(_cut(text)),

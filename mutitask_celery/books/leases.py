@@ -55,10 +55,10 @@ from pathlib import Path
 
 import redis
 
-from mutitask_celery import keys
 from mutitask_celery.books import steps
 from mutitask_celery.connection import text
 from mutitask_celery.errors import LeaseHeld, LeaseLost
+from mutitask_celery.keys import DEFAULT, Keys
 from mutitask_celery.settings import DEFAULTS, HEARTBEAT
 
 log = logging.getLogger(__name__)
@@ -183,9 +183,13 @@ class Leases:
     """
 
     def __init__(
-        self, client: redis.Redis, ttl: float | None = None, on_lost: Callable[[LeaseHeld], None] | None = None
+        self,
+        client: redis.Redis,
+        ttl: float | None = None,
+        on_lost: Callable[[LeaseHeld], None] | None = None,
+        keys: Keys = DEFAULT,
     ) -> None:
-        self.client = client
+        self.client, self.keys = client, keys
         self.ttl = ttl or DEFAULTS.dead_after
         self.on_lost = on_lost
         self.leases: list[Lease] = []
@@ -244,7 +248,7 @@ class Leases:
     def _take_once(self, lease: Lease, replace: str = "") -> tuple[bool, str, float]:
         """One try (``lua/lease_take.lua``): (taken, the holder's value, its seconds left)."""
         taken, value, left_ms = self._take(
-            lease=lease.key, holders=keys.LEASE_HOLDERS, value=lease.value, ttl=lease.ttl_ms, replaces=replace
+            lease=lease.key, holders=self.keys.lease_holders, value=lease.value, ttl=lease.ttl_ms, replaces=replace
         )
         return bool(int(taken)), text(value), int(left_ms) / 1000
 
@@ -291,7 +295,9 @@ class Leases:
             if not lease.held:
                 self._take_wanted(lease)
                 continue
-            kept, value = self._keep(lease=lease.key, holders=keys.LEASE_HOLDERS, value=lease.value, ttl=lease.ttl_ms)
+            kept, value = self._keep(
+                lease=lease.key, holders=self.keys.lease_holders, value=lease.value, ttl=lease.ttl_ms
+            )
             if not int(kept):
                 self._drop(lease)
                 self._report(lease.lost(text(value)))
@@ -334,6 +340,6 @@ class Leases:
                 if not held:
                     continue
                 try:
-                    self._release(lease=lease.key, holders=keys.LEASE_HOLDERS, value=lease.value)
+                    self._release(lease=lease.key, holders=self.keys.lease_holders, value=lease.value)
                 except redis.RedisError as exc:  # it expires by itself
                     log.debug("could not release %s: %s", lease.what, exc)

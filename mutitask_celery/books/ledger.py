@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 import redis
 from celery import Celery
 
-from mutitask_celery import codec, keys
+from mutitask_celery import codec
 from mutitask_celery.books import messages, steps
 from mutitask_celery.books.transports.base import Transport
 from mutitask_celery.connection import raw_twin, text
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PUBLISHER = "server"  # the writer whose publish steps keys.steps keeps (one server per channel)
+PUBLISHER = "server"  # the writer whose publish steps self.keys.steps keeps (one server per channel)
 DEFAULT_CHANNEL_SIZE = 50  # the seed's, for a channel whose server never said
 TARGET_MESSAGE_SECONDS = 0.1  # work one message should carry: short tasks travel together
 MAX_BATCH = 500
@@ -208,6 +208,7 @@ class Ledger:
         self.client = client
         self.app = app
         self.transport = transport  # how messages reach the queues (see .transports)
+        self.keys = transport.keys  # the books' names on this Redis
         self._finish = steps.FINISH.on(client)
         self._give_back = steps.DROP_NOTE.on(client)
         self._publish = steps.PUBLISH.on(client)
@@ -218,22 +219,22 @@ class Ledger:
 
     def outstanding(self, channel: int) -> int:
         """Tasks of the channel published (or reloaded) and not yet finished."""
-        return int(self.client.hlen(keys.pending(channel)))
+        return int(self.client.hlen(self.keys.pending(channel)))
 
     def give_back(self, device: str, channel: int, message_id: str) -> None:
         """``device`` hands a message back without an outcome (paused, Redis away): it leaves the
         device's hands, and its next delivery counts no death."""
         self._give_back(
-            inhand=keys.inhand(device),
-            held=keys.held(channel),
-            started=keys.started(channel),
+            inhand=self.keys.inhand(device),
+            held=self.keys.held(channel),
+            started=self.keys.started(channel),
             message_id=message_id,
             noted="",  # whatever it is
             drop_mark="1",
         )
 
     def stats(self, channel: int) -> ChannelStats:
-        return _stats(cast("dict[str, str]", self.client.hgetall(keys.stats(channel))))
+        return _stats(cast("dict[str, str]", self.client.hgetall(self.keys.stats(channel))))
 
     def books(self, channels: Sequence[int]) -> dict[int, ChannelBooks]:
         """Every channel's counters, outstanding and held tasks, in one round trip."""
@@ -280,12 +281,12 @@ class Ledger:
                 ks, argv = steps.PUBLISH.keys_and_args(self._publish_step(out, room_for))
                 pipe.evalsha(self._publish.sha, len(ks), *ks, *argv)
             for channel in read:
-                pipe.hgetall(keys.stats(channel))
-                pipe.hlen(keys.pending(channel))
-                pipe.get(keys.held(channel))
-                pipe.zcard(keys.backlog(channel))
+                pipe.hgetall(self.keys.stats(channel))
+                pipe.hlen(self.keys.pending(channel))
+                pipe.get(self.keys.held(channel))
+                pipe.zcard(self.keys.backlog(channel))
             if wait:
-                pipe.blpop([keys.notify(c) for c in wait], timeout=max(timeout, 0.01))
+                pipe.blpop([self.keys.notify(c) for c in wait], timeout=max(timeout, 0.01))
             return pipe.execute()
 
         try:
@@ -311,16 +312,16 @@ class Ledger:
             out.templates = self.transport.step_templates(channel, out.groups())
         items: list[str | bytes | int] = [part for item in out.items for part in item]
         return {
-            "pending": keys.pending(channel),
-            "stats": keys.stats(channel),
-            "held": keys.held(channel),
-            "queue": keys.queue_list(channel),
-            "steps": keys.steps(PUBLISHER),
-            "unsent": keys.unsent(channel),
-            "backlog": keys.backlog(channel),
-            "run": keys.run(out.run or "-"),  # "-": no run noted (the step does not touch it)
-            "lease": lease.key if lease is not None else keys.channel_lease(channel),  # untouched without a lease
-            "lease_holders": keys.LEASE_HOLDERS,
+            "pending": self.keys.pending(channel),
+            "stats": self.keys.stats(channel),
+            "held": self.keys.held(channel),
+            "queue": self.keys.queue_list(channel),
+            "steps": self.keys.steps(PUBLISHER),
+            "unsent": self.keys.unsent(channel),
+            "backlog": self.keys.backlog(channel),
+            "run": self.keys.run(out.run or "-"),  # "-": no run noted (the step does not touch it)
+            "lease": lease.key if lease is not None else self.keys.channel_lease(channel),  # untouched without a lease
+            "lease_holders": self.keys.lease_holders,
             "channel_size": room_for,
             "step": out.step,
             "slot": f"publish:{channel}",
@@ -350,34 +351,34 @@ class Ledger:
         """The server says with which ``ChannelSize`` it runs its channels (reloads and devices
         feed backlogs by it)."""
         if sizes:
-            self.client.hset(keys.CHANNEL_SIZES, mapping={str(ch): size for ch, size in sizes.items()})
+            self.client.hset(self.keys.channel_sizes, mapping={str(ch): size for ch, size in sizes.items()})
 
     def feed_backlog(self, channel: int, channel_size: int | None = None) -> int:
         """Move reloaded tasks from the channel's backlog into the channel while there is room
         (``lua/feed.lua``); returns how many went. Any process may do it at any time: the
         server each round, every device of the channel every couple of seconds, a reload."""
-        size = channel_size or int(self.client.hget(keys.CHANNEL_SIZES, str(channel)) or DEFAULT_CHANNEL_SIZE)
+        size = channel_size or int(self.client.hget(self.keys.channel_sizes, str(channel)) or DEFAULT_CHANNEL_SIZE)
         books = self.books([channel])[channel]
         room = size - books.waiting
         if books.backlog == 0 or room <= 0:
             return 0
-        ids = cast("list[str]", self.client.zrange(keys.backlog(channel), 0, room - 1))
+        ids = cast("list[str]", self.client.zrange(self.keys.backlog(channel), 0, room - 1))
         if not ids:  # another process fed them since the books were read
             return 0
         items, sizes = self._outstanding_data(channel, ids)
         gone = [t for t in ids if t not in sizes]
         if gone:  # finished meanwhile (a copy ran elsewhere): nothing to feed
-            self.client.zrem(keys.backlog(channel), *gone)
+            self.client.zrem(self.keys.backlog(channel), *gone)
         groups = _groups(items, batch_size(books.stats, size), sizes)
         each: list[str | int] = []  # per message: its number of tasks, their ids, the message
         for group, message in zip(groups, self.transport.step_messages(channel, groups), strict=True):
             each += [len(group), *[t for t, _ in group], message]
         fed = self._feed(
-            backlog=keys.backlog(channel),
-            pending=keys.pending(channel),
-            held=keys.held(channel),
-            queue=keys.queue_list(channel),
-            unsent=keys.unsent(channel),
+            backlog=self.keys.backlog(channel),
+            pending=self.keys.pending(channel),
+            held=self.keys.held(channel),
+            queue=self.keys.queue_list(channel),
+            unsent=self.keys.unsent(channel),
             channel_size=size,
             mode=self.transport.lua_mode,
             now=time.time(),
@@ -396,11 +397,11 @@ class Ledger:
         ids = list(task_ids)
         pipe = self.client.pipeline(transaction=False)
         for task_id in ids:
-            pipe.hstrlen(keys.pending(channel), task_id)
+            pipe.hstrlen(self.keys.pending(channel), task_id)
         sizes = {t: int(n) for t, n in zip(ids, pipe.execute(), strict=True) if int(n) > 0}
         refer = self.transport.keeps_frames
         wanted = [t for t in ids if t in sizes and not (refer and sizes[t] >= messages.REF_BYTES)]
-        raw = raw_twin(self.client).hmget(keys.pending(channel), wanted) if wanted else []
+        raw = raw_twin(self.client).hmget(self.keys.pending(channel), wanted) if wanted else []
         read = {t: codec.as_text(d) for t, d in zip(wanted, raw, strict=True) if d is not None}
         kept = [t for t in ids if t in sizes and (t in read or t not in wanted)]  # none finished meanwhile
         items: list[messages.Item] = [(t, read.get(t, "")) for t in kept]
@@ -439,25 +440,25 @@ class Ledger:
         if not listed:
             return Finished(0, 0, 0, 0, 0)
         reply = self._finish(
-            pending=keys.pending(channel),
-            meta=keys.meta(channel),
-            stats=keys.stats(channel),
-            notify=keys.notify(channel),
-            results=keys.results(channel),
-            dead_index=keys.dead_index(),
-            dead_index_ch=keys.dead_index(channel),
-            dead_channels=keys.DEAD_CHANNELS,
-            devices_done=keys.DEVICES_DONE,
-            devices_seen=keys.DEVICES_SEEN,
-            devices_beats=keys.DEVICES_BEATS,
-            inhand=keys.inhand(device),
-            lost=keys.lost(channel),
-            started=keys.started(channel),
-            steps=keys.steps(device),
-            held=keys.held(channel),
-            backlog=keys.backlog(channel),
-            claims=keys.claims(channel),
-            records=[keys.dead_record(o.task_id) for o in listed],
+            pending=self.keys.pending(channel),
+            meta=self.keys.meta(channel),
+            stats=self.keys.stats(channel),
+            notify=self.keys.notify(channel),
+            results=self.keys.results(channel),
+            dead_index=self.keys.dead_index(),
+            dead_index_ch=self.keys.dead_index(channel),
+            dead_channels=self.keys.dead_channels,
+            devices_done=self.keys.devices_done,
+            devices_seen=self.keys.devices_seen,
+            devices_beats=self.keys.devices_beats,
+            inhand=self.keys.inhand(device),
+            lost=self.keys.lost(channel),
+            started=self.keys.started(channel),
+            steps=self.keys.steps(device),
+            held=self.keys.held(channel),
+            backlog=self.keys.backlog(channel),
+            claims=self.keys.claims(channel),
+            records=[self.keys.dead_record(o.task_id) for o in listed],
             device=device,
             channel=str(channel),
             message_id=message_id,
@@ -477,10 +478,10 @@ class Ledger:
         if not task_ids:
             return []
         codes = self._claim(
-            pending=keys.pending(channel),
-            claims=keys.claims(channel),
-            inhand=keys.inhand(device),
-            records=[keys.dead_record(t) for t in task_ids],
+            pending=self.keys.pending(channel),
+            claims=self.keys.claims(channel),
+            inhand=self.keys.inhand(device),
+            records=[self.keys.dead_record(t) for t in task_ids],
             claim=claim_of(device, message_id),
             message_id=message_id,
             notes_holds="1" if self.transport.notes_holds else "0",
@@ -496,11 +497,13 @@ class Ledger:
         if not task_ids:
             return 0
         return int(
-            self._mark(claims=keys.claims(channel), claim=claim_of(device, message_id), mark=mark, task_ids=task_ids)
+            self._mark(
+                claims=self.keys.claims(channel), claim=claim_of(device, message_id), mark=mark, task_ids=task_ids
+            )
         )
 
     def wait_for_progress(self, channels: Sequence[int], timeout: float) -> None:
         """Block until a device takes or finishes a message of one of ``channels``, or ``timeout``
         passes."""
         if channels:
-            self.client.blpop([keys.notify(c) for c in channels], timeout=max(timeout, 0.01))
+            self.client.blpop([self.keys.notify(c) for c in channels], timeout=max(timeout, 0.01))

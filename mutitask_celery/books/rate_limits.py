@@ -14,10 +14,10 @@ from typing import Any
 
 import redis
 
-from mutitask_celery import keys
 from mutitask_celery.books import steps
 from mutitask_celery.connection import text
 from mutitask_celery.errors import ConfigurationError
+from mutitask_celery.keys import DEFAULT, Keys
 
 REFRESH = 0.5  # seconds a device trusts its copy of the limits
 
@@ -79,23 +79,23 @@ def check_rates(limits: object, channels: int) -> dict[int, float]:
 class RateLimits:
     """The channels' limits in the books' Redis."""
 
-    def __init__(self, client: redis.Redis) -> None:
-        self.client = client
+    def __init__(self, client: redis.Redis, keys: Keys = DEFAULT) -> None:
+        self.client, self.keys = client, keys
         self._take = steps.TAKE_TOKENS.on(client)
 
     def set(self, channel: int, per_second: float | None) -> float | None:
         """Limit ``channel`` to ``per_second`` tasks a second (None: no limit); returns it."""
         rate = check_rate(per_second)
         if rate is None:
-            self.client.hdel(keys.RATE_LIMITS, str(channel))
+            self.client.hdel(self.keys.rate_limits, str(channel))
         else:
-            self.client.hset(keys.RATE_LIMITS, str(channel), repr(rate))
+            self.client.hset(self.keys.rate_limits, str(channel), repr(rate))
         return rate
 
     def all(self) -> dict[int, float]:
         """Every channel's limit (channels without one are absent)."""
         found = {}
-        for channel, rate in self.client.hgetall(keys.RATE_LIMITS).items():
+        for channel, rate in self.client.hgetall(self.keys.rate_limits).items():
             try:
                 found[int(text(channel))] = float(text(rate))
             except ValueError:
@@ -105,5 +105,7 @@ class RateLimits:
     def take(self, channel: int, tasks: int) -> tuple[float, float | None]:
         """Take ``tasks`` starts from the channel's budget: (seconds to wait before asking
         again, 0 when taken; the limit, None when the channel has none)."""
-        wait, limit = self._take(rate_limits=keys.RATE_LIMITS, rate_tat=keys.RATE_TAT, tasks=tasks, channel=channel)
+        wait, limit = self._take(
+            rate_limits=self.keys.rate_limits, rate_tat=self.keys.rate_tat, tasks=tasks, channel=channel
+        )
         return int(wait) / 1e6, (int(limit) / 1000 or None)

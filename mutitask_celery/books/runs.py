@@ -26,10 +26,11 @@ from typing import Any
 
 import redis
 
-from mutitask_celery import codec, keys
+from mutitask_celery import codec
 from mutitask_celery.books.ledger import ChannelStats
 from mutitask_celery.connection import text
 from mutitask_celery.errors import ConfigurationError, EncodingError
+from mutitask_celery.keys import DEFAULT, Keys
 
 FINGERPRINT_ITEMS = 3  # items of each generator compared before a run is resumed
 RUNNING, FINISHED = "running", "finished"
@@ -79,7 +80,7 @@ class Resumed:
 class RunRecord:
     """The record of one named run (see the module docstring)."""
 
-    def __init__(self, client: redis.Redis, name: str) -> None:
+    def __init__(self, client: redis.Redis, name: str, keys: Keys = DEFAULT) -> None:
         self.client = client
         self.name = check_run_name(name)
         self.key = keys.run(self.name)

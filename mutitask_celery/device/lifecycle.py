@@ -42,7 +42,7 @@ from celery.signals import task_received, worker_init, worker_ready, worker_shut
 from celery.worker import state as worker_state
 from celery.worker.control import control_command
 
-from mutitask_celery import celery_app, keys, kombu_guard, memory, runtime, settings
+from mutitask_celery import celery_app, kombu_guard, memory, runtime, settings
 from mutitask_celery.books.integrity import Watermarks
 from mutitask_celery.books.leases import Leases
 from mutitask_celery.control import Ending, Taken, channels_of
@@ -120,8 +120,10 @@ class DeviceLife:
             "this one under another name (another deviceID, or celery worker -n)."
         )
         try:
-            self.leases = Leases(runtime.books_client(), settings.current().dead_after, on_lost=self.name_lost)
-            self.leases.take(keys.device_lease(name), what, advice)
+            self.leases = Leases(
+                runtime.books_client(), settings.current().dead_after, on_lost=self.name_lost, keys=runtime.keys()
+            )
+            self.leases.take(runtime.keys().device_lease(name), what, advice)
             return True
         except LeaseHeld as exc:
             log.critical("mutitask: %s", exc)
@@ -129,7 +131,7 @@ class DeviceLife:
         except redis.RedisError as exc:
             log.warning("%s could not take the lease of its name yet (%s): it will once Redis answers", name, exc)
             if self.leases is not None:
-                self.leases.want(keys.device_lease(name), what, advice)
+                self.leases.want(runtime.keys().device_lease(name), what, advice)
             return False
 
     def name_lost(self, exc: LeaseHeld) -> None:
@@ -140,7 +142,7 @@ class DeviceLife:
             worker_state.should_stop = ExitCode.IN_USE
 
     def holds_name(self, name: str) -> bool:
-        return self.leases is not None and self.leases.get(keys.device_lease(name)) is not None
+        return self.leases is not None and self.leases.get(runtime.keys().device_lease(name)) is not None
 
     def ready(self, consumer: Any, name: str) -> None:
         """Consuming: enter the roster, stop consuming if the operator wants it paused, start the threads."""

@@ -24,7 +24,7 @@ from celery.exceptions import Reject
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
-from mutitask_celery import codec, keys, runtime, settings
+from mutitask_celery import codec, runtime, settings
 from mutitask_celery.books import messages
 from mutitask_celery.books.ledger import Finished, Outcome, claim_of
 from mutitask_celery.books.recovery.base import Verdict
@@ -401,7 +401,7 @@ def _task_data(channel: int, items: list[list[Any]]) -> list[tuple[str, str | by
     if not wanted:
         return cast("list[tuple[str, str | bytes | messages.Spliced | None]]", data)
     raw = redis_client(settings.current().redis_url, raw=True)  # bytes: a big task's data is decoded in place
-    read = dict(zip(wanted, raw.hmget(keys.pending(channel), wanted), strict=True))
+    read = dict(zip(wanted, raw.hmget(runtime.keys().pending(channel), wanted), strict=True))
     out: list[tuple[str, str | bytes | messages.Spliced | None]] = []
     for task_id, found in data:
         if isinstance(found, messages.InBooks):

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import redis
 
-from mutitask_celery import codec, keys, memory, settings
+from mutitask_celery import codec, memory, settings
 from mutitask_celery.books import messages
 from mutitask_celery.books.dead_letters import RedisDeadLetterStore
 from mutitask_celery.books.integrity import Watermarks
@@ -210,8 +210,8 @@ class _Full:
     """Whether the server has said that Redis is full, shared by its two threads: said once
     when it fills up (by whichever thread meets it first), once when it has room again."""
 
-    def __init__(self, client: redis.Redis) -> None:
-        self.client = client
+    def __init__(self, client: redis.Redis, probe: str) -> None:
+        self.client, self.probe = client, probe
         self.said = False
 
     def met(self, why: str, found: memory.Memory | None = None) -> None:
@@ -225,7 +225,7 @@ class _Full:
         find room while every device's larger writes are refused). Redis away (or an ACL refusing
         the probe) says nothing here."""
         try:
-            room = memory.has_room(self.client)
+            room = memory.has_room(self.client, self.probe)
         except redis.RedisError:
             return
         found = memory.memory(self.client) if room else None
@@ -304,7 +304,7 @@ class Producer:
         self._last: dict[int, ChannelBooks] = {}  # the books as the last round read them
         self._sizes_said = False
         self._books = Watermarks()
-        self._full = _Full(ledger.client)
+        self._full = _Full(ledger.client, ledger.keys.room_probe())
 
     # -- controls (the console calls these from its own thread) ---------------
     @property
@@ -351,7 +351,9 @@ class Producer:
             for ch, src in zip(channels, sources, strict=True)
         ]
         for feed in self._feeds:
-            feed.lease = self.leases.get(keys.channel_lease(feed.channel)) if self.leases is not None else None
+            feed.lease = (
+                self.leases.get(self.ledger.keys.channel_lease(feed.channel)) if self.leases is not None else None
+            )
             feed.index, feed.published = resumed.taken.get(feed.channel, 0), resumed.published.get(feed.channel, 0)
             if feed.channel in resumed.taken:
                 log.warning(

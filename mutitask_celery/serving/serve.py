@@ -26,13 +26,14 @@ from typing import Any, TextIO
 
 import redis
 
-from mutitask_celery import celery_app, keys, logs, memory, runtime, settings
+from mutitask_celery import celery_app, logs, memory, runtime, settings
 from mutitask_celery.books.leases import Leases
 from mutitask_celery.books.rate_limits import check_rates
 from mutitask_celery.books.runs import RunRecord, check_run_name
 from mutitask_celery.connection import check_redis
 from mutitask_celery.control import Devices, DeviceState
 from mutitask_celery.errors import InvalidTasksError, LeaseHeld, RedisOutOfMemory
+from mutitask_celery.keys import DEFAULT, Keys
 from mutitask_celery.serving import producer, progress
 from mutitask_celery.serving.console import PROMPT, Console
 from mutitask_celery.serving.producer import FREE_MEMORY as FREE
@@ -103,8 +104,9 @@ def serve(
     memory.check_policy(runtime.books_client(conf), settings.mask_url(conf.redis_url))  # an evicting Redis loses tasks
     runtime.transport().check()  # RabbitMQ unreachable: one clear error within seconds
     name = check_run_name(run_name or DEFAULT_RUN) if resume or run_name is not None else None
-    with take_leases(runtime.books_client(conf), len(sources), name, conf.dead_after) as leases:
-        devices = Devices(runtime.books_client(conf), timeout=monitor_wait, flower_url=conf.flower_url)
+    names = runtime.keys(conf)
+    with take_leases(runtime.books_client(conf), len(sources), name, conf.dead_after, names) as leases:
+        devices = Devices(runtime.books_client(conf), timeout=monitor_wait, flower_url=conf.flower_url, keys=names)
         for channel, rate in limits.items():
             runtime.rate_limits().set(channel, rate)
             log.info("channel %s: at most %g task(s) a second, all devices together", channel, rate)
@@ -115,7 +117,7 @@ def serve(
             log.warning("devices start paused: type start_all to let them work")
         else:
             _warn_paused(devices)
-        record = RunRecord(runtime.books_client(conf), name) if name is not None else None
+        record = RunRecord(runtime.books_client(conf), name, names) if name is not None else None
         producer = Producer(
             runtime.ledger(),
             runtime.recovery(),
@@ -155,19 +157,21 @@ def serve(
     return summary
 
 
-def take_leases(client: redis.Redis, channels: int, run: str | None, ttl: float | None) -> Leases:
+def take_leases(
+    client: redis.Redis, channels: int, run: str | None, ttl: float | None, names: Keys = DEFAULT
+) -> Leases:
     """The leases of the run (if it has a name) and of channels 1..``channels``, in that order
     (two servers never hold one each of what the other needs), or :class:`.LeaseHeld` naming
     the server that holds one, with nothing held and nothing changed."""
-    leases = Leases(client, ttl)
+    leases = Leases(client, ttl, keys=names)
     lets_go = f"a server that died lets go within {leases.ttl:g}s of its last renewal"
     try:
         if run is not None:
             advice = f"One server per run: wait for that server to end the run, or stop it; {lets_go}."
-            _take_with_room(leases, keys.run_lease(run), f"run {run!r}", advice)
+            _take_with_room(leases, names.run_lease(run), f"run {run!r}", advice)
         for channel in range(1, channels + 1):
             advice = f"One server per channel: wait for that server's run to end, or stop it; {lets_go}."
-            _take_with_room(leases, keys.channel_lease(channel), f"channel {channel}", advice)
+            _take_with_room(leases, names.channel_lease(channel), f"channel {channel}", advice)
     except BaseException:
         leases.release()
         raise

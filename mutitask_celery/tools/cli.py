@@ -181,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _status(args: argparse.Namespace) -> int:
     """``mutitask status``: every device and its state, then how many names were forgotten."""
     base = runtime.devices()
-    found = Devices(base.client, timeout=args.timeout, flower_url=base.flower_url, dead_after=base.dead_after).devices()
+    found = Devices(
+        base.client, timeout=args.timeout, flower_url=base.flower_url, dead_after=base.dead_after, keys=base.keys
+    ).devices()
     if args.json:
         print(json.dumps([d.as_dict() for d in found], indent=1))
         return ExitCode.OK

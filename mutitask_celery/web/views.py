@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from mutitask_celery import keys, runtime
+from mutitask_celery import runtime
 from mutitask_celery.books.dead_letters import FailedTask
 from mutitask_celery.books.ledger import DEFAULT_CHANNEL_SIZE
 from mutitask_celery.channels import check_channel
@@ -88,7 +88,7 @@ class RateHistory:
 
 def known_channels(devices: list[Device] | None = None) -> list[int]:
     """Every channel the books know: a server ran it, it has dead letters, or a device serves it."""
-    sizes = {text(c) for c in runtime.books_client().hkeys(keys.CHANNEL_SIZES)}
+    sizes = {text(c) for c in runtime.books_client().hkeys(runtime.keys().channel_sizes)}
     channels = {int(c) for c in sizes if c.isdigit() and int(c) > 0}
     channels.update(c for c in runtime.store().channels() if c > 0)
     for device in devices or []:
@@ -111,7 +111,7 @@ class Overview:
     def channels(self, channels: list[int]) -> list[dict[str, Any]]:
         books = runtime.ledger().books(channels)
         client = runtime.books_client()
-        sizes = {text(k): int(v) for k, v in client.hgetall(keys.CHANNEL_SIZES).items()}
+        sizes = {text(k): int(v) for k, v in client.hgetall(runtime.keys().channel_sizes).items()}
         store = runtime.store()
         limits = runtime.rate_limits().all()
         rows = []

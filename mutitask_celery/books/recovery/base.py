@@ -15,9 +15,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from enum import Enum
 
-from mutitask_celery import keys
 from mutitask_celery.books import messages
 from mutitask_celery.books.ledger import Ledger, Outcome
+from mutitask_celery.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ def bury(ledger: Ledger, channel: int, device: str, task_id: str, attempts: int)
     ledger.finish(channel, device, [Outcome(task_id, ok=False, reason=worker_lost(attempts))])
 
 
-def burial_keys(channel: int) -> dict[str, str]:
+def burial_keys(keys: Keys, channel: int) -> dict[str, str]:
     """The keys a step that buries a task of ``channel`` takes (``recover.lua``,
     ``settle.lua``), by name: its reload history, its counters, the dead-letter indexes, the
     set of channels with dead letters, and the server's wake-up list."""
@@ -44,7 +44,7 @@ def burial_keys(channel: int) -> dict[str, str]:
         "stats": keys.stats(channel),
         "dead_index": keys.dead_index(),
         "dead_index_ch": keys.dead_index(channel),
-        "dead_channels": keys.DEAD_CHANNELS,
+        "dead_channels": keys.dead_channels,
         "notify": keys.notify(channel),
     }
 
@@ -75,6 +75,7 @@ class Recovery(ABC):
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
         self.client = ledger.client
+        self.keys = ledger.keys
 
     # -- what a device calls ---------------------------------------------------------
     def device_started(self, name: str) -> int:

@@ -47,11 +47,11 @@ from typing import Any, cast
 
 import redis
 
-from mutitask_celery import keys
 from mutitask_celery.books import messages, steps
 from mutitask_celery.books.ledger import ChannelBooks, ChannelStats, Ledger
 from mutitask_celery.books.recovery.base import WORKER_LOST, Recovered, Recovery, Verdict, burial_keys
 from mutitask_celery.connection import redis_now, text
+from mutitask_celery.keys import Keys
 from mutitask_celery.settings import DEFAULTS
 
 log = logging.getLogger(__name__)
@@ -136,14 +136,14 @@ class _Snapshot:
     delivered: dict[str, float]  # kombu's unacked index: delivery tag -> its score
 
     @classmethod
-    def read(cls, client: redis.Redis, channels: Sequence[int]) -> _Snapshot:
+    def read(cls, client: redis.Redis, keys: Keys, channels: Sequence[int]) -> _Snapshot:
         pipe = client.pipeline(transaction=True)
         for channel in channels:
             pipe.hkeys(keys.pending(channel))
             pipe.zrange(keys.backlog(channel), 0, -1)
-            pipe.lrange(keys.queue(channel), 0, -1)
-        pipe.hgetall(keys.KOMBU_UNACKED)
-        pipe.zrange(keys.KOMBU_UNACKED_INDEX, 0, -1, withscores=True)
+            pipe.lrange(keys.queue_list(channel), 0, -1)
+        pipe.hgetall(keys.kombu_unacked)
+        pipe.zrange(keys.kombu_unacked_index, 0, -1, withscores=True)
         *per_channel, raw_unacked, index = pipe.execute()
         unacked = _Unacked.all(raw_unacked)
         outstanding: dict[int, set[str]] = {}
@@ -200,7 +200,7 @@ class Reaper(Recovery):
 
     # -- the Recovery duties ------------------------------------------------------------
     def device_started(self, name: str) -> int:
-        self.client.delete(keys.steps(name))  # the previous life's retries are over
+        self.client.delete(self.keys.steps(name))  # the previous life's retries are over
         self.announce_death()  # whatever killed the previous life may have stranded a message
         return self.recover(name)
 
@@ -230,7 +230,7 @@ class Reaper(Recovery):
         it sweeps twice in a row, as a crack is confirmed at two sweeps; otherwise once every
         :data:`SAFETY_SWEEP` seconds. So recovery costs the server what changed, not what is
         outstanding."""
-        due = int(self.client.get(keys.SWEEP_DUE) or 0)
+        due = int(self.client.get(self.keys.sweep_due) or 0)
         stalled = self._stalled(channels)
         now = time.monotonic()
         if due != self._due_seen or stalled or now >= self._next_safety:
@@ -249,10 +249,10 @@ class Reaper(Recovery):
         closed as it went away). A stall that lasts calls for one sweep pair, not one a look."""
         pipe = self.client.pipeline(transaction=True)
         for channel in channels:
-            pipe.hlen(keys.pending(channel))
-            pipe.get(keys.held(channel))
-            pipe.zcard(keys.backlog(channel))
-            pipe.llen(keys.queue(channel))
+            pipe.hlen(self.keys.pending(channel))
+            pipe.get(self.keys.held(channel))
+            pipe.zcard(self.keys.backlog(channel))
+            pipe.llen(self.keys.queue_list(channel))
         replies = pipe.execute()
         now: set[int] = set()
         for i, channel in enumerate(channels):
@@ -274,7 +274,7 @@ class Reaper(Recovery):
     def announce_death(self) -> None:
         """A device process died (or restarted), or something reconnected after Redis went
         away: the server should sweep."""
-        self.client.incr(keys.SWEEP_DUE)
+        self.client.incr(self.keys.sweep_due)
 
     def sweep(self, channels: Sequence[int]) -> int:
         """Put back what fell between the cracks; returns how many tasks or messages.
@@ -289,7 +289,7 @@ class Reaper(Recovery):
         moving from the queue into an unacked entry between two reads would be seen in
         neither.
         """
-        snapshot = _Snapshot.read(self.client, channels)
+        snapshot = _Snapshot.read(self.client, self.keys, channels)
         unacked = snapshot.unacked
         names, notes = self._notes()
         orphans = _unnoted(unacked, notes)
@@ -306,10 +306,10 @@ class Reaper(Recovery):
     def _notes(self) -> tuple[list[str], dict[str, dict[str, str]]]:
         """The devices alive or recently dead (they hold every note), and their notes:
         device -> message id -> note."""
-        names = [text(n) for n in cast("list[str]", self.client.zrange(keys.DEVICES_BEATS, 0, -1))]
+        names = [text(n) for n in cast("list[str]", self.client.zrange(self.keys.devices_beats, 0, -1))]
         pipe = self.client.pipeline(transaction=False)
         for name in names:
-            pipe.hgetall(keys.inhand(name))
+            pipe.hgetall(self.keys.inhand(name))
         held = pipe.execute()
         return names, {
             name: {text(m): text(n) for m, n in notes.items()} for name, notes in zip(names, held, strict=True)
@@ -336,9 +336,9 @@ class Reaper(Recovery):
         """``held:<ch>`` set to the sum of the notes (``lua/held.lua``), if it drifted."""
         for _ in range(3):
             reply = self._held(
-                held=keys.held(channel),
-                devices_beats=keys.DEVICES_BEATS,
-                notes=[keys.inhand(name) for name in names],
+                held=self.keys.held(channel),
+                devices_beats=self.keys.devices_beats,
+                notes=[self.keys.inhand(name) for name in names],
                 channel=channel,
                 devices=names,
             )
@@ -348,7 +348,7 @@ class Reaper(Recovery):
                         "channel %d: devices hold %s task(s), not %s: counted again", channel, reply[1], reply[0]
                     )
                 return
-            names = [text(n) for n in cast("list[str]", self.client.zrange(keys.DEVICES_BEATS, 0, -1))]
+            names = [text(n) for n in cast("list[str]", self.client.zrange(self.keys.devices_beats, 0, -1))]
 
     def _restore_orphans(self, tags: set[str], unacked: dict[str, _Unacked]) -> int:
         for tag in tags:
@@ -356,9 +356,9 @@ class Reaper(Recovery):
             if self._any_outstanding(entry.channel, entry.ids):
                 log.warning("message %s was taken by a device that died before noting it: restored", tag)
                 self._restore(
-                    unacked=keys.KOMBU_UNACKED,
-                    unacked_index=keys.KOMBU_UNACKED_INDEX,
-                    queue=entry.routing_key,
+                    unacked=self.keys.kombu_unacked,
+                    unacked_index=self.keys.kombu_unacked_index,
+                    queue=self.keys.list_of(entry.routing_key),
                     tag=tag,
                     messages=[json.dumps(_redelivered(entry.message))],
                 )
@@ -372,7 +372,7 @@ class Reaper(Recovery):
         A device killed between recording a message's outcomes and acknowledging it leaves
         one; the sweep drops it, but the sweep runs only while a server runs. Dropping is
         safe at any time: the message is done, and a late acknowledgement finds nothing."""
-        unacked = _Unacked.all(self.client.hgetall(keys.KOMBU_UNACKED))
+        unacked = _Unacked.all(self.client.hgetall(self.keys.kombu_unacked))
         _, notes = self._notes()
         dropped = 0
         for tag in _unnoted(unacked, notes):
@@ -389,14 +389,14 @@ class Reaper(Recovery):
         data is not read for it)."""
         pipe = self.client.pipeline(transaction=False)
         for task_id in ids:
-            pipe.hexists(keys.pending(channel), task_id)
+            pipe.hexists(self.keys.pending(channel), task_id)
         return any(pipe.execute())
 
     def _drop_unacked(self, tag: str) -> None:
         """Acknowledge a message for a device that can no longer do it."""
         pipe = self.client.pipeline(transaction=True)
-        pipe.hdel(keys.KOMBU_UNACKED, tag)
-        pipe.zrem(keys.KOMBU_UNACKED_INDEX, tag)
+        pipe.hdel(self.keys.kombu_unacked, tag)
+        pipe.zrem(self.keys.kombu_unacked_index, tag)
         pipe.execute()
 
     def _republish_missing(self, channel: int, outstanding: set[str], placed: set[str]) -> int:
@@ -433,23 +433,23 @@ class Reaper(Recovery):
         silent = cast(
             "list[tuple[str, float]]",
             self.client.zrangebyscore(
-                keys.DEVICES_BEATS, "-inf", f"({now - self.dead_after}", start=0, num=REAP_BATCH, withscores=True
+                self.keys.devices_beats, "-inf", f"({now - self.dead_after}", start=0, num=REAP_BATCH, withscores=True
             ),
         )
         if silent:
             self.announce_death()
         for name, beat in silent:
-            seen = self.client.hget(keys.DEVICES_SEEN, name)
+            seen = self.client.hget(self.keys.devices_seen, name)
             if seen is None:  # forgotten meanwhile
-                self.client.zrem(keys.DEVICES_BEATS, name)
+                self.client.zrem(self.keys.devices_beats, name)
                 continue
-            if self.client.exists(keys.inhand(name)):
+            if self.client.exists(self.keys.inhand(name)):
                 log.warning("%s silent for %.0fs: giving its tasks to other devices", name, now - beat)
                 handled += self.recover(name, seen=text(seen))
             self._retire(
-                devices_seen=keys.DEVICES_SEEN,
-                devices_beats=keys.DEVICES_BEATS,
-                inhand=keys.inhand(name),
+                devices_seen=self.keys.devices_seen,
+                devices_beats=self.keys.devices_beats,
+                inhand=self.keys.inhand(name),
                 device=name,
                 seen=text(seen),
             )
@@ -487,7 +487,7 @@ class Reaper(Recovery):
         device's next life acts, no fence.
         """
         handled = 0
-        for message_id, noted in cast("dict[str, str]", self.client.hgetall(keys.inhand(device))).items():
+        for message_id, noted in cast("dict[str, str]", self.client.hgetall(self.keys.inhand(device))).items():
             outcome = self._take_back(device, seen or "", message_id, noted)
             if outcome is Recovered.ALIVE:
                 log.warning("%s was heard from again: it keeps what it holds", device)
@@ -506,7 +506,9 @@ class Reaper(Recovery):
         no reaper takes them back, and kombu would only after its visibility timeout (a week).
         """
         notes = {
-            (text(m), text(n)) for m, n in self.client.hgetall(keys.inhand(device)).items() if text(m) not in holding
+            (text(m), text(n))
+            for m, n in self.client.hgetall(self.keys.inhand(device)).items()
+            if text(m) not in holding
         }
         confirmed, self._dropped = notes & self._dropped, notes
         handled = 0
@@ -523,7 +525,7 @@ class Reaper(Recovery):
         """A pool child of the live ``device`` died running ``message_id`` (prefork): take the
         message back as for a dead device (the child's death is charged), instead of
         Celery's requeue, which would count nothing and loop forever on a poison task."""
-        noted = self.client.hget(keys.inhand(device), message_id)
+        noted = self.client.hget(self.keys.inhand(device), message_id)
         if noted is None:
             return Recovered.GONE
         return self._take_back(device, "", message_id, text(noted))
@@ -538,7 +540,7 @@ class Reaper(Recovery):
 
     def _take_back_once(self, device: str, judged: str, message_id: str, noted: str) -> Recovered:
         tag = noted.split("|", 1)[0]
-        raw = self.client.hget(keys.KOMBU_UNACKED, tag)
+        raw = self.client.hget(self.keys.kombu_unacked, tag)
         entry = _Unacked.parse(text(raw)) if raw is not None else None
         if entry is None:
             if raw is not None:
@@ -546,7 +548,7 @@ class Reaper(Recovery):
             self._drop_note(device, message_id, noted)
             return Recovered.GONE
         channel = entry.channel
-        mark = text(self.client.hget(keys.started(channel), message_id) or "")
+        mark = text(self.client.hget(self.keys.started(channel), message_id) or "")
         if mark in (device, f"{device}|alone"):
             queued = [
                 messages.build(self.ledger.app, entry.routing_key, channel, [item], suspect=True)
@@ -555,18 +557,18 @@ class Reaper(Recovery):
         else:
             queued = [json.dumps(_redelivered(entry.message))]
         reply = self._recover(
-            devices_seen=keys.DEVICES_SEEN,
-            inhand=keys.inhand(device),
-            unacked=keys.KOMBU_UNACKED,
-            unacked_index=keys.KOMBU_UNACKED_INDEX,
-            queue=entry.routing_key,
-            started=keys.started(channel),
-            lost=keys.lost(channel),
-            pending=keys.pending(channel),
-            **burial_keys(channel),
-            held=keys.held(channel),
-            claims=keys.claims(channel),
-            records=[keys.dead_record(t) for t in entry.ids],
+            devices_seen=self.keys.devices_seen,
+            inhand=self.keys.inhand(device),
+            unacked=self.keys.kombu_unacked,
+            unacked_index=self.keys.kombu_unacked_index,
+            queue=self.keys.list_of(entry.routing_key),
+            started=self.keys.started(channel),
+            lost=self.keys.lost(channel),
+            pending=self.keys.pending(channel),
+            **burial_keys(self.keys, channel),
+            held=self.keys.held(channel),
+            claims=self.keys.claims(channel),
+            records=[self.keys.dead_record(t) for t in entry.ids],
             device=device,
             judged=judged,
             message_id=message_id,
@@ -604,10 +606,10 @@ class Reaper(Recovery):
     def drop_stale_notes(self, device: str) -> int:
         """Drop ``device``'s notes of deliveries kombu no longer holds for it (acknowledged, or put
         back by kombu at the device's warm shutdown); returns how many."""
-        notes = cast("dict[str, str]", self.client.hgetall(keys.inhand(device)))
+        notes = cast("dict[str, str]", self.client.hgetall(self.keys.inhand(device)))
         pipe = self.client.pipeline(transaction=False)
         for noted in notes.values():
-            pipe.zscore(keys.KOMBU_UNACKED_INDEX, noted.split("|", 1)[0])
+            pipe.zscore(self.keys.kombu_unacked_index, noted.split("|", 1)[0])
         dropped = 0
         for (message_id, noted), score in zip(notes.items(), pipe.execute(), strict=True):
             held = score is not None and _noted_score(noted) == float(score)
@@ -620,9 +622,9 @@ class Reaper(Recovery):
         """Forget a note whose delivery is no longer kombu's to give (acknowledged, or unreadable)."""
         channel = _noted_channel(noted)
         self._drop(
-            inhand=keys.inhand(device),
-            held=keys.held(channel),
-            started=keys.started(channel),
+            inhand=self.keys.inhand(device),
+            held=self.keys.held(channel),
+            started=self.keys.started(channel),
             message_id=message_id,
             noted=noted,
             drop_mark="0",
@@ -634,28 +636,28 @@ class Reaper(Recovery):
         returns their names. ``mutitask status`` counts them."""
         now = redis_now(self.client) if now is None else now
         forgotten = []
-        for name, seen in self.client.hgetall(keys.DEVICES_SEEN).items():
+        for name, seen in self.client.hgetall(self.keys.devices_seen).items():
             try:
                 old = now - float(seen) > self.forget_after
             except ValueError:
                 continue
             name = text(name)
             if old and self._forget(
-                devices_seen=keys.DEVICES_SEEN,
-                devices_beats=keys.DEVICES_BEATS,
-                inhand=keys.inhand(name),
-                devices_info=keys.DEVICES_INFO,
-                devices_done=keys.DEVICES_DONE,
-                devices_wanted=keys.DEVICES_WANTED,
-                devices_forgotten=keys.DEVICES_FORGOTTEN,
-                steps=keys.steps(name),
+                devices_seen=self.keys.devices_seen,
+                devices_beats=self.keys.devices_beats,
+                inhand=self.keys.inhand(name),
+                devices_info=self.keys.devices_info,
+                devices_done=self.keys.devices_done,
+                devices_wanted=self.keys.devices_wanted,
+                devices_forgotten=self.keys.devices_forgotten,
+                steps=self.keys.steps(name),
                 device=name,
                 seen=text(seen),
             ):
                 forgotten.append(name)
         if forgotten:
             # their names' leases lapsed long ago: the notes of their last takers go with them
-            self.client.hdel(keys.LEASE_HOLDERS, *[keys.device_lease(name) for name in forgotten])
+            self.client.hdel(self.keys.lease_holders, *[self.keys.device_lease(name) for name in forgotten])
             log.info(
                 "forgot %d device(s) silent for over %.0fs: %s",
                 len(forgotten),

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from mutitask_celery import keys
 from mutitask_celery.books import messages, steps
 from mutitask_celery.books.ledger import Ledger
 from mutitask_celery.books.recovery.base import Recovered, Recovery, Verdict, burial_keys, bury
@@ -51,12 +50,12 @@ class Redeliveries(Recovery):
         """
         ids = [task_id for task_id, _ in items]
         reply = self._settle(
-            pending=keys.pending(channel),
-            lost=keys.lost(channel),
-            started=keys.started(channel),
-            claims=keys.claims(channel),
-            **burial_keys(channel),
-            records=[keys.dead_record(t) for t in ids],
+            pending=self.keys.pending(channel),
+            lost=self.keys.lost(channel),
+            started=self.keys.started(channel),
+            claims=self.keys.claims(channel),
+            **burial_keys(self.keys, channel),
+            records=[self.keys.dead_record(t) for t in ids],
             message_id=message_id,
             channel=channel,
             task_ids=ids,

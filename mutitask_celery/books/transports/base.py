@@ -16,6 +16,7 @@ import redis
 from celery import Celery
 
 from mutitask_celery.books import messages
+from mutitask_celery.keys import DEFAULT, Keys
 
 Groups = Sequence[Sequence[messages.Item]]  # the tasks of each message, in order
 
@@ -29,8 +30,8 @@ class Transport(ABC):
     #: Devices note the messages they hold: the reaper and the books' held counts read the notes.
     notes_holds: ClassVar[bool]
 
-    def __init__(self, app: Celery, client: redis.Redis) -> None:
-        self.app, self.client = app, client
+    def __init__(self, app: Celery, client: redis.Redis, keys: Keys = DEFAULT) -> None:
+        self.app, self.client, self.keys = app, client, keys
 
     @property
     def pushes_in_step(self) -> bool:

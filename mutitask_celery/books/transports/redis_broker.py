@@ -31,7 +31,7 @@ class RedisBroker(Transport):
         pass  # the step pushed the messages itself
 
     def send(self, channel: int, groups: Groups, pipe: redis.client.Pipeline, suspect: bool = False) -> None:
-        pipe.lpush(keys.queue(channel), *self.step_messages(channel, groups, suspect))
+        pipe.lpush(self.keys.queue_list(channel), *self.step_messages(channel, groups, suspect))
         pipe.execute()
 
     def check(self) -> None:
