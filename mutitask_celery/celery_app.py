@@ -92,15 +92,22 @@ app = _make_app()
 kombu_guard.install()
 
 
+_applied_prefix: str | None = None  # the global_keyprefix apply_settings set (not celeryconfig.py's)
+
+
 def apply_settings(conf: _settings.Settings) -> None:
     """Point the app at the broker of ``conf``, dropping connections to another one."""
+    global _applied_prefix
     options = dict(app.conf.broker_transport_options or {})
     prefix = conf.key_prefix if conf.broker.startswith(("redis", "rediss", "unix")) else ""
-    if options.get("global_keyprefix", "") != prefix:  # kombu's keys carry the run's prefix too
+    found = options.get("global_keyprefix")
+    ours = found is None or found == _applied_prefix  # else celeryconfig.py's: check_compatible judges it
+    if ours and (found or "") != prefix:  # kombu's keys carry the run's prefix too
         if prefix:
             options["global_keyprefix"] = prefix
         else:
             options.pop("global_keyprefix", None)
+        _applied_prefix = prefix or None
         app.conf.broker_transport_options = options
         app.conf.broker_url = None  # so that the connections below are dropped
     if app.conf.broker_url != conf.broker:

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 1.0
 STOP_WAIT = 10.0  # seconds a stop waits for the devices to end
+# What an operator may ask of devices (the console, `mutitask`, the web page), and the word
+# each reports what it did with.
+VERBS = {"pause": "paused", "start": "started", "stop": "stopped"}
 WANTED_COMMAND = "mutitask_wanted"  # the remote control command a device answers (see device.lifecycle)
 LEAVING_COMMAND = "mutitask_leaving"  # ... told before a stop (see lifecycle.DeviceLife.leaving)
 _QUEUE = re.compile(rf"^{keys.QUEUE_PREFIX}(\d+)$")
@@ -332,6 +335,14 @@ class Devices:
             limit=len(online),
         )
         return sorted(n for reply in replies for n in reply)
+
+    def apply(self, action: str, selectors: Iterable[str | int] | None = None) -> list[str]:
+        """Do one of :data:`VERBS` to the devices ``selectors`` name (None: all); returns the
+        names that did it."""
+        act = {"pause": self.pause, "start": self.start, "stop": self.stop}.get(action)
+        if act is None:
+            raise ConfigurationError(f"no such action {action!r}: one of {', '.join(VERBS)}")
+        return act(selectors)
 
     def pause(self, selectors: Iterable[str | int] | None = None) -> list[str]:
         """Pause devices (all when ``selectors`` is None); returns those that confirmed.

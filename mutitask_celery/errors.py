@@ -88,8 +88,9 @@ class ExitCode(IntEnum):
     file or a shell script reads the same code the same way."""
 
     OK = 0
-    NOT_FOUND = 1  # a record or device asked for does not exist (or no device answered)
-    FAILED = 1  # the demo: it could not show what it shows
+    # Not done: a record or device asked for does not exist (or no device answered), or the
+    # demo could not show what it shows. One name a code: a log of ExitCode(1) says this one.
+    FAILED = 1
     USAGE = 2  # bad usage or configuration (ConfigurationError)
     UNREACHABLE = 3  # Redis or the broker cannot be reached (BrokerUnavailable)
     BOOKS_LOST = 4  # Redis lost data the books held (BooksLost): see the README

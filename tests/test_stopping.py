@@ -73,7 +73,7 @@ def test_stop_names_the_task_a_device_still_runs_until_it_ends(
     wait_until(lambda: row(D1)["state"] == "offline", 10, "status to show device1 offline")
     assert row(D1)["in_hand"] == 0
     gone = cli("stop", "device1")
-    assert gone.returncode == ExitCode.NOT_FOUND and f"not running: {D1}" in gone.stdout
+    assert gone.returncode == ExitCode.FAILED and f"not running: {D1}" in gone.stdout
     assert mt.results(1) == ["hold-1"]
 
 
@@ -95,7 +95,7 @@ def test_a_device_stopping_on_sigterm_shows_stopping_and_once_killed_is_gone(
     device1.wait(10)
     wait_until(lambda: row(D1)["state"] == "offline", 20, "status to show the killed device offline")
     gone = cli("stop", "device1")
-    assert gone.returncode == ExitCode.NOT_FOUND and f"not running: {D1}" in gone.stdout
+    assert gone.returncode == ExitCode.FAILED and f"not running: {D1}" in gone.stdout
     release.touch()
     wait_until(lambda: mt.results_count(1) == 1, 30, "device2 to run the task device1 held")
     assert mt.results(1) == ["hold-1"] and mt.failed_count(1) == 0

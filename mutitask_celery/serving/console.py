@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 from mutitask_celery.books.dead_letters import RedisDeadLetterStore
 from mutitask_celery.books.rate_limits import RateLimits, describe, parse_rate
-from mutitask_celery.control import Devices
+from mutitask_celery.control import VERBS, Devices
 from mutitask_celery.errors import ConfigurationError, MutitaskError
 from mutitask_celery.serving.producer import Producer
 from mutitask_celery.tables import format_devices
@@ -230,8 +230,8 @@ class Console:
 
     def _control(self, action: str, number: int | None) -> str:
         selectors = None if number is None else [number]
-        done = getattr(self.devices, action)(selectors)
-        verb = {"pause": "paused", "start": "started", "stop": "stopped"}[action]
+        done = self.devices.apply(action, selectors)
+        verb = VERBS[action]
         if not done:
             return (
                 f"no device answered ({verb} none; the wish is kept for when they come)"

@@ -1,8 +1,9 @@
 """The ``mutitask`` command (also ``python -m mutitask_celery``).
 
-Exit codes: 0 done; 1 a record or thing asked for does not exist;
-2 bad usage; 3 Redis cannot be reached; 75 ``mutitask stop``: a device
-is still stopping (its warm shutdown waits for a task; the output names it).
+Exit codes (``errors.ExitCode``): 0 done; 1 not done (a record or device asked for does
+not exist, or no device answered); 2 bad usage or configuration; 3 Redis or the broker
+cannot be reached; 75 ``mutitask stop``: a device is still stopping (its warm shutdown waits
+for a task; the output names it). The codes a run's processes end with are in the README.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from mutitask_celery import api, runtime, settings
 from mutitask_celery.books.dead_letters import FailedTask, Kind, table_rows
 from mutitask_celery.books.rate_limits import describe, parse_rate
 from mutitask_celery.connection import check_redis
-from mutitask_celery.control import STOP_WAIT, Devices, StopReport
+from mutitask_celery.control import STOP_WAIT, VERBS, Devices, StopReport
 from mutitask_celery.errors import BrokerUnavailable, ConfigurationError, ExitCode, RecordNotFound
 from mutitask_celery.tables import format_devices, format_table, local_time
 from mutitask_celery.web import app as web_app
@@ -216,11 +217,10 @@ def _control(args: argparse.Namespace) -> int:
         raise ConfigurationError("say which: one or more DEVICEs, or --all")
     selectors = None if args.all else args.devices
     devices = runtime.devices()
-    act = {"pause": devices.pause, "start": devices.start}[args.command]
-    done = act(selectors)
-    verb = {"pause": "paused", "start": "started"}[args.command]
+    done = devices.apply(args.command, selectors)
+    verb = VERBS[args.command]
     print(json.dumps({verb: done}) if args.json else f"{verb}: {', '.join(done) or 'none'}")
-    return ExitCode.OK if done else ExitCode.NOT_FOUND
+    return ExitCode.OK if done else ExitCode.FAILED
 
 
 def _stop(args: argparse.Namespace) -> int:
@@ -232,7 +232,7 @@ def _stop(args: argparse.Namespace) -> int:
     print(json.dumps(report.as_dict()) if args.json else _describe_stop(report))
     if report.stopping:
         return ExitCode.STILL_STOPPING
-    return ExitCode.OK if report.stopped else ExitCode.NOT_FOUND
+    return ExitCode.OK if report.stopped else ExitCode.FAILED
 
 
 def _describe_stop(report: StopReport) -> str:
@@ -292,7 +292,7 @@ def _failed_move(args: argparse.Namespace) -> int:
     n = action(channel, ids)
     verb = "reloaded" if args.action == "reload" else "deleted"
     print(json.dumps({verb: n}) if args.json else f"{verb} {n} failed task(s)")
-    return ExitCode.NOT_FOUND if ids and n == 0 else ExitCode.OK
+    return ExitCode.FAILED if ids and n == 0 else ExitCode.OK
 
 
 def _web(args: argparse.Namespace) -> int:
@@ -331,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(argv)
     except RecordNotFound as exc:
         print(f"mutitask: no failed task with id {exc.args[0]}", file=sys.stderr)
-        return ExitCode.NOT_FOUND
+        return ExitCode.FAILED
     except ConfigurationError as exc:
         print(f"mutitask: {exc}", file=sys.stderr)
         return ExitCode.USAGE

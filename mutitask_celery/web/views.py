@@ -217,5 +217,4 @@ def act_on_devices(action: str, body: dict[str, Any]) -> dict[str, Any]:
         report = devices.stop_report(selectors)
         stopping = {name: [r.describe() for r in running] for name, running in report.stopping.items()}
         return {"action": action, "confirmed": report.stopped, "stopping": stopping}
-    act = {"pause": devices.pause, "start": devices.start}[action]
-    return {"action": action, "confirmed": act(selectors)}
+    return {"action": action, "confirmed": devices.apply(action, selectors)}

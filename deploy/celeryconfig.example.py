@@ -1,4 +1,5 @@
-"""Your settings for mutitask_celery and Celery, in one place.
+"""Your settings for mutitask_celery and Celery, in one place: copy this file as
+``celeryconfig.py`` (the name Celery looks for) and uncomment what you need.
 
 The app loads this module with ``config_from_object('celeryconfig', silent=True)``:
 keep it in the directory you start the server and the devices from (or anywhere on
@@ -13,6 +14,11 @@ Never commit a password here: use the environment.
 
 # A broker other than that Redis (Celery's own setting name also works: broker_url):
 # mutitask_broker_url = "amqp://guest@127.0.0.1:5672//"
+
+# Put in front of every Redis key of this deployment (kombu's too), so that another
+# deployment can share the same Redis without seeing it (every process of one deployment
+# needs the same prefix):
+# mutitask_key_prefix = "team2:"
 
 # Modules that call mutitask_celery.register_channel(...) at import, so that
 # `celery -A mutitask_celery worker -Q channel1` knows the channel's function:
