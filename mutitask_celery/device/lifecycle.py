@@ -46,7 +46,7 @@ from mutitask_celery import celery_app, keys, kombu_guard, memory, runtime, sett
 from mutitask_celery.books.integrity import Watermarks
 from mutitask_celery.books.leases import Leases
 from mutitask_celery.books.recovery import HEARTBEAT
-from mutitask_celery.control import Ending, Taken, channels_of
+from mutitask_celery.control import LEAVING_COMMAND, WANTED_COMMAND, Ending, Taken, channels_of
 from mutitask_celery.device import isolation, prefetch, wanted
 from mutitask_celery.errors import BooksLost, ConfigurationError, ExitCode, LeaseHeld
 
@@ -351,8 +351,8 @@ def _on_shutdown(sender: Any = None, **_: Any) -> None:
         life.shutdown(name)
 
 
-@control_command(args=[("wanted_state", str)], signature="<running|paused>")  # type: ignore[untyped-decorator]
-def mutitask_wanted(state: Any, wanted_state: str = "running", **_: Any) -> dict[str, str]:
+@control_command(name=WANTED_COMMAND, args=[("wanted_state", str)], signature="<running|paused>")  # type: ignore[untyped-decorator]
+def tell_wanted(state: Any, wanted_state: str = "running", **_: Any) -> dict[str, str]:
     """Pause or start this device: no task starts once this has replied (see :mod:`wanted`)."""
     paused = wanted_state == "paused"
     wanted.local.told(paused)
@@ -360,8 +360,8 @@ def mutitask_wanted(state: Any, wanted_state: str = "running", **_: Any) -> dict
     return {"ok": "paused" if paused else "running"}
 
 
-@control_command()  # type: ignore[untyped-decorator]
-def mutitask_leaving(state: Any, **_: Any) -> dict[str, str]:
+@control_command(name=LEAVING_COMMAND)  # type: ignore[untyped-decorator]
+def tell_leaving(state: Any, **_: Any) -> dict[str, str]:
     """A warm shutdown follows: tasks waiting for a rate limit hand their messages back now,
     so the shutdown waits only for tasks that run (see :meth:`DeviceLife.leaving`)."""
     life.told_to_leave.set()
