@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TypeVar, cast
 import redis
 from billiard.einfo import ExceptionWithTraceback
 from billiard.exceptions import WorkerLostError
-from celery import Task
+from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.worker.request import Request
 from celery.worker.state import task_ready
@@ -31,7 +31,9 @@ from mutitask_celery.books.recovery import Verdict
 from mutitask_celery.celery_app import TASK_NAME, app
 from mutitask_celery.channels import ChannelHandler, SaveFunction, TaskFormat, handler_for
 from mutitask_celery.connection import redis_client
-from mutitask_celery.device import isolation, lifecycle, pacing, prefetch, time_limits, wanted
+from mutitask_celery.device import lifecycle
+from mutitask_celery.device.lifecycle import DeviceLife
+from mutitask_celery.device.time_limits import Runners, TimedOut
 from mutitask_celery.errors import BooksLost, BrokerUnavailable, TooManyLateRunners
 
 log = logging.getLogger(__name__)
@@ -51,9 +53,12 @@ class ToSave:
     value: Any
 
 
-def run_one(handler: ChannelHandler, task_id: str, data: str | bytes | messages.Spliced) -> Outcome | ToSave:
+def run_one(
+    handler: ChannelHandler, task_id: str, data: str | bytes | messages.Spliced, runners: Runners
+) -> Outcome | ToSave:
     """Run the task function on one item (its data as JSON text, or as the message carried it
-    parsed): its outcome, or the result a user's save function is to save."""
+    parsed) on one of the device's ``runners``: its outcome, or the result a user's save
+    function is to save."""
     try:
         value = codec.unpack(data.value) if isinstance(data, messages.Spliced) else codec.decode(data)
     except (ValueError, TypeError) as exc:
@@ -62,13 +67,13 @@ def run_one(handler: ChannelHandler, task_id: str, data: str | bytes | messages.
     attempt = 0
     while True:
         try:
-            result = time_limits.call_with_limit(handler.task_function, arg, handler.time_limit, task_id)
+            result = runners.call_with_limit(handler.task_function, arg, handler.time_limit, task_id)
             break
         except TooManyLateRunners:
             raise  # not the task's fault: no outcome, the device reacts (see _no_runner)
         except Exception as exc:  # the user's code: any error is a task failure; so is its time limit
             if attempt >= handler.retries:
-                timed_out = isinstance(exc, time_limits.TimedOut)
+                timed_out = isinstance(exc, TimedOut)
                 reason = str(exc) if timed_out else f"{type(exc).__name__}: {exc}"
                 if attempt:
                     reason += f" (after {attempt} retr{'y' if attempt == 1 else 'ies'})"
@@ -171,6 +176,7 @@ def _patiently(what: str, step: Callable[[], T]) -> T:
 
 
 def _finish(
+    life: DeviceLife,
     channel: int,
     device: str,
     outcomes: list[Outcome],
@@ -189,14 +195,14 @@ def _finish(
     step, writer = messages.new_task_id(), f"{os.getpid()}:{threading.get_ident()}"
     # Taken once, before the first try: a try whose reply was lost may have applied, and the
     # heartbeat may have seen its count since; the retry replies with that try's count.
-    marks = lifecycle.life.books.mark()
+    marks = life.books.mark()
 
     def once() -> Finished:
         ledger = runtime.ledger()
         finished = ledger.finish(
             channel, device, outcomes, message_id=message_id, busy=busy, step=step, writer=writer, claim=claim
         )
-        lifecycle.life.books.check({key: finished.device_done}, {key: marks.get(key, 0) + len(outcomes)}, ledger.client)
+        life.books.check({key: finished.device_done}, {key: marks.get(key, 0) + len(outcomes)}, ledger.client)
         return finished
 
     return _patiently(f"record outcomes on channel {channel}", once)
@@ -288,13 +294,31 @@ def _take_back(request: Request) -> bool:
     return True
 
 
+def _observe(life: DeviceLife, busy: float) -> None:
+    """The message took ``busy`` seconds: the device's prefetch follows (once it consumes)."""
+    if life.prefetch is not None:
+        life.prefetch.observe(busy)
+
+
+def _device(app: Celery, name: str) -> DeviceLife:
+    """The device this task runs on: its worker's (see :class:`.DeviceStep`). A task run
+    outside a worker (``apply()``, in tests) gets one made on first use and kept as a worker
+    keeps its own, so that its runner threads serve the next call too."""
+    life = lifecycle.device_of(app)
+    if life is None:
+        life = DeviceLife(name)
+        lifecycle.attach(app, life)
+    return life
+
+
 @app.task(name=TASK_NAME, bind=True, ignore_result=True, Request=DeviceRequest)  # type: ignore[untyped-decorator]
 def run_items(self: Task, channel: int, items: list[list[Any]], suspect: bool = False) -> None:
     device = self.request.hostname or "unknown"
     message_id = self.request.id or ""
+    life = _device(self.app, device)
     try:
         devices = runtime.devices()
-        paused = wanted.local.is_paused(device, lambda: devices.is_paused(device))
+        paused = life.wanted.is_paused(device, lambda: devices.is_paused(device))
     except redis.RedisError as exc:
         raise Reject(f"cannot read the device's wanted state: {exc}", requeue=True) from exc
     if paused:
@@ -302,7 +326,7 @@ def run_items(self: Task, channel: int, items: list[list[Any]], suspect: bool = 
         _hand_back(device, message_id, channel)
         raise Reject(f"{device} is paused", requeue=True)
     try:
-        time_limits.check_room()
+        life.runners.check_room()
     except TooManyLateRunners as exc:
         _no_runner(device, message_id, channel, exc)
     alone = suspect  # it was running when a device died: it runs alone (see isolation)
@@ -314,9 +338,9 @@ def run_items(self: Task, channel: int, items: list[list[Any]], suspect: bool = 
     # The slot is held until the outcomes are in the books: a suspect's start mark stands until
     # then, and a task let in beside it earlier (a poison one) would charge it a death it did
     # not cause.
-    with isolation.device.slot(alone=alone):
-        ran, busy, save = _run(channel, device, message_id, items, alone or isolation.device.runs_one_at_a_time())
-        prefetch.observe(busy)
+    with life.isolation.slot(alone=alone):
+        ran, busy, save = _run(life, channel, device, message_id, items, alone or life.isolation.runs_one_at_a_time())
+        _observe(life, busy)
         claim = ""
         if save is None:
             outcomes = [r for r in ran if isinstance(r, Outcome)]
@@ -324,7 +348,7 @@ def run_items(self: Task, channel: int, items: list[list[Any]], suspect: bool = 
             outcomes = _save(channel, device, message_id, save, ran)
             claim = claim_of(device, message_id)
         try:
-            finished = _finish(channel, device, outcomes, message_id, busy, claim)
+            finished = _finish(life, channel, device, outcomes, message_id, busy, claim)
         except BooksLost as exc:
             lifecycle.books_lost(exc)  # the outcomes went to what is left of the books; the device stops
             return
@@ -360,19 +384,19 @@ def _save(channel: int, device: str, message_id: str, save: SaveFunction, ran: l
         raise Reject(str(exc), requeue=True) from exc
 
 
-def _first_starts(channel: int, device: str, message_id: str, tasks: int) -> int | None:
+def _first_starts(life: DeviceLife, channel: int, device: str, message_id: str, tasks: int) -> int | None:
     """Under a rate limit, take the first starts of a message (before it is marked started: a
     pause or a stop meanwhile hands it back untouched); returns how many starts each take
     holds, None without a limit."""
     try:
-        chunk = pacing.local.chunk(channel)
+        chunk = life.pacing.chunk(channel)
         if chunk is None:
             return None
 
         def give_up() -> bool:
-            return bool(wanted.local.paused) or lifecycle.life.leaving()
+            return bool(life.wanted.paused) or life.leaving()
 
-        if pacing.local.take(channel, min(chunk, tasks), give_up):
+        if life.pacing.take(channel, min(chunk, tasks), give_up):
             return chunk
     except redis.RedisError as exc:
         _hand_back(device, message_id, channel)
@@ -381,10 +405,10 @@ def _first_starts(channel: int, device: str, message_id: str, tasks: int) -> int
     raise Reject(f"{device} was paused or stopped while waiting for channel {channel}'s rate limit", requeue=True)
 
 
-def _next_starts(channel: int, tasks: int) -> None:
+def _next_starts(life: DeviceLife, channel: int, tasks: int) -> None:
     """Take the starts of the next tasks of a message already started (waits inline)."""
     try:
-        pacing.local.take(channel, tasks)
+        life.pacing.take(channel, tasks)
     except redis.RedisError as exc:  # the message is in hand: run on rather than lose its place
         log.warning("could not take channel %s's rate-limit budget (%s): starting anyway", channel, exc)
 
@@ -413,14 +437,14 @@ def _task_data(channel: int, items: list[list[Any]]) -> list[tuple[str, str | by
 
 
 def _run(
-    channel: int, device: str, message_id: str, items: list[list[Any]], alone: bool
+    life: DeviceLife, channel: int, device: str, message_id: str, items: list[list[Any]], alone: bool
 ) -> tuple[list[Outcome | ToSave], float, SaveFunction | None]:
     """Mark the message started (from now on a death is charged to its tasks; ``alone``: no
     other task of this process runs beside them), then run them. Returns what they gave, the
     time it took, and the channel's save function (None: the default)."""
     devices = runtime.devices()
     started = time.perf_counter()  # the message's time includes its waits for a rate limit
-    chunk = _first_starts(channel, device, message_id, len(items))
+    chunk = _first_starts(life, channel, device, message_id, len(items))
     try:
         devices.started(device, channel, message_id, alone=alone, wait=False)
         data = _task_data(channel, items)
@@ -439,9 +463,9 @@ def _run(
         try:
             for n, (task_id, task_data) in enumerate(data):
                 if chunk is not None and n and n % chunk == 0:
-                    _next_starts(channel, min(chunk, len(items) - n))
+                    _next_starts(life, channel, min(chunk, len(items) - n))
                 if task_data is not None:
-                    outcomes.append(run_one(handler, task_id, task_data))
+                    outcomes.append(run_one(handler, task_id, task_data, life.runners))
         except TooManyLateRunners as exc:
             # No thread at all mid-message (the cap is asked before a message starts): nothing
             # is recorded, the whole message runs again elsewhere, the tasks that ran here too.

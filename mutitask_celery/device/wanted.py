@@ -81,6 +81,3 @@ class WantedState:
         with self._lock:
             self.name, self._paused = None, None
             self._generation += 1
-
-
-local = WantedState()
