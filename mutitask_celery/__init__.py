@@ -1,6 +1,8 @@
 """mutitask_celery: MutiTask's generator-fed task channels, on Celery.
 
-``celery -A mutitask_celery worker -Q channel1`` finds :data:`app` here.
+``celery -A mutitask_celery worker -Q channel1`` finds :data:`app` here; a worker of the
+app loads the task and the device (``celery_app.TASK_MODULE``), so importing the package
+wires no worker signal (a script, the CLI and the web page import it too).
 The legacy API lives in :mod:`mutitask_celery.server` and
 :mod:`mutitask_celery.client` (and the ``Mutitask`` import shim).
 """
@@ -28,7 +30,6 @@ from mutitask_celery.books.dead_letters import FailedTask
 from mutitask_celery.celery_app import app
 from mutitask_celery.channels import TaskFormat, register_channel
 from mutitask_celery.control import Device, DeviceState
-from mutitask_celery.device import tasks as _tasks  # noqa: F401  (registers mutitask.run before any worker starts)
 from mutitask_celery.errors import (
     BooksLost,
     BrokerUnavailable,

@@ -19,6 +19,11 @@ from mutitask_celery.errors import ConfigurationError
 log = logging.getLogger(__name__)
 
 TASK_NAME = "mutitask.run"
+# What only a worker loads: the module of the task (with the device's remote-control commands),
+# and the device itself, a bootstep of the worker's consumer. Named, not imported: the device
+# sits above this module, and importing the package must wire no worker signal or command.
+TASK_MODULE = "mutitask_celery.device.tasks"
+DEVICE_STEP = "mutitask_celery.device.lifecycle:DeviceStep"
 VISIBILITY_TIMEOUT = 7 * 24 * 3600  # seconds (see CELERY_DEFAULTS)
 LOW_VISIBILITY = 24 * 3600  # below this, a long task gets a second copy: said at start
 # kombu's own key names, which the reapers read (keys.KOMBU_UNACKED): changing them, or a
@@ -77,9 +82,18 @@ def _not_configured(defaults: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in defaults.items() if key not in named}
 
 
+def _include() -> list[str]:
+    """The modules a worker of the app imports: those ``celeryconfig.py`` names in ``include``
+    (Celery's own ``include=`` argument would hide them), then :data:`TASK_MODULE`."""
+    module = _settings._config_module()
+    theirs = getattr(module, "include", None) or getattr(module, "CELERY_INCLUDE", None) or ()
+    return [*([theirs] if isinstance(theirs, str) else theirs), TASK_MODULE]
+
+
 def _make_app() -> Celery:
     conf = _settings.current()
-    celery_app = Celery("mutitask_celery")
+    celery_app = Celery("mutitask_celery", include=_include())
+    celery_app.steps["consumer"].add(DEVICE_STEP)
     celery_app.add_defaults({**_not_configured(CELERY_DEFAULTS), "broker_url": conf.redis_url})
     celery_app.config_from_object(_settings.CONFIG_MODULE, silent=True)
     # The resolved broker already weighs celeryconfig.py against the

@@ -128,7 +128,7 @@ def test_a_retried_finish_seen_by_the_heartbeat_is_no_loss(r: redis.Redis, monke
 
     device = "device1@h"
     runtime.ledger().publish(1, [("t1", '"a"'), ("t2", '"b"')])
-    lifecycle.life.books.forget(lifecycle.done_key(device))
+    life = lifecycle.DeviceLife(device)
     real = runtime.ledger().finish
     tries: list[int] = []
 
@@ -136,12 +136,12 @@ def test_a_retried_finish_seen_by_the_heartbeat_is_no_loss(r: redis.Redis, monke
         done = real(*args, **kwargs)  # type: ignore[arg-type]
         tries.append(1)
         if len(tries) == 1:
-            lifecycle.life.beat(device)  # the heartbeat reads the count this try made, then...
+            life.beat()  # the heartbeat reads the count this try made, then...
             raise redis.TimeoutError("Timeout reading from socket")  # ...its reply is lost
         return done
 
     monkeypatch.setattr(runtime.ledger(), "finish", finish)
     monkeypatch.setattr(tasks.time, "sleep", lambda _: None)
-    done = tasks._finish(1, device, [Outcome("t1", ok=True, result='"A"')], "m1", 0.0)
+    done = tasks._finish(life, tasks.Delivery(1, device, "m1"), [Outcome("t1", ok=True, result='"A"')], 0.0)
     assert len(tries) == 2 and done.succeeded == 1 and done.device_done == 1
     assert runtime.ledger().stats(1).duplicates == 0

@@ -41,6 +41,7 @@ def test_celery_finds_the_app() -> None:
     from celery.app.utils import find_app
 
     assert find_app("mutitask_celery") is mutitask_celery.app
+    mutitask_celery.app.loader.import_default_modules()  # what a worker does first (its `include`)
     assert "mutitask.run" in mutitask_celery.app.tasks
 
 

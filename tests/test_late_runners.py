@@ -27,28 +27,29 @@ D1, D2 = f"device1@{HOST}", f"device2@{HOST}"
 def test_no_room_past_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     release = threading.Event()
     monkeypatch.setenv("MUTITASK_MAX_LATE_RUNNERS", "1")
-    time_limits.check_room()  # none late yet
+    runners = time_limits.Runners()
+    runners.check_room()  # none late yet
     with pytest.raises(time_limits.TimedOut):
-        time_limits.call_with_limit(lambda _: release.wait(30), None, 0.1, "t-late")
+        runners.call_with_limit(lambda _: release.wait(30), None, 0.1, "t-late")
     try:
         with pytest.raises(TooManyLateRunners, match=r"^1 task function\(s\) still run past their time limit"):
-            time_limits.check_room()
+            runners.check_room()
         monkeypatch.setenv("MUTITASK_MAX_LATE_RUNNERS", "none")
-        time_limits.check_room()  # no cap: only a thread that cannot start stops the device
+        runners.check_room()  # no cap: only a thread that cannot start stops the device
     finally:
         release.set()
-    wait_until(lambda: time_limits.abandoned() == 0, 10, "the late call to end")
+    wait_until(lambda: runners.abandoned() == 0, 10, "the late call to end")
 
 
 def test_a_thread_that_cannot_start_is_no_task_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     """The process has no thread left to give: the call raises TooManyLateRunners, never a
     RuntimeError that would fail the task."""
-    go, caught = threading.Event(), []
+    go, caught, runners = threading.Event(), [], time_limits.Runners()
 
     def call() -> None:  # on a thread of its own: it has no runner yet
         go.wait(10)
         try:
-            time_limits.call_with_limit(lambda x: x, "ok", 5.0, "t-ok")
+            runners.call_with_limit(lambda x: x, "ok", 5.0, "t-ok")
         except TooManyLateRunners as exc:
             caught.append(str(exc))
 

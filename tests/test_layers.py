@@ -5,11 +5,17 @@ imports made only for type checking.
 Low to high: the top-level base modules, ``books/``, ``control`` and ``runtime``, then
 ``device/`` and ``serving/`` (the two sides of a run, which do not import each other), then
 ``legacy/``, ``web/`` and ``api``, then ``tools/`` and the entry points.
+
+The device side is loaded by workers only (Celery's ``include``): importing the package wires
+no worker signal and no remote-control command.
 """
 
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -138,7 +144,6 @@ def test_no_modules_import_each_other_in_a_circle() -> None:
 
 def test_the_checker_sees_imports_inside_functions_and_for_type_checking() -> None:
     assert "books.leases" in GRAPH["books.ledger"]  # under TYPE_CHECKING
-    assert "device.tasks" in GRAPH[""]  # the package's __init__ registers the task
     assert "serving.console" in GRAPH["serving.serve"]
 
 
@@ -176,3 +181,32 @@ def test_the_package_names_keys_through_its_keys_object() -> None:
                     if a.name not in LAYOUT_FREE
                 ]
     assert used == []
+
+
+# Run in a fresh interpreter: the test process has imported the device's modules long before.
+WIRED_BY_IMPORT = """
+import json, weakref
+import celery.signals
+from celery.worker.control import Panel
+import mutitask_celery
+
+def ours(fn):
+    return str(getattr(fn, "__module__", "")).startswith("mutitask_celery")
+
+found = []
+for name in celery.signals.__all__:
+    for _, receiver in getattr(getattr(celery.signals, name), "receivers", []):
+        fn = receiver() if isinstance(receiver, weakref.ReferenceType) else receiver
+        if fn is not None and ours(fn):
+            found.append(f"signal {name}: {fn.__qualname__}")
+found += [f"control command {name}" for name, fn in Panel.data.items() if ours(fn)]
+print(json.dumps(found))
+"""
+
+
+def test_importing_the_package_wires_no_worker_signal_and_no_control_command() -> None:
+    """A script reading ``failed()``, the CLI and the web page import the package: none of them
+    is a device. Only a worker loads the task module (the app's ``include``) and its device."""
+    out = subprocess.run([sys.executable, "-c", WIRED_BY_IMPORT], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == []

@@ -277,14 +277,16 @@ def test_nothing_starts_beside_a_suspect_until_its_outcome_is_recorded(
     in the chaos soak as a healthy task buried after three such deaths."""
     from mutitask_celery import codec
     from mutitask_celery.channels import register_channel
-    from mutitask_celery.device import isolation, tasks
+    from mutitask_celery.device import lifecycle, tasks
 
     register_channel(1, lambda task: task)
     seen: list[tuple[bool, int]] = []
     finish = tasks._finish
+    life = lifecycle.DeviceLife("device1@h")  # the device the task finds on its app, as in a worker
+    monkeypatch.setattr(tasks.app, lifecycle.DEVICE_ATTRIBUTE, life, raising=False)
 
     def watched(*args: Any, **kwargs: Any) -> Any:
-        seen.append((isolation.device._alone, isolation.device._running))
+        seen.append((life.isolation._alone, life.isolation._running))
         return finish(*args, **kwargs)
 
     monkeypatch.setattr(tasks, "_finish", watched)
@@ -356,6 +358,7 @@ def test_forgotten_devices_leave_the_roster_and_status_says_so(r: redis.Redis, r
 def test_the_heartbeat_outlives_any_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from mutitask_celery.device import lifecycle
 
+    life = lifecycle.DeviceLife("device1@h")
     calls: list[int] = []
 
     def duty() -> None:
@@ -365,14 +368,12 @@ def test_the_heartbeat_outlives_any_error(monkeypatch: pytest.MonkeyPatch) -> No
         if len(calls) == 2:
             raise redis.ConnectionError("Redis away")
         if len(calls) == 4:
-            lifecycle.life.stopping.set()
+            life.stopping.set()
 
-    lifecycle.life.stopping.clear()
-    thread = threading.Thread(target=lifecycle.life.every, args=(0.01, duty, "test duty"))
+    thread = threading.Thread(target=life.every, args=(0.01, duty, "test duty"))
     thread.start()
     thread.join(10)
     assert not thread.is_alive() and len(calls) == 4
-    lifecycle.life.stopping.clear()
 
 
 def test_one_redis_named_two_ways_is_recognised(redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -297,10 +297,8 @@ def test_recording_outcomes_waits_while_redis_is_full(r: redis.Redis, monkeypatc
     runtime.ledger().publish(1, [("t1", '"a"')])
     monkeypatch.setattr(runtime.ledger(), "finish", finish)
     monkeypatch.setattr(tasks.time, "sleep", lambda _: None)
-    # This process's marks of the device's finished tasks start afresh (an earlier test may have
-    # finished tasks as device1@h in another, since flushed, database).
-    monkeypatch.setattr(tasks.lifecycle.life, "books", Watermarks())
-    done = tasks._finish(1, "device1@h", [Outcome("t1", ok=True, result='"A"')], "m1", 0.0)
+    life = tasks.DeviceLife("device1@h")  # its marks of the device's finished tasks start afresh
+    done = tasks._finish(life, tasks.Delivery(1, "device1@h", "m1"), [Outcome("t1", ok=True, result='"A"')], 0.0)
     assert refusals == 0 and done.succeeded == 1
 
 

@@ -117,6 +117,23 @@ def test_celeryconfig_overrides_our_celery_defaults(tmp_path: Path) -> None:
     assert out.stdout.split() == ["4", "False", "json"]  # the user's two, and our default for the rest
 
 
+def test_a_worker_loads_the_task_module_beside_those_celeryconfig_includes(tmp_path: Path) -> None:
+    """The app's ``include`` names the device's task module for workers, and keeps the modules a
+    user's ``celeryconfig.py`` includes (Celery's ``include=`` argument alone would hide them)."""
+    (tmp_path / "celeryconfig.py").write_text('include = ["mytasks"]\n')
+    code = "import mutitask_celery as mt; print(*mt.app.conf.include)"
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{tmp_path}:{root}"},
+    )
+    assert out.stdout.split() == ["mytasks", "mutitask_celery.device.tasks"]
+
+
 def test_no_celeryconfig_means_the_default(tmp_path: Path) -> None:
     assert _broker_seen_from(tmp_path, None, {}) == "redis://127.0.0.1:6379/0"
 

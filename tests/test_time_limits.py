@@ -27,14 +27,15 @@ DEVICE = f"device1@{HOST}"
 
 
 def test_a_call_in_time_gives_its_value_or_its_error() -> None:
-    assert time_limits.call_with_limit(lambda x: x * 2, 21, 5.0) == 42
-    assert time_limits.call_with_limit(lambda x: x, "no limit", None) == "no limit"
+    runners = time_limits.Runners()
+    assert runners.call_with_limit(lambda x: x * 2, 21, 5.0) == 42
+    assert runners.call_with_limit(lambda x: x, "no limit", None) == "no limit"
 
     def boom(_: object) -> None:
         raise ValueError("inside")
 
     with pytest.raises(ValueError, match="inside") as caught:
-        time_limits.call_with_limit(boom, None, 5.0)
+        runners.call_with_limit(boom, None, 5.0)
     assert any(frame.name == "boom" for frame in caught.traceback)  # the user's frame, for the record
 
 
@@ -47,14 +48,15 @@ def test_a_call_past_its_limit_is_given_up_and_its_late_result_dropped(caplog: p
         ran.append(task)
         return task
 
+    runners = time_limits.Runners()
     started = time.monotonic()
     with pytest.raises(time_limits.TimedOut, match=r"^timed out after 0.3 s$"):
-        time_limits.call_with_limit(hangs, "late", 0.3, "t-late")
+        runners.call_with_limit(hangs, "late", 0.3, "t-late")
     assert time.monotonic() - started < 5  # given up on, not waited for
-    assert time_limits.abandoned() == 1
-    assert time_limits.call_with_limit(lambda x: x, "next", 5.0) == "next"  # a new runner takes the next one
+    assert runners.abandoned() == 1
+    assert runners.call_with_limit(lambda x: x, "next", 5.0) == "next"  # a new runner takes the next one
     release.set()
-    wait_until(lambda: time_limits.abandoned() == 0, 10, "the late call to end")
+    wait_until(lambda: runners.abandoned() == 0, 10, "the late call to end")
     assert ran == ["late"]
     assert "task t-late returned after its time limit: dropped" in caplog.text
 

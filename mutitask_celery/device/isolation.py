@@ -61,6 +61,3 @@ class Isolation:
                 else:
                     self._running -= 1
                 self._cond.notify_all()
-
-
-device = Isolation()  # this process's

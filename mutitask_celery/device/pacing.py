@@ -56,6 +56,3 @@ class Pacing:
             if give_up():
                 return False
             time.sleep(min(wait, NAP))  # the budget's own answer: when the next start is due
-
-
-local = Pacing()

@@ -57,18 +57,3 @@ class PrefetchTuner:
             else:
                 self._qos.decrement_eventually(self._slots)
         log.debug("prefetch now %s message(s) per slot (messages take %.3fs)", 2 if want else 1, average)
-
-
-_tuner: PrefetchTuner | None = None
-
-
-def install(qos: _QoS | None, slots: int) -> None:
-    """Called when the worker is ready: tune this worker's QoS from now on."""
-    global _tuner
-    _tuner = PrefetchTuner(qos, slots) if qos is not None else None
-
-
-def observe(seconds: float) -> None:
-    """Report one message's run time (no-op outside a device)."""
-    if _tuner is not None:
-        _tuner.observe(seconds)

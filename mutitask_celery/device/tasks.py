@@ -13,13 +13,14 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import Any, NoReturn, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import redis
 from billiard.einfo import ExceptionWithTraceback
 from billiard.exceptions import WorkerLostError
-from celery import Task
+from celery import Celery, Task
 from celery.exceptions import Reject
 from celery.worker.request import Request
 from celery.worker.state import task_ready
@@ -31,10 +32,21 @@ from mutitask_celery.books.recovery.base import Verdict
 from mutitask_celery.celery_app import TASK_NAME, app
 from mutitask_celery.channels import ChannelHandler, SaveFunction, TaskFormat, handler_for
 from mutitask_celery.connection import redis_client
-from mutitask_celery.device import isolation, lifecycle, pacing, prefetch, time_limits, wanted
+from mutitask_celery.device import lifecycle
+from mutitask_celery.device.lifecycle import DeviceLife
+from mutitask_celery.device.time_limits import Runners, TimedOut
 from mutitask_celery.errors import BooksLost, BrokerUnavailable, TooManyLateRunners
 
 log = logging.getLogger(__name__)
+
+
+class Delivery(NamedTuple):
+    """The message in hand: whose channel, which device took it, and its id (Celery's task id),
+    which the books know it by."""
+
+    channel: int
+    device: str
+    message_id: str
 
 
 def _failure(task_id: str, reason: str, exc: BaseException | None = None, result: str = "") -> Outcome:
@@ -51,9 +63,12 @@ class ToSave:
     value: Any
 
 
-def run_one(handler: ChannelHandler, task_id: str, data: str | bytes | messages.Spliced) -> Outcome | ToSave:
+def run_one(
+    handler: ChannelHandler, task_id: str, data: str | bytes | messages.Spliced, runners: Runners
+) -> Outcome | ToSave:
     """Run the task function on one item (its data as JSON text, or as the message carried it
-    parsed): its outcome, or the result a user's save function is to save."""
+    parsed) on one of the device's ``runners``: its outcome, or the result a user's save
+    function is to save."""
     try:
         value = codec.unpack(data.value) if isinstance(data, messages.Spliced) else codec.decode(data)
     except (ValueError, TypeError) as exc:
@@ -62,13 +77,13 @@ def run_one(handler: ChannelHandler, task_id: str, data: str | bytes | messages.
     attempt = 0
     while True:
         try:
-            result = time_limits.call_with_limit(handler.task_function, arg, handler.time_limit, task_id)
+            result = runners.call_with_limit(handler.task_function, arg, handler.time_limit, task_id)
             break
         except TooManyLateRunners:
-            raise  # not the task's fault: no outcome, the device reacts (see _no_runner)
+            raise  # not the task's fault: no outcome, the device reacts (see NoRunner)
         except Exception as exc:  # the user's code: any error is a task failure; so is its time limit
             if attempt >= handler.retries:
-                timed_out = isinstance(exc, time_limits.TimedOut)
+                timed_out = isinstance(exc, TimedOut)
                 reason = str(exc) if timed_out else f"{type(exc).__name__}: {exc}"
                 if attempt:
                     reason += f" (after {attempt} retr{'y' if attempt == 1 else 'ies'})"
@@ -108,9 +123,7 @@ def save_one(save: SaveFunction, task_id: str, value: Any) -> Outcome:
     return Outcome(task_id=task_id, ok=True)
 
 
-def save_claimed(
-    channel: int, device: str, message_id: str, save: SaveFunction, ran: list[Outcome | ToSave]
-) -> list[Outcome]:
+def save_claimed(delivery: Delivery, save: SaveFunction, ran: list[Outcome | ToSave]) -> list[Outcome]:
     """Claim the tasks whose results are to be saved, then save only those claimed here
     (``lua/claim.lua``); the others ran elsewhere too and are counted as run twice. Returns
     the outcomes in order.
@@ -118,6 +131,7 @@ def save_claimed(
     Raises ``redis.RedisError`` (not an outage: those are waited out) when the claim cannot be
     made (nothing was saved: the message can go back).
     """
+    channel, device, message_id = delivery
     results = [r for r in ran if isinstance(r, ToSave)]
     codes = _patiently(
         f"claim {len(results)} result(s) on channel {channel}",
@@ -170,14 +184,7 @@ def _patiently(what: str, step: Callable[[], T]) -> T:
             delay = min(delay * 2, 2.0)
 
 
-def _finish(
-    channel: int,
-    device: str,
-    outcomes: list[Outcome],
-    message_id: str,
-    busy: float,
-    claim: str = "",
-) -> Finished:
+def _finish(life: DeviceLife, delivery: Delivery, outcomes: list[Outcome], busy: float, claim: str = "") -> Finished:
     """Record outcomes, riding out a Redis restart however long: every try is the same step
     (one id), so a try whose reply was lost and the next one apply once. ``claim``: the
     device's claim, when a user's save function saved the results.
@@ -185,31 +192,22 @@ def _finish(
     Raises :class:`BooksLost` when the books came back with fewer tasks finished by this
     device than it had seen (see :mod:`.integrity`).
     """
+    channel, device, message_id = delivery
     key = lifecycle.done_key(device)
     step, writer = messages.new_task_id(), f"{os.getpid()}:{threading.get_ident()}"
     # Taken once, before the first try: a try whose reply was lost may have applied, and the
     # heartbeat may have seen its count since; the retry replies with that try's count.
-    marks = lifecycle.life.books.mark()
+    marks = life.books.mark()
 
     def once() -> Finished:
         ledger = runtime.ledger()
         finished = ledger.finish(
             channel, device, outcomes, message_id=message_id, busy=busy, step=step, writer=writer, claim=claim
         )
-        lifecycle.life.books.check({key: finished.device_done}, {key: marks.get(key, 0) + len(outcomes)}, ledger.client)
+        life.books.check({key: finished.device_done}, {key: marks.get(key, 0) + len(outcomes)}, ledger.client)
         return finished
 
     return _patiently(f"record outcomes on channel {channel}", once)
-
-
-def _hand_back(device: str, message_id: str, channel: int) -> None:
-    """The message goes back to the queue without an outcome (paused, or Redis away): it is no
-    longer in this device's hands, and whether it had started or not, its next delivery
-    counts no death."""
-    try:
-        runtime.ledger().give_back(device, channel, message_id)
-    except redis.RedisError:
-        pass  # a stale note is harmless (the fences see it); a stale start mark costs one death
 
 
 class NoRunner(Reject):  # type: ignore[misc]  # celery's, untyped
@@ -221,15 +219,36 @@ class NoRunner(Reject):  # type: ignore[misc]  # celery's, untyped
         super().__init__(reason, requeue)  # the same arguments as Reject's: it crosses a pipe pickled
 
 
-def _no_runner(device: str, message_id: str, channel: int, exc: TooManyLateRunners) -> NoReturn:
-    """No task of the message may run (see :class:`NoRunner`): hand it back, counting no death."""
-    _hand_back(device, message_id, channel)
-    raise NoRunner(f"{device}: {exc}") from None  # the reason says it all: no chained traceback in the log
+class HandBack(Exception):
+    """A step of :func:`run_items` cannot go on (paused, stopping, Redis away): the message goes
+    back untouched. :func:`run_items` catches it in one place, hands the message back
+    (:func:`_hand_back`) and raises ``rejection`` for Celery to requeue it: :class:`NoRunner`
+    when the device has no runner left for its tasks, :class:`Reject` otherwise."""
+
+    def __init__(self, reason: str, rejection: type[Reject] = Reject) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.rejection = rejection
 
 
-def _settle_redelivery(channel: int, device: str, message_id: str, items: list[list[Any]]) -> Verdict:
+def _no_runner(device: str, exc: TooManyLateRunners) -> HandBack:
+    """No task of the message may run (see :class:`NoRunner`): back it goes, counting no death."""
+    return HandBack(f"{device}: {exc}", rejection=NoRunner)
+
+
+def _hand_back(delivery: Delivery) -> None:
+    """The message goes back to the queue without an outcome: it is no longer in this device's
+    hands, and whether it had started or not, its next delivery counts no death."""
+    try:
+        runtime.ledger().give_back(delivery.device, delivery.channel, delivery.message_id)
+    except redis.RedisError:
+        pass  # a stale note is harmless (the fences see it); a stale start mark costs one death
+
+
+def _settle_redelivery(delivery: Delivery, items: list[list[Any]]) -> Verdict:
     """How a redelivered message runs (see recovery.Redeliveries); on the Redis broker the
     reaper counts deaths instead, and it runs as it came."""
+    channel, device, message_id = delivery
     try:
         return runtime.recovery().settle(
             channel, device, message_id, [(str(i[0]), messages.item_text(i)) for i in items]
@@ -290,52 +309,96 @@ def _take_back(request: Request) -> bool:
     return True
 
 
+def _device(app: Celery, name: str) -> DeviceLife:
+    """The device this task runs on: its worker's (see :class:`.DeviceStep`). A task run
+    outside a worker (``apply()``, in tests) gets one made on first use and kept as a worker
+    keeps its own, so that its runner threads serve the next call too."""
+    life = lifecycle.device_of(app)
+    if life is None:
+        life = DeviceLife(name)
+        lifecycle.attach(app, life)
+    return life
+
+
 @app.task(name=TASK_NAME, bind=True, ignore_result=True, Request=DeviceRequest)  # type: ignore[untyped-decorator]
 def run_items(self: Task, channel: int, items: list[list[Any]], suspect: bool = False) -> None:
-    device = self.request.hostname or "unknown"
-    message_id = self.request.id or ""
+    """Run the tasks of one message and record their outcomes in one step, or give the message
+    back untouched (:class:`HandBack`) to run later or elsewhere."""
+    delivery = Delivery(channel, self.request.hostname or "unknown", self.request.id or "")
+    life = _device(self.app, delivery.device)
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    # The isolation slot, once taken, is held until the outcomes are in the books or the message
+    # is handed back: a suspect's start mark stands until then, and a task let in beside it
+    # earlier (a poison one) would charge it a death it did not cause.
+    with ExitStack() as slot:
+        try:
+            alone = _admit(life, delivery, items, suspect, redelivered)
+            if alone is None:
+                return
+            slot.enter_context(life.isolation.slot(alone=alone))
+            finished = _work(life, delivery, items, alone)
+        except HandBack as back:
+            _hand_back(delivery)
+            raise back.rejection(back.reason, requeue=True) from back.__cause__
+    if finished is not None:
+        _tidy_up(delivery.channel, finished)
+
+
+def _admit(
+    life: DeviceLife, delivery: Delivery, items: list[list[Any]], suspect: bool, redelivered: bool
+) -> bool | None:
+    """Whether the message may run here, before any of it starts: True to run it alone (a
+    suspect), False beside others, None to skip it (a redelivery already settled)."""
+    device = delivery.device
     try:
         devices = runtime.devices()
-        paused = wanted.local.is_paused(device, lambda: devices.is_paused(device))
+        paused = life.wanted.is_paused(device, lambda: devices.is_paused(device))
     except redis.RedisError as exc:
         raise Reject(f"cannot read the device's wanted state: {exc}", requeue=True) from exc
-    if paused:
-        # Fetched just before the pause took effect: give it back untouched.
-        _hand_back(device, message_id, channel)
-        raise Reject(f"{device} is paused", requeue=True)
+    if paused:  # fetched just before the pause took effect
+        raise HandBack(f"{device} is paused")
     try:
-        time_limits.check_room()
+        life.runners.check_room()
     except TooManyLateRunners as exc:
-        _no_runner(device, message_id, channel, exc)
+        raise _no_runner(device, exc) from None  # the reason says it all: no chained traceback in the log
     alone = suspect  # it was running when a device died: it runs alone (see isolation)
-    if (self.request.delivery_info or {}).get("redelivered"):
-        verdict = _settle_redelivery(channel, device, message_id, items)
+    if redelivered:
+        verdict = _settle_redelivery(delivery, items)
         if verdict is Verdict.SKIP:
-            return
+            return None
         alone = alone or verdict is Verdict.RUN_ALONE
-    # The slot is held until the outcomes are in the books: a suspect's start mark stands until
-    # then, and a task let in beside it earlier (a poison one) would charge it a death it did
-    # not cause.
-    with isolation.device.slot(alone=alone):
-        ran, busy, save = _run(channel, device, message_id, items, alone or isolation.device.runs_one_at_a_time())
-        prefetch.observe(busy)
-        claim = ""
-        if save is None:
-            outcomes = [r for r in ran if isinstance(r, Outcome)]
-        else:
-            outcomes = _save(channel, device, message_id, save, ran)
-            claim = claim_of(device, message_id)
-        try:
-            finished = _finish(channel, device, outcomes, message_id, busy, claim)
-        except BooksLost as exc:
-            lifecycle.books_lost(exc)  # the outcomes went to what is left of the books; the device stops
-            return
-        except redis.RedisError as exc:
-            # The books could not be written: give the message back rather than
-            # ack a task whose outcome nobody recorded.
-            log.warning("could not record %d outcome(s) on channel %s (%s); requeueing", len(outcomes), channel, exc)
-            _hand_back(device, message_id, channel)
-            raise Reject(str(exc), requeue=True) from exc
+    return alone
+
+
+def _work(life: DeviceLife, delivery: Delivery, items: list[list[Any]], alone: bool) -> Finished | None:
+    """Run the message's tasks (in the slot :func:`run_items` holds), save what a user's save
+    function is to save, and record the outcomes; None when the books were lost (the device
+    stops)."""
+    ran, busy, save = _run(life, delivery, items, alone or life.isolation.runs_one_at_a_time())
+    if life.prefetch is not None:
+        life.prefetch.observe(busy)
+    claim = ""
+    if save is None:
+        outcomes = [r for r in ran if isinstance(r, Outcome)]
+    else:
+        outcomes = _save(delivery, save, ran)
+        claim = claim_of(delivery.device, delivery.message_id)
+    try:
+        return _finish(life, delivery, outcomes, busy, claim)
+    except BooksLost as exc:
+        lifecycle.books_lost(exc)  # the outcomes went to what is left of the books; the device stops
+        return None
+    except redis.RedisError as exc:
+        # The books could not be written: give the message back rather than
+        # ack a task whose outcome nobody recorded.
+        log.warning(
+            "could not record %d outcome(s) on channel %s (%s); requeueing", len(outcomes), delivery.channel, exc
+        )
+        raise HandBack(str(exc)) from exc
+
+
+def _tidy_up(channel: int, finished: Finished) -> None:
+    """After the outcomes are in: dead-letter retention, and the channel's reloaded tasks let in."""
     try:
         if finished.failed:
             runtime.store().prune()
@@ -345,10 +408,11 @@ def run_items(self: Task, channel: int, items: list[list[Any]], suspect: bool = 
         log.warning("dead-letter retention or backlog feeding skipped: %s", exc)
 
 
-def _save(channel: int, device: str, message_id: str, save: SaveFunction, ran: list[Outcome | ToSave]) -> list[Outcome]:
+def _save(delivery: Delivery, save: SaveFunction, ran: list[Outcome | ToSave]) -> list[Outcome]:
     """:func:`save_claimed`, or the message back untouched when the claim cannot be made."""
+    channel, device, message_id = delivery
     try:
-        return save_claimed(channel, device, message_id, save, ran)
+        return save_claimed(delivery, save, ran)
     except redis.RedisError as exc:
         log.warning(
             "could not claim the results of message %s on channel %s (%s): requeueing", message_id, channel, exc
@@ -358,35 +422,33 @@ def _save(channel: int, device: str, message_id: str, save: SaveFunction, ran: l
             runtime.ledger().mark_claims(channel, device, message_id, ids, "release")
         except redis.RedisError:
             pass  # their next runs find them held until a reaper ends this device's claims
-        _hand_back(device, message_id, channel)
-        raise Reject(str(exc), requeue=True) from exc
+        raise HandBack(str(exc)) from exc
 
 
-def _first_starts(channel: int, device: str, message_id: str, tasks: int) -> int | None:
+def _first_starts(life: DeviceLife, delivery: Delivery, tasks: int) -> int | None:
     """Under a rate limit, take the first starts of a message (before it is marked started: a
     pause or a stop meanwhile hands it back untouched); returns how many starts each take
     holds, None without a limit."""
+    channel = delivery.channel
     try:
-        chunk = pacing.local.chunk(channel)
+        chunk = life.pacing.chunk(channel)
         if chunk is None:
             return None
 
         def give_up() -> bool:
-            return bool(wanted.local.paused) or lifecycle.life.leaving()
+            return bool(life.wanted.paused) or life.leaving()
 
-        if pacing.local.take(channel, min(chunk, tasks), give_up):
+        if life.pacing.take(channel, min(chunk, tasks), give_up):
             return chunk
     except redis.RedisError as exc:
-        _hand_back(device, message_id, channel)
-        raise Reject(f"cannot read the channel's rate limit: {exc}", requeue=True) from exc
-    _hand_back(device, message_id, channel)
-    raise Reject(f"{device} was paused or stopped while waiting for channel {channel}'s rate limit", requeue=True)
+        raise HandBack(f"cannot read the channel's rate limit: {exc}") from exc
+    raise HandBack(f"{delivery.device} was paused or stopped while waiting for channel {channel}'s rate limit")
 
 
-def _next_starts(channel: int, tasks: int) -> None:
+def _next_starts(life: DeviceLife, channel: int, tasks: int) -> None:
     """Take the starts of the next tasks of a message already started (waits inline)."""
     try:
-        pacing.local.take(channel, tasks)
+        life.pacing.take(channel, tasks)
     except redis.RedisError as exc:  # the message is in hand: run on rather than lose its place
         log.warning("could not take channel %s's rate-limit budget (%s): starting anyway", channel, exc)
 
@@ -415,20 +477,20 @@ def _task_data(channel: int, items: list[list[Any]]) -> list[tuple[str, str | by
 
 
 def _run(
-    channel: int, device: str, message_id: str, items: list[list[Any]], alone: bool
+    life: DeviceLife, delivery: Delivery, items: list[list[Any]], alone: bool
 ) -> tuple[list[Outcome | ToSave], float, SaveFunction | None]:
     """Mark the message started (from now on a death is charged to its tasks; ``alone``: no
     other task of this process runs beside them), then run them. Returns what they gave, the
     time it took, and the channel's save function (None: the default)."""
+    channel, device, message_id = delivery
     devices = runtime.devices()
     started = time.perf_counter()  # the message's time includes its waits for a rate limit
-    chunk = _first_starts(channel, device, message_id, len(items))
+    chunk = _first_starts(life, delivery, len(items))
     try:
         devices.started(device, channel, message_id, alone=alone, wait=False)
         data = _task_data(channel, items)
     except redis.RedisError as exc:
-        _hand_back(device, message_id, channel)
-        raise Reject(f"cannot mark the message started or read its tasks: {exc}", requeue=True) from exc
+        raise HandBack(f"cannot mark the message started or read its tasks: {exc}") from exc
     handler = handler_for(channel)
     outcomes: list[Outcome | ToSave]
     if handler is None:
@@ -441,9 +503,9 @@ def _run(
         try:
             for n, (task_id, task_data) in enumerate(data):
                 if chunk is not None and n and n % chunk == 0:
-                    _next_starts(channel, min(chunk, len(items) - n))
+                    _next_starts(life, channel, min(chunk, len(items) - n))
                 if task_data is not None:
-                    outcomes.append(run_one(handler, task_id, task_data))
+                    outcomes.append(run_one(handler, task_id, task_data, life.runners))
         except TooManyLateRunners as exc:
             # No thread at all mid-message (the cap is asked before a message starts): nothing
             # is recorded, the whole message runs again elsewhere, the tasks that ran here too.
@@ -451,7 +513,7 @@ def _run(
                 devices.started_settled()  # in Redis before the hand-back undoes it
             except redis.RedisError:
                 pass
-            _no_runner(device, message_id, channel, exc)
+            raise _no_runner(device, exc) from None
     busy = time.perf_counter() - started
     try:
         devices.started_settled()

@@ -14,11 +14,11 @@ thread's own, and the worker thread waits for it at most the limit:
 
 The same holds on the threads, prefork (inside the child) and solo pools. An abandoned
 runner still holds what the function holds (a thread, memory, a socket) until it returns; a
-device counts them (:func:`abandoned`) and says so in its log.
+device counts them (:meth:`Runners.abandoned`) and says so in its log.
 
 **Too many late runners.** Each abandoned runner keeps a thread, and a process can start only
 so many: past that, every task would fail with "can't start new thread", healthy ones too.
-So a process leaves at most ``MUTITASK_MAX_LATE_RUNNERS`` behind: :func:`check_room`, asked
+So a process leaves at most ``MUTITASK_MAX_LATE_RUNNERS`` behind: :meth:`Runners.check_room`, asked
 before a message starts, raises :class:`.TooManyLateRunners` at the cap, and so does a call
 whose runner thread cannot start at all. Neither is the task's fault: the device hands the
 message back untouched and stops, for a fresh process (see ``tasks``). A message already
@@ -40,10 +40,6 @@ from mutitask_celery.errors import TooManyLateRunners
 
 log = logging.getLogger(__name__)
 
-_local = threading.local()
-_abandoned_lock = threading.Lock()
-_abandoned = 0
-
 
 class TimedOut(Exception):
     """The task function ran past its limit (the outcome's reason is this message)."""
@@ -63,10 +59,74 @@ class _Call:
     error: BaseException | None = None
 
 
+class Runners:
+    """The runner threads of one device's process, and how many of them it abandoned.
+
+    Each worker thread has a runner of its own, kept in a thread-local (the one state that
+    is per thread, not per device: a runner serves the worker thread that made it). The
+    count of abandoned runners is per process, as the cap is: a prefork child has its own
+    (its copy of the device's), and so has a threads device (one process).
+    """
+
+    def __init__(self) -> None:
+        self._mine = threading.local()  # .runner: this worker thread's runner, once it has one
+        self._lock = threading.Lock()
+        self._abandoned = 0
+
+    def call_with_limit(self, fn: Callable[[Any], Any], arg: Any, limit: float | None, label: str = "") -> Any:
+        """``fn(arg)``, or :class:`TimedOut` once ``limit`` seconds pass (None: no limit, run here).
+
+        Raises :class:`.TooManyLateRunners` when no thread can be started for it."""
+        if limit is None:
+            return fn(arg)
+        runner: _Runner | None = getattr(self._mine, "runner", None)
+        if runner is None:
+            runner = self._mine.runner = _Runner(self)
+        call = _Call(fn, arg, label)
+        if not runner.run(call, limit):
+            runner.abandon()
+            self._mine.runner = None
+            log.warning(
+                "task %s timed out after %g s: its slot takes the next task (%d task function(s) still running late)",
+                label,
+                limit,
+                self.abandoned(),
+            )
+            raise TimedOut(limit)
+        if call.error is not None:
+            raise call.error
+        return call.value
+
+    def abandoned(self) -> int:
+        """Task functions of this process still running past their limit."""
+        with self._lock:
+            return self._abandoned
+
+    def check_room(self) -> None:
+        """Raise :class:`.TooManyLateRunners` when this process already leaves
+        ``MUTITASK_MAX_LATE_RUNNERS`` task functions running past their limit: asked before a
+        message starts, so that one goes back untouched rather than fail for want of a thread."""
+        late = self.abandoned()
+        if not late:
+            return
+        cap = settings.current().max_late_runners
+        if cap is not None and late >= cap:
+            raise TooManyLateRunners(
+                f"{late} task function(s) still run past their time limit in this process "
+                f"(MUTITASK_MAX_LATE_RUNNERS is {cap})"
+            )
+
+    def _count(self, change: int) -> None:
+        """A runner was abandoned (+1), or an abandoned one's call ended at last (-1)."""
+        with self._lock:
+            self._abandoned += change
+
+
 class _Runner:
     """One daemon thread running calls one at a time for one worker thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, runners: Runners) -> None:
+        self._runners = runners
         self._calls: queue.SimpleQueue[_Call] = queue.SimpleQueue()
         self.abandoned = False
         self._thread = threading.Thread(target=self._loop, name="mutitask-task-runner", daemon=True)
@@ -75,11 +135,10 @@ class _Runner:
         except RuntimeError as exc:  # "can't start new thread": the process has no thread left to give
             raise TooManyLateRunners(
                 f"cannot start a thread for the next task function ({exc}); "
-                f"{abandoned()} task function(s) still run past their time limit in this process"
+                f"{runners.abandoned()} task function(s) still run past their time limit in this process"
             ) from exc
 
     def _loop(self) -> None:
-        global _abandoned
         while True:
             call = self._calls.get()
             try:
@@ -90,8 +149,7 @@ class _Runner:
             if self.abandoned:
                 late = "raised" if call.error is not None else "returned"
                 log.warning("task %s %s after its time limit: dropped, its outcome was recorded", call.label, late)
-                with _abandoned_lock:
-                    _abandoned -= 1
+                self._runners._count(-1)
                 return
 
     def run(self, call: _Call, limit: float) -> bool:
@@ -100,53 +158,5 @@ class _Runner:
         return call.done.wait(limit)
 
     def abandon(self) -> None:
-        global _abandoned
         self.abandoned = True
-        with _abandoned_lock:
-            _abandoned += 1
-
-
-def call_with_limit(fn: Callable[[Any], Any], arg: Any, limit: float | None, label: str = "") -> Any:
-    """``fn(arg)``, or :class:`TimedOut` once ``limit`` seconds pass (None: no limit, run here).
-
-    Raises :class:`.TooManyLateRunners` when no thread can be started for it."""
-    if limit is None:
-        return fn(arg)
-    runner: _Runner | None = getattr(_local, "runner", None)
-    if runner is None:
-        runner = _local.runner = _Runner()
-    call = _Call(fn, arg, label)
-    if not runner.run(call, limit):
-        runner.abandon()
-        _local.runner = None
-        log.warning(
-            "task %s timed out after %g s: its slot takes the next task (%d task function(s) still running late)",
-            label,
-            limit,
-            abandoned(),
-        )
-        raise TimedOut(limit)
-    if call.error is not None:
-        raise call.error
-    return call.value
-
-
-def abandoned() -> int:
-    """Task functions of this process still running past their limit."""
-    with _abandoned_lock:
-        return _abandoned
-
-
-def check_room() -> None:
-    """Raise :class:`.TooManyLateRunners` when this process already leaves
-    ``MUTITASK_MAX_LATE_RUNNERS`` task functions running past their limit: asked before a
-    message starts, so that one goes back untouched rather than fail for want of a thread."""
-    late = abandoned()
-    if not late:
-        return
-    cap = settings.current().max_late_runners
-    if cap is not None and late >= cap:
-        raise TooManyLateRunners(
-            f"{late} task function(s) still run past their time limit in this process "
-            f"(MUTITASK_MAX_LATE_RUNNERS is {cap})"
-        )
+        self._runners._count(+1)

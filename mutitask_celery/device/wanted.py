@@ -6,7 +6,7 @@ trip per message (about 1 ms on a busy machine, 2% of a 50 ms task), so the
 device keeps the answer and has it brought to it:
 
 * :func:`control.Devices.pause` and ``start`` tell each online device through
-  Celery's remote control (the ``mutitask_wanted`` command, see ``device.lifecycle``)
+  Celery's remote control (:data:`.WANTED_COMMAND`, answered in ``device.lifecycle``)
   and return only after the device replied, so the pause holds from then on;
 * the heartbeat re-reads Redis every couple of seconds, for a change made
   while the device was unreachable;
@@ -81,6 +81,3 @@ class WantedState:
         with self._lock:
             self.name, self._paused = None, None
             self._generation += 1
-
-
-local = WantedState()
