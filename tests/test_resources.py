@@ -142,7 +142,9 @@ def test_books_lost_to_eviction_name_eviction_not_a_restart(
     wait_until(lambda: r.client.llen(keys.results(1)) >= 100, 60, "a first hundred results")
     r.client.expire(keys.stats(1), 3600)
     r.client.config_set("maxmemory-policy", "volatile-lru")
-    r.fill_up_at(256 * 1024)
+    # Less room than the results of the tasks already in the channel take (4 KB each, ChannelSize
+    # 50): those alone fill it, even if the server stops publishing as Redis nears its limit.
+    r.fill_up_at(64 * 1024)
     wait_until(lambda: r.client.ttl(keys.stats(1)) < 0, 60, "Redis to evict the channel's counters")
     r.client.config_set("maxmemory", 0)
     assert server.wait(120) == ExitCode.BOOKS_LOST, procs.output(server)
@@ -265,8 +267,8 @@ def test_the_server_calls_redis_full_at_its_limit_even_when_a_small_write_fits(
     from mutitask_celery.serving.producer import _Full
 
     r = own_redis()
-    full = _Full(r.client)
-    monkeypatch.setattr(memory, "has_room", lambda client: True)  # the probe squeezed through
+    full = _Full(r.client, keys.room_probe())
+    monkeypatch.setattr(memory, "has_room", lambda client, probe: True)  # the probe squeezed through
     r.fill_up_at(20 * 1024)  # within 5% of about 1 MB: no room for a device's message
     full.look()
     assert FULL.search(caplog.text), caplog.text
