@@ -22,7 +22,7 @@ import pytest
 
 pytestmark = pytest.mark.unit
 
-PACKAGE = Path(__file__).resolve().parent.parent / "mutitask_celery"
+PACKAGE = Path(__file__).resolve().parents[2] / "mutitask_celery"
 BASE = {
     "settings", "keys", "codec", "errors", "logs", "connection", "celery_app", "kombu_guard",
     "flower", "tables", "channels", "memory",

@@ -1,7 +1,7 @@
 """A broker that redelivers by itself (RabbitMQ), without one: the poison-task count
 kept from the ``redelivered`` flag, and the journal of tasks not yet handed to the
 broker. A recording publisher stands in for RabbitMQ; the end-to-end tests run the
-real one (tests/test_end_to_end.py, ``[amqp]``)."""
+real one (tests/surface/test_end_to_end.py, ``[amqp]``)."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import pytest
 
 pytestmark = pytest.mark.unit
 
-PACKAGE = Path(__file__).resolve().parent.parent / "mutitask_celery"
+PACKAGE = Path(__file__).resolve().parents[2] / "mutitask_celery"
 ROLE = re.compile(r":(?:mod|func|class|meth|data|attr|exc):`~?\.?([A-Za-z_][\w.]*)(?:\(\))?`")
 
 

@@ -4,7 +4,7 @@ with a barrier so they all read before any acts, repeated trials; on a real redi
 Deliveries are made as kombu's Redis transport makes them (``RPOP`` off the queue, then
 ``HSET unacked`` + ``ZADD unacked_index``, then the device's note in hand through
 :meth:`Devices.heard`), so the reapers meet the exact state a dead device leaves.
-tests/test_exactly_once.py does the same with real devices and real SIGKILLs.
+tests/devices/test_exactly_once.py does the same with real devices and real SIGKILLs.
 """
 
 from __future__ import annotations

@@ -313,7 +313,7 @@ def test_pause_holds_the_run_and_start_resumes_it(procs: Processes, r: redis.Red
     assert dev.wait(15) == 0
 
 
-@pytest.mark.parametrize("broker", ["amqp"], indirect=True)  # the Redis broker's: test_faults.py
+@pytest.mark.parametrize("broker", ["amqp"], indirect=True)  # the Redis broker's: faults/test_faults.py
 def test_poison_task_is_dead_lettered_after_three_deaths(procs: Processes, r: redis.Redis, broker: Broker) -> None:
     """RabbitMQ redelivers a killed device's message by itself; the devices count those
     redeliveries, so a task that kills every device running it is dead-lettered all the same."""

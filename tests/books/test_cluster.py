@@ -3,7 +3,7 @@
 A redis-server started with ``--cluster-enabled yes`` that owns all 16384 slots
 judges a call as a cluster does: a script (or a transaction) whose keys hash to
 different slots is refused (CROSSSLOT). That no script touches a key it was not given
-is checked in ``test_lua.py`` (a node owning every slot would not notice). The books
+is checked in ``unit/test_lua.py`` (a node owning every slot would not notice). The books
 run here with RabbitMQ as the broker: kombu's Redis transport cannot use a cluster, so
 the steps only a Redis broker takes are named apart, and checked to be exactly those.
 """

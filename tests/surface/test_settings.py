@@ -122,7 +122,7 @@ def test_a_worker_loads_the_task_module_beside_those_celeryconfig_includes(tmp_p
     user's ``celeryconfig.py`` includes (Celery's ``include=`` argument alone would hide them)."""
     (tmp_path / "celeryconfig.py").write_text('include = ["mytasks"]\n')
     code = "import mutitask_celery as mt; print(*mt.app.conf.include)"
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
         [sys.executable, "-c", code],
         cwd=tmp_path,
