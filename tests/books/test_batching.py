@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 
 import redis
-from conftest import Processes
+from helpers.processes import Processes
 
 import mutitask_celery as mt
 from mutitask_celery import runtime

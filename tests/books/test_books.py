@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 import redis
-from conftest import fresh_settings
+from helpers.settings import fresh_settings
 
 import mutitask_celery as mt
 from mutitask_celery import codec, keys, runtime

@@ -19,7 +19,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import Processes, amqp_vhost, device_is_up, fresh_settings, run_in_thread, wait_until
+from helpers.processes import Processes
+from helpers.runs import run_in_thread
+from helpers.services import amqp_vhost
+from helpers.settings import fresh_settings
+from helpers.waits import device_is_up, wait_until
 from redis.crc import key_slot
 
 import mutitask_celery as mt

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import fresh_settings
+from helpers.settings import fresh_settings
 
 import mutitask_celery as mt
 from mutitask_celery import keys, runtime

@@ -11,7 +11,9 @@ import subprocess
 import numpy as np
 import pytest
 import redis
-from conftest import HELPERS, Processes, wait_until
+from helpers.paths import HELPERS
+from helpers.processes import Processes
+from helpers.waits import wait_until
 
 import mutitask_celery as mt
 from mutitask_celery import keys, runtime

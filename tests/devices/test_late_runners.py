@@ -12,7 +12,10 @@ import threading
 
 import pytest
 import redis
-from conftest import HELPERS, Processes, device_is_up, run_in_thread, wait_until
+from helpers.paths import HELPERS
+from helpers.processes import Processes
+from helpers.runs import run_in_thread
+from helpers.waits import device_is_up, wait_until
 
 import mutitask_celery as mt
 from mutitask_celery import keys, runtime

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import Processes, device_is_up, fresh_settings, wait_until
+from helpers.processes import Processes
+from helpers.settings import fresh_settings
+from helpers.waits import device_is_up, wait_until
 
 import mutitask_celery as mt
 from mutitask_celery import codec, keys, runtime

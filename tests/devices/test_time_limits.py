@@ -12,7 +12,9 @@ import time
 
 import pytest
 import redis
-from conftest import HELPERS, Processes, device_is_up, wait_until
+from helpers.paths import HELPERS
+from helpers.processes import Processes
+from helpers.waits import device_is_up, wait_until
 
 import mutitask_celery as mt
 from mutitask_celery import runtime

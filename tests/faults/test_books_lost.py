@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import HELPERS, Processes, wait_until
+from helpers.paths import HELPERS
+from helpers.processes import Processes
+from helpers.waits import wait_until
 
 from mutitask_celery import keys
 from mutitask_celery.books.integrity import Watermarks

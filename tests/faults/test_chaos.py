@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from helpers.paths import ROOT
 
 pytestmark = pytest.mark.services  # the soak starts its own redis-server and devices
 

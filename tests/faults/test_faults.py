@@ -8,16 +8,12 @@ import time
 
 import pytest
 import redis
-from conftest import (
-    FAST,
-    HELPERS,
-    Processes,
-    RestartableRedis,
-    device_is_up,
-    poison_run,
-    run_in_thread,
-    wait_until,
-)
+from helpers.paths import HELPERS
+from helpers.processes import Processes
+from helpers.runs import poison_run, run_in_thread
+from helpers.services import RestartableRedis
+from helpers.settings import FAST
+from helpers.waits import device_is_up, wait_until
 
 import mutitask_celery as mt
 from mutitask_celery import codec, keys, runtime
@@ -60,7 +56,12 @@ def test_a_restarted_device_gives_back_what_it_held(procs: Processes, r: redis.R
 
 
 def test_poison_task_is_dead_lettered_after_three_deaths(procs: Processes, r: redis.Redis, fast_reaper: None) -> None:
-    poison_run(procs, env=FAST)
+    run = poison_run(procs, env=FAST)
+    assert run.deaths == 3
+    assert (run.summary.published, run.summary.succeeded, run.summary.failed) == (4, 3, 1)
+    (record,) = mt.failed(1)
+    assert record.data == "poison" and record.reason.startswith("worker lost")
+    assert sorted(mt.results(1)) == ["a", "b", "c"]
     assert r.hlen(keys.lost(1)) == 0
     # The run ends once every task has its outcome; a device acks just after recording one.
     wait_until(lambda: r.hlen(keys.KOMBU_UNACKED) == 0, 10, "every message acknowledged")

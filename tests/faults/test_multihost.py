@@ -32,8 +32,10 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import HELPERS, Processes, wait_until
 from helpers.netns import NetnsUnavailable, Network
+from helpers.paths import HELPERS
+from helpers.processes import Processes
+from helpers.waits import wait_until
 
 from mutitask_celery import keys
 from mutitask_celery.books import messages

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import redis
-from conftest import ROOT
+from helpers.paths import ROOT
 
 import mutitask_celery as mt
 from mutitask_celery import keys, runtime

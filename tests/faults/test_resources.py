@@ -16,7 +16,11 @@ from typing import NamedTuple
 
 import pytest
 import redis
-from conftest import HELPERS, Processes, device_is_up, fresh_settings, run_in_thread, wait_until
+from helpers.paths import HELPERS
+from helpers.processes import Processes
+from helpers.runs import run_in_thread
+from helpers.settings import fresh_settings
+from helpers.waits import device_is_up, wait_until
 
 import mutitask_celery as mt
 from mutitask_celery import codec, keys, memory, runtime

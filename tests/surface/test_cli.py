@@ -7,12 +7,12 @@ import subprocess
 import sys
 
 import redis
-from conftest import free_port
 
 import mutitask_celery as mt
 from mutitask_celery import codec, runtime
 from mutitask_celery.books import messages
 from mutitask_celery.books.ledger import Outcome
+from mutitask_celery.tools.localredis import free_port
 
 
 def mutitask(*args: str, url: str) -> subprocess.CompletedProcess[str]:

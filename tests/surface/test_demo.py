@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Processes, wait_until
+from helpers.paths import ROOT
+from helpers.processes import Processes
+from helpers.waits import wait_until
 
 from mutitask_celery.tools.embedded import SYSTEM_NAMES
 from mutitask_celery.tools.localredis import free_port
@@ -266,7 +268,7 @@ def test_sigkill_of_the_demo_takes_its_processes_with_it(procs: Processes, demo_
 
 def test_redis_url_must_answer_and_hold_an_empty_database(r: Any, redis_url: str) -> None:
     """Given --redis-url, the demo never writes into a database that holds something."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r.set("someone's", "data")
     busy = subprocess.run(
         [sys.executable, "-m", "mutitask_celery", "demo", "--redis-url", redis_url],
@@ -292,7 +294,7 @@ def test_redis_url_must_answer_and_hold_an_empty_database(r: Any, redis_url: str
 
 @pytest.mark.services  # runs the demo's command line, which may start a server
 def test_demo_help_and_bad_usage() -> None:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     shown = subprocess.run(
         [sys.executable, "-m", "mutitask_celery", "demo", "--help"],
         capture_output=True,
@@ -315,7 +317,7 @@ def test_demo_help_and_bad_usage() -> None:
 
 def test_child_entry_point_is_demo_job() -> None:
     """The demo's server and devices run as ``python -m mutitask_celery.tools.demo_job``; bad arguments are usage."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     bad = subprocess.run(
         [sys.executable, "-m", "mutitask_celery.tools.demo_job", "device", "9"],
         capture_output=True,

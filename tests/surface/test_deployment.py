@@ -18,11 +18,14 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import HELPERS, ROOT, Processes, free_port, wait_until
+from helpers.paths import HELPERS, ROOT
+from helpers.processes import Processes
 from helpers.shipped_redis import ShippedRedis
+from helpers.waits import wait_until
 
 from mutitask_celery import codec, keys, settings
 from mutitask_celery.settings import HEARTBEAT
+from mutitask_celery.tools.localredis import free_port
 
 pytestmark = pytest.mark.services  # runs the shipped redis.conf in a redis-server of its own
 

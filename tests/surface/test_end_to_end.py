@@ -17,7 +17,11 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import HELPERS, Broker, Processes, device_is_up, poison_run, run_in_thread, wait_until
+from helpers.paths import HELPERS
+from helpers.processes import Processes
+from helpers.runs import poison_run, run_in_thread
+from helpers.services import Broker
+from helpers.waits import device_is_up, wait_until
 
 import mutitask_celery as mt
 from mutitask_celery import keys, runtime
@@ -317,7 +321,12 @@ def test_pause_holds_the_run_and_start_resumes_it(procs: Processes, r: redis.Red
 def test_poison_task_is_dead_lettered_after_three_deaths(procs: Processes, r: redis.Redis, broker: Broker) -> None:
     """RabbitMQ redelivers a killed device's message by itself; the devices count those
     redeliveries, so a task that kills every device running it is dead-lettered all the same."""
-    poison_run(procs)
+    run = poison_run(procs)
+    assert run.deaths == 3
+    assert (run.summary.published, run.summary.succeeded, run.summary.failed) == (4, 3, 1)
+    (record,) = mt.failed(1)
+    assert record.data == "poison" and record.reason.startswith("worker lost")
+    assert sorted(mt.results(1)) == ["a", "b", "c"]
     assert r.hlen(keys.lost(1)) == 0 and r.hlen(keys.started(1)) == 0
 
 

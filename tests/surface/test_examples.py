@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import redis
-from conftest import ROOT, Processes
+from helpers.paths import ROOT
+from helpers.processes import Processes
 
 import mutitask_celery as mt
 from mutitask_celery import runtime

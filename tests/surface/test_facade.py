@@ -149,9 +149,9 @@ def test_device_name_is_device_id_at_host() -> None:
 
 
 def test_unreachable_redis_is_a_clear_error_naming_the_masked_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    from conftest import free_port  # noqa: I001
     from Mutitask.server import BaseConfig, Terminal
     from mutitask_celery import settings
+    from mutitask_celery.tools.localredis import free_port
 
     monkeypatch.setenv("MUTITASK_REDIS_URL", f"redis://:hunter2@127.0.0.1:{free_port()}/0")
     settings.forget()

@@ -19,13 +19,17 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import Processes, artifacts, free_port, fresh_settings, wait_until
 from helpers.browser import HEADLESS, chromium_binary
+from helpers.paths import artifacts
+from helpers.processes import Processes
+from helpers.settings import fresh_settings
+from helpers.waits import wait_until
 
 from mutitask_celery import runtime
 from mutitask_celery.errors import ConfigurationError
 from mutitask_celery.flower import FlowerAuthError, FlowerError, FlowerWorker, flower_workers
 from mutitask_celery.serving import serve
+from mutitask_celery.tools.localredis import free_port
 
 HOST = socket.gethostname()
 DEVICES = (f"device1@{HOST}", f"device2@{HOST}")

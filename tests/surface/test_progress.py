@@ -14,7 +14,9 @@ import termios
 import threading
 
 import redis
-from conftest import HELPERS, ROOT, Processes, device_is_up, wait_until
+from helpers.paths import HELPERS, ROOT
+from helpers.processes import Processes
+from helpers.waits import device_is_up, wait_until
 
 from mutitask_celery.serving import progress
 from mutitask_celery.serving.producer import ChannelSummary, RunSummary

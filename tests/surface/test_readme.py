@@ -23,7 +23,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import HELPERS, ROOT, Processes, device_is_up, wait_until
+from helpers.paths import HELPERS, ROOT
+from helpers.processes import Processes
+from helpers.waits import device_is_up, wait_until
 
 import mutitask_celery as mt
 from mutitask_celery import codec, runtime, settings

@@ -9,8 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import HELPERS, Processes, free_port, wait_until
+from helpers.paths import HELPERS
+from helpers.processes import Processes
 from helpers.shipped_redis import self_signed_certificate
+from helpers.waits import wait_until
+
+from mutitask_celery.tools.localredis import free_port
 
 PASSWORD = "tls-s3cret-pw"
 

@@ -8,6 +8,7 @@ import types
 from pathlib import Path
 
 import pytest
+from helpers.paths import ROOT
 
 from mutitask_celery import app, settings
 from mutitask_celery.connection import same_redis
@@ -122,14 +123,13 @@ def test_a_worker_loads_the_task_module_beside_those_celeryconfig_includes(tmp_p
     user's ``celeryconfig.py`` includes (Celery's ``include=`` argument alone would hide them)."""
     (tmp_path / "celeryconfig.py").write_text('include = ["mytasks"]\n')
     code = "import mutitask_celery as mt; print(*mt.app.conf.include)"
-    root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
         [sys.executable, "-c", code],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         check=True,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{tmp_path}:{root}"},
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{tmp_path}:{ROOT}"},
     )
     assert out.stdout.split() == ["mytasks", "mutitask_celery.device.tasks"]
 

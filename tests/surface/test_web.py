@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 import redis
 import requests
-from conftest import Processes, artifacts, device_is_up, free_port, wait_until
 from helpers.browser import FLAGS, Browser, chromium_binary
+from helpers.paths import artifacts
+from helpers.processes import Processes
+from helpers.waits import device_is_up, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 import mutitask_celery as mt
@@ -26,6 +28,7 @@ from mutitask_celery import runtime
 from mutitask_celery.books.dead_letters import FailedTask
 from mutitask_celery.errors import ConfigurationError
 from mutitask_celery.serving import serve
+from mutitask_celery.tools.localredis import free_port
 from mutitask_celery.web import views
 from mutitask_celery.web.app import WebConfig, check_listen
 

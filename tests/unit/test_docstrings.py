@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import ast
 import re
-from pathlib import Path
 
 import pytest
+from helpers.paths import ROOT
 
 pytestmark = pytest.mark.unit
 
-PACKAGE = Path(__file__).resolve().parents[2] / "mutitask_celery"
+PACKAGE = ROOT / "mutitask_celery"
 ROLE = re.compile(r":(?:mod|func|class|meth|data|attr|exc):`~?\.?([A-Za-z_][\w.]*)(?:\(\))?`")
 
 

@@ -19,10 +19,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.paths import ROOT
 
 pytestmark = pytest.mark.unit
 
-PACKAGE = Path(__file__).resolve().parents[2] / "mutitask_celery"
+PACKAGE = ROOT / "mutitask_celery"
 BASE = {
     "settings", "keys", "codec", "errors", "logs", "connection", "celery_app", "kombu_guard",
     "flower", "tables", "channels", "memory",
