@@ -40,7 +40,7 @@ INCLUDES = {"claims", "clock", "dead_letter", "lease_check", "note", "wake"}
 REDIS_BROKER_ONLY = {"restore", "recover", "retire", "forget", "held"}
 
 
-def expected_failure(n: int) -> bool:  # tests/helpers/device.py's "double"
+def expected_failure(n: int) -> bool:  # tests/scripts/device.py's "double"
     return n % 10 == 0 or n % 13 == 0
 
 

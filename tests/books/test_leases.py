@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 import redis
-from helpers.paths import HELPERS
+from helpers.paths import SCRIPTS
 from helpers.processes import Processes
 from helpers.waits import device_is_up, wait_until
 
@@ -34,7 +34,7 @@ def holder(r: redis.Redis, key: str) -> Holder | None:
 
 def device(procs: Processes, label: str, behaviour: str, **env: str) -> subprocess.Popen[bytes]:
     """A legacy client script as device1 of channel 1, with a log of its own (``label``)."""
-    return procs.python(HELPERS / "device.py", "1", "1", behaviour, name=f"device1-{label}", env=env)
+    return procs.python(SCRIPTS / "device.py", "1", "1", behaviour, name=f"device1-{label}", env=env)
 
 
 def one_refused(procs: Processes, pair: list[subprocess.Popen[bytes]]) -> tuple[subprocess.Popen[bytes], ...]:
@@ -55,7 +55,7 @@ def summary_of(procs: Processes, server: subprocess.Popen[bytes]) -> dict[str, i
 
 def test_two_servers_of_one_run_started_at_once_one_runs_the_other_is_refused(procs: Processes, r: redis.Redis) -> None:
     count = 300
-    pair = [procs.python(HELPERS / "resume_server.py", str(count), name=f"server-{n}") for n in "ab"]
+    pair = [procs.python(SCRIPTS / "resume_server.py", str(count), name=f"server-{n}") for n in "ab"]
     refused, winner = one_refused(procs, pair)  # no device yet: the winner waits for its tasks
     said = procs.output(refused)
     assert f"run 'default' is in use by another live process: pid {winner.pid} on {HOST}" in said, said
@@ -72,7 +72,7 @@ def test_two_servers_of_one_run_started_at_once_one_runs_the_other_is_refused(pr
 
 def test_two_servers_on_one_channel_without_a_run_name_one_is_refused(procs: Processes, r: redis.Redis) -> None:
     count = 200
-    pair = [procs.python(HELPERS / "server.py", str(count), name=f"server-{n}") for n in "ab"]
+    pair = [procs.python(SCRIPTS / "server.py", str(count), name=f"server-{n}") for n in "ab"]
     refused, winner = one_refused(procs, pair)
     said = procs.output(refused)
     assert f"channel 1 is in use by another live process: pid {winner.pid} on {HOST}" in said, said
@@ -124,13 +124,13 @@ def test_a_device_killed_and_restarted_at_once_takes_its_name_and_what_it_held(
 def test_a_frozen_servers_channel_can_be_taken_and_the_thawed_server_publishes_nothing(
     procs: Processes, r: redis.Redis
 ) -> None:
-    frozen = procs.python(HELPERS / "server.py", "50", "5", name="server-frozen", env=FAST)  # tasks "0".."49"
+    frozen = procs.python(SCRIPTS / "server.py", "50", "5", name="server-frozen", env=FAST)  # tasks "0".."49"
     wait_until(lambda: runtime.ledger().stats(1).published == 5, 30, "the first server to fill channel 1 (size 5)")
     wait_until(lambda: holder(r, keys.channel_lease(1)), 10, "its lease")
     frozen.send_signal(signal.SIGSTOP)  # a stuck host: its lease is no longer renewed
     try:
         taker = procs.python(  # tasks "1000".."1039", channel size 20
-            HELPERS / "resume_server.py", "40", "--offset", "1000", "--fresh", name="server-new", env=FAST
+            SCRIPTS / "resume_server.py", "40", "--offset", "1000", "--fresh", name="server-new", env=FAST
         )
         wait_until(lambda: runtime.ledger().stats(1).published > 5, 30, "the new server to publish")
         assert (held := holder(r, keys.channel_lease(1))) is not None and held.pid == taker.pid

@@ -10,7 +10,7 @@ import re
 import socket
 
 import redis
-from helpers.paths import HELPERS
+from helpers.paths import SCRIPTS
 from helpers.processes import Processes
 from helpers.runs import run_in_thread
 from helpers.waits import device_is_up, wait_until
@@ -24,7 +24,7 @@ COUNT = 60
 
 
 def doubled(numbers: range) -> list[int]:
-    """What tests/helpers/device.py's 'double' saves: n * 2, but for its failures (multiples of 10 and 13)."""
+    """What tests/scripts/device.py's 'double' saves: n * 2, but for its failures (multiples of 10 and 13)."""
     return sorted(n * 2 for n in numbers if n % 10 and n % 13)
 
 
@@ -35,7 +35,7 @@ def test_two_deployments_share_one_redis_without_seeing_each_other(procs: Proces
     their_device = procs.device(1, 1, env=theirs)  # the same name, in the other deployment
     wait_until(device_is_up(name), 30, "our device1")
     wait_until(lambda: r.hexists(TEAM2.devices_info, name), 30, "their device1 in their roster")
-    their_server = procs.python(HELPERS / "server.py", str(COUNT), env=theirs)  # tasks 0..59
+    their_server = procs.python(SCRIPTS / "server.py", str(COUNT), env=theirs)  # tasks 0..59
     ours = range(1000, 1000 + COUNT)
     thread, out = run_in_thread([str(n) for n in ours])
     thread.join(120)

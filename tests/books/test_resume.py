@@ -11,7 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 import redis
-from helpers.paths import HELPERS
+from helpers.paths import SCRIPTS
 from helpers.processes import Processes
 from helpers.waits import wait_until
 
@@ -41,7 +41,7 @@ def start_devices(procs: Processes) -> None:
 
 def killed_mid_run(procs: Processes, *args: str) -> None:
     """Start the resumable server, and SIGKILL it once a fifth of the tasks are done."""
-    server = procs.python(HELPERS / "resume_server.py", str(COUNT), *args, name="server-killed")
+    server = procs.python(SCRIPTS / "resume_server.py", str(COUNT), *args, name="server-killed")
     wait_until(lambda: mt.results_count(1) >= COUNT // 5 or server.poll() is not None, 120, "the run to be under way")
     assert server.poll() is None, procs.output(server)
     server.send_signal(signal.SIGKILL)
@@ -62,7 +62,7 @@ def test_a_killed_server_started_again_resumes_and_runs_every_task_once(procs: P
     start_devices(procs)
     killed_mid_run(procs)
     published_before = runtime.ledger().stats(1).published
-    again = procs.python(HELPERS / "resume_server.py", str(COUNT), name="server-again")
+    again = procs.python(SCRIPTS / "resume_server.py", str(COUNT), name="server-again")
     assert again.wait(180) == 0, procs.output(again)
     assert "resuming run 'default': channel 1 skips the" in procs.output(again)
     done = tasks_done()
@@ -73,7 +73,7 @@ def test_a_killed_server_started_again_resumes_and_runs_every_task_once(procs: P
     assert (summary["published"], summary["succeeded"], summary["failed"]) == (COUNT, COUNT, 0)
     assert published_before < COUNT
 
-    finished = procs.python(HELPERS / "resume_server.py", "30", name="server-fresh")  # a finished run starts afresh
+    finished = procs.python(SCRIPTS / "resume_server.py", "30", name="server-fresh")  # a finished run starts afresh
     assert finished.wait(120) == 0, procs.output(finished)
     assert summary_of(procs, finished)["published"] == 30 and runtime.ledger().stats(1).published == COUNT + 30
 
@@ -82,11 +82,11 @@ def test_a_generator_that_yields_other_items_is_refused_and_fresh_starts_anew(pr
     start_devices(procs)
     killed_mid_run(procs)
     published = runtime.ledger().stats(1).published
-    other = procs.python(HELPERS / "resume_server.py", str(COUNT), "--offset", "7", name="server-other")
+    other = procs.python(SCRIPTS / "resume_server.py", str(COUNT), "--offset", "7", name="server-other")
     assert other.wait(120) == 2, procs.output(other)
     assert "channel 1's generator yields other first items than when the run began" in procs.output(other)
     assert runtime.ledger().stats(1).published == published  # refused before publishing anything
-    fresh = procs.python(HELPERS / "resume_server.py", "40", "--offset", "7", "--fresh", name="server-fresh")
+    fresh = procs.python(SCRIPTS / "resume_server.py", "40", "--offset", "7", "--fresh", name="server-fresh")
     assert fresh.wait(180) == 0, procs.output(fresh)
     assert runtime.ledger().outstanding(1) == 0  # the killed run's tasks were waited for too
     assert summary_of(procs, fresh)["published"] == 40

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pytest
 import redis
-from helpers.paths import HELPERS
+from helpers.paths import SCRIPTS
 from helpers.processes import Processes
 from helpers.waits import device_is_up, wait_until
 
@@ -149,7 +149,7 @@ def test_console_on_a_terminal_controls_devices(procs: Processes, r: redis.Redis
     wait_until(device_is_up(D1), 30, "device1")
     wait_until(device_is_up(D2), 30, "device2")
     leader, follower = pty.openpty()
-    server = procs.start([sys.executable, str(HELPERS / "server.py"), "400", "5"], "server", stdin=follower)
+    server = procs.start([sys.executable, str(SCRIPTS / "server.py"), "400", "5"], "server", stdin=follower)
     os.close(follower)
 
     def shows(text: str) -> Callable[[], bool]:  # the server's output so far holds text
@@ -183,7 +183,7 @@ def test_console_on_a_terminal_controls_devices(procs: Processes, r: redis.Redis
 def test_piped_console_commands(procs: Processes, r: redis.Redis, tmp_path: object) -> None:
     procs.device(1, 1)
     wait_until(device_is_up(D1), 30, "device1")
-    server = procs.python(HELPERS / "server.py", "20", name="server", stdin=subprocess.PIPE)
+    server = procs.python(SCRIPTS / "server.py", "20", name="server", stdin=subprocess.PIPE)
     assert server.stdin is not None
     server.stdin.write(b"add_device\ndetect_all\nfoo bar\n")
     server.stdin.close()

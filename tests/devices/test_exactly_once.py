@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from helpers.paths import HELPERS
+from helpers.paths import ROOT, SCRIPTS
 from helpers.processes import Processes
 from helpers.runs import run_in_thread
 from helpers.settings import fresh_settings
@@ -85,7 +85,7 @@ def test_a_killed_device_is_charged_only_what_it_was_running(
     was running alone); a charge to any held message, or a death counted twice, would bury
     more."""
     (tmp_path / "celeryconfig.py").write_text("worker_prefetch_multiplier = 9\n")
-    env = {**FAST, "MUTITASK_MAX_ATTEMPTS": "1", "PYTHONPATH": f"{tmp_path}:{HELPERS.parent.parent}:{HELPERS}"}
+    env = {**FAST, "MUTITASK_MAX_ATTEMPTS": "1", "PYTHONPATH": f"{tmp_path}:{ROOT}:{SCRIPTS}"}
     victim = celery_device(procs, 1, "poison_tasks", "threads", 1, env=env, cwd=tmp_path)
     wait_until(device_is_up(f"device1@{HOST}"), 30, "device1")
     runtime.ledger().publish(1, [("long", codec.encode("long"))])
@@ -194,7 +194,7 @@ def test_a_warm_shutdown_leaves_no_stale_note(procs: Processes, r: redis.Redis, 
     delivery tag, device1 forgets it, device2 runs it, and device1 restarting under its name
     takes nothing from device2."""
     (tmp_path / "celeryconfig.py").write_text("worker_prefetch_multiplier = 2\n")
-    env = {**FAST, "PYTHONPATH": f"{tmp_path}:{HELPERS.parent.parent}:{HELPERS}", "TASK_SECONDS": "2"}
+    env = {**FAST, "PYTHONPATH": f"{tmp_path}:{ROOT}:{SCRIPTS}", "TASK_SECONDS": "2"}
     first = celery_device(procs, 1, "poison_tasks", "threads", 1, env=env, cwd=tmp_path)
     wait_until(device_is_up(f"device1@{HOST}"), 30, "device1")
     runtime.ledger().publish(1, [("T", codec.encode("T")), ("M", codec.encode("M"))])
@@ -223,11 +223,11 @@ def test_a_celeryconfig_that_breaks_the_promises_is_refused(
     procs: Processes, r: redis.Redis, tmp_path: Path, config: str, complaint: str
 ) -> None:
     (tmp_path / "celeryconfig.py").write_text(config)
-    env = {"PYTHONPATH": f"{tmp_path}:{HELPERS.parent.parent}:{HELPERS}"}
+    env = {"PYTHONPATH": f"{tmp_path}:{ROOT}:{SCRIPTS}"}
     device = celery_device(procs, 1, "channel_one", "threads", 1, env=env, cwd=tmp_path)
     assert device.wait(60) == 2
     assert complaint in procs.output(device)
-    server = procs.python(HELPERS / "server.py", "3", name="server", env=env, cwd=tmp_path)
+    server = procs.python(SCRIPTS / "server.py", "3", name="server", env=env, cwd=tmp_path)
     assert server.wait(60) == 2
     out = procs.output(server)
     assert complaint in out and "Traceback" not in out
@@ -237,7 +237,7 @@ def test_a_celeryconfig_that_breaks_the_promises_is_refused(
 def test_reloaded_tasks_go_back_through_back_pressure(procs: Processes, r: redis.Redis, fast: None) -> None:
     """A big reload, no server running: the tasks wait in the channel's backlog, and the
     devices feed them in as they make room; the channel never holds more than its size."""
-    sys.path.insert(0, str(HELPERS.parent.parent / "bench"))
+    sys.path.insert(0, str(ROOT / "bench"))
     from fill import fill_dead_letters
 
     count, size = 3000, 40

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 import redis
-from helpers.paths import HELPERS
+from helpers.paths import SCRIPTS
 from helpers.processes import Processes
 from helpers.runs import run_in_thread
 from helpers.waits import device_is_up, wait_until
@@ -73,7 +73,7 @@ def start_device(procs: Processes, n: int, pool: str, env: dict[str, str]) -> su
     or ``celery worker`` on the prefork pool."""
     env = {"TIME_LIMIT": "0.5", "HANG_SECONDS": "300", **env}
     if pool == "threads":
-        return procs.python(HELPERS / "device.py", str(n), "1", "hang", "--time-limit", "0.5", name=f"d{n}", env=env)
+        return procs.python(SCRIPTS / "device.py", str(n), "1", "hang", "--time-limit", "0.5", name=f"d{n}", env=env)
     return procs.start(worker_command(f"device{n}@%h", include="hang_channel", pool=None), f"d{n}-{pool}", env=env)
 
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import redis
-from helpers.paths import HELPERS
+from helpers.paths import SCRIPTS
 from helpers.processes import Processes
 from helpers.waits import device_is_up, wait_until
 
@@ -78,7 +78,7 @@ def start_device(procs: Processes, pool: str, env: dict[str, str]) -> subprocess
     limit = env["TIME_LIMIT"]
     if pool == "threads":
         args = ["1", "1", "hang", "--time-limit", limit, *(["--retries", env["RETRIES"]] if "RETRIES" in env else [])]
-        return procs.python(HELPERS / "device.py", *args, name=f"device1-{pool}", env=env)
+        return procs.python(SCRIPTS / "device.py", *args, name=f"device1-{pool}", env=env)
     return procs.start(worker_command("device1@%h", include="hang_channel", pool=pool), f"device1-{pool}", env=env)
 
 

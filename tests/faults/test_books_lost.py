@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from helpers.paths import HELPERS
+from helpers.paths import SCRIPTS
 from helpers.processes import Processes
 from helpers.waits import wait_until
 
@@ -44,7 +44,7 @@ def test_redis_back_without_its_data_stops_server_and_devices(procs: Processes, 
                 env=env,
             )
         )
-        server = procs.python(HELPERS / "server.py", "2000", name="server", env=env)
+        server = procs.python(SCRIPTS / "server.py", "2000", name="server", env=env)
         wait_until(lambda: first_client_count(first) >= 300 and done_by_all(first), 120, "300 results")
         first.stop()  # no append-only file: Redis comes back empty
         (tmp_path / "b").mkdir()

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import redis
-from helpers.paths import HELPERS
+from helpers.paths import SCRIPTS
 from helpers.processes import Processes
 from helpers.runs import poison_run, run_in_thread
 from helpers.services import RestartableRedis
@@ -104,7 +104,7 @@ def test_redis_restarted_mid_run_loses_nothing(procs: Processes, restartable_red
     count = 3_000
     for n in (1, 2, 3):
         procs.device(n, 1, env=FAST)
-    server = procs.python(HELPERS / "server.py", str(count), name="server", env=FAST)
+    server = procs.python(SCRIPTS / "server.py", str(count), name="server", env=FAST)
     wait_until(lambda: mt.results_count(1) >= 800, 120, "800 results")
     restartable_redis.stop()  # Redis goes away mid-run...
     restartable_redis.start_again()  # ...and comes back

@@ -10,7 +10,7 @@ and when the cable is back device3 talks to Redis again and its late outcome
 is counted as a task run twice, never saved twice.
 
 A second test gives the server's host a clock 15 s ahead of the others
-(tests/helpers/skewed.py): live devices must not be taken for dead, since
+(tests/scripts/skewed.py): live devices must not be taken for dead, since
 heartbeats are written and judged in Redis's clock, not the hosts'.
 
 Linux and root only (``ip netns add``); skips with the reason elsewhere.
@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import redis
 from helpers.netns import NetnsUnavailable, Network
-from helpers.paths import HELPERS
+from helpers.paths import SCRIPTS
 from helpers.processes import Processes
 from helpers.waits import wait_until
 
@@ -58,7 +58,7 @@ class Cluster:
         return {"MUTITASK_REDIS_URL": self.url, "MUTITASK_BROKER_URL": "", "MUTITASK_DEAD_AFTER": DEAD_AFTER, **extra}
 
     def device(self, procs: Processes, n: int, host: str) -> subprocess.Popen[bytes]:
-        args = [sys.executable, str(HELPERS / "device.py"), str(n), "1", "slow"]
+        args = [sys.executable, str(SCRIPTS / "device.py"), str(n), "1", "slow"]
         return procs.start(self.net.command(host, args), f"device{n}-{host}", env=self.env(SLOW_SECONDS=TASK_SECONDS))
 
     def name(self, n: int, host: str) -> str:
@@ -153,7 +153,7 @@ def test_three_hosts_books_balance_and_a_cut_host_gets_its_tasks_delivered_again
         "the three devices to enter the roster over their links",
     )
     server = procs.start(
-        net.command("h2", [sys.executable, str(HELPERS / "server.py"), str(COUNT), "50"]),
+        net.command("h2", [sys.executable, str(SCRIPTS / "server.py"), str(COUNT), "50"]),
         "server-h2",
         env=cluster.env(),
     )
@@ -225,13 +225,13 @@ def test_a_server_whose_clock_runs_ahead_leaves_live_devices_alone(cluster: Clus
     names = [cluster.name(n, host) for n, host in enumerate(HOSTS, start=1)]
     for n, host in enumerate(HOSTS, start=1):
         procs.start(
-            net.command(host, [sys.executable, str(HELPERS / "device.py"), str(n), "1", "slow"]),
+            net.command(host, [sys.executable, str(SCRIPTS / "device.py"), str(n), "1", "slow"]),
             f"device{n}-{host}",
             env=env,
         )
     wait_until(lambda: set(names) <= set(r.hkeys(keys.DEVICES_INFO)), 60, "the three devices")
     server = procs.start(
-        net.command("h2", [sys.executable, str(HELPERS / "skewed.py"), "15", str(HELPERS / "server.py"), "1"]),
+        net.command("h2", [sys.executable, str(SCRIPTS / "skewed.py"), "15", str(SCRIPTS / "server.py"), "1"]),
         "server-h2",
         env=cluster.env(),
     )

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import pytest
 import redis
-from helpers.paths import HELPERS
+from helpers.paths import SCRIPTS
 from helpers.processes import Processes
 from helpers.runs import run_in_thread
 from helpers.settings import fresh_settings
@@ -76,7 +76,7 @@ def own_redis(procs: Processes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 def padded_devices(procs: Processes, count: int = 2) -> list[subprocess.Popen[bytes]]:
-    """Devices of channel 1 whose results are 4 KB each (tests/helpers/padded_channel.py)."""
+    """Devices of channel 1 whose results are 4 KB each (tests/scripts/padded_channel.py)."""
     devices = [
         procs.start(worker_command(f"device{n}@%h", include="padded_channel", concurrency=2), f"device{n}")
         for n in range(1, count + 1)
@@ -98,7 +98,7 @@ def test_a_device_whose_clock_runs_ahead_keeps_fresh_dead_letters(
     monkeypatch.setenv("MUTITASK_DEAD_LETTER_MAX_AGE", "3600")
     fresh_settings()
     procs.start(
-        [sys.executable, str(HELPERS / "skewed.py"), "7200", str(HELPERS / "device.py"), "1", "1", "failing"],
+        [sys.executable, str(SCRIPTS / "skewed.py"), "7200", str(SCRIPTS / "device.py"), "1", "1", "failing"],
         "device1-skewed",
     )
     wait_until(device_is_up(f"device1@{HOST}"), 60, "the skewed device to start")
@@ -142,7 +142,7 @@ def test_books_lost_to_eviction_name_eviction_not_a_restart(
     that the eviction hits the books every time.)"""
     r = own_redis()
     padded_devices(procs)
-    server = procs.python(HELPERS / "server.py", "3000", "50", name="server")
+    server = procs.python(SCRIPTS / "server.py", "3000", "50", name="server")
     wait_until(lambda: r.client.llen(keys.results(1)) >= 100, 60, "a first hundred results")
     r.client.expire(keys.stats(1), 3600)
     r.client.config_set("maxmemory-policy", "volatile-lru")
@@ -193,7 +193,7 @@ def test_a_full_redis_makes_devices_wait_and_loses_nothing(
     r = own_redis()
     devices = padded_devices(procs)
     r.fill_up_at(2 * MB)  # about 500 of the 900 results fit
-    server = procs.python(HELPERS / "server.py", str(tasks), "50", name="server")
+    server = procs.python(SCRIPTS / "server.py", str(tasks), "50", name="server")
     wait_until(lambda: FULL.search(procs.output(server)), 120, "the server to say that Redis is full")
     met = wait_until(
         lambda: [n for n, d in enumerate(devices, 1) if FULL.search(procs.output(d))], 120, "a device to meet it"
@@ -333,7 +333,7 @@ def test_out_of_memory_is_a_named_error_with_exit_code_7() -> None:
 @pytest.mark.timeout(120)
 def test_an_evicting_redis_is_refused_at_start(procs: Processes, own_redis: Callable[..., OwnRedis]) -> None:
     own_redis("--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru")
-    server = procs.python(HELPERS / "server.py", "10", name="server")
+    server = procs.python(SCRIPTS / "server.py", "10", name="server")
     device = procs.start(worker_command("device1@%h", include="channel_one"), "device1")
     for proc in (server, device):
         assert proc.wait(60) == ExitCode.USAGE, procs.output(proc)
@@ -349,7 +349,7 @@ def test_an_evicting_policy_without_a_limit_is_warned_about(
     own_redis("--maxmemory-policy", "volatile-lru")
     device = procs.start(worker_command("device1@%h", include="channel_one"), "device1")
     wait_until(device_is_up(f"device1@{HOST}"), 60, "device1 to start")
-    server = procs.python(HELPERS / "server.py", "20", name="server")
+    server = procs.python(SCRIPTS / "server.py", "20", name="server")
     assert server.wait(60) == 0, procs.output(server)
     for proc in (server, device):
         assert "maxmemory-policy volatile-lru: harmless while maxmemory is 0" in procs.output(proc)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent.parent
 ROOT = TESTS.parent
-HELPERS = TESTS / "helpers"
+SCRIPTS = TESTS / "scripts"  # run as processes (server.py, device.py, ...) or imported by workers (-I channel_one)
 
 
 def artifacts(fallback: Path) -> Path:

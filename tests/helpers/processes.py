@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
-from helpers.paths import HELPERS, ROOT
+from helpers.paths import ROOT, SCRIPTS
 from mutitask_celery.tools.processes import stop_process_groups
 
 
@@ -38,7 +38,7 @@ class Processes:
         log = self.logdir / f"{name}.log"
         full_env = {
             **os.environ,
-            "PYTHONPATH": os.pathsep.join([str(ROOT), str(HELPERS)]),
+            "PYTHONPATH": os.pathsep.join([str(ROOT), str(SCRIPTS)]),
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
@@ -68,9 +68,9 @@ class Processes:
     def device(
         self, device_id: int, channel: int, behaviour: str = "double", *extra: str, **kw: Any
     ) -> subprocess.Popen[bytes]:
-        """A legacy client script (tests/helpers/device.py) as device ``device_id``."""
+        """A legacy client script (tests/scripts/device.py) as device ``device_id``."""
         return self.python(
-            HELPERS / "device.py",
+            SCRIPTS / "device.py",
             str(device_id),
             str(channel),
             behaviour,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from helpers.paths import HELPERS, ROOT
+from helpers.paths import ROOT, SCRIPTS
 from helpers.processes import Processes
 from helpers.shipped_redis import ShippedRedis
 from helpers.waits import wait_until
@@ -58,7 +58,7 @@ def test_a_run_through_the_shipped_redis_survives_a_restart(procs: Processes, sh
     }
     for n in (1, 2):
         procs.device(n, 1, "paced", env=env)
-    server = procs.python(HELPERS / "server.py", str(COUNT), name="server", env=env)
+    server = procs.python(SCRIPTS / "server.py", str(COUNT), name="server", env=env)
     books = shipped.client()
     wait_until(lambda: books.llen(keys.results(1)) >= COUNT // 4, 120, "a quarter of the results")
     books.close()
@@ -101,7 +101,7 @@ def test_the_shipped_users_work_as_the_guide_says(shipped: ShippedRedis) -> None
         capture_output=True,
         text=True,
         timeout=60,
-        env={"PATH": "/usr/bin:/bin", "MUTITASK_REDIS_URL": shipped.url(), "PYTHONPATH": str(HELPERS.parent.parent)},
+        env={"PATH": "/usr/bin:/bin", "MUTITASK_REDIS_URL": shipped.url(), "PYTHONPATH": str(ROOT)},
     )
     assert out.returncode == 0, out.stderr
     assert shipped.passwords["mutitask"] not in out.stdout + out.stderr

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import redis
-from helpers.paths import HELPERS
+from helpers.paths import SCRIPTS
 from helpers.processes import Processes
 from helpers.runs import poison_run, run_in_thread
 from helpers.services import Broker
@@ -52,7 +52,7 @@ def expected_double(n: int) -> str:
 def test_legacy_scripts_run_every_task_once(procs: Processes, r: redis.Redis) -> None:
     procs.device(1, 1)
     procs.device(2, 1)
-    server = procs.python(HELPERS / "server.py", "300", "20", name="server")
+    server = procs.python(SCRIPTS / "server.py", "300", "20", name="server")
     assert server.wait(120) == 0, procs.output(server)
     bad = sum(1 for n in range(300) if expected_double(n))
     assert f"channel 1: published 300, succeeded {300 - bad}, failed {bad}" in procs.output(server)
@@ -109,7 +109,7 @@ def test_back_pressure_never_exceeds_channel_size(procs: Processes, r: redis.Red
 def test_two_channels_each_with_its_devices(procs: Processes, r: redis.Redis) -> None:
     procs.device(1, 1)
     procs.device(2, 2, "echo")
-    server = procs.python(HELPERS / "server.py", "40", "10", "2", name="server")
+    server = procs.python(SCRIPTS / "server.py", "40", "10", "2", name="server")
     assert server.wait(120) == 0, procs.output(server)
     summary = summary_of(procs, server)
     assert summary["1"]["published"] == summary["2"]["published"] == 40
@@ -212,7 +212,7 @@ def test_server_script_exits_zero_with_piped_commands(procs: Processes, r: redis
     commands = tmp_path / "commands.txt"
     commands.write_text("help\nnot_a_command\nreset_task_max 3\n")
     with open(commands, "rb") as stdin:
-        server = procs.python(HELPERS / "server.py", "30", name="server", stdin=stdin)
+        server = procs.python(SCRIPTS / "server.py", "30", name="server", stdin=stdin)
         assert server.wait(120) == 0
     out = procs.output(server)
     assert "unknown command 'not_a_command'" in out

@@ -14,7 +14,7 @@ import termios
 import threading
 
 import redis
-from helpers.paths import HELPERS, ROOT
+from helpers.paths import ROOT, SCRIPTS
 from helpers.processes import Processes
 from helpers.waits import device_is_up, wait_until
 
@@ -74,7 +74,7 @@ def test_the_bar_draws_in_the_bottom_line_and_gives_the_screen_back() -> None:
 def test_log_lines_when_the_output_is_not_a_terminal(procs: Processes, r: redis.Redis) -> None:
     procs.device(1, 1, "slow", env={"SLOW_SECONDS": "0.05"})
     wait_until(device_is_up(D1), 30, "device1")
-    server = procs.python(HELPERS / "server.py", "60", "5", name="server", env={"MUTITASK_PROGRESS_EVERY": "0.3"})
+    server = procs.python(SCRIPTS / "server.py", "60", "5", name="server", env={"MUTITASK_PROGRESS_EVERY": "0.3"})
     assert server.wait(60) == 0
     out = procs.output(server)
     lines = [line for line in out.splitlines() if "mutitask_celery.serving.progress: channel 1: published" in line]
@@ -88,9 +88,9 @@ def test_live_bar_on_a_terminal_keeps_the_console_usable(procs: Processes, r: re
     wait_until(device_is_up(D1), 30, "device1")
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HELPERS)]), "TERM": "xterm"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(SCRIPTS)]), "TERM": "xterm"}
     server = subprocess.Popen(
-        [sys.executable, str(HELPERS / "server.py"), "100", "5"],
+        [sys.executable, str(SCRIPTS / "server.py"), "100", "5"],
         stdin=follower,
         stdout=follower,
         stderr=follower,

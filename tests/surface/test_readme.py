@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from helpers.paths import HELPERS, ROOT
+from helpers.paths import ROOT, SCRIPTS
 from helpers.processes import Processes
 from helpers.waits import device_is_up, wait_until
 
@@ -60,7 +60,7 @@ def shell_env(**extra: str) -> dict[str, str]:
     return {
         **os.environ,
         "PATH": VENV_BIN + os.pathsep + os.environ["PATH"],
-        "PYTHONPATH": os.pathsep.join([str(ROOT), str(HELPERS)]),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(SCRIPTS)]),
         "PYTHONUNBUFFERED": "1",
         **extra,
     }
@@ -217,7 +217,7 @@ def test_flower(procs: Processes, r: redis.Redis) -> None:
 def fill_dead_letters(procs: Processes) -> None:
     procs.device(1, 1)  # 'double': None for multiples of 10, ValueError for multiples of 13
     wait_until(device_is_up(D1), 30, "device1")
-    server = procs.python(HELPERS / "server.py", "30", name="server")
+    server = procs.python(SCRIPTS / "server.py", "30", name="server")
     assert server.wait(60) == 0
     procs.stop_all()  # reloaded tasks stay on the queue
     assert mt.failed_count(1) == 5

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers.paths import HELPERS
+from helpers.paths import ROOT, SCRIPTS
 from helpers.processes import Processes
 from helpers.shipped_redis import self_signed_certificate
 from helpers.waits import wait_until
@@ -67,7 +67,7 @@ def tls_redis(procs: Processes, tmp_path: Path) -> str:
 def test_a_run_over_tls_with_a_password_that_is_never_shown(procs: Processes, tls_redis: str) -> None:
     env = {"MUTITASK_REDIS_URL": tls_redis}
     device = procs.device(1, 1, "echo", env=env)
-    server = procs.python(HELPERS / "server.py", "20", name="server", env=env)
+    server = procs.python(SCRIPTS / "server.py", "20", name="server", env=env)
     assert server.wait(120) == 0, procs.output(server)
     assert "channel 1: published 20, succeeded 20, failed 0" in procs.output(server)
     device.terminate()
@@ -79,11 +79,11 @@ def test_a_run_over_tls_with_a_password_that_is_never_shown(procs: Processes, tl
 def test_wrong_password_is_a_clear_error_within_seconds(procs: Processes, tls_redis: str) -> None:
     wrong = tls_redis.replace(PASSWORD, "not-the-password")
     out = subprocess.run(
-        [sys.executable, str(HELPERS / "server.py"), "3"],
+        [sys.executable, str(SCRIPTS / "server.py"), "3"],
         capture_output=True,
         text=True,
         timeout=10,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(HELPERS.parent.parent), "MUTITASK_REDIS_URL": wrong},
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "MUTITASK_REDIS_URL": wrong},
     )
     assert out.returncode == 3 and "Traceback" not in out.stderr
     assert "refused the password" in out.stderr and "rediss://:***@127.0.0.1" in out.stderr
