@@ -1,6 +1,6 @@
 """Draw docs/web-overview.png, the README's picture of ``mutitask web``.
 
-A private redis-server, three 'paced' test devices (tests/helpers/device.py: double
+A private redis-server, three 'paced' test devices (tests/scripts/device.py: double
 the task after 10 ms; multiples of 10 return None, of 13 raise) working 20,000 tasks
 on channel 1 and 10,000 on channel 2 at ChannelSize 50, the page, and headless
 Chromium taking the picture a minute into the run. Run: .venv/bin/python scripts/web_screenshot.py
@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from helpers.browser import FLAGS, Browser, chromium_binary  # noqa: E402
+from helpers.paths import SCRIPTS  # noqa: E402
 
 from mutitask_celery import runtime, settings  # noqa: E402
 from mutitask_celery.serving import serve  # noqa: E402
@@ -40,7 +41,7 @@ def main() -> int:
             **os.environ,
             "MUTITASK_REDIS_URL": server.url,
             "MUTITASK_BROKER_URL": "",
-            "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests' / 'helpers'}",
+            "PYTHONPATH": f"{ROOT}{os.pathsep}{SCRIPTS}",
             "MUTITASK_WEB_PASSWORD": "",
         }
         os.environ.update({k: env[k] for k in ("MUTITASK_REDIS_URL", "MUTITASK_BROKER_URL")})
@@ -51,7 +52,7 @@ def main() -> int:
             started.append(subprocess.Popen(args, env=env, stdout=quiet, stderr=quiet, start_new_session=True))
 
         try:
-            helper = str(ROOT / "tests" / "helpers" / "device.py")
+            helper = str(SCRIPTS / "device.py")
             for device, channel in ((1, 1), (2, 1), (3, 2)):
                 start(sys.executable, helper, str(device), str(channel), "paced")
             port = free_port()

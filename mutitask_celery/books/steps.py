@@ -4,7 +4,7 @@ A step is called with keywords (``FINISH.on(client)(pending=..., device=..., ...
 module puts them in the positions the script reads: nobody counts positions by hand, and a
 name left out or misspelt is an error here rather than a wrong key in Redis. Each script
 names the same entries as ``local``\\ s at its top (``local pending = KEYS[1]``), and
-``tests/test_lua.py`` checks the two lists are equal, so Python and Lua cannot drift apart.
+``tests/unit/test_lua.py`` checks the two lists are equal, so Python and Lua cannot drift apart.
 
 Some steps take a tail of any length after their named entries (``more_keys``,
 ``more_args``: a list under that keyword), such as the dead-letter record of each task a

@@ -1,0 +1,177 @@
+"""A user's save function is called at most once a task, however many times the task ran (a
+device taken for dead that was only frozen, a message delivered twice); and a task buried as
+'worker lost' while its device was only slow to answer (frozen, or one long C call holding the
+GIL) gets its late success instead of the burial. Real devices, real SIGSTOP/SIGCONT."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from helpers.processes import Processes
+from helpers.runs import run_in_thread
+from helpers.settings import FAST, fresh_settings
+from helpers.waits import device_is_up, wait_until
+
+import mutitask_celery as mt
+from mutitask_celery import codec, keys, runtime
+from mutitask_celery.books.ledger import Claimed
+from mutitask_celery.books.recovery.reaper import Reaper
+from mutitask_celery.control import Taken
+
+HOST = socket.gethostname()
+
+
+def saved(path: Path) -> list[str]:
+    """The lines the devices' save function wrote (one a result), sorted."""
+    return sorted(path.read_text().split()) if path.exists() else []
+
+
+def freeze(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGSTOP)
+
+
+def thaw(proc: subprocess.Popen[bytes]) -> None:
+    os.killpg(proc.pid, signal.SIGCONT)
+
+
+def stat(r: redis.Redis, name: str) -> int:
+    return int(r.hget(keys.stats(1), name) or 0)
+
+
+def all_runs_finished(procs: Processes, devices: list[subprocess.Popen[bytes]], r: redis.Redis) -> bool:
+    """Every task run a device started has reached the books (``timed`` counts each outcome,
+    a run that came second included): a frozen device's late runs are over too."""
+    started = sum(len(procs.starts(d)) for d in devices)
+    return started > 0 and stat(r, "timed") >= started
+
+
+def finish_run(thread: threading.Thread, out: dict[str, Any], within: float = 180) -> Any:
+    thread.join(within)
+    assert not thread.is_alive(), "the run did not complete"
+    return out["summary"]
+
+
+@pytest.mark.timeout(300)
+def test_a_device_thawed_after_its_tasks_ran_elsewhere_does_not_save_them_again(
+    procs: Processes, r: redis.Redis, tmp_path: Path, fast_reaper: None
+) -> None:
+    """Device 1 is frozen (SIGSTOP) twice in the middle of a task, each time long enough to be
+    taken for dead: device 2 runs what it held and saves it; thawed, device 1 finishes its
+    runs. Each result is saved once, and the runs that came second are counted."""
+    save_file = tmp_path / "saved.txt"
+    env = {**FAST, "SLOW_SECONDS": "1", "SAVE_FILE": str(save_file)}
+    zombie = procs.device(1, 1, "slow", "--save-file", env=env)
+    other = procs.device(2, 1, "slow", "--save-file", env=env)
+    for n in (1, 2):
+        wait_until(device_is_up(f"device{n}@{HOST}"), 30, f"device{n}")
+    tasks = [f"t{n}" for n in range(24)]
+    thread, out = run_in_thread(tasks, channel_size=10)
+    seen = 0.0
+    for _ in range(2):
+        start = wait_until(lambda s=seen: procs.starts(zombie, after=s), 60, "device1 to start a task")[-1]
+        freeze(zombie)
+        wait_until(lambda: r.hlen(keys.inhand(f"device1@{HOST}")) == 0, 30, "device1's messages taken back")
+        thaw(zombie)
+        seen = start.at
+    summary = finish_run(thread, out)
+    wait_until(lambda: all_runs_finished(procs, [zombie, other], r), 60, "device1's late runs to end")
+    assert saved(save_file) == sorted(tasks)  # each result saved exactly once
+    assert summary.failed == 0 and mt.failed_count(1) == 0
+    assert stat(r, "duplicates") >= 2  # the tasks device1 was running when frozen ran twice, and are counted
+
+
+@pytest.mark.timeout(300)
+def test_a_device_frozen_while_saving_gets_its_save_counted_when_it_comes_back(
+    procs: Processes, r: redis.Redis, tmp_path: Path, fast_reaper: None
+) -> None:
+    """Device 1 is frozen inside its save function: the result may or may not be saved, so the
+    reaper does not run the task again; it buries it as 'worker lost while saving'. Thawed,
+    device 1 finishes saving, and its success replaces the burial."""
+    save_file = tmp_path / "saved.txt"
+    env = {**FAST, "SLOW_SECONDS": "0.05", "SAVE_FILE": str(save_file), "SAVE_SECONDS": "3"}
+    zombie = procs.device(1, 1, "slow", "--save-file", env=env)
+    wait_until(device_is_up(f"device1@{HOST}"), 30, "device1")
+    tasks = ["slowsave", *[f"t{n}" for n in range(10)]]
+    thread, out = run_in_thread(tasks, channel_size=10)
+    wait_until(lambda: "SAVING slowsave" in procs.output(zombie), 60, "device1 to save the slow one")
+    freeze(zombie)
+    other = procs.device(2, 1, "slow", "--save-file", env=env)
+    summary = finish_run(thread, out)  # device 2 runs the rest; the frozen save is buried meanwhile
+    (record,) = mt.failed(1)
+    assert record.data == "slowsave" and record.reason.startswith("worker lost while saving")
+    assert summary.failed == 1
+    thaw(zombie)
+    wait_until(lambda: mt.failed_count(1) == 0, 60, "device1's late success to replace the burial")
+    wait_until(lambda: all_runs_finished(procs, [zombie, other], r), 60, "device1's late runs to end")
+    assert saved(save_file) == sorted(tasks)  # saved once: by device 1, never by a second run
+    assert stat(r, "revived") == 1
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("save", ["default", "file"])
+def test_a_task_holding_the_gil_past_dead_after_keeps_its_late_success(
+    procs: Processes, r: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, save: str
+) -> None:
+    """One long C call holds the GIL on a threads-pool device, so its heartbeat thread cannot
+    run: the device is taken for dead and, with MUTITASK_MAX_ATTEMPTS=1, the task buried as
+    'worker lost'. The device lived: its result, when the call returns, replaces the burial."""
+    monkeypatch.setenv("MUTITASK_DEAD_AFTER", "3")
+    monkeypatch.setenv("MUTITASK_MAX_ATTEMPTS", "1")
+    fresh_settings()
+    save_file = tmp_path / "saved.txt"
+    env = {**FAST, "MUTITASK_MAX_ATTEMPTS": "1", "GIL_N": "1e9", "SAVE_FILE": str(save_file)}
+    device = procs.device(1, 1, "gil", *(["--save-file"] if save == "file" else []), env=env)
+    wait_until(device_is_up(f"device1@{HOST}"), 30, "device1")
+    tasks = ["gil0", "a", "b"]
+    thread, out = run_in_thread(tasks, channel_size=10)
+    wait_until(lambda: mt.failed_count(1) == 1, 120, "the GIL-holding task to be buried as worker lost")
+    assert mt.failed(1)[0].reason.startswith("worker lost")
+    finish_run(thread, out)
+    wait_until(lambda: mt.failed_count(1) == 0, 120, "its late success to replace the burial")
+    wait_until(lambda: all_runs_finished(procs, [device], r), 60, "every run to end")
+    results = saved(save_file) if save == "file" else sorted(mt.results(1, limit=None))
+    assert results == sorted(tasks)  # saved once, the late one included
+    assert stat(r, "revived") == 1
+
+
+@pytest.mark.parametrize("saving", [False, True])
+def test_a_device_that_dies_holding_claims_loses_its_tasks_only_if_it_began_saving(
+    r: redis.Redis, saving: bool
+) -> None:
+    """A device claims a message's tasks, then marks its claims saving just before it calls its
+    save function. Dead before the mark (in the claim's round trip, say), it saved nothing:
+    the tasks run again. Dead after it, a result may be saved: 'worker lost while saving'."""
+    ledger = runtime.ledger()
+    device, tag, ids = "device7@test", "tag-7", [f"task-{n}" for n in range(3)]
+    ledger.publish(1, [(t, codec.encode(t)) for t in ids], batch=3)
+    raw = r.rpop(keys.queue(1))  # device 7 took the message...
+    envelope = json.loads(raw)
+    message_id = envelope["headers"]["id"]
+    r.hset(keys.KOMBU_UNACKED, tag, json.dumps([envelope, "", keys.queue(1)]))
+    r.zadd(keys.KOMBU_UNACKED_INDEX, {tag: 1700000000.5})
+    devices = runtime.devices()
+    devices.heard(device, in_hand=Taken(message_id, tag, 3, 1))  # ...noted it...
+    devices.started(device, 1, message_id)  # ...ran its tasks...
+    assert ledger.claim(1, device, message_id, ids) == [Claimed.CLAIMED] * 3  # ...and claimed them
+    if saving:
+        assert ledger.mark_claims(1, device, message_id, ids, "saving") == 3
+    reaper = runtime.recovery()
+    assert isinstance(reaper, Reaper)
+    reaper.recover(device)  # then it died
+    assert r.hlen(keys.claims(1)) == 0
+    if saving:
+        assert sorted(str(f.data) for f in mt.failed(1)) == ids
+        assert all(f.reason.startswith("worker lost while saving") for f in mt.failed(1))
+        assert ledger.outstanding(1) == 0
+    else:
+        assert mt.failed_count(1) == 0 and ledger.outstanding(1) == 3
+        assert r.llen(keys.queue(1)) == 3  # each back alone, to run again
