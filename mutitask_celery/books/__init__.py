@@ -23,7 +23,7 @@ The words the code and its comments use, in the order a task meets them:
   a task that was running when its device died; it goes back alone, flagged, and runs
   *alone* (nothing beside it on that device, see ``device.isolation``).
 - *reap*: a device silent for ``dead_after`` is dead; any process gives back what it held
-  (``recovery.Reaper``). *Bury*: dead-letter a task that died ``max_attempts`` times (a poison
+  (``recovery.reaper.Reaper``). *Bury*: dead-letter a task that died ``max_attempts`` times (a poison
   task) as ``worker lost``. *Revived*: a buried task whose late success came after all.
 - *sweep*: the server's last net: outstanding tasks on no queue, in no unacked entry, in no
   note (*strays*, *orphans*) are put back on their queue.

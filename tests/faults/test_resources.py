@@ -142,13 +142,15 @@ def test_books_lost_to_eviction_name_eviction_not_a_restart(
     that the eviction hits the books every time.)"""
     r = own_redis()
     padded_devices(procs)
+    # Paused until Redis is about to evict: the run (3,000 tasks in about a second here) once
+    # ended before the limit was set, and nothing was evicted.
+    assert len(mt.pause()) == 2
     server = procs.python(SCRIPTS / "server.py", "3000", "50", name="server")
-    wait_until(lambda: r.client.llen(keys.results(1)) >= 100, 60, "a first hundred results")
+    wait_until(lambda: r.client.hlen(keys.pending(1)) >= 10, 60, "tasks in the channel")
     r.client.expire(keys.stats(1), 3600)
     r.client.config_set("maxmemory-policy", "volatile-lru")
-    # Less room than the results of the tasks already in the channel take (4 KB each, ChannelSize
-    # 50): those alone fill it, even if the server stops publishing as Redis nears its limit.
-    r.fill_up_at(64 * 1024)
+    assert len(mt.start()) == 2
+    r.fill_up_at(64 * 1024)  # 16 results of 4 KB take it
     wait_until(lambda: r.client.ttl(keys.stats(1)) < 0, 60, "Redis to evict the channel's counters")
     r.client.config_set("maxmemory", 0)
     assert server.wait(120) == ExitCode.BOOKS_LOST, procs.output(server)
