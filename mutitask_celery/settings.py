@@ -130,7 +130,8 @@ SETTINGS: tuple[Setting, ...] = (
         "",
         _key_prefix,
         "Put in front of every Redis key of the run, kombu's too (e.g. team2:), so that two deployments "
-        "can share one Redis without seeing each other; queues keep their names (channel1).",
+        "can share one Redis without seeing each other; queues keep their names (channel1). On RabbitMQ, "
+        "give each deployment its own vhost as well.",
     ),
     Setting(
         "dead_after",
