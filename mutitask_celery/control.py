@@ -339,10 +339,10 @@ class Devices:
     def apply(self, action: str, selectors: Iterable[str | int] | None = None) -> list[str]:
         """Do one of :data:`VERBS` to the devices ``selectors`` name (None: all); returns the
         names that did it."""
-        act = {"pause": self.pause, "start": self.start, "stop": self.stop}.get(action)
-        if act is None:
+        if action not in VERBS:
             raise ConfigurationError(f"no such action {action!r}: one of {', '.join(VERBS)}")
-        return act(selectors)
+        done: list[str] = getattr(self, action)(selectors)  # each word of VERBS is a method's name
+        return done
 
     def pause(self, selectors: Iterable[str | int] | None = None) -> list[str]:
         """Pause devices (all when ``selectors`` is None); returns those that confirmed.

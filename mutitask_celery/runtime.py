@@ -63,11 +63,12 @@ def keys(conf: settings.Settings | None = None, client: redis.Redis | None = Non
     conf = conf or _fresh()
     if _keys is not None:
         return _keys
-    cluster = cluster_enabled(client or redis_client(conf.redis_url))
+    client = client or redis_client(conf.redis_url)
+    cluster = cluster_enabled(client)
     if cluster is None:
         return Keys(conf.key_prefix)
     if cluster:
-        check_cluster_slot(client or redis_client(conf.redis_url), CLUSTER_TAG)
+        check_cluster_slot(client, CLUSTER_TAG)
         if any(x is not None for x in (_transport, _store, _devices, _rate_limits)):
             reset(conf)  # built with a server's names before the cluster answered
     _keys = Keys(conf.key_prefix, cluster)

@@ -20,7 +20,7 @@ from mutitask_celery.books.dead_letters import FailedTask
 from mutitask_celery.books.ledger import DEFAULT_CHANNEL_SIZE
 from mutitask_celery.channels import check_channel
 from mutitask_celery.connection import text
-from mutitask_celery.control import Device
+from mutitask_celery.control import VERBS, Device
 from mutitask_celery.errors import ConfigurationError
 
 LIST_CUT = 300  # characters of a task (or reason) shown in a list
@@ -206,7 +206,7 @@ def act_on_devices(action: str, body: dict[str, Any]) -> dict[str, Any]:
     """Pause, start or stop devices: ``{"devices": "all"}`` or ``{"devices": [names]}``;
     returns those that confirmed (a stop: those that ended, and under ``stopping`` those still
     finishing a task, with what they run)."""
-    if action not in ("pause", "start", "stop"):
+    if action not in VERBS:
         raise ConfigurationError(f"no such action {action!r}: pause, start or stop")
     chosen = body.get("devices", "all")
     if chosen != "all" and not (isinstance(chosen, list) and chosen and all(isinstance(d, str) for d in chosen)):
