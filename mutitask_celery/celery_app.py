@@ -113,7 +113,7 @@ def apply_settings(conf: _settings.Settings) -> None:
     """Point the app at the broker of ``conf``, dropping connections to another one."""
     global _applied_prefix
     options = dict(app.conf.broker_transport_options or {})
-    prefix = conf.key_prefix if conf.broker.startswith(("redis", "rediss", "unix")) else ""
+    prefix = conf.key_prefix if conf.broker.startswith(("redis", "unix")) else ""  # rediss too
     found = options.get("global_keyprefix")
     ours = found is None or found == _applied_prefix  # else celeryconfig.py's: check_compatible judges it
     if ours and (found or "") != prefix:  # kombu's keys carry the run's prefix too

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PUBLISHER = "server"  # the writer whose publish steps self.keys.steps keeps (one server per channel)
+PUBLISHER = "server"  # the writer whose publish steps steps:<writer> keeps (one server per channel)
 DEFAULT_CHANNEL_SIZE = 50  # the seed's, for a channel whose server never said
 TARGET_MESSAGE_SECONDS = 0.1  # work one message should carry: short tasks travel together
 MAX_BATCH = 500
