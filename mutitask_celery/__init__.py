@@ -26,7 +26,7 @@ from mutitask_celery.api import (
     start,
     stop,
 )
-from mutitask_celery.books.dead_letters import FailedTask
+from mutitask_celery.books.records import FailedTask
 from mutitask_celery.celery_app import app
 from mutitask_celery.channels import TaskFormat, register_channel
 from mutitask_celery.control import Device, DeviceState

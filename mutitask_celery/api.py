@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from mutitask_celery import codec, runtime
-from mutitask_celery.books.dead_letters import FailedTask
+from mutitask_celery.books.records import FailedTask
 from mutitask_celery.channels import check_channel
 from mutitask_celery.control import Device
 

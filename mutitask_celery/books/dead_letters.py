@@ -21,209 +21,24 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from enum import Enum
-from typing import Any, ClassVar, cast
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import cast
 
 import redis
 
 from mutitask_celery import codec
 from mutitask_celery.books import messages, steps
+from mutitask_celery.books.records import RECORD_VERSION, FailedTask, decode_record, hash_fields
 from mutitask_celery.connection import raw_twin, redis_now, text
 from mutitask_celery.errors import RecordNotFound
 from mutitask_celery.keys import DEFAULT, Keys
-from mutitask_celery.tables import local_time
 
 log = logging.getLogger(__name__)
 
-RECORD_VERSION = 1
 BATCH = 2000  # records a Lua step deletes: big enough to be quick, small enough not to stall Redis
 RELOAD_PAGE = 8000  # records a reload step moves (about 50 ms of Redis's time)
 
 PRUNE_BUDGET = 1000
-
-
-class Kind(str, Enum):
-    """How a record field reads from its hash, leaves :meth:`FailedTask.as_dict` and shows.
-
-    The value is the word the web page's script knows it by (``mt.field`` in
-    ``static/common.js``), so a new field of a known kind shows without touching the script.
-    """
-
-    WORD = "word"  # a short text (an id, a device's name): shown whole
-    TEXT = "text"  # a text that may be long (a reason, a traceback): cut where shown
-    INT = "int"
-    TIME = "time"  # Unix seconds in Redis's clock
-    VALUE = "value"  # a task's data or result as the codec wrote it (a frame, for a big task)
-
-    def read(self, raw: str | bytes) -> Any:
-        """The value from a hash field that a raw client read (see :func:`_fields`)."""
-        if self is Kind.VALUE:
-            return codec.decode(raw)
-        value = text(raw)
-        if self is Kind.INT:
-            return int(value)
-        if self is Kind.TIME:
-            return float(value)
-        return value
-
-    @property
-    def long(self) -> bool:
-        """Cut where it is shown, with its whole size beside it: one field may be megabytes."""
-        return self in (Kind.TEXT, Kind.VALUE)
-
-
-@dataclass(frozen=True)
-class Column:
-    """A field's column in ``mutitask failed list``: its header, its place from the left (the
-    table keeps short fields first and long texts last, not the record's order), and the
-    characters it shows of a long text."""
-
-    header: str
-    place: int
-    width: int | None = None
-
-
-class _Required:
-    def __repr__(self) -> str:
-        return "REQUIRED"
-
-
-REQUIRED: Any = _Required()  # a record whose hash lacks this field is unreadable
-
-
-@dataclass(frozen=True)
-class Field:
-    """One field of a dead-letter record, declared once on :class:`FailedTask`; the store's
-    decoder, :meth:`FailedTask.as_dict`, the web page and ``mutitask failed`` all read it.
-
-    ``absent`` is the value when the hash lacks the field or holds it empty (records written
-    before the field existed), or :data:`REQUIRED`. ``label`` is its name on the web page
-    (None: not shown there); ``listed``: a column of the page's lists; ``block``: a block of
-    its own in a record's view rather than a row (a text that runs to many lines).
-    """
-
-    name: str
-    kind: Kind
-    absent: Any = REQUIRED
-    column: Column | None = None
-    label: str | None = None
-    listed: bool = False
-    block: bool = False
-
-    def read(self, raw: Mapping[str, str | bytes]) -> Any:
-        """This field of a record's hash; raises ``KeyError`` when it is required and missing,
-        ``ValueError`` or ``TypeError`` when it cannot be read."""
-        value = raw.get(self.name)
-        if self.absent is REQUIRED:
-            if value is None:
-                raise KeyError(self.name)
-        elif not value:
-            return self.absent
-        return self.kind.read(value)
-
-    def export(self, value: Any) -> Any:
-        """The value as :meth:`FailedTask.as_dict` gives it: a task's data or result as its
-        text (:func:`.codec.to_text`), a result that is absent as None."""
-        if self.kind is not Kind.VALUE or (value is None and self.absent is None):
-            return value
-        return codec.to_text(value)
-
-    def cell(self, exported: Any) -> str:
-        """The value (as :meth:`export` gave it) in its column of ``mutitask failed list``."""
-        if self.kind is Kind.TIME:
-            return local_time(exported)
-        cell = str(exported)
-        width = self.column.width if self.column else None
-        if width is None or len(cell) <= width:
-            return cell
-        return cell[:width] + ("..." if self.kind is Kind.VALUE else "")  # else its start reads as a whole value
-
-
-def _record(kind: Kind, absent: Any = REQUIRED, **shown: Any) -> dict[str, Any]:
-    """A :class:`FailedTask` field's metadata: how it is stored and shown (see :class:`Field`)."""
-    return {"record": {"kind": kind, "absent": absent, **shown}}
-
-
-@dataclass(frozen=True)
-class FailedTask:
-    """One dead-letter record.
-
-    Each field is declared once, here, with how its hash field reads and where it shows
-    (:class:`Field`); :data:`FIELDS` collects them in this order, which is the order of
-    :meth:`as_dict`, the web page's lists and ``mutitask failed show``. A new field is a line
-    here (with ``absent``: records written before it lack it) and its value in
-    ``lua/dead_letter.lua``'s writer; the pages lay it out by ``label``, ``listed`` and
-    ``block`` and show it by its :class:`Kind`. The hash also holds ``v``
-    (:data:`RECORD_VERSION`) and ``claim`` (read only by the Lua steps: see ``lua/claim.lua``).
-    """
-
-    id: str = field(metadata=_record(Kind.WORD, column=Column("ID", 1)))
-    channel: int = field(metadata=_record(Kind.INT, column=Column("CH", 2), label="Channel", listed=True))
-    data: Any = field(  # the task exactly as the generator yielded it
-        metadata=_record(Kind.VALUE, column=Column("TASK", 7, 40), label="Task", listed=True, block=True)
-    )
-    reason: str = field(metadata=_record(Kind.TEXT, "", column=Column("REASON", 6, 40), label="Reason", listed=True))
-    traceback: str = field(metadata=_record(Kind.TEXT, "", label="Traceback", block=True))
-    device: str = field(metadata=_record(Kind.WORD, "", column=Column("DEVICE", 5), label="Device", listed=True))
-    first_failed: float = field(metadata=_record(Kind.TIME, 0.0, label="First failed"))
-    last_failed: float = field(
-        metadata=_record(Kind.TIME, 0.0, column=Column("LAST FAILED", 4), label="Last failed", listed=True)
-    )
-    failures: int = field(metadata=_record(Kind.INT, 1, column=Column("FAILS", 3), label="Failures", listed=True))
-    result: Any = field(  # kept when the save function failed
-        default=None, metadata=_record(Kind.VALUE, None, label="Result kept", block=True)
-    )
-
-    FIELDS: ClassVar[tuple[Field, ...]]
-
-    @classmethod
-    def from_hash(cls, raw: Mapping[str, str | bytes]) -> FailedTask:
-        """A record from its hash's fields (text, but a task's data may be a frame: see
-        :func:`_fields`); raises ``KeyError``, ``ValueError`` or ``TypeError`` when it cannot
-        be read."""
-        return cls(**{f.name: f.read(raw) for f in cls.FIELDS})
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-friendly form (task data and result as their JSON text values)."""
-        return {f.name: f.export(getattr(self, f.name)) for f in self.FIELDS}
-
-
-FailedTask.FIELDS = tuple(Field(name=f.name, **f.metadata["record"]) for f in fields(FailedTask))
-_FRAMES = {f.name.encode() for f in FailedTask.FIELDS if f.kind is Kind.VALUE}  # fields that may hold a frame
-_COLUMNS = sorted(((f.column, f) for f in FailedTask.FIELDS if f.column is not None), key=lambda c: c[0].place)
-
-
-def table_rows(records: Sequence[FailedTask]) -> list[tuple[str, ...]]:
-    """Rows of ``mutitask failed list``, the header first: the fields with a :class:`Column`."""
-    rows = [tuple(column.header for column, _ in _COLUMNS)]
-    for record in records:
-        exported = record.as_dict()
-        rows.append(tuple(f.cell(exported[f.name]) for _, f in _COLUMNS))
-    return rows
-
-
-def _fields(raw: dict[bytes, bytes]) -> dict[str, str | bytes]:
-    """A record's fields as Redis gave them to a raw client: text, but a task's data that is a
-    frame stays ``bytes`` (see :func:`.codec.encode_binary`)."""
-    return {k.decode(): v if k in _FRAMES and codec.is_frame(v) else v.decode(errors="replace") for k, v in raw.items()}
-
-
-def decode_record(raw: Mapping[str, str | bytes]) -> FailedTask | None:
-    """A record from its Redis hash, or None (with a warning) when it cannot be read: written
-    by a newer version, or a field unreadable. Its fields are text, but a task's data may be
-    a frame (see :func:`_fields`)."""
-    name = text(raw.get("id", "?"))
-    try:
-        version = int(text(raw.get("v", "0")))
-        if version > RECORD_VERSION:
-            log.warning("skipping dead-letter record %s: written by a newer version (v%s)", name, version)
-            return None
-        return FailedTask.from_hash(raw)
-    except (KeyError, ValueError, TypeError) as exc:
-        log.warning("skipping unreadable dead-letter record %s: %s", name, exc)
-        return None
 
 
 def _cut(text: str) -> str:
@@ -331,7 +146,7 @@ class RedisDeadLetterStore:
         records = []
         for raw in pipe.execute():
             if raw:
-                record = decode_record(_fields(raw))
+                record = decode_record(hash_fields(raw))
                 if record is not None:
                     records.append(record)
         return records
@@ -344,7 +159,7 @@ class RedisDeadLetterStore:
     def get(self, task_id: str) -> FailedTask:
         """One record; raises :class:`RecordNotFound` (also for one that cannot be read)."""
         raw = raw_twin(self.client).hgetall(self.keys.dead_record(task_id))
-        record = decode_record(_fields(cast("dict[bytes, bytes]", raw))) if raw else None
+        record = decode_record(hash_fields(cast("dict[bytes, bytes]", raw))) if raw else None
         if record is None:
             raise RecordNotFound(task_id)
         return record

@@ -14,8 +14,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from mutitask_celery import api, runtime, settings
-from mutitask_celery.books.dead_letters import FailedTask, Kind, table_rows
 from mutitask_celery.books.rate_limits import describe, parse_rate
+from mutitask_celery.books.records import FailedTask, Kind, table_rows
 from mutitask_celery.connection import check_redis
 from mutitask_celery.control import STOP_WAIT, VERBS, Devices, StopReport
 from mutitask_celery.errors import BrokerUnavailable, ConfigurationError, ExitCode, RecordNotFound

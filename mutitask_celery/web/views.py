@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from mutitask_celery import runtime
-from mutitask_celery.books.dead_letters import FailedTask
 from mutitask_celery.books.ledger import DEFAULT_CHANNEL_SIZE
+from mutitask_celery.books.records import FailedTask
 from mutitask_celery.channels import check_channel
 from mutitask_celery.connection import text
 from mutitask_celery.control import VERBS, Device

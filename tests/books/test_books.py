@@ -14,9 +14,9 @@ from helpers.settings import fresh_settings
 
 import mutitask_celery as mt
 from mutitask_celery import codec, keys, runtime
-from mutitask_celery.books import messages
-from mutitask_celery.books.dead_letters import FailedTask, decode_record, table_rows
+from mutitask_celery.books import messages, records, scripts
 from mutitask_celery.books.ledger import Outcome
+from mutitask_celery.books.records import FailedTask, decode_record, table_rows
 from mutitask_celery.serving.console import Console
 from mutitask_celery.serving.producer import Producer
 
@@ -100,6 +100,24 @@ def test_a_record_is_stored_with_the_fields_its_type_declares(r: redis.Redis) ->
     names = [f.name for f in FailedTask.FIELDS]
     assert names == [f.name for f in dataclasses.fields(FailedTask)] == list(mt.get_failed(task_id).as_dict())
     assert set(r.hkeys(keys.dead_record(task_id))) == {"v", *names}  # and "claim" when a device died saving
+
+
+def test_the_writer_stores_what_the_record_declares(r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Lua writer takes its field list from FailedTask: a field declared there with no value
+    in the writer stops the write with an error naming it, and the task stays in the books."""
+    host = records.Field(name="host", kind=records.Kind.WORD, absent="")
+    monkeypatch.setattr(FailedTask, "FIELDS", (*FailedTask.FIELDS, host))
+    scripts.source.cache_clear()
+    try:
+        fresh_settings()  # a ledger that loads the scripts again
+        (task_id,) = publish(1, ["x"])
+        with pytest.raises(redis.ResponseError, match="no value for the record field host"):
+            fail(1, task_id)
+        assert runtime.ledger().outstanding(1) == 1 and not r.exists(keys.dead_record(task_id))
+    finally:
+        scripts.source.cache_clear()
+        monkeypatch.undo()
+        fresh_settings()
 
 
 RECORD = {

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import mutitask_celery as mt
 from mutitask_celery import runtime
-from mutitask_celery.books.dead_letters import FailedTask
+from mutitask_celery.books.records import FailedTask
 from mutitask_celery.errors import ConfigurationError
 from mutitask_celery.serving import serve
 from mutitask_celery.tools.localredis import free_port

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from mutitask_celery import codec
-from mutitask_celery.books.dead_letters import FailedTask, decode_record
+from mutitask_celery.books.records import FailedTask, decode_record
 from mutitask_celery.errors import EncodingError
 from mutitask_celery.serving.console import Console, ConsoleError
 
