@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Celery
 
-from mutitask_celery import kombu_guard
+from mutitask_celery import kombu_guard, sentinel
 from mutitask_celery import settings as _settings
 from mutitask_celery.errors import ConfigurationError
 
@@ -29,6 +29,7 @@ LOW_VISIBILITY = 24 * 3600  # below this, a long task gets a second copy: said a
 # kombu's own key names, which the reapers read (keys.KOMBU_UNACKED): changing them, or a
 # prefix for every key, would hide every delivered message from recovery.
 _KOMBU_KEY_OPTIONS = ("global_keyprefix", "unacked_key", "unacked_index_key")
+_REDIS_SCHEMES = ("redis", "unix", "sentinel")  # kombu transports that keep their keys in Redis (rediss, sentinels too)
 
 # Why each default, for this job (many small tasks pulled from generators,
 # handed to named devices, every outcome written to Redis by the device):
@@ -99,7 +100,20 @@ def _make_app() -> Celery:
     # The resolved broker already weighs celeryconfig.py against the
     # environment; setting it here makes that order Celery's too.
     celery_app.conf.broker_url = conf.broker
+    celery_app.conf.broker_transport_options = _with_sentinel(
+        dict(celery_app.conf.broker_transport_options or {}), conf
+    )
     return celery_app
+
+
+def _with_sentinel(options: dict[str, Any], conf: _settings.Settings) -> dict[str, Any]:
+    """``options`` with what kombu's ``sentinel://`` transport needs to find the master the
+    books follow (its name, the sentinels' password), when the broker is a Sentinel URL;
+    what ``celeryconfig.py`` set itself stays."""
+    if _settings.is_sentinel_url(conf.broker):
+        for name, value in sentinel.broker_options(conf.sentinel_master, conf.sentinel_password).items():
+            options.setdefault(name, value)
+    return options
 
 
 app = _make_app()
@@ -113,7 +127,8 @@ def apply_settings(conf: _settings.Settings) -> None:
     """Point the app at the broker of ``conf``, dropping connections to another one."""
     global _applied_prefix
     options = dict(app.conf.broker_transport_options or {})
-    prefix = conf.key_prefix if conf.broker.startswith(("redis", "unix")) else ""  # rediss too
+    before = dict(options)
+    prefix = conf.key_prefix if conf.broker.startswith(_REDIS_SCHEMES) else ""
     found = options.get("global_keyprefix")
     ours = found is None or found == _applied_prefix  # else celeryconfig.py's: check_compatible judges it
     if ours and (found or "") != prefix:  # kombu's keys carry the run's prefix too
@@ -122,6 +137,8 @@ def apply_settings(conf: _settings.Settings) -> None:
         else:
             options.pop("global_keyprefix", None)
         _applied_prefix = prefix or None
+    options = _with_sentinel(options, conf)
+    if options != before:
         app.conf.broker_transport_options = options
         app.conf.broker_url = None  # so that the connections below are dropped
     if app.conf.broker_url != conf.broker:
@@ -148,7 +165,7 @@ def check_compatible(celery_app: Celery) -> None:
     if "json" not in {str(c).split("/")[-1] for c in (conf.accept_content or [])}:
         problems.append(f"accept_content {conf.accept_content!r} leaves out json: devices could not read the tasks")
     options = conf.broker_transport_options or {}
-    if str(conf.broker_url or "").startswith("redis"):
+    if str(conf.broker_url or "").startswith(_REDIS_SCHEMES):
         prefix = _settings.current().key_prefix
         for option in _KOMBU_KEY_OPTIONS:
             if options.get(option) and not (option == "global_keyprefix" and options[option] == prefix):

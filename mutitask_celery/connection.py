@@ -17,6 +17,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
@@ -26,8 +27,10 @@ from redis.commands.core import Script
 from redis.connection import HiredisRespSerializer, PythonRespSerializer
 from redis.crc import key_slot
 from redis.retry import Retry
+from redis.sentinel import SentinelConnectionPool
 from redis.utils import HIREDIS_AVAILABLE
 
+from mutitask_celery import sentinel, settings
 from mutitask_celery.errors import (
     BooksLost,
     BrokerUnavailable,
@@ -36,13 +39,14 @@ from mutitask_celery.errors import (
     LeaseHeld,
     RedisOutOfMemory,
 )
+from mutitask_celery.replication import ConfirmingRedis
 from mutitask_celery.settings import mask_url
 
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT = 5.0
 SOCKET_TIMEOUT = 5.0  # seconds a reply may take before the connection counts as lost
-_clients: dict[tuple[int, str, bool], redis.Redis] = {}
+_clients: dict[tuple[object, ...], redis.Redis] = {}
 
 BIG_ARGUMENT = 64 * 1024  # bytes: an argument this long is sent as it is, not copied into the command
 
@@ -84,39 +88,61 @@ def redis_now(client: redis.Redis) -> float:
 
 def redis_client(url: str, raw: bool = False) -> redis.Redis:
     """A client for ``url`` returning ``str`` values (shared within this process); ``raw``:
-    one returning ``bytes``, for big values read as they are (a task's data)."""
-    key = (os.getpid(), url, raw)
+    one returning ``bytes``, for big values read as they are (a task's data).
+
+    ``url`` may name Redis Sentinels (:mod:`.sentinel`): the client then follows the master
+    they name. Its scripts and pipelines wait for the replicas the settings ask for
+    (:mod:`.replication`; by default one behind Sentinel, none otherwise)."""
+    conf = settings.current()
+    replicas = conf.confirm_replicas
+    if replicas is None:
+        replicas = 1 if settings.is_sentinel_url(url) else 0
+    key = (os.getpid(), url, raw, conf.sentinel_master, conf.sentinel_password, replicas)
     client = _clients.get(key)
     if client is None:
-        client = redis.Redis.from_url(
-            url,
-            decode_responses=not raw,
-            socket_connect_timeout=CONNECT_TIMEOUT,
+        options: dict[str, Any] = {
+            "decode_responses": not raw,
+            "socket_connect_timeout": CONNECT_TIMEOUT,
             # A host cut off from Redis must notice within seconds, whatever redis-py's own
             # default (none before redis-py 8): every call here is short (BLPOP waits 0.5 s).
-            socket_timeout=SOCKET_TIMEOUT,
-            socket_keepalive=True,
-            health_check_interval=30,
-            retry_on_timeout=False,
-            retry=Retry(NoBackoff(), 0),  # see the module docstring
-            command_packer=_PACKER,
-        )
-        _clients[key] = client
+            "socket_timeout": SOCKET_TIMEOUT,
+            "socket_keepalive": True,  # a master frozen with its sockets open is found by the timeout
+            "health_check_interval": 30,
+            "retry_on_timeout": False,
+            "retry": Retry(NoBackoff(), 0),  # see the module docstring
+            "command_packer": _PACKER,
+        }
+        made: ConfirmingRedis
+        if settings.is_sentinel_url(url):
+            made = sentinel.master_client(url, conf.sentinel_master, conf.sentinel_password, ConfirmingRedis, **options)  # type: ignore[assignment]  # of the class given
+        else:
+            made = ConfirmingRedis.from_url(url, **options)  # type: ignore[assignment]  # of this class
+        made.replicas = replicas
+        client = _clients[key] = made
     return client
 
 
 def raw_twin(client: redis.Redis) -> redis.Redis:
-    """A client to the same Redis as ``client`` (same address, TLS, password) that returns
-    ``bytes``: for replies that may hold task data kept as a binary frame
-    (:func:`.codec.encode_binary`), which a decoding client would refuse. Made once per
-    connection pool (kept on it), with a pool of its own."""
+    """A client to the same Redis as ``client`` (same address, TLS, password, the same master
+    behind Sentinel, the same replicas to wait for) that returns ``bytes``: for replies that
+    may hold task data kept as a binary frame (:func:`.codec.encode_binary`), which a
+    decoding client would refuse. Made once per connection pool (kept on it), with a pool
+    of its own."""
     pool = client.connection_pool
     if not pool.connection_kwargs.get("decode_responses"):
         return client
     twin: redis.Redis | None = getattr(pool, "_mutitask_raw_twin", None)
     if twin is None:
         kwargs = {**pool.connection_kwargs, "decode_responses": False}
-        twin = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
+        if isinstance(pool, SentinelConnectionPool):
+            kwargs.pop("connection_pool", None)  # the pool's own proxy: the twin's pool makes its own
+            twin_pool: redis.ConnectionPool = SentinelConnectionPool(  # type: ignore[no-untyped-call]
+                pool.service_name, pool.sentinel_manager, connection_class=pool.connection_class, **kwargs
+            )
+        else:
+            twin_pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+        twin = ConfirmingRedis(connection_pool=twin_pool)
+        twin.replicas = getattr(client, "replicas", 0)
         pool._mutitask_raw_twin = twin  # type: ignore[attr-defined]  # our own mark on redis-py's pool
     return twin
 
@@ -284,8 +310,14 @@ def same_redis(broker_url: str, books_url: str) -> bool:
     if key in _same:
         return _same[key]
     a, b = _where(broker_url), _where(books_url)
-    if a is None or b is None:
-        answer = False
+    if broker_url == books_url:
+        answer = True
+    elif a is None or b is None:  # a Sentinel URL has no one address: only a probe can tell
+        both = (
+            settings.is_sentinel_url(broker_url) or a is not None,
+            settings.is_sentinel_url(books_url) or b is not None,
+        )
+        answer = all(both) and bool(_probe(broker_url, books_url))
     elif a == b:
         answer = True
     else:

@@ -14,7 +14,7 @@ import importlib
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from types import ModuleType
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -86,6 +86,27 @@ def _key_prefix(value: str) -> str:
     return text
 
 
+def _name(value: str) -> str:
+    text = value.strip()
+    if not text or any(c.isspace() for c in text):
+        raise ConfigurationError(f"expected a name without spaces, got {value!r}")
+    return text
+
+
+def _secret(value: str) -> str | None:
+    return value or None
+
+
+def _replicas(value: str) -> int | None:
+    """``auto`` (None: decided by the URL) or a number of replicas, 0 for none."""
+    text = value.strip().lower()
+    if text in ("", "auto"):
+        return None
+    if not text.isdigit():
+        raise ConfigurationError(f"expected 'auto' or a number of replicas (0, 1, 2...), got {value!r}")
+    return int(text)
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         word = value.strip().lower()
@@ -122,6 +143,37 @@ SETTINGS: tuple[Setting, ...] = (
         _url,
         "Flower's address (http://user:password@host:5555); when set, devices() reads device status from "
         "Flower's REST API instead of asking the workers.",
+    ),
+    Setting(
+        "sentinel_master",
+        "MUTITASK_SENTINEL_MASTER",
+        ("mutitask_sentinel_master",),
+        "mymaster",
+        _name,
+        "The master's name that the sentinels know, when a URL above is a Sentinel one "
+        "(sentinel://host1:26379;sentinel://host2:26379;sentinel://host3:26379/0): the books, the devices, "
+        "the server, mutitask and the web page follow the master the sentinels name.",
+    ),
+    Setting(
+        "sentinel_password",
+        "MUTITASK_SENTINEL_PASSWORD",
+        ("mutitask_sentinel_password",),
+        None,
+        _secret,
+        "The sentinels' own password (their requirepass), when they have one; the master's password goes in "
+        "the URL (sentinel://:password@host:26379;...). Never printed.",
+    ),
+    Setting(
+        "confirm_replicas",
+        "MUTITASK_CONFIRM_REPLICAS",
+        ("mutitask_confirm_replicas",),
+        None,
+        _replicas,
+        "Replicas that must confirm each books step (Redis WAIT, sent with the step) before it counts as done, "
+        "so that a failover loses none: auto is 1 with a Sentinel URL and 0 otherwise; set 1 for a managed "
+        "Redis whose one address fails over to a replica. A step waits, logging why every 10 s, until "
+        "confirmed.",
+        shown="auto",
     ),
     Setting(
         "key_prefix",
@@ -223,6 +275,9 @@ class Settings:
     redis_url: str = DEFAULT_REDIS_URL
     broker_url: str | None = None
     flower_url: str | None = None
+    sentinel_master: str = "mymaster"
+    sentinel_password: str | None = field(default=None, repr=False)  # a secret: never printed
+    confirm_replicas: int | None = None  # None: auto (see replicas_to_confirm)
     key_prefix: str = ""
     dead_after: float = 10.0
     max_attempts: int = 3
@@ -238,6 +293,14 @@ class Settings:
     def broker(self) -> str:
         """The URL Celery publishes to and consumes from."""
         return self.broker_url or self.redis_url
+
+    @property
+    def replicas_to_confirm(self) -> int:
+        """Replicas that must confirm each books step: the setting, or for ``auto`` one when the
+        books' Redis is found through Sentinel (it has replicas, and fails over to one)."""
+        if self.confirm_replicas is not None:
+            return self.confirm_replicas
+        return 1 if is_sentinel_url(self.redis_url) else 0
 
 
 DEFAULTS = Settings()  # each setting's default, for code that takes one as an argument
@@ -314,10 +377,21 @@ def redis_url_from_parts(
 SECRET_PARAMETERS = ("password", "passwd", "secret", "token", "passphrase")  # parts of query names
 
 
+SENTINEL_SCHEMES = ("sentinel", "sentinels")  # kombu's words: sentinels:// is Sentinel over TLS
+
+
+def is_sentinel_url(url: str) -> bool:
+    """Whether ``url`` names Redis Sentinels (``sentinel://h1:26379;sentinel://h2:26379/0``)."""
+    return url.partition("://")[0].strip().lower() in SENTINEL_SCHEMES
+
+
 def mask_url(url: str) -> str:
     """The URL with every secret replaced by ``***``, safe to print or log: the password
     of the user part, and any query parameter whose name says it holds one
-    (``?password=``, ``ssl_password=``, ``token=``); paths to certificates stay."""
+    (``?password=``, ``ssl_password=``, ``token=``); paths to certificates stay. A Sentinel
+    URL (several, joined by ``;``) is masked part by part."""
+    if ";" in url and is_sentinel_url(url):
+        return ";".join(mask_url(part) for part in url.split(";"))
     try:
         parts = urlsplit(url)
         netloc = parts.netloc
