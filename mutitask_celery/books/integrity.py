@@ -9,18 +9,30 @@ read them, and with tasks the books held gone. Reporting on from there would
 print a negative "succeeded" and exit as if all was well; so the server and the
 devices compare what they read with the highest values they have seen, and stop
 with :class:`BooksLost`, naming the last time the books were seen whole.
+
+Behind replicas that confirm each step (:mod:`.replication`), a counter may read lower for a
+while without any loss: a process read a step another had applied on the master but not yet
+seen confirmed, and the master died. That writer was never told its step was done, so it
+repeats it on the new master (or, if it died too, its tasks run again on another device), and
+the counter climbs back. So there a lower counter must stay lower for :func:`grace` seconds
+before the run stops: a failover that lost nothing passes, books that really went backwards
+still stop it.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import redis
 
+from mutitask_celery import settings
 from mutitask_celery.errors import BooksLost
 from mutitask_celery.tables import local_time
+
+log = logging.getLogger(__name__)
 
 ADVICE = (
     "The run cannot be counted from these books: see 'When Redis loses data' in the README "
@@ -30,6 +42,12 @@ ADVICE = (
 
 def _when(ts: float | None) -> str:
     return "this process started" if ts is None else local_time(ts)
+
+
+def grace() -> float:
+    """Seconds a lower counter may read lower behind confirming replicas: a writer repeats an
+    unconfirmed step within seconds; a dead one's tasks run again once it is taken for dead."""
+    return 30.0 + 3 * (settings.current().dead_after or 10.0)
 
 
 _STARTED = time.monotonic()  # books not seen whole yet: they are as old as this process
@@ -75,12 +93,14 @@ class Watermarks:
     look like a loss.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock  # the monotonic clock (a test's own)
         self._lock = threading.Lock()
         self._high: dict[str, int] = {}
         self.whole_at: float | None = None
         self._whole_since = _STARTED  # the same moment on the monotonic clock
         self._redis_run: str | None = None  # Redis's run_id when the books were first seen whole
+        self._lower_since: float | None = None  # behind confirming replicas: when counters first read lower
 
     def mark(self) -> dict[str, int]:
         """The highest values so far (taken before a call that reads or adds to the counters)."""
@@ -95,20 +115,44 @@ class Watermarks:
     def check(self, values: Mapping[str, int], at_least: Mapping[str, int], client: redis.Redis | None = None) -> None:
         """Raise :class:`BooksLost` when a value is below its ``at_least``; else keep the new highs.
 
-        ``client``: the Redis to ask, for the message only, whether it restarted or evicted keys.
+        ``client``: the Redis to ask, for the message only, whether it restarted or evicted keys;
+        when replicas confirm its steps, a lower value stops the run only once it stayed lower
+        for :func:`grace` seconds (see the module's docstring).
         """
         lower = [
             f"{name} was {at_least[name]}, now {value}"
             for name, value in values.items()
             if value < at_least.get(name, 0)
         ]
+        confirming = int(getattr(client, "replicas", 0) or 0) > 0
+        if lower and confirming and not self._lower_for_long(lower):
+            return  # maybe a failover's unconfirmed steps, being repeated: the marks stay
+        self._lower_since = None
         if lower:
-            since = time.monotonic() - self._whole_since
+            since = self._clock() - self._whole_since
             note = "" if client is None else redis_note(client, self._redis_run or "", since)
             raise BooksLost(f"Redis lost data since {_when(self.whole_at)}{note}: {'; '.join(lower)}. {ADVICE}")
         with self._lock:
             for name, value in values.items():
                 self._high[name] = max(self._high.get(name, 0), value)
-            self.whole_at, self._whole_since = time.time(), time.monotonic()
+            self.whole_at, self._whole_since = time.time(), self._clock()
         if client is not None and self._redis_run is None:  # asked once: a restart gives another
             self._redis_run = redis_run(client)
+
+    def _lower_for_long(self, lower: list[str]) -> bool:
+        """Whether counters have read lower for longer than :func:`grace` (said once when
+        they first do)."""
+        now = self._clock()
+        with self._lock:
+            first = self._lower_since is None
+            if first:
+                self._lower_since = now
+            since = self._lower_since
+        if first:
+            log.warning(
+                "the books read lower than seen before (%s): after a failover, the steps a replica had not yet "
+                "confirmed are repeated by their writers; waiting up to %.0f s for them before calling it a loss",
+                "; ".join(lower),
+                grace(),
+            )
+        return since is not None and now - since > grace()
