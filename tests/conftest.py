@@ -1,7 +1,8 @@
 """Fixtures and hooks only: a private redis-server per test session, clean state per test, and
 a process group that stops every process a test started, by its id, even when the test fails;
 ``broker`` runs a test on the Redis broker and on RabbitMQ (a vhost of its own, deleted
-afterwards). What tests import lives in ``helpers/``; the scripts they run, in ``scripts/``."""
+afterwards); ``sentinel_group``, on a Redis Sentinel group of its own. What tests import
+lives in ``helpers/``; the scripts they run, in ``scripts/``."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ import pytest
 import redis
 from helpers.paths import TESTS
 from helpers.processes import Processes
+from helpers.sentinels import started_group
 from helpers.services import RABBITMQ, Broker, RedisServer, RestartableRedis, amqp_vhost, rabbitmq_problem
 from helpers.settings import fresh_settings
+
+from mutitask_celery.tools.localsentinel import LocalSentinelGroup
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +65,7 @@ def procs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Processes]
 
 # A test that asks for none of these, and is not marked ``services`` (it starts servers or
 # processes itself), needs no redis-server: it is in the unit tier, ``pytest -m unit``.
-SERVICE_FIXTURES = frozenset({"redis_server", "redis_url", "r", "procs", "rabbitmq", "broker"})
+SERVICE_FIXTURES = frozenset({"redis_server", "redis_url", "r", "procs", "rabbitmq", "broker", "sentinel_group"})
 UNIT = TESTS / "unit"
 
 
@@ -131,6 +135,20 @@ def restartable_redis(procs: Processes, tmp_path: Path, monkeypatch: pytest.Monk
         procs.stop_all()
         server.close()
         settings.forget()
+
+
+@pytest.fixture
+def sentinel_group(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[LocalSentinelGroup]:
+    """A Redis Sentinel group of the test's own (a master, two replicas, three sentinels, a
+    password on each side); stopped by its processes' ids after the test, its logs shown if it failed."""
+    group = started_group(tmp_path / "sentinel")
+    try:
+        yield group
+    finally:
+        group.stop()
+        failed = getattr(request.node, "rep_call", None)
+        if failed is not None and failed.failed:
+            sys.stderr.write(f"\n{group.logs()}\n")
 
 
 @pytest.fixture

@@ -10,6 +10,8 @@ default import mode puts its folder first), so every test folder imports these t
 - :mod:`helpers.services`: the servers behind the fixtures (the session's redis-server, a
   restartable one, RabbitMQ and its vhosts, the ``Broker`` a test runs on);
 - :mod:`helpers.runs`: a server run in a thread, the poison-task run;
+- :mod:`helpers.sentinels`: a Redis Sentinel group (the ``sentinel_group`` fixture), redis-py's
+  ``Sentinel`` over it, and how long a promotion took;
 - :mod:`helpers.browser`, :mod:`helpers.netns`, :mod:`helpers.shipped_redis`: headless
   Chromium, hosts in network namespaces, Redis from the shipped config.
 
