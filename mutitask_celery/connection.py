@@ -39,7 +39,7 @@ from mutitask_celery.errors import (
     LeaseHeld,
     RedisOutOfMemory,
 )
-from mutitask_celery.replication import ConfirmingRedis
+from mutitask_celery.replication import ConfirmingRedis, NoReplicas, ReplicaCount, as_outage
 from mutitask_celery.settings import mask_url
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,11 @@ def redis_client(url: str, raw: bool = False) -> redis.Redis:
             made = sentinel.master_client(url, conf.sentinel_master, conf.sentinel_password, ConfirmingRedis, **options)  # type: ignore[assignment]  # of the class given
         else:
             made = ConfirmingRedis.from_url(url, **options)  # type: ignore[assignment]  # of this class
-        made.replicas = replicas
+        pool = made.connection_pool
+        if isinstance(pool, SentinelConnectionPool):  # every replica the sentinels may promote, at least
+            made.confirm(ReplicaCount(replicas, pool.sentinel_manager, pool.service_name))
+        else:
+            made.confirm(ReplicaCount(replicas))
         client = _clients[key] = made
     return client
 
@@ -142,7 +146,8 @@ def raw_twin(client: redis.Redis) -> redis.Redis:
         else:
             twin_pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
         twin = ConfirmingRedis(connection_pool=twin_pool)
-        twin.replicas = getattr(client, "replicas", 0)
+        if isinstance(client, ConfirmingRedis):
+            twin.confirm(client.count)
         pool._mutitask_raw_twin = twin  # type: ignore[attr-defined]  # our own mark on redis-py's pool
     return twin
 
@@ -191,14 +196,19 @@ class Deferred:
         self._local.pending = None
         try:
             reply = self._local.connection.read_response()
-        except redis.ConnectionError:
-            self._drop()
-            raise
         except redis.exceptions.NoScriptError:  # Redis restarted, forgetting its scripts: now, in full
             script, keys, args = pending
             return script(keys=keys, args=args)
+        except redis.ResponseError as refused:
+            reply = refused
+        except redis.RedisError:  # lost, or no reply in time (a frozen master): this connection is done
+            self._drop()
+            raise
         if isinstance(reply, redis.ResponseError):
-            raise reply
+            error = as_outage(reply)
+            if isinstance(error, NoReplicas):  # its next connection asks the sentinels for the master again
+                self._drop()
+            raise error
         return reply
 
     def _drop(self) -> None:

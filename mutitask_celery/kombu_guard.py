@@ -29,11 +29,21 @@ error, which Celery takes for unrecoverable: every device exited on its next mes
 - the channel closed for a full Redis does not put back what it delivered: those messages
   are in the pool already, which runs and acknowledges them (put back, they would run
   twice), as when Redis went away and the restore could not reach it.
+
+**Redis has too few replicas to write** (``NOREPLICAS``: a master with
+``min-replicas-to-write``, just after a failover, before a replica follows it). kombu
+reports that as a channel error too. It applied nothing and passes within seconds, so it is
+made the connection error it is (:class:`.replication.NoReplicas`): the consumer reconnects
+(through the sentinels, to the master they name now); a message taken but not recorded is
+:data:`stranded`, and an acknowledgement refused leaves its message for the books to settle.
+A master that woke from a freeze after its replacement refuses even ``BRPOP`` (a write):
+that too is a lost connection, where Celery would have stopped the worker.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from typing import Any
 
@@ -42,6 +52,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
 from mutitask_celery import memory
+from mutitask_celery.replication import NoReplicas, as_outage, for_want_of_replicas
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +77,7 @@ def install() -> None:
     setattr(_connparams, _GUARDED, True)
     kombu_redis.Channel._connparams = _connparams  # type: ignore[method-assign]
     _guard_full_redis()
+    _guard_few_replicas()
 
 
 def _met_full(channel: Any) -> None:
@@ -131,3 +143,82 @@ def _guard_full_redis() -> None:
 
     qos.append, qos.ack, qos.restore_unacked = _append, _ack, _restore  # type: ignore[method-assign]
     transport.establish_connection = _establish  # type: ignore[method-assign]
+
+
+def _guard_few_replicas() -> None:
+    """``NOREPLICAS`` from kombu's record of a message taken, or of its acknowledgement: a
+    connection error (see the module's docstring). Wraps what :func:`_guard_full_redis` made."""
+    transport, qos = kombu_redis.Transport, kombu_redis.QoS
+    transport.connection_errors = (*transport.connection_errors, NoReplicas)
+    append, ack = qos.append, qos.ack
+
+    def _append(self: Any, message: Any, delivery_tag: Any) -> None:
+        try:
+            append(self, message, delivery_tag)  # type: ignore[no-untyped-call]  # kombu is untyped
+        except redis.ResponseError as error:
+            if for_want_of_replicas(error):
+                stranded.set()  # taken off the queue, recorded nowhere: the server's sweep puts it back
+                _leave_master(self.channel)
+            raise as_outage(error) from None
+
+    def _ack(self: Any, delivery_tag: Any) -> None:
+        try:
+            ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+        except redis.ResponseError as error:
+            if for_want_of_replicas(error):
+                _leave_master(self.channel)
+            raise as_outage(error) from None
+
+    qos.append, qos.ack = _append, _ack  # type: ignore[method-assign]
+
+    brpop_read = kombu_redis.Channel._brpop_read
+
+    def _brpop_read(self: Any, **options: Any) -> Any:  # BRPOP takes a message: a write, refused alike
+        try:
+            return brpop_read(self, **options)  # type: ignore[no-untyped-call]
+        except redis.ResponseError as error:
+            if not for_want_of_replicas(error):
+                raise
+            self.client.connection.disconnect()
+            _leave_master(self)
+            raise as_outage(error) from None
+
+    kombu_redis.Channel._brpop_read = _brpop_read  # type: ignore[method-assign]
+
+
+def _leave_master(channel: Any) -> None:
+    """Close the channel's connections to a master that cannot write: most often an old
+    master, thawed, that the sentinels have not demoted yet. The consumer's pending ``BRPOP``
+    then fails, Celery reconnects, and through the sentinels reaches the master they name now
+    (else it would read on from the old one until its demotion, ten seconds or more)."""
+    try:
+        channel.pool.disconnect()
+    except Exception:  # noqa: BLE001  # closing what is failing already: nothing more to do
+        log.debug("closing the connections to a master that cannot write failed", exc_info=True)
+
+
+def leave_old_master(connection: Any, master: tuple[str, int]) -> int:
+    """Close the consuming connections of a worker's broker ``connection`` that are not to
+    ``master`` (the address the sentinels name now); returns how many.
+
+    Why: kombu waits for its ``BRPOP`` replies in the worker's event loop, not in a read with
+    a timeout, so a master frozen with its sockets open holds the consumer until it wakes,
+    long after a replica took over; and its acknowledgements, on the channel's pooled
+    connections, each wait out their socket timeout in that loop. Shut down from here, the
+    sockets read as closed, and Celery reconnects through the sentinels. A device calls this when the books
+    came back after an outage (see :meth:`.DeviceLife.beat`)."""
+    cycle = getattr(getattr(connection, "transport", None), "cycle", None)
+    closed = 0
+    for channel in list(getattr(cycle, "_channels", ())):
+        client = getattr(channel, "__dict__", {}).get("client")  # kombu's cached client: none yet, nothing to close
+        conn: Any = getattr(client, "connection", None)
+        sock = getattr(conn, "_sock", None)
+        if sock is None or (str(conn.host), int(conn.port)) == (str(master[0]), int(master[1])):
+            continue
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+            closed += 1
+        except OSError:
+            pass  # closed already
+        _leave_master(channel)  # its pooled connections too: an acknowledgement would wait on the old one
+    return closed

@@ -100,10 +100,20 @@ def master_client(
     return client
 
 
+BROKER_SOCKET_TIMEOUT = 5.0  # seconds: kombu's BRPOP answers within 1 s, so a silent master is a frozen one
+
+
 def broker_options(master: str, sentinel_password: str | None) -> dict[str, Any]:
     """kombu's ``broker_transport_options`` for its ``sentinel://`` transport: the master's
-    name and, when the sentinels have one, their password."""
-    options: dict[str, Any] = {"master_name": master}
+    name and, when the sentinels have one, their password; and a socket timeout, which kombu
+    leaves unset: a master frozen with its sockets open (a paused VM) would hold a device's
+    ``BRPOP`` until it woke, long after the sentinels had promoted a replica."""
+    options: dict[str, Any] = {
+        "master_name": master,
+        "socket_timeout": BROKER_SOCKET_TIMEOUT,
+        "socket_connect_timeout": BROKER_SOCKET_TIMEOUT,
+        "socket_keepalive": True,
+    }
     if sentinel_password:
         options["sentinel_kwargs"] = {"password": sentinel_password}
     return options

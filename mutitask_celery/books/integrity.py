@@ -30,6 +30,7 @@ import redis
 
 from mutitask_celery import settings
 from mutitask_celery.errors import BooksLost
+from mutitask_celery.replication import confirms
 from mutitask_celery.tables import local_time
 
 log = logging.getLogger(__name__)
@@ -112,20 +113,26 @@ class Watermarks:
         with self._lock:
             self._high.pop(name, None)
 
-    def check(self, values: Mapping[str, int], at_least: Mapping[str, int], client: redis.Redis | None = None) -> None:
+    def check(
+        self,
+        values: Mapping[str, int],
+        at_least: Mapping[str, int],
+        client: redis.Redis | None = None,
+        confirmed: bool = False,
+    ) -> None:
         """Raise :class:`BooksLost` when a value is below its ``at_least``; else keep the new highs.
 
         ``client``: the Redis to ask, for the message only, whether it restarted or evicted keys;
         when replicas confirm its steps, a lower value stops the run only once it stayed lower
-        for :func:`grace` seconds (see the module's docstring).
+        for :func:`grace` seconds (see the module's docstring), unless ``confirmed``: the values
+        are the reply of a step the replicas confirmed, which no failover may take back.
         """
         lower = [
             f"{name} was {at_least[name]}, now {value}"
             for name, value in values.items()
             if value < at_least.get(name, 0)
         ]
-        confirming = int(getattr(client, "replicas", 0) or 0) > 0
-        if lower and confirming and not self._lower_for_long(lower):
+        if lower and not confirmed and confirms(client) and not self._lower_for_long(lower):
             return  # maybe a failover's unconfirmed steps, being repeated: the marks stay
         self._lower_since = None
         if lower:

@@ -47,6 +47,7 @@ from celery import Celery, bootsteps
 from celery.signals import task_received, worker_shutdown
 from celery.worker import state as worker_state
 from celery.worker.control import control_command
+from redis.sentinel import SentinelConnectionPool
 
 from mutitask_celery import celery_app, kombu_guard, memory, runtime, settings
 from mutitask_celery.books.integrity import Watermarks
@@ -302,6 +303,7 @@ class DeviceLife:
         except (redis.ConnectionError, redis.TimeoutError):
             self.unnoted.set()
             raise
+        self.follow_master(devices.client)
         try:
             if self.unnoted.is_set():
                 runtime.recovery().look_for_strays()  # not a death, but the same crack: a message in no device's note
@@ -315,6 +317,20 @@ class DeviceLife:
             self.books.forget(done_key(name))
             return
         self.books.check({done_key(name): done}, marks, devices.client)
+
+    def follow_master(self, client: redis.Redis) -> None:
+        """Behind Sentinel, at every beat: move the consumer to the master the sentinels name
+        when it is still on another (see :func:`.kombu_guard.leave_old_master`: a frozen old
+        master would hold it until it woke and was demoted). One question to a sentinel."""
+        pool = client.connection_pool
+        connection = getattr(self.consumer, "connection", None)
+        if not isinstance(pool, SentinelConnectionPool) or connection is None:
+            return
+        master = pool.get_master_address()  # type: ignore[no-untyped-call]  # redis-py's, untyped
+        if kombu_guard.leave_old_master(connection, master):
+            log.warning(
+                "%s: the broker connection was still to an old master: reconnecting to %s:%s", self.name, *master
+            )
 
     @staticmethod
     def holding() -> set[str]:

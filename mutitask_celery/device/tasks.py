@@ -204,7 +204,8 @@ def _finish(life: DeviceLife, delivery: Delivery, outcomes: list[Outcome], busy:
         finished = ledger.finish(
             channel, device, outcomes, message_id=message_id, busy=busy, step=step, writer=writer, claim=claim
         )
-        life.books.check({key: finished.device_done}, {key: marks.get(key, 0) + len(outcomes)}, ledger.client)
+        at_least = {key: marks.get(key, 0) + len(outcomes)}
+        life.books.check({key: finished.device_done}, at_least, ledger.client, confirmed=True)  # the step's own reply
         return finished
 
     return _patiently(f"record outcomes on channel {channel}", once)

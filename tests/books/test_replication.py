@@ -12,7 +12,7 @@ import pytest
 import redis
 from helpers.waits import wait_until
 
-from mutitask_celery.replication import ConfirmingRedis
+from mutitask_celery.replication import ConfirmingRedis, ReplicaCount
 from mutitask_celery.tools.localredis import LocalRedis
 
 
@@ -39,7 +39,7 @@ def test_a_step_waits_for_its_replica_and_is_done_once_the_replica_has_it(
 ) -> None:
     master, replica = master_and_replica
     client = ConfirmingRedis(port=master.port, decode_responses=True)
-    client.replicas = 1
+    client.confirm(ReplicaCount(1))
     plain = redis.Redis(port=master.port, decode_responses=True)
     step = client.register_script("return redis.call('INCR', KEYS[1])")
 
@@ -73,7 +73,7 @@ def test_a_step_that_fails_leaves_the_connection_in_step(master_and_replica: tup
     sent with the failed call does not become the reply of the next command."""
     master, _ = master_and_replica
     client = ConfirmingRedis(port=master.port, decode_responses=True, single_connection_client=True)
-    client.replicas = 1
+    client.confirm(ReplicaCount(1))
     step = client.register_script("return redis.call('SET', KEYS[1], 'x')")
     client.script_flush()
     assert step(keys=["k"]) == "OK"

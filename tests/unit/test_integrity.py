@@ -8,13 +8,14 @@ import redis
 from mutitask_celery.books import integrity
 from mutitask_celery.books.integrity import Watermarks
 from mutitask_celery.errors import BooksLost
+from mutitask_celery.replication import ReplicaCount
 
 
 class Unreachable:
     """A client as the check sees it: whether replicas confirm its steps, and an INFO it cannot get."""
 
     def __init__(self, replicas: int) -> None:
-        self.replicas = replicas
+        self.count = ReplicaCount(replicas)
 
     def info(self, *_: object) -> dict[str, object]:
         raise redis.ConnectionError("gone")
@@ -45,3 +46,11 @@ def test_behind_confirming_replicas_a_counter_may_read_lower_for_a_while() -> No
     clock[0] += 2
     with pytest.raises(BooksLost, match="succeeded was 12, now 11"):
         books.check({"succeeded": 11}, books.mark(), client)  # type: ignore[arg-type]
+
+
+def test_the_reply_of_a_confirmed_step_is_never_taken_back() -> None:
+    client = Unreachable(1)
+    books = Watermarks()
+    books.check({"done": 10}, {}, client)  # type: ignore[arg-type]
+    with pytest.raises(BooksLost, match="done was 12, now 11"):
+        books.check({"done": 11}, {"done": 12}, client, confirmed=True)  # type: ignore[arg-type]

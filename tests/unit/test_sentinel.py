@@ -69,11 +69,11 @@ def test_a_sentinel_client_follows_the_master_and_its_raw_twin_too(monkeypatch: 
     settings.forget()
     try:
         client = connection.redis_client(settings.current().redis_url)  # makes no connection yet
-        assert isinstance(client, ConfirmingRedis) and client.replicas == 1
+        assert isinstance(client, ConfirmingRedis) and client.count.least == 1
         pool = client.connection_pool
         assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "books"
         twin = connection.raw_twin(client)
-        assert isinstance(twin, ConfirmingRedis) and twin.replicas == 1
+        assert isinstance(twin, ConfirmingRedis) and twin.count is client.count
         assert isinstance(twin.connection_pool, SentinelConnectionPool)
         assert twin.connection_pool.sentinel_manager is pool.sentinel_manager
         assert not twin.connection_pool.connection_kwargs["decode_responses"]
@@ -87,7 +87,9 @@ def test_kombu_is_told_the_masters_name_and_the_sentinels_password() -> None:
         config=object(),
     )
     options = celery_app._with_sentinel({"visibility_timeout": 60}, conf)
-    assert options == {"visibility_timeout": 60, "master_name": "books", "sentinel_kwargs": {"password": "x"}}
+    assert options["visibility_timeout"] == 60 and options["master_name"] == "books"
+    assert options["sentinel_kwargs"] == {"password": "x"}
+    assert options["socket_timeout"] == sentinel.BROKER_SOCKET_TIMEOUT  # a frozen master is found, not waited out
     theirs = celery_app._with_sentinel({"master_name": "celeryconfig-s"}, conf)
     assert theirs["master_name"] == "celeryconfig-s"  # celeryconfig.py's own word stays
     plain = settings.load_settings(environ={"MUTITASK_REDIS_URL": "redis://h:1/0"}, config=object())
