@@ -6,6 +6,10 @@ the ``mutitask`` user, as the guide assigns it; Redis is restarted mid-run, and 
 books must balance afterwards: every task saved or dead-lettered once, nothing
 outstanding, no error in Redis's log while it replayed its append-only file. Once
 over plain TCP, once over TLS.
+
+``deploy/redis/sentinel/*`` is read (one master, quorum 2, the guide's users) and run:
+``tests/helpers/shipped_sentinel.py`` starts its six files on one machine (adapted as
+above), and a killed master must be replaced under the shipped users and timeouts.
 """
 
 from __future__ import annotations
