@@ -27,10 +27,11 @@ four hello periods, so that it has heard of any newer configuration first).
 The timing, and why:
 
 - ``down-after-milliseconds`` 2000: a master silent for 2 s is down; a test needs no more.
-- ``failover-timeout`` 4000 ms: Sentinel does not fail the same master name over again
-  within twice its failover timeout of the last failover's start, so with 4 s a test can
-  kill one master, then the next, 8 s later. It also bounds each step of a failover (the
-  election, the promotion), which take about a second here.
+- ``failover-timeout`` 4000 ms: a failover attempt that does not complete (a split vote,
+  a replica that does not take the promotion) is tried again only after twice the failover
+  timeout, so a short one keeps a test from waiting minutes (the default is 3 min). It
+  also bounds each step of a failover, which take about a second here. A failover that
+  completes holds nothing up: the new master can be failed over at once.
 - ``min-replicas-to-write 1`` on every data node: a master cut off from its replicas (a
   frozen one that wakes up, a killed one restarted) refuses writes instead of taking ones
   that the promoted replica will never see.

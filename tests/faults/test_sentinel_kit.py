@@ -70,6 +70,8 @@ def test_a_killed_master_is_replaced_comes_back_as_a_replica_and_its_successor_c
 
         restarted = time.monotonic()
         group.restart_node(first.port)
+        with group.data_client(first.port) as old, pytest.raises(redis.ResponseError, match="NOREPLICAS|READONLY"):
+            old.set("split", "brain")  # back as a master with no replica, or already a replica: no write
         assert group.wait_replica(first.port, restarted + REJOIN_DEADLINE) == second
         report("the killed master, restarted, back as a replica in sync", restarted)
         with group.data_client(first.port) as old:

@@ -36,13 +36,16 @@ def started_group(workdir: Path) -> LocalSentinelGroup:
 
 
 @contextmanager
-def sentinel_of(group: LocalSentinelGroup) -> Iterator[Sentinel]:
-    """redis-py's ``Sentinel`` over the group's sentinels, as a client finds its master; closed after."""
+def sentinel_of(group: LocalSentinelGroup, **login: str) -> Iterator[Sentinel]:
+    """redis-py's ``Sentinel`` over the group's sentinels, as a client finds its master; closed after.
+
+    ``login``: ``username`` and ``password`` on the data nodes, if not the group's own.
+    """
     sentinel = Sentinel(
         group.sentinel_addresses,
         sentinel_kwargs={**group.sentinel_kwargs, "socket_timeout": TIMEOUT},
         socket_timeout=TIMEOUT,
-        **group.connection_kwargs,
+        **{**group.connection_kwargs, **login},
     )
     try:
         yield sentinel

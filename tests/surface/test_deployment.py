@@ -6,21 +6,31 @@ the ``mutitask`` user, as the guide assigns it; Redis is restarted mid-run, and 
 books must balance afterwards: every task saved or dead-lettered once, nothing
 outstanding, no error in Redis's log while it replayed its append-only file. Once
 over plain TCP, once over TLS.
+
+``deploy/redis/sentinel/*`` is read (one master, quorum 2, the guide's users) and run:
+``tests/helpers/shipped_sentinel.py`` starts its six files on one machine (adapted as
+above), and a killed master must be replaced under the shipped users and timeouts.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import redis
 from helpers.paths import ROOT, SCRIPTS
 from helpers.processes import Processes
+from helpers.sentinels import master_of, report, sentinel_of
 from helpers.shipped_redis import ShippedRedis
+from helpers.shipped_sentinel import DATA_FILES as SENTINEL_DATA_FILES
+from helpers.shipped_sentinel import SENTINEL_FILES, ShippedSentinelGroup
+from helpers.shipped_sentinel import SHIPPED as SHIPPED_SENTINEL
 from helpers.waits import wait_until
 
 from mutitask_celery import codec, keys, settings
@@ -138,3 +148,108 @@ def test_the_guide_agrees_with_the_shipped_files() -> None:
     for name in ("README.md", "docs/deployment.md"):
         assert figure in texts[name].lower(), f"{name} does not say {figure!r}"
         assert "within 10 s" not in texts[name].lower()
+
+
+def _directives(path: Path) -> list[list[str]]:
+    """A Redis or Sentinel config file's lines, split as Redis splits them (comments left out)."""
+    return [shlex.split(line) for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def _acl_users(path: Path) -> dict[str, str]:
+    """An ACL file's users, each with its whole line."""
+    return {line.split()[1]: line for line in path.read_text().splitlines() if line.startswith("user ")}
+
+
+def test_the_sentinel_configs_watch_one_master_with_quorum_two() -> None:
+    data = {name: _directives(SHIPPED_SENTINEL / name) for name in SENTINEL_DATA_FILES}
+    sentinels = {name: _directives(SHIPPED_SENTINEL / name) for name in SENTINEL_FILES}
+    master = data["redis-master.conf"]
+    host = next(d[1] for d in master if d[0] == "bind")
+    # Every sentinel watches the same master, where the master's file puts it, with quorum 2.
+    for name, lines in sentinels.items():
+        monitors = [d for d in lines if d[:2] == ["sentinel", "monitor"]]
+        assert monitors == [["sentinel", "monitor", "mymaster", host, "6379", "2"]], name
+    # Each sentinel sits beside a data node (its host), and they differ in nothing else.
+    binds = [next(d for d in lines if d[0] == "bind") for lines in sentinels.values()]
+    assert binds == [next(d for d in lines if d[0] == "bind") for lines in data.values()]
+    settings = [[d for d in lines if d[0] != "bind"] for lines in sentinels.values()]
+    assert settings[0] == settings[1] == settings[2]
+    assert ["sentinel", "auth-user", "mymaster", "sentinel"] in settings[0]
+    # Every data node persists, never evicts, takes writes only with a replica in sync,
+    # and replicates as the replica user; the replicas start under the master.
+    for name, lines in data.items():
+        for needed in (
+            ["appendonly", "yes"],
+            ["appendfsync", "everysec"],
+            ["maxmemory-policy", "noeviction"],
+            ["min-replicas-to-write", "1"],
+            ["min-replicas-max-lag", "10"],
+            ["aclfile", "/etc/redis/users.acl"],
+            ["masteruser", "replica"],
+            ["port", "6379"],
+        ):
+            assert needed in lines, f"{name}: {' '.join(needed)}"
+        replicaof = [d for d in lines if d[0] == "replicaof"]
+        assert replicaof == ([] if lines is master else [["replicaof", host, "6379"]]), name
+    # Every password is a placeholder.
+    for name in (*SENTINEL_DATA_FILES, *SENTINEL_FILES, "users.acl"):
+        text = (SHIPPED_SENTINEL / name).read_text()
+        for secret in re.findall(r"(?:requirepass|masterauth|auth-pass \S+)\s+(\S+)|>(\S+)", text):
+            assert "".join(secret).startswith("CHANGE-ME-"), f"{name}: {secret}"
+
+
+def test_the_sentinel_users_are_the_guides_and_two_for_sentinel() -> None:
+    single = _acl_users(ROOT / "deploy" / "redis" / "users.acl")
+    under_sentinel = _acl_users(SHIPPED_SENTINEL / "users.acl")
+    assert {user: under_sentinel[user] for user in single} == single  # default, mutitask, admin as for one Redis
+    assert set(under_sentinel) - set(single) == {"replica", "sentinel"}
+    guide = (ROOT / "docs" / "deployment.md").read_text()
+    for line in under_sentinel.values():
+        assert line in guide, f"docs/deployment.md does not show {line!r}"
+
+
+def test_the_shipped_sentinel_configs_fail_over_under_their_own_users_twice_in_a_row(tmp_path: Path) -> None:
+    """The replicas replicate as the replica user, the sentinels watch, elect and reconfigure
+    as the sentinel user (a missing permission shows as no failover, or NOPERM in a log),
+    and the package's user finds the new master through the sentinels. The new master fails
+    over too, well within twice the failover-timeout of the first failover: only an
+    attempt that did not complete waits that long."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("needs redis-server (scripts/setup.sh installs it)")
+    group = ShippedSentinelGroup(tmp_path / "sentinel")
+    try:
+        group.start()
+        mutitask = {"username": "mutitask", "password": group.passwords["mutitask"]}
+        with sentinel_of(group, **mutitask) as sentinel:
+            with master_of(sentinel, "mymaster") as master:
+                master.set("before", "1")
+                assert master.execute_command("WAIT", 2, 5000) == 2
+            first_fault = time.monotonic()
+            first = group.kill_master()
+            second = group.wait_promoted(first, first_fault + 60)
+            report("promotion after SIGKILL of the master, shipped configs (down-after 5 s)", first_fault)
+            assert sentinel.discover_master("mymaster") == second
+            with master_of(sentinel, "mymaster") as master:
+                assert master.get("before") == "1"
+                master.set("after", "2")  # min-replicas-to-write: the other replica follows the new master
+            other = next(port for port in group.data_ports if port not in (first.port, second.port))
+            assert group.wait_replica(other, time.monotonic() + 30) == second
+            assert f"replicaof {second.host} {second.port}" in group.node(other).conf.read_text()  # CONFIG REWRITE
+
+            group.restart_node(first.port)
+            assert group.wait_replica(first.port, time.monotonic() + 60) == second
+            started = time.monotonic()
+            shipped = _directives(SHIPPED_SENTINEL / SENTINEL_FILES[0])
+            timeout_ms = next(int(d[3]) for d in shipped if d[:2] == ["sentinel", "failover-timeout"])
+            window = 2 * timeout_ms / 1000  # seconds: Sentinel retries an incomplete attempt only after this
+            assert started - first_fault < window, "too slow to show a second failover inside the window"
+            assert group.kill_master() == second
+            third = group.wait_promoted(second, started + 60)
+            report(f"promotion after SIGKILL of the next master, {started - first_fault:.0f} s after the 1st", started)
+            with master_of(sentinel, "mymaster") as master:
+                assert sentinel.discover_master("mymaster") == third
+                assert master.get("after") == "2"
+    finally:
+        group.stop()
+    logs = group.logs(tail=100_000)
+    assert "NOPERM" not in logs and "-failover-abort" not in logs, logs[-4000:]
