@@ -82,8 +82,8 @@ def test_rabbitmq_stopped_and_started_mid_run_loses_nothing(
     procs: Processes, quorum_broker: Broker, rabbitmq_control: RabbitControl
 ) -> None:
     """``rabbitmqctl stop_app`` mid-run, ``start_app`` once both devices have lost their
-    connections and failed to connect again: the server waits for the broker, the devices reconnect, what they held comes
-    back from the quorum queue, and every task ends exactly once."""
+    connections and failed to connect again: the server waits for the broker, the devices
+    reconnect, what they held comes back from the quorum queue, and every task ends exactly once."""
     env = {"PACE_SECONDS": "0.02"}  # long enough a run to be cut in the middle
     devices = [procs.device(1, 1, "paced", env=env), procs.device(2, 1, "paced", env=env)]
     for n in (1, 2):
