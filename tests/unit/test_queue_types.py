@@ -4,6 +4,7 @@ RabbitMQ are in tests/faults/test_quorum.py."""
 
 from __future__ import annotations
 
+import sys
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -98,6 +99,18 @@ def test_global_qos_turned_back_on_is_refused() -> None:
         worker_detect_quorum_queues=False,
     )
     with pytest.raises(ConfigurationError, match="worker_detect_quorum_queues is off"):
+        celery_app.check_compatible(other)
+
+
+def test_a_queue_type_in_celeryconfig_that_contradicts_the_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(
+        sys.modules, settings.CONFIG_MODULE, types.SimpleNamespace(task_create_missing_queue_type="quorum")
+    )
+    other = Celery(set_as_current=False)
+    other.conf.update(
+        broker_url=RABBIT, task_acks_late=True, accept_content=["json"], task_create_missing_queue_type="classic"
+    )
+    with pytest.raises(ConfigurationError, match="task_create_missing_queue_type is 'quorum' but the channel queues"):
         celery_app.check_compatible(other)
 
 
