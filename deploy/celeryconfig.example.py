@@ -20,6 +20,10 @@ Never commit a password here: use the environment.
 # needs the same prefix):
 # mutitask_key_prefix = "team2:"
 
+# RabbitMQ only: the channel queues as quorum queues (a cluster of 3 or more nodes; the
+# same on every host, see docs/deployment.md):
+# mutitask_quorum_queues = True
+
 # Modules that call mutitask_celery.register_channel(...) at import, so that
 # `celery -A mutitask_celery worker -Q channel1` knows the channel's function:
 # imports = ["mytasks"]

@@ -24,6 +24,8 @@ TASK_NAME = "mutitask.run"
 # sits above this module, and importing the package must wire no worker signal or command.
 TASK_MODULE = "mutitask_celery.device.tasks"
 DEVICE_STEP = "mutitask_celery.device.lifecycle:DeviceStep"
+# Celery's consumer less its native delayed delivery (see device.worker.DeviceConsumer).
+DEVICE_CONSUMER = "mutitask_celery.device.worker:DeviceConsumer"
 VISIBILITY_TIMEOUT = 7 * 24 * 3600  # seconds (see CELERY_DEFAULTS)
 LOW_VISIBILITY = 24 * 3600  # below this, a long task gets a second copy: said at start
 # kombu's own key names, which the reapers read (keys.KOMBU_UNACKED): changing them, or a
@@ -71,6 +73,9 @@ CELERY_DEFAULTS: dict[str, Any] = {
     "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
     # Pause, start, stop and status go through Celery's remote control.
     "worker_enable_remote_control": True,
+    # On quorum queues Celery would declare 28 queues and 29 exchanges of its own at every
+    # device start, for countdowns and ETAs, which mutitask never sends (device.worker).
+    "worker_consumer": DEVICE_CONSUMER,
 }
 
 
@@ -91,6 +96,14 @@ def _include() -> list[str]:
     return [*([theirs] if isinstance(theirs, str) else theirs), TASK_MODULE]
 
 
+def queue_type(conf: _settings.Settings) -> str:
+    """The type of the channel queues Celery declares (``task_create_missing_queue_type``): the
+    quorum_queues setting's. A worker that sees quorum queues among its own asks RabbitMQ for a
+    prefetch per consumer, never the global QoS that quorum queues refuse
+    (``worker_detect_quorum_queues``, see :func:`check_compatible`)."""
+    return "quorum" if conf.quorum_queues else "classic"
+
+
 def _make_app() -> Celery:
     conf = _settings.current()
     celery_app = Celery("mutitask_celery", include=_include())
@@ -103,6 +116,7 @@ def _make_app() -> Celery:
     celery_app.conf.broker_transport_options = _with_sentinel(
         dict(celery_app.conf.broker_transport_options or {}), conf
     )
+    celery_app.conf.task_create_missing_queue_type = queue_type(conf)
     return celery_app
 
 
@@ -141,6 +155,11 @@ def apply_settings(conf: _settings.Settings) -> None:
     if options != before:
         app.conf.broker_transport_options = options
         app.conf.broker_url = None  # so that the connections below are dropped
+    if app.conf.task_create_missing_queue_type != queue_type(conf):
+        app.conf.task_create_missing_queue_type = queue_type(conf)
+        for cached in ("queues", "default_queue", "send_task_message"):  # Celery's, built with the old type
+            vars(app.amqp).pop(cached, None)
+        app.conf.broker_url = None  # and connections that declared queues of the old type are dropped
     if app.conf.broker_url != conf.broker:
         app.conf.broker_url = conf.broker
         app.close()  # pooled connections to the old broker must not be reused
@@ -174,6 +193,7 @@ def check_compatible(celery_app: Celery) -> None:
                     "messages under its default key names, and would find none (a key prefix for a whole "
                     "deployment is the key_prefix setting, MUTITASK_KEY_PREFIX)"
                 )
+    problems += _queue_problems(conf)
     if problems:
         raise ConfigurationError(
             "this Celery configuration breaks mutitask's promises (fix celeryconfig.py): " + "; ".join(problems)
@@ -186,3 +206,21 @@ def check_compatible(celery_app: Celery) -> None:
             timeout,
             VISIBILITY_TIMEOUT,
         )
+
+
+def _queue_problems(conf: Any) -> list[str]:
+    """What in ``celeryconfig.py`` contradicts the quorum_queues setting."""
+    problems = []
+    wanted = str(conf.task_create_missing_queue_type)  # queue_type() of the settings (apply_settings)
+    theirs = getattr(_settings._config_module(), "task_create_missing_queue_type", None)
+    if theirs is not None and str(theirs) != wanted:
+        problems.append(
+            f"task_create_missing_queue_type is {theirs!r} but the channel queues are {wanted}: their type is "
+            "the mutitask_quorum_queues setting (MUTITASK_QUORUM_QUEUES); remove it from celeryconfig.py"
+        )
+    if wanted == "quorum" and not conf.worker_detect_quorum_queues:
+        problems.append(
+            "worker_detect_quorum_queues is off: on quorum queues a device would ask RabbitMQ for a global "
+            "prefetch (QoS), which quorum queues refuse (NOT_IMPLEMENTED)"
+        )
+    return problems

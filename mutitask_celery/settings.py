@@ -107,6 +107,25 @@ def _replicas(value: str) -> int | None:
     return int(text)
 
 
+_ON, _OFF = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "none", "")
+
+
+def _flag(value: str) -> bool:
+    """On (``1 true yes on``) or off (``0 false no off``), in any case."""
+    word = value.strip().lower()
+    if word not in _ON + _OFF:
+        raise ConfigurationError(f"expected on or off (1/0, true/false, yes/no), got {value!r}")
+    return word in _ON
+
+
+AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")  # RabbitMQ, as kombu's py-amqp transport names it
+
+
+def is_amqp(url: str) -> bool:
+    """True when ``url`` names an AMQP broker (RabbitMQ)."""
+    return urlsplit(url).scheme.lower() in AMQP_SCHEMES
+
+
 def _choice(*allowed: str) -> Callable[[str], str]:
     def parse(value: str) -> str:
         word = value.strip().lower()
@@ -184,6 +203,17 @@ SETTINGS: tuple[Setting, ...] = (
         "Put in front of every Redis key of the run, kombu's too (e.g. team2:), so that two deployments "
         "can share one Redis without seeing each other; queues keep their names (channel1). On RabbitMQ, "
         "give each deployment its own vhost as well.",
+    ),
+    Setting(
+        "quorum_queues",
+        "MUTITASK_QUORUM_QUEUES",
+        ("mutitask_quorum_queues",),
+        False,
+        _flag,
+        "RabbitMQ only: declare the channel queues as quorum queues (replicated, for a cluster of 3 or more "
+        "nodes; see docs/deployment.md) instead of classic ones. The same on every host; a queue keeps the type "
+        "it was declared with until it is deleted.",
+        shown="off",
     ),
     Setting(
         "dead_after",
@@ -279,6 +309,7 @@ class Settings:
     sentinel_password: str | None = field(default=None, repr=False)  # a secret: never printed
     confirm_replicas: int | None = None  # None: auto (see replicas_to_confirm)
     key_prefix: str = ""
+    quorum_queues: bool = False
     dead_after: float = 10.0
     max_attempts: int = 3
     forget_after: float = 86400.0
@@ -342,7 +373,17 @@ def load_settings(
             value = explicit[setting.name]
         values[setting.name] = value
     known = {f.name for f in fields(Settings)}
-    return Settings(**{k: v for k, v in values.items() if k in known})
+    return _checked(Settings(**{k: v for k, v in values.items() if k in known}))
+
+
+def _checked(conf: Settings) -> Settings:
+    """``conf``, unless two of its settings contradict each other (a :class:`ConfigurationError`)."""
+    if conf.quorum_queues and not is_amqp(conf.broker):
+        raise ConfigurationError(
+            f"MUTITASK_QUORUM_QUEUES (mutitask_quorum_queues) is on, but the broker is {mask_url(conf.broker)}: "
+            "quorum queues are RabbitMQ's. Set MUTITASK_BROKER_URL=amqp://... (on every host), or turn it off."
+        )
+    return conf
 
 
 def redis_url_from_parts(

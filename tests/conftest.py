@@ -1,8 +1,9 @@
 """Fixtures and hooks only: a private redis-server per test session, clean state per test, and
 a process group that stops every process a test started, by its id, even when the test fails;
 ``broker`` runs a test on the Redis broker and on RabbitMQ (a vhost of its own, deleted
-afterwards); ``sentinel_group``, on a Redis Sentinel group of its own. What tests import
-lives in ``helpers/``; the scripts they run, in ``scripts/``."""
+afterwards), ``quorum_broker`` on RabbitMQ with quorum queues; ``sentinel_group``, on a Redis
+Sentinel group of its own. What tests import lives in ``helpers/``; the scripts they run, in
+``scripts/``."""
 
 from __future__ import annotations
 
@@ -17,7 +18,16 @@ import redis
 from helpers.paths import TESTS
 from helpers.processes import Processes
 from helpers.sentinels import started_group
-from helpers.services import RABBITMQ, Broker, RedisServer, RestartableRedis, amqp_vhost, rabbitmq_problem
+from helpers.services import (
+    RABBITMQ,
+    Broker,
+    RabbitControl,
+    RedisServer,
+    RestartableRedis,
+    amqp_vhost,
+    rabbitmq_control_problem,
+    rabbitmq_problem,
+)
 from helpers.settings import fresh_settings
 
 from mutitask_celery.tools.localsentinel import LocalSentinelGroup
@@ -65,7 +75,9 @@ def procs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Processes]
 
 # A test that asks for none of these, and is not marked ``services`` (it starts servers or
 # processes itself), needs no redis-server: it is in the unit tier, ``pytest -m unit``.
-SERVICE_FIXTURES = frozenset({"redis_server", "redis_url", "r", "procs", "rabbitmq", "broker", "sentinel_group"})
+SERVICE_FIXTURES = frozenset(
+    {"redis_server", "redis_url", "r", "procs", "rabbitmq", "broker", "quorum_broker", "sentinel_group"}
+)
 UNIT = TESTS / "unit"
 
 
@@ -118,6 +130,26 @@ def broker(request: pytest.FixtureRequest, redis_url: str) -> Iterator[Broker]:
         return
     with amqp_vhost(request.getfixturevalue("rabbitmq")) as url:
         yield Broker("amqp", url)
+
+
+@pytest.fixture
+def quorum_broker(redis_url: str, rabbitmq: str) -> Iterator[Broker]:
+    """RabbitMQ in a vhost of the test's own, as for ``broker``'s ``[amqp]``, with
+    MUTITASK_QUORUM_QUEUES on: every channel queue a quorum queue."""
+    with amqp_vhost(rabbitmq, env={"MUTITASK_QUORUM_QUEUES": "1"}) as url:
+        yield Broker("amqp", url)
+
+
+@pytest.fixture
+def rabbitmq_control(rabbitmq: str) -> RabbitControl:
+    """The machine's RabbitMQ, for a test to stop and start again. Skips when rabbitmqctl cannot
+    (fails under CI, as ``rabbitmq`` does)."""
+    problem = rabbitmq_control_problem()
+    if problem:
+        if os.environ.get("CI"):
+            pytest.fail(problem)
+        pytest.skip(problem)
+    return RabbitControl()
 
 
 @pytest.fixture

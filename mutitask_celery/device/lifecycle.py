@@ -52,6 +52,7 @@ from redis.sentinel import SentinelConnectionPool
 from mutitask_celery import celery_app, kombu_guard, memory, runtime, settings
 from mutitask_celery.books.integrity import Watermarks
 from mutitask_celery.books.leases import Leases
+from mutitask_celery.books.transports import queues
 from mutitask_celery.control import LEAVING_COMMAND, WANTED_COMMAND, Ending, Taken, channels_of
 from mutitask_celery.device.isolation import Isolation
 from mutitask_celery.device.pacing import Pacing
@@ -146,10 +147,11 @@ class DeviceLife:
     @classmethod
     def begin(cls, app: Celery, name: str) -> DeviceLife:
         """The device ``name`` starts in a worker of ``app``, before the pool and before any
-        message: refuse a configuration that breaks our promises (exit code 2), then
-        :meth:`init`."""
+        message: refuse a configuration that breaks our promises, or a queue RabbitMQ holds with
+        the other type (exit code 2), then :meth:`init`."""
         try:
             celery_app.check_compatible(app)
+            queues.check(app, list(app.amqp.queues.consume_from))
             memory.check_policy(runtime.books_client(), settings.mask_url(settings.current().redis_url))
         except ConfigurationError as exc:
             log.critical("mutitask: %s", exc)

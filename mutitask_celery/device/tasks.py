@@ -246,13 +246,25 @@ def _hand_back(delivery: Delivery) -> None:
         pass  # a stale note is harmless (the fences see it); a stale start mark costs one death
 
 
-def _settle_redelivery(delivery: Delivery, items: list[list[Any]]) -> Verdict:
+DELIVERY_COUNT = "x-delivery-count"  # a quorum queue's header: how often the message came back
+
+
+def _deliveries(request: Any) -> int:
+    """How often the broker handed this message out before (a quorum queue's
+    ``x-delivery-count``); 0 where it does not say (a classic queue, the Redis broker)."""
+    try:
+        return int(request.get(DELIVERY_COUNT) or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _settle_redelivery(delivery: Delivery, items: list[list[Any]], deliveries: int) -> Verdict:
     """How a redelivered message runs (see recovery.Redeliveries); on the Redis broker the
     reaper counts deaths instead, and it runs as it came."""
     channel, device, message_id = delivery
     try:
         return runtime.recovery().settle(
-            channel, device, message_id, [(str(i[0]), messages.item_text(i)) for i in items]
+            channel, device, message_id, [(str(i[0]), messages.item_text(i)) for i in items], deliveries
         )
     except (redis.RedisError, BrokerUnavailable) as exc:
         raise Reject(f"cannot count the redelivery: {exc}", requeue=True) from exc
@@ -328,12 +340,13 @@ def run_items(self: Task, channel: int, items: list[list[Any]], suspect: bool = 
     delivery = Delivery(channel, self.request.hostname or "unknown", self.request.id or "")
     life = _device(self.app, delivery.device)
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    deliveries = _deliveries(self.request)
     # The isolation slot, once taken, is held until the outcomes are in the books or the message
     # is handed back: a suspect's start mark stands until then, and a task let in beside it
     # earlier (a poison one) would charge it a death it did not cause.
     with ExitStack() as slot:
         try:
-            alone = _admit(life, delivery, items, suspect, redelivered)
+            alone = _admit(life, delivery, items, suspect, redelivered, deliveries)
             if alone is None:
                 return
             slot.enter_context(life.isolation.slot(alone=alone))
@@ -346,10 +359,11 @@ def run_items(self: Task, channel: int, items: list[list[Any]], suspect: bool = 
 
 
 def _admit(
-    life: DeviceLife, delivery: Delivery, items: list[list[Any]], suspect: bool, redelivered: bool
+    life: DeviceLife, delivery: Delivery, items: list[list[Any]], suspect: bool, redelivered: bool, deliveries: int
 ) -> bool | None:
     """Whether the message may run here, before any of it starts: True to run it alone (a
-    suspect), False beside others, None to skip it (a redelivery already settled)."""
+    suspect), False beside others, None to skip it (a redelivery already settled, or published
+    afresh). ``deliveries``: see :func:`_deliveries`."""
     device = delivery.device
     try:
         devices = runtime.devices()
@@ -364,7 +378,7 @@ def _admit(
         raise _no_runner(device, exc) from None  # the reason says it all: no chained traceback in the log
     alone = suspect  # it was running when a device died: it runs alone (see isolation)
     if redelivered:
-        verdict = _settle_redelivery(delivery, items)
+        verdict = _settle_redelivery(delivery, items, deliveries)
         if verdict is Verdict.SKIP:
             return None
         alone = alone or verdict is Verdict.RUN_ALONE

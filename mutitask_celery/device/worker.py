@@ -12,12 +12,27 @@ import logging
 from collections.abc import Sequence
 
 from celery.utils.nodenames import host_format
+from celery.worker.consumer import Consumer
 
 from mutitask_celery import keys
 from mutitask_celery.celery_app import app
 
 log = logging.getLogger(__name__)
 PER_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
+DELAYED_DELIVERY = "celery.worker.consumer.delayed_delivery:DelayedDelivery"
+
+
+class DeviceConsumer(Consumer):  # type: ignore[misc]  # celery's, untyped
+    """Celery's consumer (``worker_consumer``) without its native delayed delivery.
+
+    On quorum queues Celery sets up delays through the broker for tasks sent with a countdown
+    or an ETA: at every start, 28 quorum queues and 29 exchanges, and a warning for each channel
+    queue (a direct exchange, which it cannot serve). mutitask sends no such task (a retry
+    waits in the device, see ``retry_backoff``), so a device sets up none of it.
+    """
+
+    class Blueprint(Consumer.Blueprint):  # type: ignore[misc]
+        default_steps = [step for step in Consumer.Blueprint.default_steps if step != DELAYED_DELIVERY]
 
 
 def device_name(device_id: int) -> str:

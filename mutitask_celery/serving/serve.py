@@ -102,7 +102,7 @@ def serve(
     celery_app.check_compatible(celery_app.app)
     check_redis(conf.redis_url)
     memory.check_policy(runtime.books_client(conf), settings.mask_url(conf.redis_url))  # an evicting Redis loses tasks
-    runtime.transport().check()  # RabbitMQ unreachable: one clear error within seconds
+    runtime.transport().check(range(1, len(sources) + 1))  # RabbitMQ unreachable, or a queue of the other type
     name = check_run_name(run_name or DEFAULT_RUN) if resume or run_name is not None else None
     names = runtime.keys(conf)
     with take_leases(runtime.books_client(conf), len(sources), name, conf.dead_after, names) as leases:

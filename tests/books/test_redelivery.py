@@ -1,6 +1,6 @@
 """A broker that redelivers by itself (RabbitMQ), without one: the poison-task count
-kept from the ``redelivered`` flag, and the journal of tasks not yet handed to the
-broker. A recording publisher stands in for RabbitMQ; the end-to-end tests run the
+kept from the ``redelivered`` flag, a quorum queue's delivery count, and the journal of
+tasks not yet handed to the broker. A recording publisher stands in for RabbitMQ; the end-to-end tests run the
 real one (tests/surface/test_end_to_end.py, ``[amqp]``)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from mutitask_celery import codec, keys
 from mutitask_celery.books import messages
 from mutitask_celery.books.ledger import Ledger, Outcome
 from mutitask_celery.books.recovery.base import Verdict
-from mutitask_celery.books.recovery.redeliveries import Redeliveries
+from mutitask_celery.books.recovery.redeliveries import FRESH_AFTER, Redeliveries
 from mutitask_celery.books.transports.kombu_broker import KombuBroker
 from mutitask_celery.books.transports.publisher import BrokerPublisher
 
@@ -123,3 +123,27 @@ def test_a_finished_task_delivered_again_does_not_run(r: redis.Redis, books: Boo
     ledger.finish(1, "device1@h", [Outcome("id-a", ok=True, result='"A"')])
     assert redeliveries.settle(1, "device2@h", "id-a", items("a")) is Verdict.SKIP  # only its ack was lost
     assert r.hlen(keys.lost(1)) == 0 and mt.results(1) == ["A"]
+
+
+def test_a_message_that_came_back_often_goes_out_afresh(r: redis.Redis, books: Books) -> None:
+    """A quorum queue's x-delivery-count at FRESH_AFTER: the tasks go out in a fresh message (the
+    broker's count starts again) before a delivery limit would drop it; deaths still count."""
+    ledger, redeliveries, recorder = books
+    assert redeliveries.fresh_after == FRESH_AFTER
+    ledger.publish(1, items("a", "b"), batch=2)
+    assert redeliveries.settle(1, "device1@h", "m-ab", items("a", "b"), deliveries=FRESH_AFTER - 1) is Verdict.RUN
+    sent = len(recorder.sent)
+    assert redeliveries.settle(1, "device1@h", "m-ab", items("a", "b"), deliveries=FRESH_AFTER) is Verdict.SKIP
+    assert recorder.sent[sent:] == [("channel1", [["id-a"], ["id-b"]])] and not recorder.suspects
+    assert r.hlen(keys.lost(1)) == 0 and r.hlen(keys.pending(1)) == 2  # held only: no death, nothing lost
+
+    start(r, "device1@h", "id-a")  # ...and the device dies running it
+    assert redeliveries.settle(1, "device2@h", "id-a", items("a"), deliveries=FRESH_AFTER + 5) is Verdict.SKIP
+    assert recorder.sent[-1] == ("channel1", [["id-a"]]) and recorder.suspects  # the fresh copy runs alone
+    assert r.hget(keys.lost(1), "id-a") == "1"
+
+    r.hset(keys.lost(1), "id-b", 2)
+    start(r, "device1@h", "id-b")  # its third death, running alone: buried, however often it came back
+    assert redeliveries.settle(1, "device2@h", "id-b", items("b"), deliveries=FRESH_AFTER) is Verdict.SKIP
+    (record,) = mt.failed(1)
+    assert record.id == "id-b" and record.reason.startswith("worker lost")

@@ -112,8 +112,12 @@ class Recovery(ABC):
         """A prefork child died running the message: what became of it, or None to let Celery requeue it."""
 
     @abstractmethod
-    def settle(self, channel: int, device: str, message_id: str, items: Sequence[messages.Item]) -> Verdict:
-        """How a message that just arrived runs (a redelivery may be a poison task's)."""
+    def settle(
+        self, channel: int, device: str, message_id: str, items: Sequence[messages.Item], deliveries: int = 0
+    ) -> Verdict:
+        """How a message that just arrived runs (a redelivery may be a poison task's);
+        ``deliveries``: how often the broker says it handed the message out before (a quorum
+        queue's ``x-delivery-count``), 0 where it does not say."""
 
     # -- what the server calls --------------------------------------------------------
     @abstractmethod

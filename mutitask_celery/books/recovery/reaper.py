@@ -217,7 +217,9 @@ class Reaper(Recovery):
     def end_of_run(self, channels: Sequence[int]) -> None:
         self.drop_finished(channels)
 
-    def settle(self, channel: int, device: str, message_id: str, items: Sequence[messages.Item]) -> Verdict:
+    def settle(
+        self, channel: int, device: str, message_id: str, items: Sequence[messages.Item], deliveries: int = 0
+    ) -> Verdict:
         return Verdict.RUN  # the reaper counts deaths and sends suspects back flagged
 
     # -- how ----------------------------------------------------------------------------

@@ -64,8 +64,9 @@ class Transport(ABC):
         """Publish outside a Lua step, with the books' changes already queued in ``pipe``."""
 
     @abstractmethod
-    def check(self) -> None:
-        """Fail within seconds, with a clear error, when the broker cannot be reached."""
+    def check(self, channels: Sequence[int] = ()) -> None:
+        """Fail within seconds, with a clear error, when the broker cannot be reached or the
+        queues of ``channels`` cannot be declared as the settings say."""
 
     @abstractmethod
     def close(self) -> None:

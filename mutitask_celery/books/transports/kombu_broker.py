@@ -58,8 +58,9 @@ class KombuBroker(Transport):
         if task_ids:
             self.client.zrem(self.keys.unsent(channel), *task_ids)
 
-    def check(self) -> None:
+    def check(self, channels: Sequence[int] = ()) -> None:
         self.publisher.check()
+        self.publisher.declare([keys.queue(channel) for channel in channels])
 
     def close(self) -> None:
         self.publisher.close()

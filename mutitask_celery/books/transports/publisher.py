@@ -30,6 +30,7 @@ from kombu.connection import Connection
 from kombu.messaging import Producer
 
 from mutitask_celery.books import messages
+from mutitask_celery.books.transports import queues
 from mutitask_celery.celery_app import TASK_NAME
 from mutitask_celery.errors import BrokerUnavailable
 from mutitask_celery.settings import mask_url
@@ -76,6 +77,9 @@ class BrokerPublisher:
                 except Exception as exc:  # kombu raises its transport's own errors: sorted here
                     recoverable = self._recoverable(exc)
                     self._drop()
+                    refused = queues.type_refused(exc, queue, self.app)
+                    if refused is not None:  # a queue of the other type: no try will do
+                        raise refused from None
                     if not recoverable:
                         raise
                     if attempt == ATTEMPTS:
@@ -100,6 +104,17 @@ class BrokerPublisher:
                 raise BrokerUnavailable(
                     f"cannot reach the broker at {mask_url(self.app.conf.broker_url)}: {exc}"
                 ) from None
+
+    def declare(self, names: Sequence[str]) -> None:
+        """Declare the queues ``names`` now, as a publish would: :class:`ConfigurationError`
+        for one that exists with the other type (see :mod:`.queues`)."""
+        with self._lock:
+            producer = self._open()
+            try:
+                queues.declare(self.app, producer.channel, names)
+            except Exception:
+                self._drop()  # RabbitMQ closed the channel
+                raise
 
     def close(self) -> None:
         """Drop the connection (the settings changed, or the process is done with it)."""

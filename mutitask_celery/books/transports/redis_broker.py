@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import redis
 
 from mutitask_celery import keys
@@ -34,7 +36,7 @@ class RedisBroker(Transport):
         pipe.lpush(self.keys.queue_list(channel), *self.step_messages(channel, groups, suspect))
         pipe.execute()
 
-    def check(self) -> None:
+    def check(self, channels: Sequence[int] = ()) -> None:
         pass  # the books' Redis: checked with them (connection.check_redis)
 
     def close(self) -> None:
