@@ -189,9 +189,9 @@ SETTINGS: tuple[Setting, ...] = (
         None,
         _replicas,
         "Replicas that must confirm each books step (Redis WAIT, sent with the step) before it counts as done, "
-        "so that a failover loses none: auto is 1 with a Sentinel URL and 0 otherwise; set 1 for a managed "
-        "Redis whose one address fails over to a replica. A step waits, logging why every 10 s, until "
-        "confirmed.",
+        "so that a failover loses none: behind Sentinel every replica the sentinels might promote, and at "
+        "least this many (auto: 1 with a Sentinel URL, 0 otherwise); set 1 for a managed Redis whose one "
+        "address fails over to a replica. A step waits, logging why every 10 s, until confirmed.",
         shown="auto",
     ),
     Setting(
@@ -491,6 +491,6 @@ def markdown_rows() -> list[str]:
     rows = []
     for s in SETTINGS:
         names = " or ".join(f"`{n}`" for n in s.config_names)
-        default = "none" if s.default in (None, "") else f"`{s.shown or s.default}`"
+        default = f"`{s.shown}`" if s.shown else "none" if s.default in (None, "") else f"`{s.default}`"
         rows.append(f"| {s.doc} | `{s.env}` | {names} | {default} |")
     return rows
