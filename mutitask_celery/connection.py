@@ -152,6 +152,19 @@ def raw_twin(client: redis.Redis) -> redis.Redis:
     return twin
 
 
+def unconfirmed(client: redis.Redis) -> redis.Redis:
+    """A client on ``client``'s connections whose steps no replica confirms (see
+    :mod:`.steps`: a heartbeat, a lease renewed); ``client`` itself when none does. Made once
+    per client (kept on it)."""
+    if not isinstance(client, ConfirmingRedis) or not client.count.least:
+        return client
+    plain: redis.Redis | None = getattr(client, "_mutitask_unconfirmed", None)
+    if plain is None:
+        plain = ConfirmingRedis(connection_pool=client.connection_pool)  # its count: none
+        client._mutitask_unconfirmed = plain  # type: ignore[attr-defined]  # our own mark
+    return plain
+
+
 class Deferred:
     """Commands written to Redis now whose replies are read later, on a connection of the
     calling thread's own.

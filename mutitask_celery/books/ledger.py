@@ -489,18 +489,18 @@ class Ledger:
         )
         return [Claimed(int(code)) for code in codes]
 
-    def mark_claims(self, channel: int, device: str, message_id: str, task_ids: Sequence[str], mark: str) -> int:
+    def mark_claims(self, channel: int, device: str, message_id: str, task_ids: Sequence[str], mark: str) -> list[str]:
         """``mark`` ``'saving'``: the device begins calling its save function on the claimed
         results, so from now on its death may have saved them (a death before this saved
         nothing: its tasks just run again). ``'release'``: it gives its claims up before any
-        save (``lua/claim_mark.lua``). Returns how many claims it marked."""
+        save (``lua/claim_mark.lua``). Returns the ids it marked: the device saves exactly
+        those (a claim a reaper ended meanwhile is not among them)."""
         if not task_ids:
-            return 0
-        return int(
-            self._mark(
-                claims=self.keys.claims(channel), claim=claim_of(device, message_id), mark=mark, task_ids=task_ids
-            )
+            return []
+        marked = self._mark(
+            claims=self.keys.claims(channel), claim=claim_of(device, message_id), mark=mark, task_ids=task_ids
         )
+        return [text(t) for t in marked]
 
     def wait_for_progress(self, channels: Sequence[int], timeout: float) -> None:
         """Block until a device takes or finishes a message of one of ``channels``, or ``timeout``

@@ -9,7 +9,13 @@ names the same entries as ``local``\\ s at its top (``local pending = KEYS[1]``)
 Some steps take a tail of any length after their named entries (``more_keys``,
 ``more_args``: a list under that keyword), such as the dead-letter record of each task a
 finish step records. Every call goes through :meth:`Step.keys_and_args`: the one place for what must happen
-with each step (a replica's acknowledgement, say) to go.
+with each step to go.
+
+Behind replicas that confirm steps (:mod:`.replication`), a step waits until they have it.
+Steps that only say a process lives (a heartbeat, a lease renewed or given up, a start mark, a
+rate limit's tokens) do not (``confirm=False``): a failover may lose one, which costs a beat,
+while waiting for a replica that rejoins (seconds) would make live devices look dead and get
+their tasks buried.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import redis
 from redis.commands.core import Script
 
 from mutitask_celery.books import scripts
+from mutitask_celery.connection import unconfirmed
 
 Value = str | bytes | int | float
 
@@ -35,6 +42,7 @@ class Step:
     args: tuple[str, ...] = ()
     more_keys: str = ""  # the keyword of a tail of keys of any length ('' for none)
     more_args: str = ""  # the keyword of a tail of arguments of any length ('' for none)
+    confirm: bool = True  # behind confirming replicas, wait until they have it (see the module's docstring)
 
     def __post_init__(self) -> None:
         names = [*self.keys, *self.args, *filter(None, (self.more_keys, self.more_args))]
@@ -67,7 +75,7 @@ class Step:
 
     def on(self, client: redis.Redis) -> Bound:
         """This step, registered on ``client`` (sent to Redis once, then called by its SHA)."""
-        return Bound(self, scripts.load(client, self.name))
+        return Bound(self, scripts.load(client if self.confirm else unconfirmed(client), self.name))
 
 
 @dataclass(frozen=True)
@@ -87,8 +95,8 @@ class Bound:
         return self.script(keys=cast("list[str]", ks), args=argv)
 
 
-def _step(name: str, keys: str, args: str = "", more_keys: str = "", more_args: str = "") -> Step:
-    return Step(name, tuple(keys.split()), tuple(args.split()), more_keys, more_args)
+def _step(name: str, keys: str, args: str = "", more_keys: str = "", more_args: str = "", confirm: bool = True) -> Step:
+    return Step(name, tuple(keys.split()), tuple(args.split()), more_keys, more_args, confirm)
 
 
 # The books' steps, by name. The KEYS are named for the Redis keys they are (see keys.py);
@@ -133,15 +141,16 @@ FORGET = _step(
     "devices_seen devices_beats inhand devices_info devices_done devices_wanted devices_forgotten steps",
     "device seen",
 )
-HELD = _step("held", "held devices_beats", "channel", more_keys="notes", more_args="devices")
+HELD = _step("held", "held devices_beats", "channel", more_keys="notes", more_args="devices", confirm=False)
 HEARD = _step(
     "heard",
     "devices_seen devices_beats devices_done devices_forgotten inhand unacked_index",
     "device",
     more_keys="message_keys",  # to note a message just taken: held, notify and the queue of its channel
     more_args="taken",  # ... and its id, delivery tag, tasks and channel
+    confirm=False,  # a heartbeat; a note it loses in a failover is a stray the sweep finds
 )
-START = _step("start", "devices_seen devices_beats started", "device message_id alone")
+START = _step("start", "devices_seen devices_beats started", "device message_id alone", confirm=False)
 RELOAD = _step(
     "reload", "dead_index dead_index_ch pending meta stats backlog", "channel now version", "records", "task_ids"
 )
@@ -150,9 +159,9 @@ UNPUBLISHABLE = _step(
     "unpublishable", "record dead_index dead_index_ch dead_channels meta stats", "task_id channel data reason"
 )
 LEASE_TAKE = _step("lease_take", "lease holders", "value ttl replaces")
-LEASE_KEEP = _step("lease_keep", "lease holders", "value ttl")
-LEASE_RELEASE = _step("lease_release", "lease holders", "value")
-TAKE_TOKENS = _step("take_tokens", "rate_limits rate_tat", "tasks channel")
+LEASE_KEEP = _step("lease_keep", "lease holders", "value ttl", confirm=False)
+LEASE_RELEASE = _step("lease_release", "lease holders", "value", confirm=False)
+TAKE_TOKENS = _step("take_tokens", "rate_limits rate_tat", "tasks channel", confirm=False)
 
 ALL: tuple[Step, ...] = (
     PUBLISH,

@@ -124,9 +124,10 @@ def save_one(save: SaveFunction, task_id: str, value: Any) -> Outcome:
 
 
 def save_claimed(delivery: Delivery, save: SaveFunction, ran: list[Outcome | ToSave]) -> list[Outcome]:
-    """Claim the tasks whose results are to be saved, then save only those claimed here
-    (``lua/claim.lua``); the others ran elsewhere too and are counted as run twice. Returns
-    the outcomes in order.
+    """Claim the tasks whose results are to be saved, mark the claims saving, then save only
+    those marked here (``lua/claim.lua``, ``lua/claim_mark.lua``); the others ran elsewhere too,
+    or were given to other devices between the claim and the mark, and are counted as run
+    twice. Returns the outcomes in order.
 
     Raises ``redis.RedisError`` (not an outage: those are waited out) when the claim cannot be
     made (nothing was saved: the message can go back).
@@ -137,24 +138,33 @@ def save_claimed(delivery: Delivery, save: SaveFunction, ran: list[Outcome | ToS
         f"claim {len(results)} result(s) on channel {channel}",
         lambda: runtime.ledger().claim(channel, device, message_id, [r.task_id for r in results]),
     )
-    saved = dict(zip((r.task_id for r in results), codes, strict=True))
-    ours = [task_id for task_id, code in saved.items() if code.save]
-    _patiently(
-        f"mark {len(ours)} claim(s) saving on channel {channel}",
-        lambda: runtime.ledger().mark_claims(channel, device, message_id, ours, "saving"),
+    claimed = [task_id for task_id, code in zip((r.task_id for r in results), codes, strict=True) if code.save]
+    marked = set(
+        _patiently(
+            f"mark {len(claimed)} claim(s) saving on channel {channel}",
+            lambda: runtime.ledger().mark_claims(channel, device, message_id, claimed, "saving"),
+        )
     )
     outcomes: list[Outcome] = []
     for r in ran:
         if not isinstance(r, ToSave):
             outcomes.append(r)
-        elif saved[r.task_id].save:
+        elif r.task_id in marked:
             outcomes.append(save_one(save, r.task_id, r.value))
         else:
             outcomes.append(Outcome(task_id=r.task_id, ok=True, skipped=True))
-    skipped = sum(1 for code in codes if not code.save)
+    skipped = len(results) - len(claimed)
     if skipped:
         log.warning(
             "%d task(s) of message %s ran elsewhere too: their results are not saved again", skipped, message_id
+        )
+    taken = len(claimed) - len(marked)
+    if taken:
+        log.warning(
+            "%d task(s) of message %s were given to other devices while they ran here (this device was taken "
+            "for dead): not saved here, they are saved where they run again",
+            taken,
+            message_id,
         )
     return outcomes
 

@@ -81,3 +81,25 @@ def test_a_step_that_fails_leaves_the_connection_in_step(master_and_replica: tup
     with pytest.raises(redis.ResponseError):
         client.eval("return redis.call('NOSUCHCOMMAND')", 0)
     assert client.get("k") == "x"
+
+
+def test_a_heartbeat_or_a_lease_renewed_does_not_wait_for_replicas(
+    master_and_replica: tuple[LocalRedis, LocalRedis],
+) -> None:
+    """Steps that only say a process lives are not confirmed: a replica rejoining (seconds)
+    would otherwise make live devices look dead."""
+    from mutitask_celery.books import steps
+
+    master, replica = master_and_replica
+    client = ConfirmingRedis(port=master.port, decode_responses=True)
+    client.confirm(ReplicaCount(1))
+    plain = redis.Redis(port=master.port, decode_responses=True)
+    keep = steps.LEASE_KEEP.on(client)
+    assert replica.proc is not None
+    os.kill(replica.proc.pid, signal.SIGSTOP)
+    try:
+        before = waits(plain)
+        keep(lease="lease:test", holders="holders:test", value="me", ttl=10)  # returns: nothing waited for
+        assert waits(plain) == before
+    finally:
+        os.kill(replica.proc.pid, signal.SIGCONT)

@@ -163,7 +163,7 @@ def test_a_device_that_dies_holding_claims_loses_its_tasks_only_if_it_began_savi
     devices.started(device, 1, message_id)  # ...ran its tasks...
     assert ledger.claim(1, device, message_id, ids) == [Claimed.CLAIMED] * 3  # ...and claimed them
     if saving:
-        assert ledger.mark_claims(1, device, message_id, ids, "saving") == 3
+        assert ledger.mark_claims(1, device, message_id, ids, "saving") == ids
     reaper = runtime.recovery()
     assert isinstance(reaper, Reaper)
     reaper.recover(device)  # then it died
@@ -175,3 +175,57 @@ def test_a_device_that_dies_holding_claims_loses_its_tasks_only_if_it_began_savi
     else:
         assert mt.failed_count(1) == 0 and ledger.outstanding(1) == 3
         assert r.llen(keys.queue(1)) == 3  # each back alone, to run again
+
+
+def test_a_device_taken_for_dead_between_its_claim_and_its_mark_saves_nothing(
+    r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chaos soak behind Sentinel saw it: a device claims a message's tasks, a reaper takes
+    it for dead (writes stalled on a replica rejoining) and gives its message back, freeing the
+    claims not yet marked saving; the device's mark then marks none of them, and it must save
+    none: the copies given back claim and save them. (Its mark repeated after a lost reply
+    still counts what it did mark.)"""
+    from mutitask_celery.device import tasks
+
+    ledger = runtime.ledger()
+    device, tag, ids = "device8@test", "tag-8", [f"task-{n}" for n in range(3)]
+    ledger.publish(1, [(t, codec.encode(t)) for t in ids], batch=3)
+    envelope = json.loads(r.rpop(keys.queue(1)))
+    message_id = envelope["headers"]["id"]
+    r.hset(keys.KOMBU_UNACKED, tag, json.dumps([envelope, "", keys.queue(1)]))
+    r.zadd(keys.KOMBU_UNACKED_INDEX, {tag: 1700000000.5})
+    devices = runtime.devices()
+    devices.heard(device, in_hand=Taken(message_id, tag, 3, 1))
+    devices.started(device, 1, message_id)
+    reaper = runtime.recovery()
+    assert isinstance(reaper, Reaper)
+    mark = type(ledger).mark_claims
+
+    def reaped_first(self: Any, *args: Any) -> Any:
+        reaper.recover(device)  # taken for dead right between the claim and the mark
+        return mark(self, *args)
+
+    monkeypatch.setattr(type(ledger), "mark_claims", reaped_first)
+    called: list[Any] = []
+    outcomes = tasks.save_claimed(
+        tasks.Delivery(1, device, message_id), called.append, [tasks.ToSave(t, f"result {t}") for t in ids]
+    )
+    assert called == []  # nothing saved: the tasks went back, and run again elsewhere
+    assert all(o.skipped for o in outcomes)
+    assert ledger.outstanding(1) == 3 and r.llen(keys.queue(1)) == 3 and mt.failed_count(1) == 0
+
+
+def test_a_mark_repeated_after_a_lost_reply_still_counts_its_own(r: redis.Redis) -> None:
+    ledger = runtime.ledger()
+    device, tag, ids = "device9@test", "tag-9", ["a", "b"]
+    ledger.publish(1, [(t, codec.encode(t)) for t in ids], batch=2)
+    envelope = json.loads(r.rpop(keys.queue(1)))
+    message_id = envelope["headers"]["id"]
+    r.hset(keys.KOMBU_UNACKED, tag, json.dumps([envelope, "", keys.queue(1)]))
+    r.zadd(keys.KOMBU_UNACKED_INDEX, {tag: 1700000000.5})
+    runtime.devices().heard(device, in_hand=Taken(message_id, tag, 2, 1))
+    runtime.devices().started(device, 1, message_id)
+    assert ledger.claim(1, device, message_id, ids) == [Claimed.CLAIMED] * 2
+    assert ledger.mark_claims(1, device, message_id, ids, "saving") == ids
+    assert ledger.mark_claims(1, device, message_id, ids, "saving") == ids  # the same reply again
+    assert ledger.mark_claims(1, "device10@test", message_id, ids, "saving") == []  # not another's
