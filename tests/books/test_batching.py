@@ -6,16 +6,13 @@ import io
 
 import redis
 from helpers.processes import Processes
+from helpers.runs import expected_double
 
 import mutitask_celery as mt
 from mutitask_celery import runtime
 from mutitask_celery.books.ledger import MAX_BATCH, ChannelStats
 from mutitask_celery.serving import serve
 from mutitask_celery.serving.producer import _Batcher
-
-
-def expected_double(n: int) -> str:
-    return "returned None" if n % 10 == 0 else (f"ValueError: unlucky {n}" if n % 13 == 0 else "")
 
 
 def test_short_tasks_share_messages_and_keep_their_own_outcomes(procs: Processes, r: redis.Redis) -> None:

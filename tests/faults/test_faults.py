@@ -10,7 +10,7 @@ import pytest
 import redis
 from helpers.paths import SCRIPTS
 from helpers.processes import Processes
-from helpers.runs import poison_run, run_in_thread
+from helpers.runs import expected_double, poison_run, run_in_thread
 from helpers.services import RestartableRedis
 from helpers.settings import FAST
 from helpers.waits import device_is_up, wait_until
@@ -65,10 +65,6 @@ def test_poison_task_is_dead_lettered_after_three_deaths(procs: Processes, r: re
     assert r.hlen(keys.lost(1)) == 0
     # The run ends once every task has its outcome; a device acks just after recording one.
     wait_until(lambda: r.hlen(keys.KOMBU_UNACKED) == 0, 10, "every message acknowledged")
-
-
-def expected_double(n: int) -> str:
-    return "returned None" if n % 10 == 0 else (f"ValueError: unlucky {n}" if n % 13 == 0 else "")
 
 
 @pytest.mark.slow

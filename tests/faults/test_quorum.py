@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import io
 import re
-import signal
 import socket
 import subprocess
 
 import pytest
 import redis
 from helpers.processes import Processes
-from helpers.runs import poison_run, run_in_thread
+from helpers.runs import expected_double, poison_run, run_in_thread, run_with_a_device_killed
 from helpers.services import Broker, RabbitControl
 from helpers.waits import device_is_up, wait_until
 from kombu.connection import Connection
@@ -28,15 +27,6 @@ from mutitask_celery.serving import serve
 
 HOST = socket.gethostname()
 COUNT = 300
-
-
-def expected_double(n: int) -> str:
-    """Why the 'double' device fails task ``n``, or "" when it succeeds (tests/scripts/device.py)."""
-    if n % 10 == 0:
-        return "returned None"
-    if n % 13 == 0:
-        return f"ValueError: unlucky {n}"
-    return ""
 
 
 def assert_every_task_ended_once(count: int) -> None:
@@ -57,18 +47,7 @@ def assert_quorum_queues_only(broker: Broker) -> None:
 def test_a_sigkilled_device_loses_nothing(procs: Processes, quorum_broker: Broker) -> None:
     """SIGKILL while a task runs: RabbitMQ hands the message to another device (x-delivery-count
     1), which charges the death and runs it alone; every task ends exactly once."""
-    victim = procs.device(3, 1, "slow", env={"SLOW_SECONDS": "60"})
-    wait_until(device_is_up(f"device3@{HOST}"), 30, "device3")
-    thread, out = run_in_thread([str(n) for n in range(COUNT)])
-    wait_until(lambda: procs.starts(victim), 30, "device3 to start a task")
-    procs.device(1, 1)
-    procs.device(2, 1)
-    wait_until(lambda: mt.results_count(1) >= 50, 60, "the run to be under way")
-    assert runtime.ledger().outstanding(1) > 0
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(10)
-    thread.join(120)
-    assert not thread.is_alive(), "the run did not complete"
+    out = run_with_a_device_killed(procs, COUNT)
     assert_every_task_ended_once(COUNT)
     summary = out["summary"]
     assert (summary.published, summary.succeeded + summary.failed) == (COUNT, COUNT)

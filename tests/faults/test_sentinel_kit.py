@@ -17,6 +17,7 @@ import time
 import pytest
 import redis
 from helpers.sentinels import master_of, report, sentinel_of
+from redis.sentinel import Sentinel
 
 from mutitask_celery.tools.localsentinel import LocalSentinelGroup
 
@@ -51,14 +52,19 @@ def test_the_group_comes_up_and_a_write_on_the_master_reaches_both_replicas(
             anonymous.ping()
 
 
+def write_before(sentinel: Sentinel) -> None:
+    """A key written on the master and on both replicas before the fault (it must outlive it)."""
+    with master_of(sentinel, NAME) as master:
+        master.set("before", "1")
+        assert master.execute_command("WAIT", 2, 5000) == 2
+
+
 def test_a_killed_master_is_replaced_comes_back_as_a_replica_and_its_successor_can_fail_too(
     sentinel_group: LocalSentinelGroup,
 ) -> None:
     group = sentinel_group
     with sentinel_of(group) as sentinel:
-        with master_of(sentinel, NAME) as master:
-            master.set("before", "1")
-            assert master.execute_command("WAIT", 2, 5000) == 2
+        write_before(sentinel)
         started = time.monotonic()
         first = group.kill_master()
         second = group.wait_promoted(first, started + PROMOTION_DEADLINE)
@@ -107,9 +113,7 @@ def test_a_frozen_master_is_replaced_and_comes_back_as_a_replica_when_it_wakes(
 ) -> None:
     group = sentinel_group
     with sentinel_of(group) as sentinel:
-        with master_of(sentinel, NAME) as master:
-            master.set("before", "1")
-            assert master.execute_command("WAIT", 2, 5000) == 2
+        write_before(sentinel)
         started = time.monotonic()
         frozen = group.freeze_master(FREEZE)
         new = group.wait_promoted(frozen, started + FREEZE)  # while it is still frozen

@@ -55,3 +55,38 @@ def poison_run(procs: Processes, env: dict[str, str] | None = None) -> PoisonRun
             device = procs.device(1, 1, "poison", env=env)
         thread.join(0.2)
     return PoisonRun(deaths, out["summary"])
+
+
+def expected_double(n: int) -> str:
+    """Why the 'double' device (tests/scripts/device.py) fails task ``n``, or "" when it succeeds."""
+    if n % 10 == 0:
+        return "returned None"
+    if n % 13 == 0:
+        return f"ValueError: unlucky {n}"
+    return ""
+
+
+def run_with_a_device_killed(procs: Processes, count: int, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """A run of ``count`` tasks (in a thread) on channel 1 while device3 holds a task it would run
+    for a minute; devices 1 and 2 join, and device3 is SIGKILLed once the run is under way.
+    Returns the run's ``out`` (its summary under ``"summary"``), once it completed."""
+    import signal
+    import socket
+
+    import mutitask_celery as mt
+    from helpers.waits import device_is_up, wait_until
+    from mutitask_celery import runtime
+
+    victim = procs.device(3, 1, "slow", env={"SLOW_SECONDS": "60", **(env or {})})
+    wait_until(device_is_up(f"device3@{socket.gethostname()}"), 30, "device3")
+    thread, out = run_in_thread([str(n) for n in range(count)])
+    wait_until(lambda: procs.starts(victim), 30, "device3 to start a task")
+    procs.device(1, 1, env=env)
+    procs.device(2, 1, env=env)
+    wait_until(lambda: mt.results_count(1) >= 50, 60, "the run to be under way")
+    assert runtime.ledger().outstanding(1) > 0
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    thread.join(120)
+    assert not thread.is_alive(), "the run did not complete"
+    return out

@@ -19,7 +19,7 @@ import pytest
 import redis
 from helpers.paths import SCRIPTS
 from helpers.processes import Processes
-from helpers.runs import poison_run, run_in_thread
+from helpers.runs import expected_double, poison_run, run_in_thread, run_with_a_device_killed
 from helpers.services import Broker
 from helpers.waits import device_is_up, wait_until
 
@@ -39,14 +39,6 @@ pytestmark = pytest.mark.usefixtures("broker")  # every test: [redis] and [amqp]
 def summary_of(procs: Processes, server: subprocess.Popen[bytes]) -> dict[str, dict[str, int]]:
     line = [x for x in procs.output(server).splitlines() if x.startswith("SUMMARY ")][-1]
     return json.loads(line[len("SUMMARY ") :])
-
-
-def expected_double(n: int) -> str:
-    if n % 10 == 0:
-        return "returned None"
-    if n % 13 == 0:
-        return f"ValueError: unlucky {n}"
-    return ""
 
 
 def test_legacy_scripts_run_every_task_once(procs: Processes, r: redis.Redis) -> None:
@@ -267,19 +259,8 @@ def test_a_device_killed_mid_task_loses_nothing(
     connection dropped), on Redis the reaper does after MUTITASK_DEAD_AFTER; either way every
     task ends exactly once in the books."""
     monkeypatch.setenv("MUTITASK_DEAD_AFTER", "3")  # this process's reaper (Redis broker)
-    victim = procs.device(3, 1, "slow", env={"SLOW_SECONDS": "60", **FAST})
-    wait_until(device_is_up(f"device3@{HOST}"), 30, "device3")
     count = 300
-    thread, out = run_in_thread([str(n) for n in range(count)])
-    wait_until(lambda: procs.starts(victim), 30, "device3 to start a task")
-    procs.device(1, 1, env=FAST)
-    procs.device(2, 1, env=FAST)
-    wait_until(lambda: mt.results_count(1) >= 50, 60, "the run to be under way")
-    assert runtime.ledger().outstanding(1) > 0
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(10)
-    thread.join(120)
-    assert not thread.is_alive(), "the run did not complete"
+    out = run_with_a_device_killed(procs, count, env=FAST)
     summary = out["summary"]
     good = [n * 2 for n in range(count) if not expected_double(n)]
     assert sorted(mt.results(1)) == good  # every success saved exactly once
