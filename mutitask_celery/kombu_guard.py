@@ -185,6 +185,38 @@ def _guard_few_replicas() -> None:
 
     kombu_redis.Channel._brpop_read = _brpop_read  # type: ignore[method-assign]
 
+    get_client = kombu_redis.Channel._get_client
+
+    def _get_client(self: Any) -> Any:  # every other write kombu makes (bindings, at connecting): alike
+        make = get_client(self)  # type: ignore[no-untyped-call]
+
+        def client(*args: Any, **kwargs: Any) -> Any:
+            made = make(*args, **kwargs)
+            made.parse_response = _outage_on_no_replicas(made.parse_response)
+            return made
+
+        return client
+
+    kombu_redis.Channel._get_client = _get_client  # type: ignore[method-assign]
+
+
+def _outage_on_no_replicas(parse: Any) -> Any:
+    """``parse`` (a redis-py client's ``parse_response``), with a refusal for want of
+    replicas turned into :class:`.replication.NoReplicas` and the connection dropped: a
+    device connecting to a master being demoted would otherwise stop (Celery takes a
+    ``ResponseError`` while connecting for unrecoverable)."""
+
+    def parse_response(connection: Any, command_name: Any, **options: Any) -> Any:
+        try:
+            return parse(connection, command_name, **options)
+        except redis.ResponseError as error:
+            if not for_want_of_replicas(error):
+                raise
+            connection.disconnect()
+            raise as_outage(error) from None
+
+    return parse_response
+
 
 def _leave_master(channel: Any) -> None:
     """Close the channel's connections to a master that cannot write: most often an old
