@@ -4,6 +4,7 @@ and all of them stopped by id afterwards (the ``procs`` fixture), even when the 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import IO, Any, NamedTuple
 
 from helpers.paths import ROOT, SCRIPTS
 from mutitask_celery.tools.processes import stop_process_groups
+
+_START = re.compile(r"^START (.*) (\d+(?:\.\d+)?)$")  # a task may hold spaces; then its start time
 
 
 class Start(NamedTuple):
@@ -90,11 +93,9 @@ class Processes:
         order, those after ``after`` (a Unix time) if given."""
         found = []
         for line in self.output(proc).splitlines():
-            if not line.startswith("START "):
-                continue
-            task, _, when = line[len("START ") :].rpartition(" ")  # a task may hold spaces
-            if float(when) > after:
-                found.append(Start(task, float(when)))
+            match = _START.match(line)  # a line another writer broke into (Celery's log) is not one
+            if match is not None and float(match.group(2)) > after:
+                found.append(Start(match.group(1), float(match.group(2))))
         return found
 
     def stop_all(self) -> None:
