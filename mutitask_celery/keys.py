@@ -32,7 +32,7 @@ Layout (``<ch>`` is a channel number, ``<id>`` a task id):
                                 hands (kombu's delivery tag and its ``unacked_index`` score, which tells
                                 deliveries apart)
 ``mutitask:started:<ch>``       hash message id -> device: messages whose tasks a device started running
-``mutitask:claims:<ch>``        hash task id -> "<device>|<message id>": a device calls its save function on
+``mutitask:claims:<ch>``        hash task id -> "<device>|<message id>|<run>": a device calls its save function on
                                 the task's result (at most once a task: see lua/claim.lua)
 ``mutitask:held:<ch>``          tasks of the channel in devices' hands (the sum over their notes)
 ``mutitask:backlog:<ch>``       sorted set id -> time: reloaded tasks in the books, fed into the channel as

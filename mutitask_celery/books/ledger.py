@@ -76,9 +76,14 @@ class Outcome:
         return "skip" if self.skipped else "ok" if self.ok else "fail"
 
 
-def claim_of(device: str, message_id: str) -> str:
-    """A device's claim on the tasks of a message it holds (see :meth:`Ledger.claim`)."""
-    return f"{device}|{message_id}"
+def claim_of(device: str, message_id: str, run: str) -> str:
+    """A device's claim on the tasks of a message it holds (see :meth:`Ledger.claim`).
+
+    ``run`` tells apart two runs of one message on one device: after a Redis failover the new
+    master may lack kombu's last pops (they are not confirmed), so the very same message can
+    reach the device that already runs it; its two runs must not both count as the claim's
+    holder, or both would call the save function."""
+    return f"{device}|{message_id}|{run}"
 
 
 class Claimed(IntEnum):
@@ -470,7 +475,7 @@ class Ledger:
         )
         return Finished(*(int(n) for n in reply))
 
-    def claim(self, channel: int, device: str, message_id: str, task_ids: Sequence[str]) -> list[Claimed]:
+    def claim(self, channel: int, device: str, message_id: str, run: str, task_ids: Sequence[str]) -> list[Claimed]:
         """Claim tasks before a user's save function is called on their results
         (``lua/claim.lua``): a task is saved only by the run that claimed it, so a task that ran
         twice (a device taken for dead that was only frozen, a message delivered twice) is
@@ -482,14 +487,16 @@ class Ledger:
             claims=self.keys.claims(channel),
             inhand=self.keys.inhand(device),
             records=[self.keys.dead_record(t) for t in task_ids],
-            claim=claim_of(device, message_id),
+            claim=claim_of(device, message_id, run),
             message_id=message_id,
             notes_holds="1" if self.transport.notes_holds else "0",
             task_ids=task_ids,
         )
         return [Claimed(int(code)) for code in codes]
 
-    def mark_claims(self, channel: int, device: str, message_id: str, task_ids: Sequence[str], mark: str) -> list[str]:
+    def mark_claims(
+        self, channel: int, device: str, message_id: str, run: str, task_ids: Sequence[str], mark: str
+    ) -> list[str]:
         """``mark`` ``'saving'``: the device begins calling its save function on the claimed
         results, so from now on its death may have saved them (a death before this saved
         nothing: its tasks just run again). ``'release'``: it gives its claims up before any
@@ -498,7 +505,7 @@ class Ledger:
         if not task_ids:
             return []
         marked = self._mark(
-            claims=self.keys.claims(channel), claim=claim_of(device, message_id), mark=mark, task_ids=task_ids
+            claims=self.keys.claims(channel), claim=claim_of(device, message_id, run), mark=mark, task_ids=task_ids
         )
         return [text(t) for t in marked]
 

@@ -41,12 +41,19 @@ log = logging.getLogger(__name__)
 
 
 class Delivery(NamedTuple):
-    """The message in hand: whose channel, which device took it, and its id (Celery's task id),
-    which the books know it by."""
+    """The message in hand: whose channel, which device took it, its id (Celery's task id),
+    which the books know it by, and this run's own token (see :func:`.claim_of`: one message
+    can reach one device twice)."""
 
     channel: int
     device: str
     message_id: str
+    run: str
+
+    @property
+    def claim(self) -> str:
+        """This run's claim on the message's tasks, for a user's save function."""
+        return claim_of(self.device, self.message_id, self.run)
 
 
 def _failure(task_id: str, reason: str, exc: BaseException | None = None, result: str = "") -> Outcome:
@@ -132,17 +139,17 @@ def save_claimed(delivery: Delivery, save: SaveFunction, ran: list[Outcome | ToS
     Raises ``redis.RedisError`` (not an outage: those are waited out) when the claim cannot be
     made (nothing was saved: the message can go back).
     """
-    channel, device, message_id = delivery
+    channel, device, message_id, _ = delivery
     results = [r for r in ran if isinstance(r, ToSave)]
     codes = _patiently(
         f"claim {len(results)} result(s) on channel {channel}",
-        lambda: runtime.ledger().claim(channel, device, message_id, [r.task_id for r in results]),
+        lambda: runtime.ledger().claim(channel, device, message_id, delivery.run, [r.task_id for r in results]),
     )
     claimed = [task_id for task_id, code in zip((r.task_id for r in results), codes, strict=True) if code.save]
     marked = set(
         _patiently(
             f"mark {len(claimed)} claim(s) saving on channel {channel}",
-            lambda: runtime.ledger().mark_claims(channel, device, message_id, claimed, "saving"),
+            lambda: runtime.ledger().mark_claims(channel, device, message_id, delivery.run, claimed, "saving"),
         )
     )
     outcomes: list[Outcome] = []
@@ -202,7 +209,7 @@ def _finish(life: DeviceLife, delivery: Delivery, outcomes: list[Outcome], busy:
     Raises :class:`BooksLost` when the books came back with fewer tasks finished by this
     device than it had seen (see :mod:`.integrity`).
     """
-    channel, device, message_id = delivery
+    channel, device, message_id, _ = delivery
     key = lifecycle.done_key(device)
     step, writer = messages.new_task_id(), f"{os.getpid()}:{threading.get_ident()}"
     # Taken once, before the first try: a try whose reply was lost may have applied, and the
@@ -271,7 +278,7 @@ def _deliveries(request: Any) -> int:
 def _settle_redelivery(delivery: Delivery, items: list[list[Any]], deliveries: int) -> Verdict:
     """How a redelivered message runs (see recovery.Redeliveries); on the Redis broker the
     reaper counts deaths instead, and it runs as it came."""
-    channel, device, message_id = delivery
+    channel, device, message_id, _ = delivery
     try:
         return runtime.recovery().settle(
             channel, device, message_id, [(str(i[0]), messages.item_text(i)) for i in items], deliveries
@@ -347,7 +354,7 @@ def _device(app: Celery, name: str) -> DeviceLife:
 def run_items(self: Task, channel: int, items: list[list[Any]], suspect: bool = False) -> None:
     """Run the tasks of one message and record their outcomes in one step, or give the message
     back untouched (:class:`HandBack`) to run later or elsewhere."""
-    delivery = Delivery(channel, self.request.hostname or "unknown", self.request.id or "")
+    delivery = Delivery(channel, self.request.hostname or "unknown", self.request.id or "", messages.new_task_id())
     life = _device(self.app, delivery.device)
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     deliveries = _deliveries(self.request)
@@ -407,7 +414,7 @@ def _work(life: DeviceLife, delivery: Delivery, items: list[list[Any]], alone: b
         outcomes = [r for r in ran if isinstance(r, Outcome)]
     else:
         outcomes = _save(delivery, save, ran)
-        claim = claim_of(delivery.device, delivery.message_id)
+        claim = delivery.claim
     try:
         return _finish(life, delivery, outcomes, busy, claim)
     except BooksLost as exc:
@@ -435,7 +442,7 @@ def _tidy_up(channel: int, finished: Finished) -> None:
 
 def _save(delivery: Delivery, save: SaveFunction, ran: list[Outcome | ToSave]) -> list[Outcome]:
     """:func:`save_claimed`, or the message back untouched when the claim cannot be made."""
-    channel, device, message_id = delivery
+    channel, device, message_id, _ = delivery
     try:
         return save_claimed(delivery, save, ran)
     except redis.RedisError as exc:
@@ -444,7 +451,7 @@ def _save(delivery: Delivery, save: SaveFunction, ran: list[Outcome | ToSave]) -
         )
         try:  # nothing was saved: the claims go, or the tasks' next runs would find them held
             ids = [r.task_id for r in ran if isinstance(r, ToSave)]
-            runtime.ledger().mark_claims(channel, device, message_id, ids, "release")
+            runtime.ledger().mark_claims(channel, device, message_id, delivery.run, ids, "release")
         except redis.RedisError:
             pass  # their next runs find them held until a reaper ends this device's claims
         raise HandBack(str(exc)) from exc
@@ -507,7 +514,7 @@ def _run(
     """Mark the message started (from now on a death is charged to its tasks; ``alone``: no
     other task of this process runs beside them), then run them. Returns what they gave, the
     time it took, and the channel's save function (None: the default)."""
-    channel, device, message_id = delivery
+    channel, device, message_id, _ = delivery
     devices = runtime.devices()
     started = time.perf_counter()  # the message's time includes its waits for a rate limit
     chunk = _first_starts(life, delivery, len(items))

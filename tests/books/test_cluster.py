@@ -201,8 +201,10 @@ def test_a_run_on_a_cluster_node_takes_every_step_in_one_slot(
     assert mt.reload_failed(1) == len(bad)  # they fail again, deterministically
     wait_until(lambda: mt.failed_count(1) == len(bad) and runtime.ledger().outstanding(1) == 0, 60, "the reload")
     runtime.ledger().give_back("device9@nowhere", 1, "no-such-message")
-    assert runtime.ledger().claim(1, "device9@nowhere", "no-such-message", ["no-such-task"]) == [0]
-    assert runtime.ledger().mark_claims(1, "device9@nowhere", "no-such-message", ["no-such-task"], "saving") == []
+    assert runtime.ledger().claim(1, "device9@nowhere", "no-such-message", "run", ["no-such-task"]) == [0]
+    assert (
+        runtime.ledger().mark_claims(1, "device9@nowhere", "no-such-message", "run", ["no-such-task"], "saving") == []
+    )
 
     loaded = dict(zip(_steps(), cluster.script_exists(*[scripts.load(cluster, n).sha for n in _steps()]), strict=True))
     assert {name for name, known in loaded.items() if not known} == REDIS_BROKER_ONLY

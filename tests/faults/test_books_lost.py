@@ -144,6 +144,6 @@ def test_a_retried_finish_seen_by_the_heartbeat_is_no_loss(r: redis.Redis, monke
 
     monkeypatch.setattr(runtime.ledger(), "finish", finish)
     monkeypatch.setattr(tasks.time, "sleep", lambda _: None)
-    done = tasks._finish(life, tasks.Delivery(1, device, "m1"), [Outcome("t1", ok=True, result='"A"')], 0.0)
+    done = tasks._finish(life, tasks.Delivery(1, device, "m1", "run1"), [Outcome("t1", ok=True, result='"A"')], 0.0)
     assert len(tries) == 2 and done.succeeded == 1 and done.device_done == 1
     assert runtime.ledger().stats(1).duplicates == 0

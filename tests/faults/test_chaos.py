@@ -49,11 +49,6 @@ def test_a_short_chaos_soak_ends_every_task_exactly_once() -> None:
     assert figures["redis_restarts"] == 2 and figures["reloads"] == 2 and figures["kills"] >= 1, figures
 
 
-@pytest.mark.skip(
-    reason="issue 25, open: behind Sentinel the soak still sees, in about 1 run of 3, a whole message's results "
-    "saved twice by the user's save function after a failover (python bench/chaos.py --sentinel --tasks 3000 "
-    "--redis-restarts 3 --seed 2); test_failover.py's run has none"
-)
 @pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_a_short_chaos_soak_behind_sentinel_ends_every_task_exactly_once() -> None:

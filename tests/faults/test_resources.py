@@ -306,7 +306,9 @@ def test_recording_outcomes_waits_while_redis_is_full(r: redis.Redis, monkeypatc
     monkeypatch.setattr(runtime.ledger(), "finish", finish)
     monkeypatch.setattr(tasks.time, "sleep", lambda _: None)
     life = tasks.DeviceLife("device1@h")  # its marks of the device's finished tasks start afresh
-    done = tasks._finish(life, tasks.Delivery(1, "device1@h", "m1"), [Outcome("t1", ok=True, result='"A"')], 0.0)
+    done = tasks._finish(
+        life, tasks.Delivery(1, "device1@h", "m1", "run1"), [Outcome("t1", ok=True, result='"A"')], 0.0
+    )
     assert refusals == 0 and done.succeeded == 1
 
 

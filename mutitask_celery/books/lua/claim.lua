@@ -10,9 +10,9 @@
 -- A device claims a task in the books only while it still holds the message (its note): a
 -- message a reaper took back from it meanwhile is another run's now. Just before it calls its save
 -- function it marks its claims saving (claim_mark.lua): only then may a death have saved them.
--- KEYS[1] pending:<ch>; KEYS[2] claims:<ch> (task id -> "<device>|<message id>[|saving]");
+-- KEYS[1] pending:<ch>; KEYS[2] claims:<ch> (task id -> "<device>|<message id>|<run>[|saving]");
 -- KEYS[3] inhand:<device>; KEYS[4..3+n] the dead-letter record of each task, in the order of the ids
--- ARGV[1] the claim, "<device>|<message id>"; ARGV[2] the message id; ARGV[3] '1' when the
+-- ARGV[1] the claim, "<device>|<message id>|<run>"; ARGV[2] the message id; ARGV[3] '1' when the
 -- device notes what it holds (else the note is not asked for); ARGV[4..3+n] the task ids.
 -- Returns one code a task: 1 claimed (save it); 2 claimed to replace its burial as worker lost
 -- (save it: finish.lua then replaces the record by the success); 0 finished already, or the

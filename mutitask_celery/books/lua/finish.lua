@@ -17,7 +17,7 @@
 -- KEYS[19..] the dead-letter record of each outcome, in order.
 -- ARGV[1] device; ARGV[2] channel; ARGV[3] message id ('' for none); ARGV[4] seconds the tasks
 -- took; ARGV[5] step id; ARGV[6] the writer's field in steps:<device>; ARGV[7] the device's claim
--- ("<device>|<message id>", see claim.lua; '' when it saved nothing itself); ARGV[8..] per
+-- ("<device>|<message id>|<run>", see claim.lua; '' when it saved nothing itself); ARGV[8..] per
 -- outcome five values: 'ok', 'fail' or 'skip' (it ran, but another run owns its outcome: counted as run
 -- twice), task id, result (JSON, '' for none), reason, traceback.
 -- Returns {succeeded, failed, run twice, tasks the device has finished, reloaded tasks in the

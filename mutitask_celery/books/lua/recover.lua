@@ -65,12 +65,13 @@ if not ran then
   return {'restored', 0}
 end
 redis.call('HDEL', started, message_id)
-local claim = device .. '|' .. message_id
+local holder = device .. '|' .. message_id
 local alive, most, buried = {}, 0, 0
 for i = 1, n do
   local id = ARGV[9 + i]
   local value = redis.call('HGET', claims, id)
-  local claimed = claim_base(value) == claim
+  local claim = claim_base(value)
+  local claimed = claim_holder(claim) == holder
   local saving = claimed and claim_saving(value)
   if claimed then redis.call('HDEL', claims, id) end
   if redis.call('HEXISTS', pending, id) == 1 then

@@ -27,14 +27,15 @@ for i = 3, #ARGV do
   local id = ARGV[i]
   local value = redis.call('HGET', claims, id)
   local claim = claim_base(value)
-  local claimed = claim and string.sub(claim, -#suffix) == suffix
+  local holder = claim_holder(claim)
+  local claimed = holder and string.sub(holder, -#suffix) == suffix
   local saving = claimed and claim_saving(value)
   if claimed then redis.call('HDEL', claims, id) end
   if redis.call('HEXISTS', pending, id) == 0 then
     if saving and redis.call('EXISTS', KEYS[8 + i]) == 1 then redis.call('HSET', KEYS[8 + i], 'claim', claim) end
     out[#out + 1] = -1
   elseif saving then
-    local device = string.sub(claim, 1, #claim - #suffix)
+    local device = string.sub(holder, 1, #holder - #suffix)
     write_dead_letter(KEYS[8 + i], dead_index, dead_index_ch, dead_channels, meta, id, channel,
       redis.call('HGET', pending, id), LOST_WHILE_SAVING, '', device, '', redis_now(), claim)
     redis.call('HDEL', pending, id)
