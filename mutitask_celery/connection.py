@@ -39,7 +39,7 @@ from mutitask_celery.errors import (
     LeaseHeld,
     RedisOutOfMemory,
 )
-from mutitask_celery.replication import ConfirmingRedis, NoReplicas, ReplicaCount, as_outage
+from mutitask_celery.replication import ConfirmingRedis, ReplicaCount, WritesRefused, as_outage
 from mutitask_celery.settings import mask_url
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ class Deferred:
             raise
         if isinstance(reply, redis.ResponseError):
             error = as_outage(reply)
-            if isinstance(error, NoReplicas):  # its next connection asks the sentinels for the master again
+            if isinstance(error, WritesRefused):  # its next connection asks the sentinels for the master again
                 self._drop()
             raise error
         return reply

@@ -33,11 +33,13 @@ error, which Celery takes for unrecoverable: every device exited on its next mes
 **Redis has too few replicas to write** (``NOREPLICAS``: a master with
 ``min-replicas-to-write``, just after a failover, before a replica follows it). kombu
 reports that as a channel error too. It applied nothing and passes within seconds, so it is
-made the connection error it is (:class:`.replication.NoReplicas`): the consumer reconnects
+made the connection error it is (:class:`.replication.WritesRefused`): the consumer reconnects
 (through the sentinels, to the master they name now); a message taken but not recorded is
 :data:`stranded`, and an acknowledgement refused leaves its message for the books to settle.
 A master that woke from a freeze after its replacement refuses even ``BRPOP`` (a write):
-that too is a lost connection, where Celery would have stopped the worker.
+that too is a lost connection, where Celery would have stopped the worker. So is
+``READONLY``: behind a managed Redis's one address, a connection opened before a failover
+reaches the old master, now a replica; the next connection reaches the new one.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 
 from mutitask_celery import memory
-from mutitask_celery.replication import NoReplicas, as_outage, for_want_of_replicas
+from mutitask_celery.replication import WritesRefused, as_outage, refuses_writes
 
 log = logging.getLogger(__name__)
 
@@ -146,17 +148,17 @@ def _guard_full_redis() -> None:
 
 
 def _guard_few_replicas() -> None:
-    """``NOREPLICAS`` from kombu's record of a message taken, or of its acknowledgement: a
+    """``NOREPLICAS`` (or ``READONLY``) from kombu's record of a message taken, or of its acknowledgement: a
     connection error (see the module's docstring). Wraps what :func:`_guard_full_redis` made."""
     transport, qos = kombu_redis.Transport, kombu_redis.QoS
-    transport.connection_errors = (*transport.connection_errors, NoReplicas)
+    transport.connection_errors = (*transport.connection_errors, WritesRefused)
     append, ack = qos.append, qos.ack
 
     def _append(self: Any, message: Any, delivery_tag: Any) -> None:
         try:
             append(self, message, delivery_tag)  # type: ignore[no-untyped-call]  # kombu is untyped
         except redis.ResponseError as error:
-            if for_want_of_replicas(error):
+            if refuses_writes(error):
                 stranded.set()  # taken off the queue, recorded nowhere: the server's sweep puts it back
                 _leave_master(self.channel)
             raise as_outage(error) from None
@@ -165,7 +167,7 @@ def _guard_few_replicas() -> None:
         try:
             ack(self, delivery_tag)  # type: ignore[no-untyped-call]
         except redis.ResponseError as error:
-            if for_want_of_replicas(error):
+            if refuses_writes(error):
                 _leave_master(self.channel)
             raise as_outage(error) from None
 
@@ -177,7 +179,7 @@ def _guard_few_replicas() -> None:
         try:
             return brpop_read(self, **options)  # type: ignore[no-untyped-call]
         except redis.ResponseError as error:
-            if not for_want_of_replicas(error):
+            if not refuses_writes(error):
                 raise
             self.client.connection.disconnect()
             _leave_master(self)
@@ -192,7 +194,7 @@ def _guard_few_replicas() -> None:
 
         def client(*args: Any, **kwargs: Any) -> Any:
             made = make(*args, **kwargs)
-            made.parse_response = _outage_on_no_replicas(made.parse_response)
+            made.parse_response = _outage_on_refused_writes(made.parse_response)
             return made
 
         return client
@@ -200,9 +202,9 @@ def _guard_few_replicas() -> None:
     kombu_redis.Channel._get_client = _get_client  # type: ignore[method-assign]
 
 
-def _outage_on_no_replicas(parse: Any) -> Any:
-    """``parse`` (a redis-py client's ``parse_response``), with a refusal for want of
-    replicas turned into :class:`.replication.NoReplicas` and the connection dropped: a
+def _outage_on_refused_writes(parse: Any) -> Any:
+    """``parse`` (a redis-py client's ``parse_response``), with a write refused (see
+    :func:`.replication.refuses_writes`) turned into :class:`.replication.WritesRefused` and the connection dropped: a
     device connecting to a master being demoted would otherwise stop (Celery takes a
     ``ResponseError`` while connecting for unrecoverable)."""
 
@@ -210,7 +212,7 @@ def _outage_on_no_replicas(parse: Any) -> Any:
         try:
             return parse(connection, command_name, **options)
         except redis.ResponseError as error:
-            if not for_want_of_replicas(error):
+            if not refuses_writes(error):
                 raise
             connection.disconnect()
             raise as_outage(error) from None

@@ -27,9 +27,11 @@ master has both or neither.
 A master that has too few replicas to take a write (``min-replicas-to-write``, as the shipped
 Sentinel configuration sets: just after a failover, before a replica has synced with the new
 master) refuses it with ``NOREPLICAS``, having applied nothing. That is an outage, not a bad
-command: :class:`NoReplicas` is a ``ConnectionError``, so the caller waits and repeats as
+command: :class:`WritesRefused` is a ``ConnectionError``, so the caller waits and repeats as
 after any lost connection, and the connection is dropped (its next one asks the sentinels
-for the master again).
+for the master again). So is ``READONLY``: behind a managed Redis's one address, a connection
+opened before a failover still reaches the old master, now a replica; its next one reaches
+the new master.
 
 Which calls: every script (``EVALSHA``, ``EVAL``) and every pipeline of a
 :class:`ConfirmingRedis`. The connection's last-write offset decides what ``WAIT`` waits for,
@@ -100,19 +102,30 @@ class ReplicaCount:
         return before
 
 
-class NoReplicas(redis.ConnectionError):
-    """The master refused a write for want of replicas (``NOREPLICAS``): nothing applied."""
+class WritesRefused(redis.ConnectionError):
+    """The node refused a write because it cannot take writes now: a master with too few
+    replicas (``NOREPLICAS``), or a master demoted to a replica while this connection stayed
+    open (``READONLY``; ``WAIT`` refused likewise). Nothing was applied; the step is repeated
+    on a new connection, which reaches the master now."""
 
 
-def for_want_of_replicas(error: BaseException) -> bool:
-    """Whether Redis refused a write because too few replicas follow it (``NOREPLICAS``),
-    itself or as the first error of a pipeline or script."""
-    return isinstance(error, redis.ResponseError) and "NOREPLICAS" in str(error)
+REFUSALS = ("NOREPLICAS", "READONLY", "WAIT cannot be used with replica")
+
+
+def refuses_writes(error: BaseException) -> bool:
+    """Whether Redis refused a write because it cannot take writes now (see
+    :class:`WritesRefused`), itself or as the first error of a pipeline or script.
+
+    ``READONLY`` is how a managed Redis's one address moving to a promoted replica shows on a
+    connection opened before the move: it still reaches the old master, now a replica."""
+    if isinstance(error, redis.ReadOnlyError):  # redis-py takes the word READONLY off its text
+        return True
+    return isinstance(error, redis.ResponseError) and any(word in str(error) for word in REFUSALS)
 
 
 def as_outage(error: redis.ResponseError) -> redis.RedisError:
-    """``error``, or a :class:`NoReplicas` when it is a refusal for want of replicas."""
-    return NoReplicas(f"Redis cannot take writes now: {error}") if for_want_of_replicas(error) else error
+    """``error``, or a :class:`WritesRefused` when Redis cannot take writes now."""
+    return WritesRefused(f"Redis cannot take writes now: {error}") if refuses_writes(error) else error
 
 
 def _wait(connection: AbstractConnection, count: Callable[[], int], wanted: int, acked: object, what: str) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import redis
 from redis.sentinel import SentinelConnectionPool
 
 from mutitask_celery import celery_app, connection, sentinel, settings
 from mutitask_celery.errors import ConfigurationError
-from mutitask_celery.replication import ConfirmingRedis
+from mutitask_celery.replication import ConfirmingRedis, WritesRefused, as_outage
 
 THREE = "sentinel://:master-secret@h1:26379/2;sentinel://h2:26380;sentinel://h3/2"
 
@@ -94,3 +95,27 @@ def test_kombu_is_told_the_masters_name_and_the_sentinels_password() -> None:
     assert theirs["master_name"] == "celeryconfig-s"  # celeryconfig.py's own word stays
     plain = settings.load_settings(environ={"MUTITASK_REDIS_URL": "redis://h:1/0"}, config=object())
     assert celery_app._with_sentinel({}, plain) == {}
+
+
+@pytest.mark.parametrize(
+    ("reply", "outage"),
+    [
+        ("NOREPLICAS Not enough good replicas to write.", True),
+        ("READONLY You can't write against a read only replica.", True),  # a managed Redis's address moved
+        ("ERR WAIT cannot be used with replica instances. Please also note ...", True),
+        ("ERR wrong number of arguments for 'hset' command", False),
+        ("WRONGTYPE Operation against a key holding the wrong kind of value", False),
+    ],
+)
+def test_a_node_that_cannot_take_writes_now_is_an_outage_not_an_error(reply: str, outage: bool) -> None:
+    """A write refused because the node cannot take writes now (too few replicas, or demoted
+    while the connection stayed open) is a lost connection: the step is repeated on a new one,
+    which reaches the master now. A bad command stays the error it is."""
+    error = as_outage(redis.ResponseError(reply))
+    assert isinstance(error, WritesRefused) is outage
+    assert isinstance(error, redis.ConnectionError) is outage
+
+
+def test_a_read_only_replica_is_known_by_its_class_too() -> None:
+    """redis-py reads ``READONLY ...`` into a ReadOnlyError whose text lacks the word."""
+    assert isinstance(as_outage(redis.ReadOnlyError("You can't write against a read only replica.")), WritesRefused)
