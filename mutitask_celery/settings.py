@@ -78,6 +78,17 @@ def _optional_size(value: str) -> int | None:
     return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
+def _seconds(value: str) -> float:
+    """Seconds, 0 or more: ``25``, ``2.5``."""
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigurationError(f"expected a number of seconds (0 or more), got {value!r}") from None
+    if not number >= 0 or number == float("inf"):  # also refuses nan
+        raise ConfigurationError(f"expected a number of seconds (0 or more), got {value!r}")
+    return number
+
+
 def _key_prefix(value: str) -> str:
     """Letters, digits and ``_ . : -`` (a brace would split a Redis Cluster's slot)."""
     text = value.strip()
@@ -226,6 +237,16 @@ SETTINGS: tuple[Setting, ...] = (
         "last renewal.",
     ),
     Setting(
+        "shutdown_grace",
+        "MUTITASK_SHUTDOWN_GRACE",
+        ("mutitask_shutdown_grace",),
+        25.0,
+        _seconds,
+        "Seconds a device told to leave (SIGTERM, SIGINT) lets its running tasks finish; then it hands their "
+        "messages back and exits. Keep it below the time your platform waits before SIGKILL (Kubernetes' "
+        "terminationGracePeriodSeconds, 30 by default; systemd's TimeoutStopSec).",
+    ),
+    Setting(
         "max_attempts",
         "MUTITASK_MAX_ATTEMPTS",
         ("mutitask_max_attempts",),
@@ -311,6 +332,7 @@ class Settings:
     key_prefix: str = ""
     quorum_queues: bool = False
     dead_after: float = 10.0
+    shutdown_grace: float = 25.0
     max_attempts: int = 3
     forget_after: float = 86400.0
     max_late_runners: int | None = 32
