@@ -250,28 +250,35 @@ class Devices:
             return 0
         return int(self._heard(**given))
 
-    def started(self, name: str, channel: int, message_id: str, alone: bool = False, wait: bool = True) -> None:
+    def started(
+        self, name: str, channel: int, message_id: str, alone: bool = False, wait: bool = True, noted_only: bool = False
+    ) -> bool:
         """``name`` starts running the tasks of ``message_id`` (``lua/start.lua``): from now on a
         death of the device is charged to them; ``alone``: no other task of its process runs
         beside them, so a death is theirs. Also a heartbeat.
 
         ``wait=False``: the step is written to Redis but its reply is read later (by
         :meth:`started_settled`, or the next such call): it reaches Redis even if the task
-        kills the process at once, and costs no round trip (see :class:`Deferred`).
+        kills the process at once, and costs no round trip (see :class:`Deferred`); returns
+        True. ``noted_only`` (with ``wait``): start only while the device still notes the
+        message in hand; returns False, having written nothing, when the note is gone.
         """
         ks, args = steps.START.keys_and_args(
             {
                 "devices_seen": self.keys.devices_seen,
                 "devices_beats": self.keys.devices_beats,
                 "started": self.keys.started(channel),
+                "inhand": self.keys.inhand(name),
                 "device": name,
                 "message_id": message_id,
                 "alone": "1" if alone else "0",
+                "noted_only": "1" if noted_only else "0",
             }
         )
         self._deferred.send(self._started.script, ks, args)
         if wait:
-            self._deferred.settle()
+            return bool(self._deferred.settle())
+        return True
 
     def started_settled(self) -> None:
         """Read the reply of this thread's last :meth:`started` (raises its error, if any)."""

@@ -97,4 +97,7 @@ class ExitCode(IntEnum):
     IN_USE = 5  # another live process is this device, or serves this channel or run (LeaseHeld)
     LATE_RUNNERS = 6  # a device stopped for a fresh process: too many task functions past their time limit
     OUT_OF_MEMORY = 7  # Redis stayed full (maxmemory reached) past the wait (RedisOutOfMemory)
+    # A device told to leave (SIGTERM, SIGINT) handed its running tasks back and exited: its
+    # shutdown grace ran out, or it was told twice. Nothing is lost; the tasks run elsewhere.
+    HANDED_BACK = 8
     STILL_STOPPING = 75  # `mutitask stop`: a device asked to stop still runs a task (sysexits' EX_TEMPFAIL: ask again)

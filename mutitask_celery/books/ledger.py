@@ -236,6 +236,7 @@ class Ledger:
             message_id=message_id,
             noted="",  # whatever it is
             drop_mark="1",
+            device=device,
         )
 
     def stats(self, channel: int) -> ChannelStats:

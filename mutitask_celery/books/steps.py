@@ -118,12 +118,12 @@ FINISH = _step(
 )
 CLAIM = _step("claim", "pending claims inhand", "claim message_id notes_holds", "records", "task_ids")
 CLAIM_MARK = _step("claim_mark", "claims", "claim mark", more_args="task_ids")
-DROP_NOTE = _step("drop_note", "inhand held started", "message_id noted drop_mark")
+DROP_NOTE = _step("drop_note", "inhand held started", "message_id noted drop_mark device")
 RECOVER = _step(
     "recover",
     "devices_seen inhand unacked unacked_index queue started lost pending meta stats dead_index dead_index_ch "
     "dead_channels notify held claims",
-    "device judged message_id noted tag mark_read max_attempts channel tasks",
+    "device judged message_id noted tag mark_read max_attempts channel tasks leaving",
     more_keys="records",  # the dead-letter record of each task
     more_args="ids_then_messages",  # the task ids, then the message(s) to queue again
 )
@@ -150,7 +150,7 @@ HEARD = _step(
     more_args="taken",  # ... and its id, delivery tag, tasks and channel
     confirm=False,  # a heartbeat; a note it loses in a failover is a stray the sweep finds
 )
-START = _step("start", "devices_seen devices_beats started", "device message_id alone", confirm=False)
+START = _step("start", "devices_seen devices_beats started inhand", "device message_id alone noted_only", confirm=False)
 RELOAD = _step(
     "reload", "dead_index dead_index_ch pending meta stats backlog", "channel now version", "records", "task_ids"
 )

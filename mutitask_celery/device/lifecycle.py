@@ -55,6 +55,7 @@ from mutitask_celery.books.leases import Leases
 from mutitask_celery.books.transports import queues
 from mutitask_celery.control import LEAVING_COMMAND, WANTED_COMMAND, Ending, Taken, channels_of
 from mutitask_celery.device.isolation import Isolation
+from mutitask_celery.device.leaving import Departure
 from mutitask_celery.device.pacing import Pacing
 from mutitask_celery.device.prefetch import PrefetchTuner
 from mutitask_celery.device.time_limits import Runners
@@ -127,6 +128,7 @@ class DeviceLife:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self.pid = os.getpid()  # the worker's own process (a prefork child's copy keeps it: see in_child)
         self.wanted = WantedState()
         self.pacing = Pacing()
         self.isolation = Isolation()
@@ -232,6 +234,7 @@ class DeviceLife:
             log.warning("%s could not enter the device roster: %s", name, exc)
         self.stopping.clear()
         self.told_to_leave.clear()
+        Departure(self, settings.current().shutdown_grace).install()  # SIGTERM, SIGINT: see leaving
         self.next_forget = time.monotonic() + FORGET_EVERY
         for thread_name, duty, what in (
             ("mutitask-heartbeat", self.beat, f"heartbeat of {name}"),
@@ -373,6 +376,11 @@ class DeviceLife:
                 consumer.call_soon(consumer.add_task_queue, queue)
             else:
                 consumer.call_soon(consumer.cancel_task_queue, queue)
+
+    def in_child(self) -> bool:
+        """Whether this runs in a prefork child (its copy of the device, made at the fork), where
+        the worker's own state (told to leave, what it holds) is not seen."""
+        return os.getpid() != self.pid
 
     def leaving(self) -> bool:
         """The worker is stopping (a warm shutdown asked by a signal, or announced by

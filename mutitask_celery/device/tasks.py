@@ -389,6 +389,8 @@ def _admit(
         raise Reject(f"cannot read the device's wanted state: {exc}", requeue=True) from exc
     if paused:  # fetched just before the pause took effect
         raise HandBack(f"{device} is paused")
+    if life.leaving():  # held when it was told to leave (SIGTERM): it starts elsewhere
+        raise HandBack(f"{device} is leaving")
     try:
         life.runners.check_room()
     except TooManyLateRunners as exc:
@@ -519,7 +521,13 @@ def _run(
     started = time.perf_counter()  # the message's time includes its waits for a rate limit
     chunk = _first_starts(life, delivery, len(items))
     try:
-        devices.started(device, channel, message_id, alone=alone, wait=False)
+        if life.in_child():  # its device may have handed the message back as it left: start only if not
+            if not devices.started(
+                device, channel, message_id, alone=alone, noted_only=runtime.transport().notes_holds
+            ):
+                raise HandBack(f"{device} is leaving: the message went back before it started")
+        else:  # the device's own process: a message it hands back as it leaves never reaches here
+            devices.started(device, channel, message_id, alone=alone, wait=False)
         data = _task_data(channel, items)
     except redis.RedisError as exc:
         raise HandBack(f"cannot mark the message started or read its tasks: {exc}") from exc

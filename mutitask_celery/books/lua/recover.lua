@@ -22,19 +22,21 @@
 -- KEYS[14] notify:<ch>
 -- KEYS[15] held:<ch>         tasks in devices' hands (the note's leave it)
 -- KEYS[16] claims:<ch>       task id -> the claim of a device whose save function is to run on it
--- KEYS[17..16+n] the dead-letter record of each task, in the order of ARGV[10..]
+-- KEYS[17..16+n] the dead-letter record of each task, in the order of ARGV[11..]
 -- ARGV[1] device; ARGV[2] the heartbeat judged too old ('' when the device itself, or its next
 --   life, acts: no fence); ARGV[3] message id; ARGV[4] the note as read ("tag|score");
 -- ARGV[5] delivery tag; ARGV[6] the start mark as read ('' for none); ARGV[7] deaths that bury a
--- task; ARGV[8] channel; ARGV[9] n, the tasks in the message;
--- ARGV[10..9+n] their ids; then, not started: the message to queue again (a fresh delivery tag);
---   started: one message per task (flagged suspect), in the order of the ids.
+-- task; ARGV[8] channel; ARGV[9] n, the tasks in the message; ARGV[10] '1' when the device
+--   itself leaves (SIGTERM: it hands back what it holds; no death is charged, see leaving.py);
+-- ARGV[11..10+n] their ids; then, not started: the message to queue again (a fresh delivery tag);
+--   started: one message per task (flagged suspect unless the device leaves), in the order of the ids.
 -- Returns {status, deaths}: alive (heard from since it was judged: it keeps the message),
 -- moved (someone else acted on the note), changed (started or not, it is not what the caller
 -- read: read again), gone (acknowledged, or the tag now names a later delivery: the note was
 -- stale), restored (back untouched, no death), suspects (each task back alone, one death each),
 -- buried (its one task reached the deaths that make it a poison task, the last one while it ran
--- alone: dead-lettered). A task the device had claimed for its save function and marked saving
+-- alone: dead-lettered), handed (the device, leaving, gave its started message back: each task
+-- back alone, no death). A task the device had claimed for its save function and marked saving
 -- (claim.lua, claim_mark.lua) died while it was being saved: it may have been saved, so it never runs again by itself: it is
 -- dead-lettered as 'worker lost while saving' (and its record keeps the claim, so that the
 -- device's own late finish, if it was only frozen, replaces it by the success).
@@ -44,7 +46,7 @@ local meta, stats, dead_index, dead_index_ch = KEYS[9], KEYS[10], KEYS[11], KEYS
 local dead_channels, notify, held, claims = KEYS[13], KEYS[14], KEYS[15], KEYS[16]
 local device, judged, message_id, noted = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local tag, mark_read, max_attempts, channel = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local tasks = ARGV[9]
+local tasks, leaving = ARGV[9], ARGV[10] == '1'
 if judged ~= '' and redis.call('HGET', devices_seen, device) ~= judged then return {'alive', 0} end
 if redis.call('HGET', inhand, message_id) ~= noted then return {'moved', 0} end
 local mark = redis.call('HGET', started, message_id) or ''
@@ -61,14 +63,14 @@ redis.call('HDEL', unacked, tag)
 redis.call('ZREM', unacked_index, tag)
 local n = tonumber(tasks)
 if not ran then
-  redis.call('RPUSH', queue, ARGV[10 + n])
+  redis.call('RPUSH', queue, ARGV[11 + n])
   return {'restored', 0}
 end
 redis.call('HDEL', started, message_id)
 local holder = device .. '|' .. message_id
 local alive, most, buried = {}, 0, 0
 for i = 1, n do
-  local id = ARGV[9 + i]
+  local id = ARGV[10 + i]
   local value = redis.call('HGET', claims, id)
   local claim = claim_base(value)
   local claimed = claim_holder(claim) == holder
@@ -81,6 +83,8 @@ for i = 1, n do
       redis.call('HDEL', pending, id)
       redis.call('HDEL', lost, id)
       buried = buried + 1
+    elseif leaving then
+      alive[#alive + 1] = i  -- back without a death: its device was told to leave, it did not die
     else
       local deaths = redis.call('HINCRBY', lost, id, 1)
       if deaths > most then most = deaths end
@@ -96,7 +100,7 @@ if buried > 0 then
 end
 if #alive == 0 then return {buried > 0 and 'buried' or 'gone', most} end
 if n == 1 and alone and most >= tonumber(max_attempts) then
-  local id, now = ARGV[10], redis_now()
+  local id, now = ARGV[11], redis_now()
   local reason = 'worker lost: the device died while running it, ' .. most .. ' time(s)'
   write_dead_letter(KEYS[17], dead_index, dead_index_ch, dead_channels, meta, id, channel,
     redis.call('HGET', pending, id), reason, '', device, '', now, '')
@@ -106,5 +110,6 @@ if n == 1 and alone and most >= tonumber(max_attempts) then
   wake_server(notify)
   return {'buried', most}
 end
-for _, i in ipairs(alive) do redis.call('RPUSH', queue, ARGV[9 + n + i]) end
+for _, i in ipairs(alive) do redis.call('RPUSH', queue, ARGV[10 + n + i]) end
+if leaving then return {'handed', 0} end
 return {'suspects', most}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from enum import Enum
 
 from mutitask_celery.books import messages
@@ -59,6 +59,7 @@ class Recovered(str, Enum):
     RESTORED = "restored"  # back on its queue untouched: it had not started, no death
     SUSPECTS = "suspects"  # it had started: each task back alone, one death each
     BURIED = "buried"  # its one task died alone max_attempts times: dead-lettered
+    HANDED = "handed"  # its device, leaving, gave it back started: each task back alone, no death
 
 
 class Verdict(str, Enum):
@@ -106,6 +107,15 @@ class Recovery(ABC):
     def forget_silent(self) -> list[str]:
         """Drop from the roster the names silent for long with nothing in hand; returns them."""
         return []
+
+    def hand_back(self, device: str, keep: Collection[str], started: bool) -> int:
+        """The live ``device`` is leaving (SIGTERM): give back, at once and without a death,
+        every message it notes in hand but those of ``keep`` — only those not started
+        (``started`` False: one that starts meanwhile is left to finish), or whatever their
+        state (True: its shutdown grace ran out). Returns how many went back. Where the
+        broker redelivers by itself (RabbitMQ) nothing is done here: its messages go back
+        when the device's connection closes."""
+        return 0
 
     @abstractmethod
     def child_lost(self, device: str, message_id: str) -> Recovered | None:

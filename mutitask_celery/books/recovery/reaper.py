@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -523,6 +523,22 @@ class Reaper(Recovery):
             )
         return handled
 
+    def hand_back(self, device: str, keep: Collection[str], started: bool) -> int:
+        """See :meth:`.Recovery.hand_back`: each message in one step of ``lua/recover.lua``
+        with the device's own hand (no fence) and no death charged. Not started, it goes back
+        as it came (a fresh delivery tag); fenced on its start mark, so one that starts
+        meanwhile is left to run. Started (the grace ran out), its tasks go back each alone,
+        its claims end, and a result being saved is buried as 'worker lost while saving' (it
+        may have been saved: it must not run again by itself)."""
+        notes = cast("dict[str, str]", self.client.hgetall(self.keys.inhand(device)))
+        handed = 0
+        for message_id, noted in notes.items():
+            if message_id in keep:
+                continue
+            outcome = self._take_back_once(device, "", message_id, noted, leaving=True, unstarted_only=not started)
+            handed += outcome in (Recovered.RESTORED, Recovered.HANDED, Recovered.BURIED)
+        return handed
+
     def child_lost(self, device: str, message_id: str) -> Recovered:
         """A pool child of the live ``device`` died running ``message_id`` (prefork): take the
         message back as for a dead device (the child's death is charged), instead of
@@ -540,7 +556,12 @@ class Reaper(Recovery):
                 return outcome
         return Recovered.CHANGED  # a live device keeps starting it: it is not dead, leave it
 
-    def _take_back_once(self, device: str, judged: str, message_id: str, noted: str) -> Recovered:
+    def _take_back_once(
+        self, device: str, judged: str, message_id: str, noted: str, leaving: bool = False, unstarted_only: bool = False
+    ) -> Recovered:
+        """One try of :meth:`_take_back`. ``leaving``: the live device gives the message back
+        itself (:meth:`hand_back`); ``unstarted_only``: only if it has not started (as the
+        step reads it, atomically: one that started since is CHANGED, and left alone)."""
         tag = noted.split("|", 1)[0]
         raw = self.client.hget(self.keys.kombu_unacked, tag)
         entry = _Unacked.parse(text(raw)) if raw is not None else None
@@ -550,10 +571,10 @@ class Reaper(Recovery):
             self._drop_note(device, message_id, noted)
             return Recovered.GONE
         channel = entry.channel
-        mark = text(self.client.hget(self.keys.started(channel), message_id) or "")
+        mark = "" if unstarted_only else text(self.client.hget(self.keys.started(channel), message_id) or "")
         if mark in (device, f"{device}|alone"):
             queued = [
-                messages.build(self.ledger.app, entry.routing_key, channel, [item], suspect=True)
+                messages.build(self.ledger.app, entry.routing_key, channel, [item], suspect=not leaving)
                 for item in entry.items
             ]
         else:
@@ -580,13 +601,15 @@ class Reaper(Recovery):
             max_attempts=self.max_attempts,
             channel=channel,
             tasks=len(entry.ids),
+            leaving="1" if leaving else "0",
             ids_then_messages=[*entry.ids, *queued],
         )
         outcome, deaths = Recovered(text(reply[0])), int(reply[1])
         if outcome is Recovered.BURIED and deaths == 0:
             log.error(
-                "%s died while saving the result(s) of message %s (channel %d): dead-lettered as %r",
+                "%s %s while saving the result(s) of message %s (channel %d): dead-lettered as %r",
                 device,
+                "left (its shutdown grace ran out)" if leaving else "died",
                 message_id,
                 channel,
                 "worker lost while saving",
@@ -630,6 +653,7 @@ class Reaper(Recovery):
             message_id=message_id,
             noted=noted,
             drop_mark="0",
+            device=device,
         )
 
     def forget_silent(self, now: float | None = None) -> list[str]:
