@@ -34,7 +34,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def row(name: str) -> dict[str, object]:
-    return next(d for d in json.loads(cli("status", "--json").stdout) if d["name"] == name)
+    return next(d for d in json.loads(cli("status", "--json").stdout)["devices"] if d["name"] == name)
 
 
 def holding(procs: Processes, release: Path) -> tuple[subprocess.Popen[bytes], str]:
