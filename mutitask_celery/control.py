@@ -142,6 +142,14 @@ class Device:
         }
 
 
+class Presence(NamedTuple):
+    """A device as the books alone tell it (:meth:`Devices.presence`): no remote control asked."""
+
+    name: str
+    channels: list[int]
+    state: DeviceState
+
+
 def short_name(name: str) -> str:
     """``device1`` of ``device1@host``."""
     return name.split("@", 1)[0]
@@ -289,6 +297,12 @@ class Devices:
         """The state the operator wants for ``name``: its own, else its short name's, else everyone's."""
         own, short, everyone = self.client.hmget(self.keys.devices_wanted, name, short_name(name), keys.ALL_DEVICES)
         return text(own or short or everyone or DeviceState.RUNNING.value)
+
+    @staticmethod
+    def _wanted_in(wishes: dict[str, str], name: str) -> str:
+        """:meth:`wanted` of ``name``, read from the whole ``devices:wanted`` table (decoded)."""
+        wish = wishes.get(name) or wishes.get(short_name(name)) or wishes.get(keys.ALL_DEVICES)
+        return wish or DeviceState.RUNNING.value
 
     def is_paused(self, name: str) -> bool:
         return self.wanted(name) == DeviceState.PAUSED.value
@@ -482,6 +496,53 @@ class Devices:
             name: (len(active.get(name, [])), channels_of(q.get("name", "") for q in queues.get(name, [])))
             for name in online
         }
+
+    def presence(self) -> list[Presence]:
+        """Every device of the roster (and expected ones that never came) with its state, read
+        from the books alone in one round trip: no remote control, so it answers at once
+        however many devices are gone (an autoscaler polls it, see ``web.scaler``).
+
+        The state is what the devices themselves wrote: ``offline`` when silent for
+        ``dead_after`` (in Redis's clock) or when it said it ended; ``stopping`` when it said
+        its warm shutdown began; else ``paused`` or ``running`` as the operator wants it (a
+        device re-reads that before each task). :meth:`devices` asks the devices too, so the
+        two can differ for a moment: a device killed a second ago is offline there, and here
+        until ``dead_after`` has passed, as it is for the reapers that give its tasks back.
+        """
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(self.keys.devices_info)
+        pipe.hgetall(self.keys.devices_seen)
+        pipe.hgetall(self.keys.devices_leaving)
+        pipe.hgetall(self.keys.devices_wanted)
+        pipe.get(self.keys.devices_expected)
+        pipe.time()
+        info, seen, leaving, wanted, expected, (seconds, micros) = pipe.execute()
+        now = seconds + micros / 1e6
+        beats = {text(k): float(v) for k, v in seen.items()}
+        ends = {text(k): text(v) for k, v in leaving.items()}
+        wishes = {text(k): text(v) for k, v in wanted.items()}
+        found = []
+        for raw_name, raw in sorted(info.items()):
+            name = text(raw_name)
+            try:
+                channels = sorted(int(c) for c in json.loads(raw).get("channels", []))
+            except (ValueError, TypeError, AttributeError):
+                log.warning("ignoring unreadable device record for %s", name)
+                continue
+            silent = None if name not in beats else now - beats[name]
+            found.append(Presence(name, channels, self._judged(silent, ends.get(name), self._wanted_in(wishes, name))))
+        present = {short_name(p.name) for p in found}
+        missing = (f"device{n}" for n in range(1, int(expected or 0) + 1))
+        return found + [Presence(name, [], DeviceState.OFFLINE) for name in missing if name not in present]
+
+    def _judged(self, silent: float | None, end: str | None, wish: str) -> DeviceState:
+        """A device's state from what it wrote: seconds since its last heartbeat (None: never),
+        what it said of its end, and what the operator wants of it."""
+        if silent is None or silent > self.dead_after or end == Ending.STOPPED.value:
+            return DeviceState.OFFLINE
+        if end == Ending.STOPPING.value:
+            return DeviceState.STOPPING
+        return DeviceState.PAUSED if wish == DeviceState.PAUSED.value else DeviceState.RUNNING
 
     def devices(self) -> list[Device]:
         """One record per device: every one ever seen, plus expected ones that never came."""

@@ -21,10 +21,12 @@ from mutitask_celery.control import STOP_WAIT, VERBS, Devices, StopReport
 from mutitask_celery.errors import BrokerUnavailable, ConfigurationError, ExitCode, RecordNotFound
 from mutitask_celery.tables import format_devices, format_table, local_time
 from mutitask_celery.web import app as web_app
+from mutitask_celery.web import scaler
 
 EPILOG = """\
 examples:
   mutitask status                           every device: state, channels, tasks in hand and done
+  mutitask status --json                    ... as JSON, with the backlog in tasks (what /api/scaler says)
   mutitask pause device2                    device2 finishes its task in hand and takes no new one
   mutitask start --all                      every device takes tasks again
   mutitask stop 3                           device3 finishes its task in hand and exits
@@ -91,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--redis-url", default=argparse.SUPPRESS, help=url_help)
     sub = parser.add_subparsers(dest="command", required=True)
     status = sub.add_parser("status", parents=[common], help="every device and its state")
-    status.add_argument("--json", action="store_true")
+    status.add_argument(
+        "--json",
+        action="store_true",
+        help='{"devices": [...], "scaler": {"backlog": N, ...}}: the devices, and the figures of /api/scaler',
+    )
     status.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for devices to answer")
     status.set_defaults(handler=_status)
     for name, text in (
@@ -180,13 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _status(args: argparse.Namespace) -> int:
-    """``mutitask status``: every device and its state, then how many names were forgotten."""
+    """``mutitask status``: every device and its state, then how many names were forgotten.
+    ``--json``: ``{"devices": [...], "scaler": {...}}``, the latter what ``/api/scaler`` says."""
     base = runtime.devices()
     found = Devices(
         base.client, timeout=args.timeout, flower_url=base.flower_url, dead_after=base.dead_after, keys=base.keys
     ).devices()
     if args.json:
-        print(json.dumps([d.as_dict() for d in found], indent=1))
+        print(json.dumps({"devices": [d.as_dict() for d in found], "scaler": scaler.figures().as_dict()}, indent=1))
         return ExitCode.OK
     print(format_devices(found) if found else "no device has started yet")
     print(describe(api.rate_limits()))

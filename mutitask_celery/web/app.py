@@ -15,7 +15,8 @@ Safety, in the order a request meets it:
 
 The Redis and Celery calls block, so they run on one worker thread, in order; the
 loop only serves. A sampler reads the books every :data:`SAMPLE_EVERY` seconds for
-the rate plots.
+the rate plots. ``GET /api/scaler`` has a thread of its own: it only reads Redis, and
+an autoscaler's poll must not wait behind an overview that waits for devices to answer.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ import tornado.ioloop
 import tornado.web
 
 from mutitask_celery.errors import ConfigurationError, MutitaskError, RecordNotFound
-from mutitask_celery.web import metrics, views
+from mutitask_celery.web import metrics, scaler, views
 
 log = logging.getLogger(__name__)
 
@@ -156,10 +157,10 @@ class Base(tornado.web.RequestHandler):
             message = f"{message}: {error.log_message % error.args if error.args else error.log_message}"
         self.finish(json.dumps({"error": message}))
 
-    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on the Redis/Celery worker thread."""
-        pool: ThreadPoolExecutor = self.application.settings["mutitask_pool"]
-        return await tornado.ioloop.IOLoop.current().run_in_executor(pool, fn, *args)
+    async def blocking(self, fn: Callable[..., T], *args: Any, pool: str = "mutitask_pool") -> T:
+        """``fn(*args)`` on the Redis/Celery worker thread (or the thread the setting ``pool`` names)."""
+        executor: ThreadPoolExecutor = self.application.settings[pool]
+        return await tornado.ioloop.IOLoop.current().run_in_executor(executor, fn, *args)
 
     def send_json(self, value: Any) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -271,6 +272,24 @@ class DeadActionApi(Base):
         await self.act(views.act_on_dead, action)
 
 
+class ScalerApi(Base):
+    """``GET /api/scaler``: the backlog in tasks and the devices at work, for an autoscaler.
+
+    ``{"backlog": N, "devices": N, "channels": {"1": {"backlog": N, "devices": N}, ...}}``
+    (see :mod:`.scaler`): every channel the books know, keyed by its number as a string. KEDA's
+    ``metrics-api`` scaler reads it with ``valueLocation: backlog`` (or ``channels.1.backlog``).
+
+    It is behind the same login as every path: with ``MUTITASK_WEB_PASSWORD`` set, give the
+    trigger ``authMode: basic`` and a ``TriggerAuthentication`` whose ``username`` and
+    ``password`` come from a Secret holding ``MUTITASK_WEB_USER`` and the password. It reads
+    Redis only (three or four round trips, on a thread of its own), never asks the devices.
+    """
+
+    async def get(self) -> None:
+        figures = await self.blocking(scaler.figures, pool="mutitask_scaler_pool")
+        self.send_json(figures.as_dict())
+
+
 class Metrics(Base):
     async def get(self) -> None:
         snapshot = await self.blocking(self.application.settings["mutitask_overview"]().build)
@@ -292,6 +311,7 @@ def make_app(config: WebConfig, history: views.RateHistory | None = None) -> tor
             (r"/api/token", Token),
             (r"/api/overview", OverviewApi),
             (r"/api/devices", DevicesApi),
+            (r"/api/scaler", ScalerApi),
             (r"/api/devices/(pause|start|stop)", DeviceActionApi),
             (r"/api/dead", DeadListApi),
             (r"/api/dead/record", DeadRecordApi),
@@ -303,6 +323,7 @@ def make_app(config: WebConfig, history: views.RateHistory | None = None) -> tor
         xsrf_cookie_kwargs={"samesite": "Strict"},
         mutitask_config=config,
         mutitask_pool=ThreadPoolExecutor(1, thread_name_prefix="mutitask-web"),
+        mutitask_scaler_pool=ThreadPoolExecutor(1, thread_name_prefix="mutitask-web-scaler"),
         mutitask_overview=lambda: views.Overview(history),
         mutitask_history=history,
     )
@@ -310,7 +331,7 @@ def make_app(config: WebConfig, history: views.RateHistory | None = None) -> tor
 
 def _sample(history: views.RateHistory) -> None:
     try:
-        history.add(time.time(), views.finished(views.known_channels()))
+        history.add(time.time(), views.finished(scaler.known_channels()))
     except (MutitaskError, OSError, ConnectionError) as exc:  # Redis away: a gap in the plot
         log.warning("web: cannot read the books for the rate plot: %s", exc)
 
@@ -321,6 +342,7 @@ def serve(config: WebConfig, ready: Callable[[str], None] | None = None) -> None
     app = make_app(config)
     history: views.RateHistory = app.settings["mutitask_history"]
     pool: ThreadPoolExecutor = app.settings["mutitask_pool"]
+    scaler_pool: ThreadPoolExecutor = app.settings["mutitask_scaler_pool"]
     server = tornado.httpserver.HTTPServer(app)
     server.listen(config.port, config.host)
     loop = tornado.ioloop.IOLoop.current()
@@ -340,3 +362,4 @@ def serve(config: WebConfig, ready: Callable[[str], None] | None = None) -> None
         sampler.stop()
         server.stop()
         pool.shutdown(wait=False)
+        scaler_pool.shutdown(wait=False)

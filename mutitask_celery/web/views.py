@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from mutitask_celery import runtime
-from mutitask_celery.books.ledger import DEFAULT_CHANNEL_SIZE
+from mutitask_celery.books.ledger import DEFAULT_CHANNEL_SIZE, ChannelBooks
 from mutitask_celery.books.records import FailedTask
 from mutitask_celery.channels import check_channel
 from mutitask_celery.connection import text
 from mutitask_celery.control import VERBS, Device
 from mutitask_celery.errors import ConfigurationError
+from mutitask_celery.web import scaler
+from mutitask_celery.web.scaler import known_channels
 
 LIST_CUT = 300  # characters of a task (or reason) shown in a list
 RECORD_CUT = 65_536  # ... in one record's view, and of its traceback
@@ -86,16 +88,6 @@ class RateHistory:
         return max(0, last[channel] - first.get(channel, last[channel])) / (last_t - first_t)
 
 
-def known_channels(devices: list[Device] | None = None) -> list[int]:
-    """Every channel the books know: a server ran it, it has dead letters, or a device serves it."""
-    sizes = {text(c) for c in runtime.books_client().hkeys(runtime.keys().channel_sizes)}
-    channels = {int(c) for c in sizes if c.isdigit() and int(c) > 0}
-    channels.update(c for c in runtime.store().channels() if c > 0)
-    for device in devices or []:
-        channels.update(device.channels)
-    return sorted(channels)
-
-
 def finished(channels: Iterable[int]) -> dict[int, int]:
     """Tasks each channel has finished (succeeded or failed), as the books count them."""
     books = runtime.ledger().books(list(channels))
@@ -108,8 +100,7 @@ class Overview:
 
     history: RateHistory
 
-    def channels(self, channels: list[int]) -> list[dict[str, Any]]:
-        books = runtime.ledger().books(channels)
+    def channels(self, channels: list[int], books: dict[int, ChannelBooks]) -> list[dict[str, Any]]:
         client = runtime.books_client()
         sizes = {text(k): int(v) for k, v in client.hgetall(runtime.keys().channel_sizes).items()}
         store = runtime.store()
@@ -140,13 +131,16 @@ class Overview:
         return rows
 
     def build(self) -> dict[str, Any]:
+        """The page's data; its ``scaler`` (what ``/api/scaler`` says) from the same books read."""
         devices = runtime.devices().devices()
-        channels = known_channels(devices)
+        channels = known_channels(c for d in devices for c in d.channels)
+        books = runtime.ledger().books(channels)
         return {
             "now": time.time(),
-            "channels": self.channels(channels),
+            "channels": self.channels(channels, books),
             "devices": device_rows(devices),
             "dead_letters": recent_dead_letters(),
+            "scaler": scaler.figures(channels, books).as_dict(),
         }
 
 

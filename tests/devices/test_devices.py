@@ -203,7 +203,7 @@ def test_cli_status_pause_start_stop(procs: Processes, r: redis.Redis, redis_url
             [sys.executable, "-m", "mutitask_celery", *args], capture_output=True, text=True, timeout=60, check=False
         )
 
-    (row,) = json.loads(cli("status", "--json").stdout)
+    (row,) = json.loads(cli("status", "--json").stdout)["devices"]
     assert row["name"] == D1 and row["state"] == "running" and row["code"] == 1
     assert cli("pause", "device1").stdout.strip() == f"paused: {D1}"
     assert "paused" in cli("status").stdout

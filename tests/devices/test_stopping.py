@@ -34,7 +34,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def row(name: str) -> dict[str, object]:
-    return next(d for d in json.loads(cli("status", "--json").stdout) if d["name"] == name)
+    return next(d for d in json.loads(cli("status", "--json").stdout)["devices"] if d["name"] == name)
 
 
 def holding(procs: Processes, release: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -65,7 +65,7 @@ def test_stop_names_the_task_a_device_still_runs_until_it_ends(
     assert row(D2)["state"] == "running"
     # The web page's device list and /metrics read the same.
     assert next(d for d in views.device_rows() if d["name"] == D1)["state"] == "stopping"
-    text = metrics.render({"channels": [], "devices": views.device_rows()}).decode()
+    text = metrics.render(views.Overview(views.RateHistory()).build()).decode()
     assert f'mutitask_device_state{{device="{D1}",state="stopping"}} 1.0' in text
     again = json.loads(cli("stop", "device1", "--wait", "0.5", "--json").stdout)  # asked again: still stopping
     assert again["stopped"] == [] and [r["task_ids"] for r in again["stopping"][D1]] == [[task_id]]

@@ -179,7 +179,7 @@ def test_status_and_control(procs: Processes, r: redis.Redis, tmp_path: Path) ->
         done = sh(line, timeout=60)
         assert done.returncode == 0, (line, done.stdout, done.stderr)
         assert D1 in done.stdout
-    assert json.loads(sh("mutitask status --json").stdout)[0]["state"] == "running"
+    assert json.loads(sh("mutitask status --json").stdout)["devices"][0]["state"] == "running"
 
 
 def test_flower(procs: Processes, r: redis.Redis) -> None:

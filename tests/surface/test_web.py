@@ -34,7 +34,10 @@ from mutitask_celery.web.app import WebConfig, check_listen
 
 HOST = socket.gethostname()
 USER, PASSWORD = "operator", "s3cret-web-password"
-PATHS = ["/", "/dead", "/dead/record", "/static/common.js", "/api/token", "/api/overview", "/api/dead", "/metrics"]
+PATHS = [
+    "/", "/dead", "/dead/record", "/static/common.js",
+    "/api/token", "/api/overview", "/api/scaler", "/api/dead", "/metrics",
+]  # fmt: skip
 SCRIPT_TASK = "<script>document.title='pwned'</script><img src=x onerror=\"document.title='pwned'\">"
 
 
