@@ -39,8 +39,10 @@ WORKDIR /opt/mutitask/app
 USER 10001:10001
 # The web page's port (mutitask web --port); a device listens on nothing.
 EXPOSE 5566
-# Celery's warm shutdown: a device lets its running tasks finish for MUTITASK_SHUTDOWN_GRACE
-# seconds, then hands their messages back and exits. Give it longer than that before SIGKILL.
+# A device leaves cleanly: it hands back what it has not started, lets its running tasks finish
+# for MUTITASK_SHUTDOWN_GRACE seconds, then hands their messages back and exits. Give it longer
+# than that before SIGKILL. tini passes the signal to the device process only (no -g): a prefork
+# pool's children would die of it, and the device ends them itself.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/bin/tini", "--"]
 # The device of the systemd unit (deploy/systemd/mutitask-device@.service), named after this
