@@ -535,7 +535,10 @@ class Reaper(Recovery):
         for message_id, noted in notes.items():
             if message_id in keep:
                 continue
-            outcome = self._take_back_once(device, "", message_id, noted, leaving=True, unstarted_only=not started)
+            if started:  # read again if it started meanwhile: the device leaves now, whatever its state
+                outcome = self._take_back(device, "", message_id, noted, leaving=True)
+            else:  # one that started since is left to run (CHANGED)
+                outcome = self._take_back_once(device, "", message_id, noted, leaving=True, unstarted_only=True)
             handed += outcome in (Recovered.RESTORED, Recovered.HANDED, Recovered.BURIED)
         return handed
 
@@ -548,10 +551,10 @@ class Reaper(Recovery):
             return Recovered.GONE
         return self._take_back(device, "", message_id, text(noted))
 
-    def _take_back(self, device: str, judged: str, message_id: str, noted: str) -> Recovered:
+    def _take_back(self, device: str, judged: str, message_id: str, noted: str, leaving: bool = False) -> Recovered:
         """One message back in one fenced step (``lua/recover.lua``), read again if it started meanwhile."""
         for _ in range(3):
-            outcome = self._take_back_once(device, judged, message_id, noted)
+            outcome = self._take_back_once(device, judged, message_id, noted, leaving=leaving)
             if outcome is not Recovered.CHANGED:
                 return outcome
         return Recovered.CHANGED  # a live device keeps starting it: it is not dead, leave it
