@@ -46,7 +46,7 @@ local meta, stats, dead_index, dead_index_ch = KEYS[9], KEYS[10], KEYS[11], KEYS
 local dead_channels, notify, held, claims = KEYS[13], KEYS[14], KEYS[15], KEYS[16]
 local device, judged, message_id, noted = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local tag, mark_read, max_attempts, channel = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local tasks, leaving = ARGV[9], ARGV[10] == '1'
+local tasks, leaving = ARGV[9], ARGV[10]
 if judged ~= '' and redis.call('HGET', devices_seen, device) ~= judged then return {'alive', 0} end
 if redis.call('HGET', inhand, message_id) ~= noted then return {'moved', 0} end
 local mark = redis.call('HGET', started, message_id) or ''
@@ -83,7 +83,7 @@ for i = 1, n do
       redis.call('HDEL', pending, id)
       redis.call('HDEL', lost, id)
       buried = buried + 1
-    elseif leaving then
+    elseif leaving == '1' then
       alive[#alive + 1] = i  -- back without a death: its device was told to leave, it did not die
     else
       local deaths = redis.call('HINCRBY', lost, id, 1)
@@ -111,5 +111,5 @@ if n == 1 and alone and most >= tonumber(max_attempts) then
   return {'buried', most}
 end
 for _, i in ipairs(alive) do redis.call('RPUSH', queue, ARGV[10 + n + i]) end
-if leaving then return {'handed', 0} end
+if leaving == '1' then return {'handed', 0} end
 return {'suspects', most}
