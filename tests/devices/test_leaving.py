@@ -70,6 +70,22 @@ def finish(thread: threading.Thread, out: dict[str, Any]) -> RunSummary:
     return cast("RunSummary", out["summary"])
 
 
+def one_message_running(
+    procs: Processes, pool: str, release: Path, **env: str
+) -> tuple[subprocess.Popen[bytes], threading.Thread, dict[str, Any]]:
+    """Device 1 runs the one message of a run of ``hold0, a, b`` (hold0 first, until ``release``)."""
+    device1 = start_device(procs, 1, pool, release, **env)
+    thread, out = run_in_thread(["hold0", "a", "b"], channel_size=10)
+    wait_until(lambda: "hold0" in started(procs, device1), 60, "device1 to start hold0")
+    return device1, thread, out
+
+
+def restarted_on(procs: Processes, device: subprocess.Popen[bytes], release: Path) -> None:
+    """hold0 starts again on ``device``; then every hold ends."""
+    wait_until(lambda: "hold0" in started(procs, device), 30, "hold0 to start again on device2")
+    release.touch()
+
+
 def no_death_charged(r: redis.Redis) -> None:
     assert r.hlen(keys.lost(1)) == 0  # no task was charged a death
     assert mt.failed_count(1) == 0
@@ -110,15 +126,12 @@ def test_a_task_past_the_grace_goes_back_uncharged_and_runs_elsewhere(
     procs: Processes, r: redis.Redis, tmp_path: Path, pool: str
 ) -> None:
     release = tmp_path / "release"
-    device1 = start_device(procs, 1, pool, release, MUTITASK_SHUTDOWN_GRACE="2")
-    thread, out = run_in_thread(["hold0", "a", "b"], channel_size=10)  # one message of three
-    wait_until(lambda: "hold0" in started(procs, device1), 60, "device1 to start hold0")
+    device1, thread, out = one_message_running(procs, pool, release, MUTITASK_SHUTDOWN_GRACE="2")
     device2 = start_device(procs, 2, pool, release)
     os.kill(device1.pid, signal.SIGTERM)
     assert device1.wait(60) == ExitCode.HANDED_BACK, procs.output(device1)
     assert "its shutdown grace (2 s) ran out" in procs.output(device1)
-    wait_until(lambda: "hold0" in started(procs, device2), 30, "hold0 to start again on device2")
-    release.touch()
+    restarted_on(procs, device2, release)
     summary = finish(thread, out)
     assert sorted(mt.results(1, limit=None)) == ["a", "b", "hold0"]  # each saved once
     assert summary.failed == 0
@@ -131,18 +144,14 @@ def test_told_twice_a_device_hands_everything_back_and_exits_at_once(
     procs: Processes, r: redis.Redis, tmp_path: Path, pool: str, second: signal.Signals
 ) -> None:
     release = tmp_path / "release"
-    device1 = start_device(procs, 1, pool, release)  # the default grace: 25 s
-    thread, out = run_in_thread(["hold0", "a", "b"], channel_size=10)
-    wait_until(lambda: "hold0" in started(procs, device1), 60, "device1 to start hold0")
+    device1, thread, out = one_message_running(procs, pool, release)  # the default grace: 25 s
     os.kill(device1.pid, signal.SIGTERM)
     wait_until(lambda: "is leaving" in procs.output(device1), 30, "device1 to say it leaves")
     os.kill(device1.pid, second)
     assert device1.wait(20) == ExitCode.HANDED_BACK, procs.output(device1)  # well before its grace ran out
     assert "told twice to leave" in procs.output(device1)
     assert r.hlen(keys.inhand(D1)) == 0  # nothing left in its hands
-    device2 = start_device(procs, 2, pool, release)
-    wait_until(lambda: "hold0" in started(procs, device2), 30, "hold0 to start again on device2")
-    release.touch()
+    restarted_on(procs, start_device(procs, 2, pool, release), release)
     finish(thread, out)
     assert sorted(mt.results(1, limit=None)) == ["a", "b", "hold0"]
     no_death_charged(r)

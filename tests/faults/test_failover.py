@@ -11,8 +11,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers.paths import SCRIPTS
 from helpers.processes import Processes
+from helpers.runs import seed_shape_run, seed_shape_saved
 from helpers.sentinels import master_of, report, sentinel_of
 from helpers.waits import wait_until
 
@@ -26,10 +26,7 @@ def saved(group: LocalSentinelGroup, save_file: Path) -> tuple[list[str], list[s
     """The tasks saved so far: channel 1's (Redis, the default save function), channel 2's
     (the user's save function's file), asked of whichever node is master now."""
     with sentinel_of(group) as sentinel, master_of(sentinel, group.master_name) as master:
-        one = [json.loads(v)[1] for v in master.lrange("ResultChannel1", 0, -1)]
-    lines = save_file.read_text().splitlines() if save_file.exists() else []
-    two = [line.rsplit("'", 2)[1] for line in lines]  # a line: str(['d', '1000'])
-    return one, two
+        return seed_shape_saved(master, save_file)
 
 
 def progress(group: LocalSentinelGroup, save_file: Path) -> int:
@@ -59,12 +56,8 @@ def test_a_run_survives_a_killed_a_handed_over_and_a_frozen_master(
         "MUTITASK_SENTINEL_MASTER": group.master_name,
         "MUTITASK_SENTINEL_PASSWORD": group.sentinel_password or "",
         "MUTITASK_DEAD_AFTER": "5",
-        "DEVICE_TAG": "d",
-        "SAVE_FILE": str(save_file),
     }
-    procs.device(1, 1, "tag", "--concurrency", "2", env=env)
-    procs.device(2, 2, "tag", "--concurrency", "2", "--save-file", env=env)
-    server = procs.python(SCRIPTS / "server.py", str(COUNT), "50", "2", name="server", env=env)
+    server = seed_shape_run(procs, COUNT, env, save_file)
 
     wait_until(lambda: progress(group, save_file) >= 1000, 120, "1,000 results")
     killed = time.monotonic()

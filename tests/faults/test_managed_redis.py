@@ -8,7 +8,6 @@ until the replica has it, so the promoted one has every step that counted."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,8 +16,8 @@ from pathlib import Path
 import pytest
 import redis
 from helpers.endpoint import MovingEndpoint
-from helpers.paths import SCRIPTS
 from helpers.processes import Processes
+from helpers.runs import seed_shape_run, seed_shape_saved
 from helpers.sentinels import report
 from helpers.waits import wait_until
 
@@ -61,9 +60,7 @@ def in_sync(primary: int) -> bool:
 def saved(primary: int, save_file: Path) -> tuple[list[str], list[str]]:
     """Channel 1's results (Redis, the default save function) and channel 2's (the user's save
     function's file), as the primary has them now."""
-    one = [json.loads(v)[1] for v in client(primary).lrange("ResultChannel1", 0, -1)]
-    lines = save_file.read_text().splitlines() if save_file.exists() else []
-    return one, [line.rsplit("'", 2)[1] for line in lines]  # a line: str(['d', '1000'])
+    return seed_shape_saved(client(primary), save_file)
 
 
 def progress(endpoint: MovingEndpoint, save_file: Path) -> int:
@@ -103,16 +100,8 @@ def test_a_run_survives_a_managed_redis_moving_its_address_to_the_replica(
     a, b = pair
     save_file = tmp_path / "saved.txt"
     with MovingEndpoint(a.port) as endpoint:
-        env = {
-            "MUTITASK_REDIS_URL": endpoint.url,
-            "MUTITASK_CONFIRM_REPLICAS": "1",
-            "MUTITASK_DEAD_AFTER": "5",
-            "DEVICE_TAG": "d",
-            "SAVE_FILE": str(save_file),
-        }
-        procs.device(1, 1, "tag", "--concurrency", "2", env=env)
-        procs.device(2, 2, "tag", "--concurrency", "2", "--save-file", env=env)
-        server = procs.python(SCRIPTS / "server.py", str(COUNT), "50", "2", name="server", env=env)
+        env = {"MUTITASK_REDIS_URL": endpoint.url, "MUTITASK_CONFIRM_REPLICAS": "1", "MUTITASK_DEAD_AFTER": "5"}
+        server = seed_shape_run(procs, COUNT, env, save_file)
 
         wait_until(lambda: progress(endpoint, save_file) >= 1000, 120, "1,000 results")
         handed = time.monotonic()

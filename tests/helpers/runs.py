@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -90,3 +93,24 @@ def run_with_a_device_killed(procs: Processes, count: int, env: dict[str, str] |
     thread.join(120)
     assert not thread.is_alive(), "the run did not complete"
     return out
+
+
+def seed_shape_run(procs: Processes, count: int, env: dict[str, str], save_file: Path) -> subprocess.Popen[bytes]:
+    """The seed's shape, as the failover tests run it: a legacy server script serving ``count``
+    tasks to each of two channels, device 1 saving channel 1's results to Redis (the default
+    save function), device 2 channel 2's with a user's save function to ``save_file``, two
+    tasks at a time each. Returns the server's process; its summary is its last line."""
+    from helpers.paths import SCRIPTS
+
+    env = {**env, "DEVICE_TAG": "d", "SAVE_FILE": str(save_file)}
+    procs.device(1, 1, "tag", "--concurrency", "2", env=env)
+    procs.device(2, 2, "tag", "--concurrency", "2", "--save-file", env=env)
+    return procs.python(SCRIPTS / "server.py", str(count), "50", "2", name="server", env=env)
+
+
+def seed_shape_saved(client: Any, save_file: Path) -> tuple[list[str], list[str]]:
+    """What a :func:`seed_shape_run` saved so far: channel 1's results (Redis, ``client`` on the
+    master now) and channel 2's (the save function's file)."""
+    one = [json.loads(v)[1] for v in client.lrange("ResultChannel1", 0, -1)]
+    lines = save_file.read_text().splitlines() if save_file.exists() else []
+    return one, [line.rsplit("'", 2)[1] for line in lines]  # a line: str(['d', '1000'])
