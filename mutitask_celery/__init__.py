@@ -10,6 +10,8 @@ The legacy API lives in :mod:`mutitask_celery.server` and
 from __future__ import annotations
 
 from mutitask_celery.api import (
+    cancel,
+    cancelled,
     clear_results,
     delete_failed,
     devices,
@@ -26,6 +28,7 @@ from mutitask_celery.api import (
     start,
     stop,
 )
+from mutitask_celery.books.cancels import Cancelled, NothingToCancel
 from mutitask_celery.books.records import FailedTask
 from mutitask_celery.celery_app import app
 from mutitask_celery.channels import TaskFormat, register_channel
@@ -42,6 +45,7 @@ from mutitask_celery.errors import (
     MutitaskError,
     RecordNotFound,
     RedisOutOfMemory,
+    RunCancelled,
 )
 from mutitask_celery.serving.producer import ChannelSummary, RunSummary
 
@@ -65,6 +69,11 @@ __all__ = [
     "pause",
     "start",
     "stop",
+    "cancel",
+    "cancelled",
+    "Cancelled",
+    "NothingToCancel",
+    "RunCancelled",
     "set_rate_limit",
     "rate_limits",
     "Device",

@@ -11,9 +11,11 @@ from collections.abc import Iterable
 from typing import Any
 
 from mutitask_celery import codec, runtime
+from mutitask_celery.books.cancels import Cancelled
 from mutitask_celery.books.records import FailedTask
 from mutitask_celery.channels import check_channel
 from mutitask_celery.control import Device
+from mutitask_celery.device import cancelled as device_cancelled
 
 DeviceSelector = str | int | Iterable[str | int]
 
@@ -120,3 +122,18 @@ def set_rate_limit(channel: int, per_second: float | None) -> float | None:
 def rate_limits() -> dict[int, float]:
     """Every channel's rate limit, in tasks a second (channels without one are absent)."""
     return runtime.rate_limits().all()
+
+
+def cancel(channel: int | None = None) -> list[Cancelled]:
+    """Cancel a channel's run (``None``: every channel with tasks outstanding): its server takes
+    no more tasks, waiting ones leave the books as cancelled, devices start none of them, and
+    running ones end as they will (see :mod:`.books.cancels`). Raises
+    :class:`.NothingToCancel` for a channel the books do not know or whose run has ended."""
+    cancels = runtime.cancels()
+    return cancels.cancel_all() if channel is None else [cancels.cancel(check_channel(channel))]
+
+
+def cancelled() -> bool:
+    """For a task function: True once the channel of the task it runs was cancelled; a long
+    task may poll it and return early (its return value is recorded as usual)."""
+    return device_cancelled.cancelled()

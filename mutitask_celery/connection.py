@@ -38,6 +38,7 @@ from mutitask_celery.errors import (
     ExitCode,
     LeaseHeld,
     RedisOutOfMemory,
+    RunCancelled,
 )
 from mutitask_celery.replication import ConfirmingRedis, ReplicaCount, WritesRefused, as_outage
 from mutitask_celery.settings import mask_url
@@ -280,6 +281,7 @@ _EXITS: tuple[tuple[type[Exception], ExitCode], ...] = (
     (BooksLost, ExitCode.BOOKS_LOST),
     (LeaseHeld, ExitCode.IN_USE),
     (RedisOutOfMemory, ExitCode.OUT_OF_MEMORY),
+    (RunCancelled, ExitCode.CANCELLED),
     (ConfigurationError, ExitCode.USAGE),  # e.g. a celeryconfig.py that breaks our promises
 )
 

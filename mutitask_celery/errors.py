@@ -78,6 +78,11 @@ class RedisOutOfMemory(MutitaskError, RuntimeError):
     ``noeviction`` policy mutitask needs) and nothing freed memory meanwhile."""
 
 
+class RunCancelled(MutitaskError, RuntimeError):
+    """The run ended because one of its channels was cancelled (``mutitask cancel``): its
+    tasks that had not started were recorded as cancelled, not run (exit code 9)."""
+
+
 class RecordNotFound(MutitaskError, KeyError):
     """No dead-letter record has the given id."""
 
@@ -100,4 +105,5 @@ class ExitCode(IntEnum):
     # A device told to leave (SIGTERM, SIGINT) handed its running tasks back and exited: its
     # shutdown grace ran out, or it was told twice. Nothing is lost; the tasks run elsewhere.
     HANDED_BACK = 8
+    CANCELLED = 9  # a server's run ended cancelled (`mutitask cancel`): its unstarted tasks never ran
     STILL_STOPPING = 75  # `mutitask stop`: a device asked to stop still runs a task (sysexits' EX_TEMPFAIL: ask again)

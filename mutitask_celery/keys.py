@@ -38,6 +38,8 @@ Layout (``<ch>`` is a channel number, ``<id>`` a task id):
 ``mutitask:backlog:<ch>``       sorted set id -> time: reloaded tasks in the books, fed into the channel as
                                 devices make room (a reload never floods a channel)
 ``mutitask:channel_sizes``      hash channel -> the ChannelSize its server runs it with (default 50)
+``mutitask:cancelled``          hash channel -> when it was cancelled (``mutitask cancel``): its server takes
+                                no more tasks, devices start none; cleared when a server starts it again
 ``mutitask:run:<name>``         hash: a resumable run's record (items taken per generator, see books.runs)
 ``mutitask:rate_limits``        hash channel -> tasks a second all its devices may start together
 ``mutitask:rate_tat``           hash channel -> when (Redis's clock, µs) its next task may start
@@ -168,6 +170,10 @@ class Keys:
         return f"{self.base}:channel_sizes"
 
     @property
+    def cancelled(self) -> str:
+        return f"{self.base}:cancelled"
+
+    @property
     def rate_limits(self) -> str:
         return f"{self.base}:rate_limits"
 
@@ -295,6 +301,7 @@ DEVICES_FORGOTTEN = DEFAULT.devices_forgotten
 DEVICES_LEAVING = DEFAULT.devices_leaving
 SWEEP_DUE = DEFAULT.sweep_due
 CHANNEL_SIZES = DEFAULT.channel_sizes
+CANCELLED = DEFAULT.cancelled
 RATE_LIMITS = DEFAULT.rate_limits
 RATE_TAT = DEFAULT.rate_tat
 LEASE_HOLDERS = DEFAULT.lease_holders

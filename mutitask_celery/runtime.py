@@ -9,6 +9,7 @@ from __future__ import annotations
 import redis
 
 from mutitask_celery import celery_app, settings
+from mutitask_celery.books.cancels import Cancels
 from mutitask_celery.books.dead_letters import RedisDeadLetterStore
 from mutitask_celery.books.ledger import Ledger
 from mutitask_celery.books.rate_limits import RateLimits
@@ -28,18 +29,19 @@ _recovery: Recovery | None = None
 _store: RedisDeadLetterStore | None = None
 _devices: Devices | None = None
 _rate_limits: RateLimits | None = None
+_cancels: Cancels | None = None
 _built_for: settings.Settings | None = None
 _keys: Keys | None = None  # the names, once the Redis said whether it is a cluster
 
 
 def reset(conf: settings.Settings | None = None) -> settings.Settings:
     """Drop cached objects; point the Celery app at ``conf`` (default: current settings)."""
-    global _transport, _ledger, _recovery, _store, _devices, _rate_limits, _built_for, _keys
+    global _transport, _ledger, _recovery, _store, _devices, _rate_limits, _cancels, _built_for, _keys
     conf = conf or settings.current()
     if _transport is not None:
         _transport.close()
     celery_app.apply_settings(conf)
-    _transport = _ledger = _recovery = _store = _devices = _rate_limits = None
+    _transport = _ledger = _recovery = _store = _devices = _rate_limits = _cancels = None
     _built_for = conf
     _keys = None
     return conf
@@ -160,3 +162,12 @@ def rate_limits() -> RateLimits:
         client = books_client(conf)
         _rate_limits = RateLimits(client, keys(conf, client))
     return _rate_limits
+
+
+def cancels() -> Cancels:
+    """The channels' cancels (see :mod:`.books.cancels`)."""
+    global _cancels
+    built = ledger()  # first: it refreshes the settings and the books
+    if _cancels is None or _cancels.ledger is not built:
+        _cancels = Cancels(built)
+    return _cancels

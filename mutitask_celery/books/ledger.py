@@ -69,11 +69,12 @@ class Outcome:
     reason: str = ""
     traceback: str = ""
     skipped: bool = False  # it ran, but another run owns its outcome (see :meth:`Ledger.claim`)
+    cancelled: bool = False  # its channel was cancelled before it started: it never ran (see .cancels)
 
     @property
     def kind(self) -> str:
         """The word ``lua/finish.lua`` takes for it."""
-        return "skip" if self.skipped else "ok" if self.ok else "fail"
+        return "cancel" if self.cancelled else "skip" if self.skipped else "ok" if self.ok else "fail"
 
 
 def claim_of(device: str, message_id: str, run: str) -> str:
@@ -122,6 +123,7 @@ class ChannelStats:
     messages: int = 0  # messages finished (one carries one or more tasks)
     timed: int = 0  # tasks whose run time is in ``busy``
     busy: float = 0.0  # seconds devices spent running tasks
+    cancelled: int = 0  # tasks that left the books unrun, their channel cancelled (see .cancels)
 
 
 @dataclass

@@ -116,6 +116,8 @@ FINISH = _step(
     more_keys="records",  # the dead-letter record of each outcome
     more_args="outcomes",  # five values an outcome: kind, task id, result, reason, traceback
 )
+CANCEL = _step("cancel", "cancelled backlog pending meta lost stats notify", "channel most")
+DROP_CANCELLED = _step("drop_cancelled", "pending meta lost claims stats notify", more_args="task_ids")
 CLAIM = _step("claim", "pending claims inhand", "claim message_id notes_holds", "records", "task_ids")
 CLAIM_MARK = _step("claim_mark", "claims", "claim mark", more_args="task_ids")
 DROP_NOTE = _step("drop_note", "inhand held started", "message_id noted drop_mark device")
@@ -167,6 +169,8 @@ ALL: tuple[Step, ...] = (
     PUBLISH,
     FEED,
     FINISH,
+    CANCEL,
+    DROP_CANCELLED,
     CLAIM,
     CLAIM_MARK,
     DROP_NOTE,

@@ -33,6 +33,7 @@ from mutitask_celery.celery_app import TASK_NAME, app
 from mutitask_celery.channels import ChannelHandler, SaveFunction, TaskFormat, handler_for
 from mutitask_celery.connection import redis_client
 from mutitask_celery.device import lifecycle
+from mutitask_celery.device.cancelled import CANCELLED, running_channel
 from mutitask_celery.device.lifecycle import DeviceLife
 from mutitask_celery.device.time_limits import Runners, TimedOut
 from mutitask_celery.errors import BooksLost, BrokerUnavailable, TooManyLateRunners
@@ -391,6 +392,9 @@ def _admit(
         raise HandBack(f"{device} is paused")
     if life.leaving():  # held when it was told to leave (SIGTERM): it starts elsewhere
         raise HandBack(f"{device} is leaving")
+    if delivery.channel in CANCELLED:  # never started: its tasks leave the books as cancelled
+        _cancel_unstarted(delivery, items)
+        return None
     try:
         life.runners.check_room()
     except TooManyLateRunners as exc:
@@ -402,6 +406,24 @@ def _admit(
             return None
         alone = alone or verdict is Verdict.RUN_ALONE
     return alone
+
+
+def _cancel_unstarted(delivery: Delivery, items: list[list[Any]]) -> None:
+    """A message of a cancelled channel that had not started: its tasks leave the books as
+    cancelled, and it leaves this device's hands (acknowledged, it is gone)."""
+    channel, device, message_id, _ = delivery
+    try:
+        runtime.cancels().drop(channel, [str(item[0]) for item in items])
+        runtime.ledger().give_back(device, channel, message_id)
+    except redis.RedisError as exc:
+        raise HandBack(f"cannot record the cancelled tasks of message {message_id}: {exc}") from exc
+    log.info(
+        "%s: channel %s is cancelled: message %s's %d task(s) recorded cancelled",
+        device,
+        channel,
+        message_id,
+        len(items),
+    )
 
 
 def _work(life: DeviceLife, delivery: Delivery, items: list[list[Any]], alone: bool) -> Finished | None:
@@ -540,11 +562,16 @@ def _run(
         ]
     else:
         outcomes = []
+        running_channel(channel)  # for cancelled(), which a task function may ask
         try:
             for n, (task_id, task_data) in enumerate(data):
                 if chunk is not None and n and n % chunk == 0:
                     _next_starts(life, channel, min(chunk, len(items) - n))
-                if task_data is not None:
+                if task_data is None:
+                    continue
+                if channel in CANCELLED:  # cancelled since the message started: the rest never start
+                    outcomes.append(Outcome(task_id=task_id, ok=False, cancelled=True))
+                else:
                     outcomes.append(run_one(handler, task_id, task_data, life.runners))
         except TooManyLateRunners as exc:
             # No thread at all mid-message (the cap is asked before a message starts): nothing
@@ -554,6 +581,8 @@ def _run(
             except redis.RedisError:
                 pass
             raise _no_runner(device, exc) from None
+        finally:
+            running_channel(None)
     busy = time.perf_counter() - started
     try:
         devices.started_settled()

@@ -12,7 +12,7 @@ from mutitask_celery import settings
 from mutitask_celery.books.rate_limits import check_rate_map
 from mutitask_celery.books.runs import check_run_name
 from mutitask_celery.connection import exit_on_unreachable
-from mutitask_celery.errors import ConfigurationError
+from mutitask_celery.errors import ConfigurationError, RunCancelled
 from mutitask_celery.serving.producer import RunSummary
 from mutitask_celery.serving.serve import serve
 
@@ -93,11 +93,12 @@ class Terminal:
         """``tasks``: a generator/iterator, or a list of them (channel N is the N-th).
 
         When Redis cannot be reached, the script ends with one clear line (the
-        URL, password masked) and exit code 3, not a traceback.
+        URL, password masked) and exit code 3, not a traceback. A run cancelled
+        (``mutitask cancel``) prints its summary and ends the script with exit code 9.
         """
         self.config.apply()
         with exit_on_unreachable():
-            return serve(
+            summary = serve(
                 tasks,
                 self.config.channel_size,
                 expected_devices=self.config.device_count,
@@ -107,3 +108,9 @@ class Terminal:
                 resume=self.config.resume,
                 run_name=self.config.run_name,
             )
+            if summary.cancelled_channels:  # the script ends with its own code (9): the run did not finish
+                raise RunCancelled(
+                    f"the run was cancelled (channel {', '.join(map(str, summary.cancelled_channels))}): "
+                    f"{summary.cancelled} task(s) never ran"
+                )
+            return summary

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from mutitask_celery.books.cancels import NothingToCancel
 from mutitask_celery.books.dead_letters import RedisDeadLetterStore
 from mutitask_celery.books.rate_limits import RateLimits, describe, parse_rate
 from mutitask_celery.control import VERBS, Devices
@@ -141,12 +142,24 @@ class Console:
                 "at most RATE tasks a second start on channel C, all devices together (rate C off: no limit)",
                 self._rate,
             ),
+            Command(
+                "cancel",
+                ("C",),
+                "cancel channel C's run: waiting tasks are recorded cancelled, devices start none",
+                self._cancel,
+            ),
             Command("stop", (), "stop every device and the server", lambda a: self._stop()),
         ]
         self.commands = {c.name: c for c in table}
         aliases = {"reset_max_task": "reset_task_max", "exit": "stop", "quit": "stop"}
         for alias, name in aliases.items():
             self.commands[alias] = self.commands[name]
+
+    def _cancel(self, args: list[Any]) -> str:
+        try:
+            return self.producer.cancels.cancel(args[0]).line()
+        except NothingToCancel as exc:
+            raise ConsoleError(str(exc)) from None
 
     # -- parsing ----------------------------------------------------------------
     def parse(self, line: str) -> tuple[Command, list[Any]] | None:

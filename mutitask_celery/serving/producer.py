@@ -30,6 +30,7 @@ import redis
 
 from mutitask_celery import codec, memory, settings
 from mutitask_celery.books import messages
+from mutitask_celery.books.cancels import Cancels
 from mutitask_celery.books.dead_letters import RedisDeadLetterStore
 from mutitask_celery.books.integrity import Watermarks
 from mutitask_celery.books.leases import Lease, Leases
@@ -46,7 +47,16 @@ STEP_SHARE = 4  # a publish step takes at most this share of the channel's byte 
 STEP_BYTES = 4 * 2**20
 WAIT_STEP = 0.5  # longest a control change (resume, new size) waits to be seen
 RECONNECT_FOR = 120.0  # seconds the run waits for Redis to come back before giving up
-COUNTERS = ("published", "succeeded", "failed", "duplicates", "reloaded", "revived")  # only ever grow (see integrity)
+CANCEL_LOOK = 0.25  # seconds between two reads of the cancelled channels
+COUNTERS = (
+    "published",
+    "succeeded",
+    "failed",
+    "duplicates",
+    "reloaded",
+    "revived",
+    "cancelled",
+)  # only ever grow (see integrity)
 # Waited out (a full Redis too: it refuses writes until memory is freed, and nothing is lost meanwhile).
 _OUTAGE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, redis.OutOfMemoryError, BrokerUnavailable)
 FREE_MEMORY = (
@@ -108,9 +118,13 @@ class ChannelSummary:
     duplicates: int = 0
     outstanding: int = 0
     revived: int = 0  # of the succeeded: buried as 'worker lost' first, then a late success came
+    cancelled: int = 0  # left the books unrun: the channel was cancelled (mutitask cancel)
+    was_cancelled: bool = False  # the channel was cancelled during the run
 
     def line(self) -> str:
         text = f"channel {self.channel}: published {self.published}, succeeded {self.succeeded}, failed {self.failed}"
+        if self.was_cancelled:
+            text += f", cancelled {self.cancelled}"
         if self.duplicates:
             text += f", run twice {self.duplicates}"
         if self.revived:
@@ -138,6 +152,15 @@ class RunSummary:
     def failed(self) -> int:
         return sum(c.failed for c in self.channels.values())
 
+    @property
+    def cancelled(self) -> int:
+        return sum(c.cancelled for c in self.channels.values())
+
+    @property
+    def cancelled_channels(self) -> list[int]:
+        """The channels cancelled during the run (``mutitask cancel``)."""
+        return [c.channel for c in self.channels.values() if c.was_cancelled]
+
     def __str__(self) -> str:
         return "\n".join(c.line() for c in self.channels.values())
 
@@ -158,6 +181,7 @@ class _Feed:
         self.outgoing: Outgoing | None = None
         self.lease: Lease | None = None  # the server's lease of the channel: it fences each publish step
         self.largest = 0  # the most data one of its tasks carried (as text), this run
+        self.cancelled = False  # the channel was cancelled: it takes no more from its generator
 
     def byte_budget(self, budget: int | None, channel_size: int) -> int:
         """The byte budget a publish step passes on (0: none). Redis checks it by summing the
@@ -305,6 +329,8 @@ class Producer:
         self._sizes_said = False
         self._books = Watermarks()
         self._full = _Full(ledger.client, ledger.keys.room_probe())
+        self.cancels = Cancels(ledger)
+        self._cancels_read = float("-inf")  # when the cancelled channels were last read
 
     # -- controls (the console calls these from its own thread) ---------------
     @property
@@ -366,6 +392,7 @@ class Producer:
                     books[feed.channel].outstanding,
                 )
         self._last = books
+        self.cancels.clear(channels)  # a cancel of an earlier run of these channels no longer holds
         for ch in channels:
             if books[ch].outstanding and ch not in resumed.taken:
                 log.warning(
@@ -408,6 +435,7 @@ class Producer:
         """
         if self.leases is not None:
             self.leases.check()
+        self._follow_cancels()
         feeding = not self._paused.is_set() and not self._feeding_stopped.is_set()
         if not self._sizes_said:  # reloads and devices feed the channels' backlogs by it
             self.ledger.channel_sizes({f.channel: self._channel_size for f in self._feeds})
@@ -456,6 +484,27 @@ class Producer:
             return True
         self.ledger.wait_for_progress(channels, WAIT_STEP)
         return False
+
+    def _follow_cancels(self) -> None:
+        """A channel cancelled (``mutitask cancel``, read at most every :data:`CANCEL_LOOK`
+        seconds): take nothing more from its generator, drop what was taken and not published,
+        and drain its queue once more (a message that went out as the cancel came)."""
+        now = time.monotonic()
+        if now - self._cancels_read < CANCEL_LOOK:
+            return
+        self._cancels_read = now
+        cancelled = self.cancels.channels()
+        for feed in self._feeds:
+            if feed.channel in cancelled and not feed.cancelled:
+                feed.cancelled = feed.exhausted = True
+                feed.outgoing = None
+                dropped = self.cancels.mark_and_drain(feed.channel)
+                log.warning(
+                    "channel %d was cancelled: it takes no more tasks; %d more waiting task(s) dropped, the run "
+                    "ends when the ones devices run have ended",
+                    feed.channel,
+                    dropped,
+                )
 
     def _wait_for_redis(self, since: float | None, exc: Exception) -> float:
         """Back off while Redis (or the broker) is away or full; give up with a clear error after
@@ -507,5 +556,7 @@ class Producer:
                 revived=now.revived - then.revived,
                 duplicates=now.duplicates - then.duplicates,
                 outstanding=books[feed.channel].outstanding,
+                cancelled=now.cancelled - then.cancelled,
+                was_cancelled=feed.cancelled,
             )
         return summary

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from mutitask_celery import api, runtime, settings
+from mutitask_celery.books.cancels import NothingToCancel
 from mutitask_celery.books.rate_limits import describe, parse_rate
 from mutitask_celery.books.records import FailedTask, Kind, table_rows
 from mutitask_celery.connection import check_redis
@@ -32,6 +33,7 @@ examples:
   mutitask stop 3                           device3 finishes its task in hand and exits
   mutitask stop 3 --wait 60                 ... waiting up to 60 s for it to end (default 10)
   mutitask rate 1 20                        at most 20 tasks of channel 1 start a second, all devices together
+  mutitask cancel 2                         channel 2's run ends: waiting tasks recorded cancelled, none starts
   mutitask failed list --channel 1          the failed tasks of channel 1, oldest first
   mutitask failed show 3f2a...              one record, with its traceback
   mutitask failed reload --all              every failed task back onto its channel
@@ -40,7 +42,7 @@ examples:
   mutitask web --port 5566                  the operator's page: channels, devices, dead letters, /metrics
   mutitask demo                             a server and three devices working a job here, then a status table
 
-exit codes: 0 done, 1 not found (or no device answered), 2 bad usage, 3 Redis unreachable,
+exit codes: 0 done, 1 not found (or no device answered; cancel: nothing to cancel), 2 bad usage, 3 Redis unreachable,
   75 stop: a device still runs a task and is stopping (the task is named; ask again later)
 """
 
@@ -130,6 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
     rate.add_argument("per_second", nargs="?", metavar="PER_SECOND|off")
     rate.add_argument("--json", action="store_true")
     rate.set_defaults(handler=_rate)
+    cancel = sub.add_parser(
+        "cancel",
+        parents=[common],
+        help="end a channel's run: waiting tasks are recorded cancelled, devices start none",
+        description="Cancel a channel's run (or every channel's with --all): its server takes no more tasks from "
+        "its generator, the tasks waiting in its queue leave the books as cancelled (counted, never run, not "
+        "dead letters), devices start none of its tasks, and the ones running end as they will (a task function "
+        "may poll mutitask_celery.cancelled()). The server's run then ends with exit code 9.",
+    )
+    cancel.add_argument("channels", nargs="*", type=_positive_int, metavar="CHANNEL")
+    cancel.add_argument("--all", action="store_true", help="every channel with a run going")
+    cancel.add_argument("--json", action="store_true")
+    cancel.set_defaults(handler=_cancel)
     failed = sub.add_parser(
         "failed", help="the dead-letter store", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -216,6 +231,25 @@ def _rate(args: argparse.Namespace) -> int:
     limits = api.rate_limits()
     print(json.dumps({str(c): r for c, r in limits.items()}) if args.json else describe(limits))
     return ExitCode.OK
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    """``mutitask cancel CHANNEL... | --all``: 0 when each was cancelled, 1 when there was
+    nothing to cancel (a channel unknown, or finished), named."""
+    if args.all == bool(args.channels):
+        raise ConfigurationError("say which: one or more CHANNELs, or --all")
+    done, missing = [], []
+    for channel in [None] if args.all else args.channels:
+        try:
+            done += api.cancel(channel)
+        except NothingToCancel as exc:
+            missing.append(str(exc))
+    if args.json:
+        print(json.dumps({"cancelled": [vars(c) for c in done], "nothing_to_cancel": missing}))
+    else:
+        for line in [c.line() for c in done] + missing:
+            print(line)
+    return ExitCode.FAILED if missing else ExitCode.OK
 
 
 def _control(args: argparse.Namespace) -> int:

@@ -239,6 +239,14 @@ class DeviceActionApi(Base):
         await self.act(views.act_on_devices, action)
 
 
+class ChannelCancelApi(Base):
+    """``POST /api/channels/cancel`` ``{"channel": N}``: cancel the channel's run (the page
+    asks the operator to confirm first; CSRF-checked as every POST)."""
+
+    async def post(self) -> None:
+        await self.act(views.cancel_channel, "cancel")
+
+
 class DeadListApi(Base):
     async def get(self) -> None:
         channel = self._int("channel", None)
@@ -313,6 +321,7 @@ def make_app(config: WebConfig, history: views.RateHistory | None = None) -> tor
             (r"/api/devices", DevicesApi),
             (r"/api/scaler", ScalerApi),
             (r"/api/devices/(pause|start|stop)", DeviceActionApi),
+            (r"/api/channels/cancel", ChannelCancelApi),
             (r"/api/dead", DeadListApi),
             (r"/api/dead/record", DeadRecordApi),
             (r"/api/dead/(reload|delete)", DeadActionApi),

@@ -53,6 +53,7 @@ _CHANNEL_COUNTERS = (
     ("failed", "failed", "Tasks of the channel that were dead-lettered."),
     ("run_twice", "run_twice", "Outcomes of the channel's tasks that came a second time (the first is kept)."),
     ("revived", "revived", "Burials as worker lost that a late success replaced (in succeeded and in failed)."),
+    ("cancelled", "cancelled", "Tasks of the channel that left the books unrun: the channel was cancelled."),
 )
 _CHANNEL_GAUGES = (
     ("outstanding", "outstanding", "Tasks published and not yet finished."),

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from mutitask_celery import runtime
+from mutitask_celery.books.cancels import NothingToCancel
 from mutitask_celery.books.ledger import DEFAULT_CHANNEL_SIZE, ChannelBooks
 from mutitask_celery.books.records import FailedTask
 from mutitask_celery.channels import check_channel
@@ -117,6 +118,7 @@ class Overview:
                     "failed": b.stats.failed,
                     "run_twice": b.stats.duplicates,
                     "revived": b.stats.revived,
+                    "cancelled": b.stats.cancelled,
                     "outstanding": b.outstanding,
                     "waiting": b.waiting,
                     "held": max(0, b.held),
@@ -194,6 +196,19 @@ def act_on_dead(action: str, body: dict[str, Any]) -> dict[str, Any]:
     act = store.reload if action == "reload" else store.delete
     n = act(None if channel is None else check_channel(channel), cast("list[str] | None", ids))
     return {"action": action, "moved": n}
+
+
+def cancel_channel(action: str, body: dict[str, Any]) -> dict[str, Any]:
+    """Cancel a channel's run: ``{"channel": N}`` (see :mod:`.books.cancels`); a channel with
+    nothing to cancel is a 400 that says so."""
+    channel = body.get("channel")
+    if isinstance(channel, bool) or not isinstance(channel, int) or channel < 1:
+        raise ConfigurationError('"channel" must be a channel number (1, 2, ...)')
+    try:
+        done = runtime.cancels().cancel(channel)
+    except NothingToCancel as exc:
+        raise ConfigurationError(str(exc)) from None
+    return {"action": action, "channel": channel, "dropped": done.dropped, "running": done.running}
 
 
 def act_on_devices(action: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -17,6 +17,8 @@ Behaviours (the task function):
            call that holds the GIL throughout, so no other thread of the device runs meanwhile (not
            its heartbeat either); others sleep $SLOW_SECONDS (0.05); returns the task
   hold     prints 'START <task> <time>'; a task starting with "hold" waits until the file $RELEASE_FILE exists
+  coop     prints 'START <task> <time>'; runs $COOP_SECONDS (60) unless its channel is cancelled
+           (mutitask_celery.cancelled()), then returns [task, "stopped early"]; else [task, "ran"]
 Options: --native (task_format='native'), --retries N (retries=N, retry_backoff=0.01),
 --concurrency N (tasks at once, threads), --time-limit S (time_limit=S), --save-file (a save
 function that appends each result as a line to $SAVE_FILE; it prints 'SAVING <result> <time>'
@@ -104,6 +106,19 @@ def hold(task):
     return task
 
 
+def coop(task):
+    """A long task that stops early once its channel is cancelled (it polls cancelled())."""
+    import mutitask_celery
+
+    say(f"START {task} {time.time()!r}")
+    deadline = time.monotonic() + float(os.environ.get("COOP_SECONDS", "60"))
+    while time.monotonic() < deadline:
+        if mutitask_celery.cancelled():
+            return [task, "stopped early"]
+        time.sleep(0.05)
+    return [task, "ran"]
+
+
 def paced(task):
     time.sleep(float(os.environ.get("PACE_SECONDS", "0.01")))
     return double(task)
@@ -160,6 +175,7 @@ BEHAVIOURS = {
     "hang": hang,
     "gil": gil,
     "hold": hold,
+    "coop": coop,
 }
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import pytest
 import redis
 import requests
 from helpers.browser import FLAGS, Browser, chromium_binary
-from helpers.paths import artifacts
+from helpers.paths import SCRIPTS, artifacts
 from helpers.processes import Processes
 from helpers.waits import device_is_up, wait_until
 from prometheus_client.parser import text_string_to_metric_families
@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import mutitask_celery as mt
 from mutitask_celery import runtime
 from mutitask_celery.books.records import FailedTask
-from mutitask_celery.errors import ConfigurationError
+from mutitask_celery.errors import ConfigurationError, ExitCode
 from mutitask_celery.serving import serve
 from mutitask_celery.tools.localredis import free_port
 from mutitask_celery.web import views
@@ -152,6 +152,10 @@ def test_changes_need_a_post_with_the_csrf_token_from_this_origin(web: Web, proc
         reply = web.post("/api/dead/reload", body)
         assert reply.status_code == 400 and problem in reply.json()["error"], (body, reply.text)
     assert web.post("/api/devices/pause", {"devices": 3}).status_code == 400
+    assert web.session.post(web.url + "/api/channels/cancel", json={"channel": 1}, timeout=30).status_code == 403
+    for body, problem in (({"channel": "1"}, "must be a channel number"), ({"channel": 9}, "nothing to cancel")):
+        reply = web.post("/api/channels/cancel", body)
+        assert reply.status_code == 400 and problem in reply.json()["error"], (body, reply.text)
     assert web.get("/api/dead?limit=1000").status_code == 400 and web.get("/api/dead?offset=x").status_code == 400
     assert mt.failed_count(1) == 1  # bad input moved nothing
 
@@ -275,3 +279,20 @@ def test_task_text_is_shown_as_text_in_a_browser(web: Web, browser: Browser, r: 
     assert browser.js("document.querySelector(\"dd[data-field='device']\").textContent") == "server"
     assert browser.js("document.querySelector(\"dd[data-field='data']\").textContent") == "1.0 MB"
     assert browser.js("document.getElementById('data').textContent.length") < 70_000
+
+
+def test_the_page_cancels_a_channel_after_asking(web: Web, browser: Browser, procs: Processes) -> None:
+    """The channel's Cancel button asks first; then the run ends cancelled (exit code 9)."""
+    env = {"SLOW_SECONDS": "0.5"}
+    procs.device(1, 1, "slow", env=env)
+    server = procs.python(SCRIPTS / "server.py", "120", "5", name="server", env=env)  # a minute of work
+    browser.open(web.url + "/")
+    button = "#channels tr[data-channel='1'] button[data-cancel]"
+    browser.wait_for(f'!!document.querySelector("{button}")', "channel 1's Cancel button")
+    browser.click(button)
+    assert browser.js("document.getElementById('confirm').textContent").startswith("Cancel channel 1's run?")
+    browser.click("#confirm button.yes")
+    notice = browser.wait_for("(n => !n.hidden && n.textContent)(document.getElementById('notice'))", "the notice")
+    assert notice.startswith("channel 1 cancelled:"), notice
+    assert runtime.ledger().stats(1).cancelled > 0
+    assert server.wait(60) == ExitCode.CANCELLED, procs.output(server)

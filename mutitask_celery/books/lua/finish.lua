@@ -18,8 +18,9 @@
 -- ARGV[1] device; ARGV[2] channel; ARGV[3] message id ('' for none); ARGV[4] seconds the tasks
 -- took; ARGV[5] step id; ARGV[6] the writer's field in steps:<device>; ARGV[7] the device's claim
 -- ("<device>|<message id>|<run>", see claim.lua; '' when it saved nothing itself); ARGV[8..] per
--- outcome five values: 'ok', 'fail' or 'skip' (it ran, but another run owns its outcome: counted as run
--- twice), task id, result (JSON, '' for none), reason, traceback.
+-- outcome five values: 'ok', 'fail', 'skip' (it ran, but another run owns its outcome: counted as run
+-- twice) or 'cancel' (its channel was cancelled before it started: it leaves the books, counted
+-- cancelled), task id, result (JSON, '' for none), reason, traceback.
 -- Returns {succeeded, failed, run twice, tasks the device has finished, reloaded tasks in the
 -- channel's backlog (the device then feeds some in: a reload flows with no server running)}.
 local pending, meta, stats, notify = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -35,7 +36,7 @@ if last then
   if id == step then return {tonumber(a), tonumber(b), tonumber(c), tonumber(d), redis.call('ZCARD', backlog)} end
 end
 local now = redis_now()
-local ok, failed, dup, revived, record = 0, 0, 0, 0, 18
+local ok, failed, dup, revived, cancelled, record = 0, 0, 0, 0, 0, 18
 for i = 8, #ARGV, 5 do
   local kind, id, result, reason, tb = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   record = record + 1
@@ -43,7 +44,14 @@ for i = 8, #ARGV, 5 do
   -- whether it is still outstanding: its data is read only for a dead-letter record (copying a
   -- big task's data into the script for every finish cost Redis more than the rest of the step)
   local outstanding = redis.call('HEXISTS', pending, id) == 1
-  if kind == 'skip' or (holder and claim_base(holder) ~= claim) then
+  if kind == 'cancel' then
+    if outstanding and not holder then
+      redis.call('HDEL', pending, id)
+      redis.call('HDEL', lost, id)
+      redis.call('HDEL', meta, id)
+      cancelled = cancelled + 1
+    end
+  elseif kind == 'skip' or (holder and claim_base(holder) ~= claim) then
     dup = dup + 1
   elseif outstanding then
     local data = nil
@@ -79,6 +87,7 @@ if ok > 0 then redis.call('HINCRBY', stats, 'succeeded', ok) end
 if failed > 0 then redis.call('HINCRBY', stats, 'failed', failed) end
 if dup > 0 then redis.call('HINCRBY', stats, 'duplicates', dup) end
 if revived > 0 then redis.call('HINCRBY', stats, 'revived', revived) end
+if cancelled > 0 then redis.call('HINCRBY', stats, 'cancelled', cancelled) end
 redis.call('HINCRBY', stats, 'messages', 1)
 redis.call('HINCRBY', stats, 'timed', ok + failed + dup)
 redis.call('HINCRBYFLOAT', stats, 'busy', busy)
@@ -89,6 +98,6 @@ if message_id ~= '' then
 end
 redis.call('HSET', devices_seen, device, now)  -- finishing proves the device lives
 redis.call('ZADD', devices_beats, now, device)
-if ok + failed > 0 then wake_server(notify) end
+if ok + failed + cancelled > 0 then wake_server(notify) end
 redis.call('HSET', steps, writer, step .. '|' .. ok .. ',' .. failed .. ',' .. dup .. ',' .. done)
 return {ok, failed, dup, done, redis.call('ZCARD', backlog)}

@@ -53,7 +53,9 @@ function channelRow(c, now) {
     mt.el("td", {}, rate(c.rate)),
     mt.el("td", {}, c.rate_limit === null ? "none" : rate(c.rate_limit)),
     mt.el("td", {}, c.outstanding === 0 ? "—" : mt.duration(c.seconds_left)),
-    mt.el("td", {}, plot(c.history, now)));
+    mt.el("td", {}, plot(c.history, now)),
+    mt.el("td", { className: "buttons" }, c.outstanding === 0 ? "" :
+      mt.el("button", { type: "button", "data-cancel": c.channel }, "Cancel")));
 }
 
 function deviceButton(action, name) {
@@ -91,7 +93,7 @@ function fill(id, rows, empty, columns) {
 async function refresh() {
   try {
     const data = await mt.api("/api/overview");
-    fill("channels", data.channels.map((c) => channelRow(c, data.now)), "no channel has run yet", 11);
+    fill("channels", data.channels.map((c) => channelRow(c, data.now)), "no channel has run yet", 12);
     fill("devices", data.devices.map((d) => deviceRow(d, data.now)), "no device has started yet", 7);
     fill("recent", data.dead_letters.records.map(deadRow), "no dead letters", deadColumns.length);
     document.getElementById("dead-total").textContent = "(all " + mt.number(data.dead_letters.total) + ")";
@@ -100,6 +102,19 @@ async function refresh() {
     mt.status("cannot read the books: " + error.message, true);
   }
 }
+
+document.addEventListener("click", (event) => {
+  const button = event.target.closest("button[data-cancel]");
+  if (!button) return;
+  const channel = Number(button.dataset.cancel);
+  mt.confirm("Cancel channel " + channel + "'s run? Its waiting tasks are recorded cancelled and never run; "
+    + "running ones end as they will.", async () => {
+    const reply = await mt.api("/api/channels/cancel", { channel });
+    mt.notice("channel " + channel + " cancelled: " + mt.number(reply.dropped) + " waiting task(s) dropped, "
+      + mt.number(reply.running) + " in devices' hands left to end");
+    refresh();
+  });
+});
 
 document.addEventListener("click", (event) => {
   const button = event.target.closest("button[data-action]");
