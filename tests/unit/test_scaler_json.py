@@ -70,7 +70,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def test_metrics_carry_the_backlog_and_the_devices_by_state() -> None:
     figures = scaler.figures([1, 2], {1: books(12), 2: books(0)}, PRESENT)
     row = {
-        "published": 20, "succeeded": 8, "failed": 0, "run_twice": 0, "revived": 0, "outstanding": 12,
+        "published": 20, "succeeded": 8, "failed": 0, "run_twice": 0, "revived": 0, "cancelled": 0, "outstanding": 12,
         "waiting": 10, "channel_size": 10, "dead_letters": 0, "rate_limit": None,
     }  # fmt: skip
     device = {"in_hand": 0, "done": 0}
