@@ -105,11 +105,14 @@ class ReplicaCount:
 class WritesRefused(redis.ConnectionError):
     """The node refused a write because it cannot take writes now: a master with too few
     replicas (``NOREPLICAS``), or a master demoted to a replica while this connection stayed
-    open (``READONLY``; ``WAIT`` refused likewise). Nothing was applied; the step is repeated
-    on a new connection, which reaches the master now."""
+    open (``READONLY``; ``WAIT`` refused likewise; a blocked ``BRPOP`` let go with
+    ``UNBLOCKED``). Nothing was applied; the step is repeated on a new connection, which
+    reaches the master now."""
 
 
-REFUSALS = ("NOREPLICAS", "READONLY", "WAIT cannot be used with replica")
+# The words of the refusals, as Redis begins them: too few replicas; a replica now; a blocked
+# read (kombu's BRPOP) let go because the node became a replica (``-UNBLOCKED``).
+REFUSALS = ("NOREPLICAS", "READONLY", "WAIT cannot be used with replica", "UNBLOCKED")
 
 
 def refuses_writes(error: BaseException) -> bool:

@@ -103,6 +103,7 @@ def test_kombu_is_told_the_masters_name_and_the_sentinels_password() -> None:
         ("NOREPLICAS Not enough good replicas to write.", True),
         ("READONLY You can't write against a read only replica.", True),  # a managed Redis's address moved
         ("ERR WAIT cannot be used with replica instances. Please also note ...", True),
+        ("UNBLOCKED force unblock from blocking operation, instance state changed (master -> replica?)", True),
         ("ERR wrong number of arguments for 'hset' command", False),
         ("WRONGTYPE Operation against a key holding the wrong kind of value", False),
     ],
