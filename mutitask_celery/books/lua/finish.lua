@@ -21,7 +21,8 @@
 -- outcome five values: 'ok', 'fail' or 'skip' (it ran, but another run owns its outcome: counted as run
 -- twice), task id, result (JSON, '' for none), reason, traceback.
 -- Returns {succeeded, failed, run twice, tasks the device has finished, reloaded tasks in the
--- channel's backlog (the device then feeds some in: a reload flows with no server running)}.
+-- channel's backlog (the device then feeds some in: a reload flows with no server running), then
+-- the place (from 0) of each outcome counted as run twice (none when a retried call replies)}.
 local pending, meta, stats, notify = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local results, dead_index, dead_index_ch, dead_channels = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local devices_done, devices_seen, devices_beats, inhand = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
@@ -36,6 +37,7 @@ if last then
 end
 local now = redis_now()
 local ok, failed, dup, revived, record = 0, 0, 0, 0, 18
+local twice = {}
 for i = 8, #ARGV, 5 do
   local kind, id, result, reason, tb = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   record = record + 1
@@ -45,6 +47,7 @@ for i = 8, #ARGV, 5 do
   local outstanding = redis.call('HEXISTS', pending, id) == 1
   if kind == 'skip' or (holder and claim_base(holder) ~= claim) then
     dup = dup + 1
+    twice[#twice + 1] = record - 19
   elseif outstanding then
     local data = nil
     if kind ~= 'ok' then data = redis.call('HGET', pending, id) end
@@ -73,6 +76,7 @@ for i = 8, #ARGV, 5 do
   else
     if holder and claim ~= '' then redis.call('HDEL', claims, id) end  -- its own claim: done with
     dup = dup + 1
+    twice[#twice + 1] = record - 19
   end
 end
 if ok > 0 then redis.call('HINCRBY', stats, 'succeeded', ok) end
@@ -91,4 +95,4 @@ redis.call('HSET', devices_seen, device, now)  -- finishing proves the device li
 redis.call('ZADD', devices_beats, now, device)
 if ok + failed > 0 then wake_server(notify) end
 redis.call('HSET', steps, writer, step .. '|' .. ok .. ',' .. failed .. ',' .. dup .. ',' .. done)
-return {ok, failed, dup, done, redis.call('ZCARD', backlog)}
+return {ok, failed, dup, done, redis.call('ZCARD', backlog), unpack(twice)}
