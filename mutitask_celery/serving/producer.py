@@ -138,6 +138,11 @@ class RunSummary:
     def failed(self) -> int:
         return sum(c.failed for c in self.channels.values())
 
+    @property
+    def duplicates(self) -> int:
+        """Outcomes that came a second time (run twice)."""
+        return sum(c.duplicates for c in self.channels.values())
+
     def __str__(self) -> str:
         return "\n".join(c.line() for c in self.channels.values())
 
