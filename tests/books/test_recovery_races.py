@@ -212,7 +212,7 @@ def test_a_retried_finish_applies_once(r: redis.Redis, redis_url: str) -> None:
     outcomes = [Outcome("a", ok=True, result='"A"'), Outcome("b", ok=False, reason="returned None")]
     first = runtime.ledger().finish(1, "device1@h", outcomes, step="s1", writer="w")
     again = runtime.ledger().finish(1, "device1@h", outcomes, step="s1", writer="w")
-    assert first == again == (1, 1, 0, 2, 0)
+    assert first == again == (1, 1, 0, 2, 0, ())
     assert r.hget(keys.stats(1), "duplicates") is None and mt.results(1) == ["A"]
     assert r.hget(keys.DEVICES_DONE, "device1@h") == "2"
 

@@ -87,6 +87,7 @@ def script(tmp_path: Path, first_line: str) -> Path:
 WEB_BLOCK = 'MUTITASK_WEB_PASSWORD="$(openssl rand -hex 16)" mutitask web --host 0.0.0.0   # every address: a login'
 CURL_BLOCK = 'curl -s -c jar -u admin:"$MUTITASK_WEB_PASSWORD" http://127.0.0.1:5566/api/token   # {"token": "..."}'
 RATE_BLOCK = "mutitask rate 1 20        # at most 20 tasks of channel 1 start each second, all devices together"
+TRACED_BLOCK = "# traced_server.py: the server.py above, its run traced (each span printed as a line of JSON)"
 KNOWN = {
     "bash scripts/demo.sh    # a server and three devices working a real job here; needs no Redis installed",
     "# server.py",
@@ -102,6 +103,7 @@ KNOWN = {
     WEB_BLOCK,
     CURL_BLOCK,
     RATE_BLOCK,
+    TRACED_BLOCK,
 }
 
 
@@ -160,6 +162,17 @@ def test_the_celery_way(procs: Processes, r: redis.Redis, tmp_path: Path) -> Non
     runtime.ledger().publish(1, [(messages.new_task_id(), codec.encode(w)) for w in ("a", "bb", "ccc")])
     wait_until(lambda: mt.results_count(1) == 3, 30, "three results")
     assert sorted(mt.results(1)) == [1, 2, 3]
+
+
+def test_a_traced_run(procs: Processes, r: redis.Redis, tmp_path: Path) -> None:
+    procs.device(1, 1, "echo")
+    wait_until(device_is_up(D1), 30, "device1")
+    server = procs.python(script(tmp_path, TRACED_BLOCK), name="readme-traced-server")
+    assert server.wait(120) == 0, procs.output(server)
+    printed = [json.loads(line) for line in procs.output(server).splitlines() if line.startswith("{")]
+    (run,) = [span for span in printed if span["name"] == "mutitask.server.run"]
+    assert run["attributes"]["mutitask.published"] == run["attributes"]["mutitask.succeeded"] == 200
+    assert run["resource"]["attributes"]["service.name"] == "mutitask-server"
 
 
 def test_status_and_control(procs: Processes, r: redis.Redis, tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.unit
 PACKAGE = ROOT / "mutitask_celery"
 BASE = {
     "settings", "keys", "codec", "errors", "logs", "connection", "celery_app", "kombu_guard",
-    "flower", "tables", "channels", "memory", "sentinel", "replication",
+    "flower", "tables", "channels", "memory", "sentinel", "replication", "tracing",
 }  # fmt: skip
 LAYERS = {"books": 1, "control": 2, "runtime": 2, "device": 3, "serving": 3}
 LAYERS |= {"legacy": 4, "web": 4, "api": 4, "client": 4, "server": 4, "tools": 5, "__main__": 5}

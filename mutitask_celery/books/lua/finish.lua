@@ -22,7 +22,8 @@
 -- twice) or 'cancel' (its channel was cancelled before it started: it leaves the books, counted
 -- cancelled), task id, result (JSON, '' for none), reason, traceback.
 -- Returns {succeeded, failed, run twice, tasks the device has finished, reloaded tasks in the
--- channel's backlog (the device then feeds some in: a reload flows with no server running)}.
+-- channel's backlog (the device then feeds some in: a reload flows with no server running), then
+-- the place (from 0) of each outcome counted as run twice (none when a retried call replies)}.
 local pending, meta, stats, notify = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local results, dead_index, dead_index_ch, dead_channels = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local devices_done, devices_seen, devices_beats, inhand = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
@@ -37,6 +38,7 @@ if last then
 end
 local now = redis_now()
 local ok, failed, dup, revived, cancelled, record = 0, 0, 0, 0, 0, 18
+local twice = {}
 for i = 8, #ARGV, 5 do
   local kind, id, result, reason, tb = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   record = record + 1
@@ -53,6 +55,7 @@ for i = 8, #ARGV, 5 do
     end
   elseif kind == 'skip' or (holder and claim_base(holder) ~= claim) then
     dup = dup + 1
+    twice[#twice + 1] = record - 19
   elseif outstanding then
     local data = nil
     if kind ~= 'ok' then data = redis.call('HGET', pending, id) end
@@ -81,6 +84,7 @@ for i = 8, #ARGV, 5 do
   else
     if holder and claim ~= '' then redis.call('HDEL', claims, id) end  -- its own claim: done with
     dup = dup + 1
+    twice[#twice + 1] = record - 19
   end
 end
 if ok > 0 then redis.call('HINCRBY', stats, 'succeeded', ok) end
@@ -100,4 +104,4 @@ redis.call('HSET', devices_seen, device, now)  -- finishing proves the device li
 redis.call('ZADD', devices_beats, now, device)
 if ok + failed + cancelled > 0 then wake_server(notify) end
 redis.call('HSET', steps, writer, step .. '|' .. ok .. ',' .. failed .. ',' .. dup .. ',' .. done)
-return {ok, failed, dup, done, redis.call('ZCARD', backlog)}
+return {ok, failed, dup, done, redis.call('ZCARD', backlog), unpack(twice)}

@@ -576,8 +576,9 @@ class Reaper(Recovery):
         channel = entry.channel
         mark = "" if unstarted_only else text(self.client.hget(self.keys.started(channel), message_id) or "")
         if mark in (device, f"{device}|alone"):
+            context = messages.trace_context(entry.message)  # each task's span stays in its run's trace
             queued = [
-                messages.build(self.ledger.app, entry.routing_key, channel, [item], suspect=not leaving)
+                messages.build(self.ledger.app, entry.routing_key, channel, [item], not leaving, context)
                 for item in entry.items
             ]
         else:
