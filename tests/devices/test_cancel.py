@@ -69,8 +69,9 @@ def test_a_running_task_that_polls_cancelled_stops_early(procs: Processes, r: re
     assert cli("cancel", "1").returncode == 0
     assert server.wait(60) == ExitCode.CANCELLED, procs.output(server)
     assert [json.loads(v) for v in r.lrange(keys.results(1), 0, -1)] == [["0", "stopped early"]]
-    assert len(procs.starts(device)) == 1  # the other two never started
-    assert stats(r)["cancelled"] == 2
+    assert len(procs.starts(device)) == 1  # no other task started
+    counts = stats(r)  # the server may not have published all three yet: what it did is cancelled
+    assert counts["cancelled"] >= 1 and counts["published"] == counts["succeeded"] + counts["cancelled"]
 
 
 def test_a_cancel_of_an_unknown_or_finished_channel_says_so(r: redis.Redis) -> None:
