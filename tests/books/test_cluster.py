@@ -201,6 +201,9 @@ def test_a_run_on_a_cluster_node_takes_every_step_in_one_slot(
     assert mt.reload_failed(1) == len(bad)  # they fail again, deterministically
     wait_until(lambda: mt.failed_count(1) == len(bad) and runtime.ledger().outstanding(1) == 0, 60, "the reload")
     runtime.ledger().give_back("device9@nowhere", 1, "no-such-message")
+    assert runtime.cancels().mark_and_drain(1) == 0  # a cancel's steps, in the books' slot too
+    assert runtime.cancels().drop(1, ["no-such-task"]) == 0
+    runtime.cancels().clear([1])
     assert runtime.ledger().claim(1, "device9@nowhere", "no-such-message", "run", ["no-such-task"]) == [0]
     assert (
         runtime.ledger().mark_claims(1, "device9@nowhere", "no-such-message", "run", ["no-such-task"], "saving") == []
