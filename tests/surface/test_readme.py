@@ -88,6 +88,7 @@ WEB_BLOCK = 'MUTITASK_WEB_PASSWORD="$(openssl rand -hex 16)" mutitask web --host
 CURL_BLOCK = 'curl -s -c jar -u admin:"$MUTITASK_WEB_PASSWORD" http://127.0.0.1:5566/api/token   # {"token": "..."}'
 RATE_BLOCK = "mutitask rate 1 20        # at most 20 tasks of channel 1 start each second, all devices together"
 TRACED_BLOCK = "# traced_server.py: the server.py above, its run traced (each span printed as a line of JSON)"
+CANCEL_BLOCK = "mutitask cancel 2            # channel 2's run"
 KNOWN = {
     "bash scripts/demo.sh    # a server and three devices working a real job here; needs no Redis installed",
     "# server.py",
@@ -104,6 +105,7 @@ KNOWN = {
     CURL_BLOCK,
     RATE_BLOCK,
     TRACED_BLOCK,
+    CANCEL_BLOCK,
 }
 
 
@@ -335,3 +337,20 @@ def test_the_rate_limit_commands(r: redis.Redis) -> None:
     assert "rate limits: channel 1 20/s" in sh("mutitask status", timeout=60).stdout
     done = sh(off, timeout=60)
     assert done.returncode == 0 and done.stdout.strip() == "rate limits: none" and mt.rate_limits() == {}
+
+
+def test_the_cancel_commands(procs: Processes, r: redis.Redis) -> None:
+    """The README's cancel lines on a run of two channels: channel 2's, then every one left."""
+    env = {"SLOW_SECONDS": "0.2"}
+    for channel in (1, 2):
+        procs.device(channel, channel, "slow", env=env)
+        wait_until(device_is_up(f"device{channel}@{socket.gethostname()}"), 60, f"device{channel}")
+    server = procs.python(SCRIPTS / "server.py", "200", "10", "2", name="server", env=env)  # 40 s a channel
+    wait_until(lambda: mt.results_count(1) >= 5 and mt.results_count(2) >= 5, 60, "both channels under way")
+    first, second = commands(CANCEL_BLOCK)
+    done = sh(first, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("channel 2: cancelled;"), (done.stdout, done.stderr)
+    done = sh(second, timeout=60)
+    assert done.returncode == 0 and done.stdout.startswith("channel 1: cancelled;"), (done.stdout, done.stderr)
+    assert server.wait(120) == 9, procs.output(server)  # the run ended cancelled
+    assert runtime.ledger().stats(1).cancelled > 0 and runtime.ledger().stats(2).cancelled > 0
