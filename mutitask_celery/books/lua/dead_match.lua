@@ -8,7 +8,8 @@
 
 local function filter_of(since, up_to, device, reason_kind, reason)
   return {since = tonumber(since), up_to = tonumber(up_to), device = device, kind = reason_kind, reason = reason,
-          short = device ~= '' and not string.find(device, '@', 1, true)}
+          short = device ~= '' and not string.find(device, '@', 1, true),
+          asks = since ~= '' or up_to ~= '' or device ~= '' or reason_kind ~= ''}  -- false: holds for every record
 end
 
 local function filter_holds(flt, last_failed, device, reason)

@@ -31,17 +31,19 @@ local function each(command, key, args, width)  -- one call per 1,000 entries, n
   end
 end
 local read = {'channel', 'data', 'failures', 'first_failed', 'v', 'last_failed', unpack(INDEXED_FIELDS)}
+local at = {}  -- where each indexed field's value is in what HMGET returns
+for j, name in ipairs(INDEXED_FIELDS) do at[name] = 6 + j end
+local newest, checked = tonumber(version), stamped == '1'
 for i = 1, n do
   local id, rec = ARGV[9 + i], KEYS[7 + i]
   local f = redis.call('HMGET', rec, unpack(read))
   local record_version = tonumber(f[5] or '0')
-  local values = {channel = f[1]}
-  for j, name in ipairs(INDEXED_FIELDS) do values[name] = f[6 + j] end
   if not f[1] or not f[2] then  -- an index entry whose record is gone
     gone[#gone + 1] = id
-  elseif f[1] ~= channel or not record_version or record_version > tonumber(version) then
+  elseif f[1] ~= channel or not record_version or record_version > newest then
     out[#out + 1] = id
-  elseif (stamped == '1' and f[6] ~= ARGV[9 + n + i]) or not filter_holds(flt, f[6], values.device, values.reason) then
+  elseif (checked and f[6] ~= ARGV[9 + n + i])
+      or (flt.asks and not filter_holds(flt, f[6], f[at.device], f[at.reason])) then
     passed = passed + 1
   else
     redis.call('DEL', rec)
@@ -52,7 +54,11 @@ for i = 1, n do
     to_meta[#to_meta + 1] = (f[3] or '1') .. '|' .. (f[4] or '0')
     to_backlog[#to_backlog + 1] = now
     to_backlog[#to_backlog + 1] = id
-    for _, entry in ipairs(index_entries(id, values)) do unindexed[#unindexed + 1] = entry end
+    for j = 1, #INDEXED_FIELDS do  -- index_entries' entries, built here: no table a record
+      local value = f[6 + j] or ''
+      if #value > INDEX_CUT then value = index_cut(value) end
+      unindexed[#unindexed + 1] = INDEXED_FIELDS[j] .. '\0' .. value .. '\0' .. f[1] .. '\0' .. id
+    end
   end
 end
 for _, list in ipairs({gone, ids}) do
