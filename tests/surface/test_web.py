@@ -311,6 +311,7 @@ def test_the_api_filters_the_store_and_acts_on_what_a_filter_names(web: Web, r: 
         assert reply.status_code == 400 and problem in reply.json()["error"], (bad, reply.text)
     assert web.get("/api/dead?until=soon").status_code == 400
     assert mt.failed_count() == 1  # bad input moved nothing
+    assert web.post("/api/dead/delete", {"all": True, "dry_run": True}).json()["matching"] == 1
     assert web.post("/api/dead/delete", {"text": "other.org"}).json()["moved"] == 1
 
 
