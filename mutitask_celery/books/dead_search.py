@@ -28,11 +28,14 @@ ones :class:`.FailedTask` marks ``indexed``. Its entries are candidates only: a 
 and a short device name matches every host, so each is judged on the record's whole fields.
 
 **Acting on what matched when the call began.** The window ends, at the latest, when the call
-began (Redis's clock, in which failure times are written), and each match carries its last
-failure time as read (its *stamp*): ``lua/reload.lua`` and ``lua/delete.lua`` move a record
-only if it still has it. A record written again after it was judged (reloaded by someone else,
-failed again, perhaps for another reason) is newer than the call: left alone, never moved twice
-by one call.
+began (Redis's clock, in which failure times are written). A reload or delete whose filter
+Redis can judge (a window, a device, a reason's substring or ``text*``) hands its candidates to
+``lua/reload.lua`` / ``lua/delete.lua`` unread: the step judges each record as it moves it
+(``lua/dead_match.lua``), in one atomic step. Another filter (a glob beyond ``text*``, a task's
+text) is judged here first, and each match carries its last failure time as read (its
+*stamp*): the step moves a record only if it still has it. Either way a record written again
+meanwhile (reloaded by someone else, failed again, perhaps for another reason) is newer than
+the call: left alone, never moved twice by one call.
 """
 
 from __future__ import annotations
@@ -54,9 +57,10 @@ from mutitask_celery.keys import Keys
 log = logging.getLogger(__name__)
 
 PAGE = 8000  # candidates judged at a time (a reload step's page)
-Candidate = tuple["int | None", str]  # a record's channel (None: not known without reading it) and id
 TEXT_PAGE = 500  # ... when the task's data is read too (a task may be megabytes)
 REINDEX_PAGE = 1000  # records filed in the field index per step
+
+Candidate = tuple["int | None", str]  # a record's channel (None: not known without reading it) and id
 
 
 @dataclass(frozen=True)
