@@ -9,14 +9,17 @@ from mutitask_celery.books.ledger import Outcome
 CHUNK = 1000
 
 
-def fill_dead_letters(count: int, channel: int = 1) -> list[str]:
-    """Publish ``count`` tasks, take their messages off the queue and record each as failed."""
+def fill_dead_letters(
+    count: int, channel: int = 1, reason: str = "returned None", device: str = "device1@bench"
+) -> list[str]:
+    """Publish ``count`` tasks, take their messages off the queue and record each as failed,
+    by ``device`` for ``reason``."""
     ledger = runtime.ledger()
     ids: list[str] = []
     for start in range(0, count, CHUNK):
         items = [(messages.new_task_id(), codec.encode(f"task {n}")) for n in range(start, min(count, start + CHUNK))]
         ledger.publish(channel, items)
         ledger.client.delete(keys.queue(channel))
-        ledger.finish(channel, "device1@bench", [Outcome(i, ok=False, reason="returned None") for i, _ in items])
+        ledger.finish(channel, device, [Outcome(i, ok=False, reason=reason) for i, _ in items])
         ids += [i for i, _ in items]
     return ids

@@ -18,6 +18,7 @@ from mutitask_celery.api import (
     failed,
     failed_count,
     failed_dropped,
+    find_failed,
     get_failed,
     pause,
     rate_limits,
@@ -29,6 +30,8 @@ from mutitask_celery.api import (
     stop,
 )
 from mutitask_celery.books.cancels import Cancelled, NothingToCancel
+from mutitask_celery.books.dead_filter import DeadFilter
+from mutitask_celery.books.dead_letters import FoundRecords
 from mutitask_celery.books.records import FailedTask
 from mutitask_celery.celery_app import app
 from mutitask_celery.channels import TaskFormat, register_channel
@@ -62,9 +65,12 @@ __all__ = [
     "failed_count",
     "failed_dropped",
     "get_failed",
+    "find_failed",
     "reload_failed",
     "delete_failed",
     "FailedTask",
+    "DeadFilter",
+    "FoundRecords",
     "devices",
     "pause",
     "start",

@@ -3,6 +3,12 @@
 These read the settings of this process (``MUTITASK_REDIS_URL``,
 ``celeryconfig.py``, ...), so a script or a shell can inspect a run that
 other processes did.
+
+The dead-letter functions take the same keyword filters (:class:`.DeadFilter`): ``reason=``
+(a substring of the reason, or a glob of the whole of it when it holds ``*``, ``?`` or
+``[``), ``device=`` (``"device2"``, ``"device2@host"`` or ``2``), ``since=`` and ``until=``
+(``"10m"``, ``"2026-12-04T10:00"``, a ``datetime``, a ``timedelta`` ago, or Unix seconds)
+and ``text=`` (in the task's text); every one given must hold.
 """
 
 from __future__ import annotations
@@ -12,8 +18,11 @@ from typing import Any
 
 from mutitask_celery import codec, runtime
 from mutitask_celery.books.cancels import Cancelled
+from mutitask_celery.books.dead_filter import DeadFilter, Moment
+from mutitask_celery.books.dead_letters import FoundRecords
 from mutitask_celery.books.records import FailedTask
 from mutitask_celery.channels import check_channel
+from mutitask_celery.connection import redis_now
 from mutitask_celery.control import Device
 from mutitask_celery.device import cancelled as device_cancelled
 
@@ -52,14 +61,70 @@ def clear_results(channel: int) -> int:
     return int(pipe.execute()[0])
 
 
-def failed(channel: int | None = None, limit: int | None = PAGE, offset: int = 0) -> list[FailedTask]:
-    """Dead-letter records (one channel, or all), oldest failure first: a page of ``limit``
-    from ``offset`` (``limit=None``: all of them)."""
-    return runtime.store().failed(_channel(channel), limit, offset)
+def dead_filter(
+    channel: int | None = None,
+    reason: str | None = None,
+    device: str | int | None = None,
+    since: Moment | None = None,
+    until: Moment | None = None,
+    text: str | None = None,
+) -> DeadFilter:
+    """The filter the keywords say (a duration counted back from Redis's clock, now); raises
+    ``ConfigurationError`` naming what is wrong, before anything is read or moved."""
+    client = runtime.store().client
+    return DeadFilter.of(_channel(channel), reason, device, since, until, text, now=lambda: redis_now(client))
 
 
-def failed_count(channel: int | None = None) -> int:
-    return runtime.store().count(_channel(channel))
+def failed(
+    channel: int | None = None,
+    limit: int | None = PAGE,
+    offset: int = 0,
+    *,
+    reason: str | None = None,
+    device: str | int | None = None,
+    since: Moment | None = None,
+    until: Moment | None = None,
+    text: str | None = None,
+) -> list[FailedTask]:
+    """Dead-letter records (one channel, or all; those the filters name), oldest failure first:
+    a page of ``limit`` from ``offset`` (``limit=None``: all of them)."""
+    return runtime.store().failed(
+        limit=limit, offset=offset, where=dead_filter(channel, reason, device, since, until, text)
+    )
+
+
+def find_failed(
+    text: str,
+    channel: int | None = None,
+    limit: int | None = PAGE,
+    offset: int = 0,
+    *,
+    cursor: str | None = None,
+    reason: str | None = None,
+    device: str | int | None = None,
+    since: Moment | None = None,
+    until: Moment | None = None,
+) -> FoundRecords:
+    """Dead-letter records whose task's text (its data as ``mutitask failed show`` prints it)
+    contains ``text``, oldest failure first: ``limit`` of them from ``offset``, after ``cursor``
+    (the ``cursor`` of the page before; None when there are no more). It reads every record the
+    other filters leave: no index knows a task's text."""
+    where = dead_filter(channel, reason, device, since, until, text)
+    return runtime.store().find(where, limit, offset, cursor)
+
+
+def failed_count(
+    channel: int | None = None,
+    *,
+    reason: str | None = None,
+    device: str | int | None = None,
+    since: Moment | None = None,
+    until: Moment | None = None,
+    text: str | None = None,
+) -> int:
+    """How many records (one channel, or all; those the filters name): O(1) for a channel, and
+    for a time window; else what the filters find."""
+    return runtime.store().count(where=dead_filter(channel, reason, device, since, until, text))
 
 
 def failed_dropped(channel: int | None = None) -> int:
@@ -71,14 +136,46 @@ def get_failed(task_id: str) -> FailedTask:
     return runtime.store().get(task_id)
 
 
-def reload_failed(channel: int | None = None, ids: Iterable[str] | None = None) -> int:
-    """Put failed tasks back on their channels; returns how many."""
-    return runtime.store().reload(_channel(channel), ids)
+def reload_failed(
+    channel: int | None = None,
+    ids: Iterable[str] | None = None,
+    *,
+    reason: str | None = None,
+    device: str | int | None = None,
+    since: Moment | None = None,
+    until: Moment | None = None,
+    text: str | None = None,
+    dry_run: bool = False,
+) -> int:
+    """Put failed tasks back on their channels (those of ``ids`` when given; the filters narrow
+    it); returns how many. The records that matched when the call began, at most: one that
+    fails again meanwhile is not reloaded twice. ``dry_run``: how many would move; none does."""
+    return _act("reload", channel, ids, dead_filter(channel, reason, device, since, until, text), dry_run)
 
 
-def delete_failed(channel: int | None = None, ids: Iterable[str] | None = None) -> int:
-    """Delete failed tasks for good; returns how many."""
-    return runtime.store().delete(_channel(channel), ids)
+def delete_failed(
+    channel: int | None = None,
+    ids: Iterable[str] | None = None,
+    *,
+    reason: str | None = None,
+    device: str | int | None = None,
+    since: Moment | None = None,
+    until: Moment | None = None,
+    text: str | None = None,
+    dry_run: bool = False,
+) -> int:
+    """Delete failed tasks for good (as :func:`reload_failed` chooses them); returns how many."""
+    return _act("delete", channel, ids, dead_filter(channel, reason, device, since, until, text), dry_run)
+
+
+def _act(action: str, channel: int | None, ids: Iterable[str] | None, where: DeadFilter, dry_run: bool) -> int:
+    """Reload or delete what ``where`` (and ``ids``) name, or count it for a dry run."""
+    store = runtime.store()
+    chosen = None if ids is None else list(ids)
+    if dry_run:
+        return store.count(where=where, ids=chosen)
+    act = store.reload if action == "reload" else store.delete
+    return act(ids=chosen, where=where)
 
 
 def _selectors(devices: DeviceSelector) -> list[str | int] | None:

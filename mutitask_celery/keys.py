@@ -17,6 +17,8 @@ Layout (``<ch>`` is a channel number, ``<id>`` a task id):
 ``mutitask:dead:index``         sorted set id -> last failure time, all channels
 ``mutitask:dead:index:<ch>``    sorted set id -> last failure time, one channel
 ``mutitask:dead:rec:<id>``      hash: one dead-letter record
+``mutitask:dead:by_field``      sorted set (scores 0) of "<field>\\0<value>\\0<id>": the records by reason and
+                                device, for the filters (see books.records.index_range, lua/dead_index.lua)
 ``mutitask:dead:channels``      set of channels that have ever had a record
 ``mutitask:dead:dropped``       hash channel -> records dropped by the retention limits
 ``mutitask:devices:expected``   how many devices the run expects (device1..deviceN)
@@ -116,6 +118,10 @@ class Keys:
     @property
     def dead_index_all(self) -> str:
         return f"{self.base}:dead:index"
+
+    @property
+    def dead_by_field(self) -> str:
+        return f"{self.base}:dead:by_field"
 
     @property
     def dead_channels(self) -> str:

@@ -14,23 +14,32 @@ neither. The backlog goes into the channel as devices make room
 (:meth:`.Ledger.feed_backlog`), through whichever broker carries the tasks
 (:mod:`.transports`). A reloaded task keeps its id, so
 failing again updates the same record (``failures`` + 1).
+
+Every call may be narrowed by a :class:`.DeadFilter` (reason, device, time window, task text;
+``where=``): :mod:`.dead_search` finds what it names, in O(what matches) where an index allows,
+and the steps that act check each record is still what was judged.
 """
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from itertools import islice
 from typing import cast
 
 import redis
 
 from mutitask_celery import codec
 from mutitask_celery.books import messages, steps
+from mutitask_celery.books.dead_filter import EVERYTHING, DeadFilter
+from mutitask_celery.books.dead_search import Match, Planner, TimePager, dead_channels
 from mutitask_celery.books.records import RECORD_VERSION, FailedTask, decode_record, hash_fields
 from mutitask_celery.connection import raw_twin, redis_now, text
-from mutitask_celery.errors import RecordNotFound
+from mutitask_celery.errors import ConfigurationError, RecordNotFound
 from mutitask_celery.keys import DEFAULT, Keys
 
 log = logging.getLogger(__name__)
@@ -62,45 +71,34 @@ def _chunks(ids: Iterable[str], size: int) -> Iterator[list[str]]:
         yield batch
 
 
-class _Pager:
-    """The ids an index held at ``until`` (Redis's clock: when the caller began), a page of
-    ``size`` at a time, oldest first: O(what matched), never the whole index in memory.
+@dataclass(frozen=True)
+class FoundRecords:
+    """A page of records a search found, and where the next page starts (``cursor``: pass it
+    back for the records after these; None when there are no more)."""
 
-    The reader moves or deletes what it can of each page out of the index, and says how many
-    it left there (:meth:`left`, or :meth:`left_of` when the step that acted cannot say):
-    those stay at the head (unreadable, another channel's, newer) and the next page starts
-    past them. A task that fails again meanwhile re-enters the index later than ``until``
-    (failure times are Redis's clock), so it is not met again, and the count at the start caps
-    the pages anyway: acting on N records acts on at most N, however fast they fail again.
-    """
+    records: list[FailedTask]
+    cursor: str | None
 
-    def __init__(self, client: redis.Redis, index: str, size: int, until: float | None = None) -> None:
-        self.client, self.index, self.size = client, index, size
-        self.until = redis_now(client) if until is None else until
-        self.budget = int(client.zcard(index))
-        self.offset = 0
 
-    def __iter__(self) -> Iterator[list[str]]:
-        while self.budget > 0:
-            page = cast(
-                "list[str]",
-                self.client.zrangebyscore(
-                    self.index, "-inf", self.until, start=self.offset, num=min(self.size, self.budget)
-                ),
-            )
-            if not page:
-                return
-            self.budget -= len(page)
-            yield page
+def _cursor(match: Match) -> str:
+    """Where the page after ``match`` starts: its failure time as stored and its id."""
+    return f"{match.stamp}:{match.id}"
 
-    def left(self, count: int) -> None:
-        """The reader left ``count`` ids of the last page in the index: the next starts past them."""
-        self.offset += count
 
-    def left_of(self, page: list[str]) -> None:
-        """The reader left those of ``page`` that the index still holds (from before the start)."""
-        scores = self.client.zmscore(self.index, page)
-        self.left(sum(1 for score in scores if score is not None and score <= self.until))
+def _after(cursor: str | None) -> tuple[float, str] | None:
+    """The place a cursor names in the failure-time order; raises ConfigurationError for one
+    that is not a cursor this store gave."""
+    if cursor is None:
+        return None
+    stamp, sep, task_id = cursor.partition(":")
+    try:
+        if not sep or not task_id:
+            raise ValueError(cursor)
+        return float(stamp), task_id
+    except ValueError:
+        raise ConfigurationError(
+            f"not a cursor of this list: {cursor[:80]!r} (pass back the one a page gave)"
+        ) from None
 
 
 class RedisDeadLetterStore:
@@ -128,10 +126,32 @@ class RedisDeadLetterStore:
         self._reload = steps.RELOAD.on(client)
         self._delete = steps.DELETE.on(client)
         self._unpublishable = steps.UNPUBLISHABLE.on(client)
+        self.planner = Planner(client, keys)
 
-    def count(self, channel: int | None = None) -> int:
-        """How many records (one channel, or all)."""
-        return int(self.client.zcard(self.keys.dead_index(channel)))
+    @staticmethod
+    def _where(channel: int | None, where: DeadFilter | None) -> DeadFilter:
+        """One filter of a channel given apart and a filter (which may name the same channel)."""
+        where = where or EVERYTHING
+        if channel is None or where.channel == channel:
+            return where
+        if where.channel is not None:
+            raise ConfigurationError(f"two channels given: {channel} and the filter's {where.channel}")
+        return replace(where, channel=channel)
+
+    def count(
+        self, channel: int | None = None, where: DeadFilter | None = None, ids: Sequence[str] | None = None
+    ) -> int:
+        """How many records (one channel, or all; those ``where`` names; of ``ids`` when given):
+        ``ZCARD`` or ``ZCOUNT`` for a channel and a window, else what a search finds (what a
+        reload or delete of the same would move, as it stands now)."""
+        where = self._where(channel, where)
+        index = self.keys.dead_index(where.channel)
+        if ids is None and not where.by_content:
+            if where.since is None and where.until is None:
+                return int(self.client.zcard(index))
+            since, until = (("-inf" if v is None else repr(v)) for v in (where.since, where.until))
+            return int(self.client.zcount(index, since, "+inf" if where.until is None else until))
+        return sum(len(page) for page in self.planner.search(where, ids))
 
     def _ids(self, channel: int | None, limit: int | None = None, offset: int = 0) -> list[str]:
         stop = -1 if limit is None else offset + limit - 1
@@ -151,10 +171,56 @@ class RedisDeadLetterStore:
                     records.append(record)
         return records
 
-    def failed(self, channel: int | None = None, limit: int | None = None, offset: int = 0) -> list[FailedTask]:
-        """Records (one channel, or all) ordered by last failure time, oldest first: ``limit``
-        of them from ``offset`` (None: all); an unreadable one is skipped with a warning."""
-        return self._load(self._ids(channel, limit, offset))
+    def counts(self, where: DeadFilter) -> dict[int, int]:
+        """How many records ``where`` names, by channel (the channels without any left out): one
+        search, whatever the number of channels."""
+        found: Counter[int] = Counter()
+        for page in self.planner.search(where):
+            found.update(m.channel for m in page)
+        return dict(sorted(found.items()))
+
+    def failed(
+        self, channel: int | None = None, limit: int | None = None, offset: int = 0, where: DeadFilter | None = None
+    ) -> list[FailedTask]:
+        """Records (one channel, or all; those ``where`` names) ordered by last failure time,
+        oldest first: ``limit`` of them from ``offset`` (None: all); an unreadable one is
+        skipped with a warning."""
+        where = self._where(channel, where)
+        if not where.narrows:
+            return self._load(self._ids(where.channel, limit, offset))
+        return self.find(where, limit, offset).records
+
+    def find(
+        self, where: DeadFilter, limit: int | None = None, offset: int = 0, cursor: str | None = None
+    ) -> FoundRecords:
+        """The records ``where`` names, oldest failure first: ``limit`` of them (None: all), from
+        ``offset`` of those after ``cursor`` (a :attr:`FoundRecords.cursor`; None: from the first)."""
+        if limit is not None and limit <= 0:
+            return FoundRecords([], None)
+        after = _after(cursor)
+        if after is not None and (where.since is None or where.since < after[0]):
+            where = replace(where, since=after[0])  # the window need not be read again up to there
+        matches, more = self._page(where, limit, offset, after)
+        cursor_next = _cursor(matches[-1]) if more and matches else None
+        return FoundRecords(self._load([m.id for m in matches]), cursor_next)
+
+    def _page(
+        self, where: DeadFilter, limit: int | None, offset: int, after: tuple[float, str] | None
+    ) -> tuple[list[Match], bool]:
+        """``limit`` matches from ``offset`` in failure-time order (after ``after``), and whether
+        more follow. The failure-time window gives them in order, and stops as soon as it has
+        them; the field index's candidates (fewer than the window holds, or it would not be
+        read) are kept to the first ``offset + limit`` by a bounded heap."""
+        end = None if limit is None else offset + limit
+        search = self.planner.search(where)
+        matches = (m for page in search for m in page if after is None or m.position > after)
+        if search.source.ordered:
+            found = list(islice(matches, None if end is None else end + 1))
+        elif end is None:
+            found = sorted(matches, key=lambda m: m.position)
+        else:
+            found = heapq.nsmallest(end + 1, matches, key=lambda m: m.position)
+        return found[offset:end], end is not None and len(found) > end
 
     def get(self, task_id: str) -> FailedTask:
         """One record; raises :class:`RecordNotFound` (also for one that cannot be read)."""
@@ -166,26 +232,38 @@ class RedisDeadLetterStore:
 
     def _batches(self, channel: int | None, ids: Iterable[str] | None) -> Iterator[list[str]]:
         """Ids to delete, a bounded batch at a time (never the whole store in memory): the ids
-        given, or those an index holds when this is called (see :class:`_Pager`)."""
+        given, or those an index holds when this is called (see :class:`.TimePager`)."""
         if ids is not None:
             yield from _chunks(ids, BATCH)
             return
-        pager = _Pager(self.client, self.keys.dead_index(channel), BATCH)
+        pager = TimePager(self.client, self.keys.dead_index(channel), BATCH)
         for page in pager:
             yield page  # the caller deletes what it can of it
             pager.left_of(page)
 
-    def reload(self, channel: int | None = None, ids: Iterable[str] | None = None) -> int:
+    def reload(
+        self, channel: int | None = None, ids: Iterable[str] | None = None, where: DeadFilter | None = None
+    ) -> int:
         """Put records back (``lua/reload.lua``), a page at a time: each task enters its
         channel's backlog in the books, and goes out as devices make room in the channel
         (:meth:`Ledger.feed_backlog`, run here once per channel, then by the server and the
-        devices). Returns how many moved."""
+        devices). ``where`` narrows it (of ``ids`` when given). Returns how many moved."""
+        where = self._where(channel, where)
         moved: Counter[int] = Counter()
-        for ch, page, pager in self._to_reload(channel, ids):
-            n, left = self._reload_page(ch, page)
-            moved[ch] += n
-            if pager is not None:
-                pager.left(len(left))
+        if where.narrows:
+            acting = self.planner.acting(where, None if ids is None else list(ids))
+            for batch in acting:
+                moved[batch.channel] += self._reload_page(batch.channel, batch.ids, batch.stamps, acting.where)[0]
+        else:
+            for ch, chosen, pager in self._to_reload(where.channel, ids):
+                n, left = self._reload_page(ch, chosen)
+                moved[ch] += n
+                if pager is not None:
+                    pager.left(len(left))
+        return self._fed(moved)
+
+    def _fed(self, moved: Counter[int]) -> int:
+        """Feed each channel that got reloaded tasks; returns how many moved in all."""
         for ch, n in moved.items():
             if n and self.feed is not None:
                 self.feed(ch)  # the first ones go out at once, if devices have room
@@ -196,7 +274,7 @@ class RedisDeadLetterStore:
 
     def _to_reload(
         self, channel: int | None, ids: Iterable[str] | None
-    ) -> Iterator[tuple[int, list[str], _Pager | None]]:
+    ) -> Iterator[tuple[int, list[str], TimePager | None]]:
         """What a reload moves, as pages of one channel's ids for ``lua/reload.lua``: the ids
         given (of ``channel`` only, when given); else the channel's index; else every channel's
         index, then what only the all-channels index names (an entry of it whose record is
@@ -212,11 +290,11 @@ class RedisDeadLetterStore:
             return
         began = redis_now(self.client)
         for ch in [channel] if channel is not None else self.channels():
-            pager = _Pager(self.client, self.keys.dead_index(ch), RELOAD_PAGE, began)
+            pager = TimePager(self.client, self.keys.dead_index(ch), RELOAD_PAGE, began)
             for page in pager:
                 yield ch, page, pager
         if channel is None:
-            strays = _Pager(self.client, self.keys.dead_index(), BATCH, began)
+            strays = TimePager(self.client, self.keys.dead_index(), BATCH, began)
             for page in strays:
                 grouped = self._by_channel(page)
                 self._drop_strays(page, grouped)
@@ -227,13 +305,7 @@ class RedisDeadLetterStore:
     def channels(self) -> list[int]:
         """The channels that have records (every record's writer adds its channel to the set; a
         channel may stay in it after its last record went)."""
-        found = []
-        for ch in self.client.smembers(self.keys.dead_channels):
-            try:
-                found.append(int(ch))
-            except ValueError:
-                continue
-        return sorted(found)
+        return dead_channels(self.client, self.keys)
 
     def _by_channel(self, ids: Sequence[str]) -> dict[int, list[str]]:
         """Chosen ids by the channel their record names (records gone or unreadable left out)."""
@@ -248,33 +320,48 @@ class RedisDeadLetterStore:
                 continue
         return grouped
 
-    def _reload_page(self, channel: int, ids: Sequence[str]) -> tuple[int, list[str]]:
-        """Move a page of the channel's records (``lua/reload.lua``); returns how many moved, and
-        the ids left alone (another channel's, unreadable, or newer)."""
+    def _reload_page(
+        self, channel: int, ids: Sequence[str], stamps: Sequence[str] | None = None, where: DeadFilter = EVERYTHING
+    ) -> tuple[int, list[str]]:
+        """Move a page of the channel's records (``lua/reload.lua``) that ``where`` holds for (the
+        step judges what it can; ``stamps``: each one's last failure time as judged here, it moves
+        only if it still has it). Returns how many moved, and the ids left alone (another
+        channel's, unreadable, or newer; those the filter passed over are not named)."""
         prefix = self.keys.dead_record_prefix  # self.keys.dead_record, without a call per record
-        moved, *left = self._reload(
+        moved, _passed, *left = self._reload(
             dead_index=self.keys.dead_index_all,
             dead_index_ch=self.keys.dead_index(channel),
             pending=self.keys.pending(channel),
             meta=self.keys.meta(channel),
             stats=self.keys.stats(channel),
             backlog=self.keys.backlog(channel),
+            dead_by_field=self.keys.dead_by_field,
             records=[prefix + t for t in ids],
             channel=channel,
             now=repr(time.time()),
             version=RECORD_VERSION,
-            task_ids=ids,
+            **where.lua_clauses(),
+            stamped="" if stamps is None else "1",
+            ids_then_stamps=[*ids, *(stamps or ())],
         )
         for task_id in left:
             log.warning("not reloading dead-letter record %s: unreadable or written by a newer version", task_id)
         return int(moved), [text(t) for t in left]
 
-    def delete(self, channel: int | None = None, ids: Iterable[str] | None = None) -> int:
+    def delete(
+        self, channel: int | None = None, ids: Iterable[str] | None = None, where: DeadFilter | None = None
+    ) -> int:
         """Remove records for good (the ids given, of ``channel`` only when given; else the
-        channel's, or all); returns how many."""
+        channel's, or all; ``where`` narrows it); returns how many."""
+        where = self._where(channel, where)
         deleted = 0
-        for batch in self._batches(channel, ids):
-            deleted += self._delete_page(batch, only=channel)
+        if where.narrows:
+            acting = self.planner.acting(where, None if ids is None else list(ids))
+            for batch in acting:
+                deleted += self._delete_group(batch.channel, batch.ids, stamps=batch.stamps, where=acting.where)
+            return deleted
+        for chosen in self._batches(where.channel, ids):
+            deleted += self._delete_page(chosen, only=where.channel)
         return deleted
 
     def _drop_strays(self, ids: Sequence[str], grouped: dict[int, list[str]]) -> None:
@@ -288,10 +375,13 @@ class RedisDeadLetterStore:
                 dead_index=self.keys.dead_index_all,
                 dead_index_ch=self.keys.dead_index_all,  # no channel: the index of all stands in
                 dropped=self.keys.dead_dropped,
+                dead_by_field=self.keys.dead_by_field,
                 records=[self.keys.dead_record(t) for t in strays],
                 count="",
                 channel="",
-                task_ids=strays,
+                **EVERYTHING.lua_clauses(),
+                stamped="",
+                ids_then_stamps=strays,
             )
 
     def _delete_page(self, ids: Sequence[str], only: int | None = None, count: bool = False) -> int:
@@ -304,18 +394,33 @@ class RedisDeadLetterStore:
         for ch, chosen in grouped.items():
             if only is not None and ch != only:
                 continue
-            deleted += int(
-                self._delete(
-                    dead_index=self.keys.dead_index_all,
-                    dead_index_ch=self.keys.dead_index(ch),
-                    dropped=self.keys.dead_dropped,
-                    records=[self.keys.dead_record(t) for t in chosen],
-                    count="count" if count else "",
-                    channel=ch,
-                    task_ids=chosen,
-                )
-            )
+            deleted += self._delete_group(ch, chosen, count)
         return deleted
+
+    def _delete_group(
+        self,
+        channel: int,
+        ids: Sequence[str],
+        count: bool = False,
+        stamps: Sequence[str] | None = None,
+        where: DeadFilter = EVERYTHING,
+    ) -> int:
+        """Delete records of one channel (``lua/delete.lua``) that ``where`` holds for (see
+        :meth:`_reload_page`). Returns how many went."""
+        return int(
+            self._delete(
+                dead_index=self.keys.dead_index_all,
+                dead_index_ch=self.keys.dead_index(channel),
+                dropped=self.keys.dead_dropped,
+                dead_by_field=self.keys.dead_by_field,
+                records=[self.keys.dead_record(t) for t in ids],
+                count="count" if count else "",
+                channel=channel,
+                **where.lua_clauses(),
+                stamped="" if stamps is None else "1",
+                ids_then_stamps=[*ids, *(stamps or ())],
+            )
+        )
 
     def prune(self) -> int:
         """Apply the retention limits (cap, age); returns how many records were dropped.
@@ -371,6 +476,7 @@ class RedisDeadLetterStore:
             dead_channels=self.keys.dead_channels,
             meta=self.keys.meta(channel),
             stats=self.keys.stats(channel),
+            dead_by_field=self.keys.dead_by_field,
             task_id=task_id,
             channel=channel,
             data=codec.encode(_cut(text)),

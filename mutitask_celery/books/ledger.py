@@ -473,6 +473,7 @@ class Ledger:
             held=self.keys.held(channel),
             backlog=self.keys.backlog(channel),
             claims=self.keys.claims(channel),
+            dead_by_field=self.keys.dead_by_field,
             records=[self.keys.dead_record(o.task_id) for o in listed],
             device=device,
             channel=str(channel),

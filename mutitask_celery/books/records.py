@@ -26,6 +26,10 @@ from mutitask_celery.tables import local_time
 log = logging.getLogger(__name__)
 
 RECORD_VERSION = 1  # written as the hash's ``v``; a reader skips records of a newer version
+# Bytes of an indexed field's value the field index keeps (cut at a character's start): enough
+# to tell exception types and device names apart, small enough that the index stays a fraction
+# of the records it indexes (a reason may run to kilobytes).
+INDEX_CUT = 64
 
 
 class Kind(str, Enum):
@@ -85,7 +89,10 @@ class Field:
     ``absent`` is the value when the hash lacks the field or holds it empty (records written
     before the field existed), or :data:`REQUIRED`. ``label`` is its name on the web page
     (None: not shown there); ``listed``: a column of the page's lists; ``block``: a block of
-    its own in a record's view rather than a row (a text that runs to many lines).
+    its own in a record's view rather than a row (a text that runs to many lines);
+    ``indexed``: the Lua writer also files the record under this field's value (its first
+    :data:`INDEX_CUT` bytes) in the store's field index, which the filters read
+    (:mod:`.dead_filter`): a field filtered on that has no index is checked record by record.
     """
 
     name: str
@@ -95,6 +102,7 @@ class Field:
     label: str | None = None
     listed: bool = False
     block: bool = False
+    indexed: bool = False
 
     def read(self, raw: Mapping[str, str | bytes]) -> Any:
         """This field of a record's hash; raises ``KeyError`` when it is required and missing,
@@ -149,9 +157,13 @@ class FailedTask:
     data: Any = field(  # the task exactly as the generator yielded it
         metadata=_record(Kind.VALUE, column=Column("TASK", 7, 40), label="Task", listed=True, block=True)
     )
-    reason: str = field(metadata=_record(Kind.TEXT, "", column=Column("REASON", 6, 40), label="Reason", listed=True))
+    reason: str = field(
+        metadata=_record(Kind.TEXT, "", column=Column("REASON", 6, 40), label="Reason", listed=True, indexed=True)
+    )
     traceback: str = field(metadata=_record(Kind.TEXT, "", label="Traceback", block=True))
-    device: str = field(metadata=_record(Kind.WORD, "", column=Column("DEVICE", 5), label="Device", listed=True))
+    device: str = field(
+        metadata=_record(Kind.WORD, "", column=Column("DEVICE", 5), label="Device", listed=True, indexed=True)
+    )
     first_failed: float = field(metadata=_record(Kind.TIME, 0.0, label="First failed"))
     last_failed: float = field(
         metadata=_record(Kind.TIME, 0.0, column=Column("LAST FAILED", 4), label="Last failed", listed=True)
@@ -211,8 +223,39 @@ def decode_record(raw: Mapping[str, str | bytes]) -> FailedTask | None:
         return None
 
 
+INDEXED = tuple(f.name for f in FailedTask.FIELDS if f.indexed)  # the fields the field index files records under
+
+
+def index_cut(value: bytes) -> bytes:
+    """The first :data:`INDEX_CUT` bytes of ``value``, cut where a character starts: what the
+    field index keeps of a value (``index_cut`` in ``lua/dead_index.lua`` cuts alike)."""
+    if len(value) <= INDEX_CUT:
+        return value
+    n = INDEX_CUT
+    while n > 0 and 0x80 <= value[n] < 0xC0:  # a UTF-8 continuation byte: not a character's start
+        n -= 1
+    return value[:n]
+
+
+def index_range(name: str, value: str, whole: bool) -> tuple[bytes, bytes]:
+    """``ZRANGEBYLEX`` bounds of the field index's entries (``<field>\\0<value cut>\\0<id>``) for
+    field ``name``: those whose value is ``value`` (``whole``), or starts with it. A value cut in
+    the index gives the entries of every value that starts as it does: the caller checks each
+    record's whole value (the index names candidates; it never decides alone)."""
+    raw = value.encode()
+    cut = index_cut(raw)
+    head = name.encode() + b"\0" + cut + (b"\0" if whole and cut == raw else b"")
+    return b"[" + head, b"(" + head + b"\xff"  # no byte of UTF-8 text or of an id is 0xff
+
+
 def lua_constants() -> str:
-    """Lua lines that declare the record's version and its stored fields' names, in order,
-    for ``lua/dead_letter.lua``'s writer (pasted where it says ``--! record``)."""
+    """Lua lines that declare the record's version, its stored fields' names in order, the
+    fields the field index files records under and how many bytes of a value it keeps, for
+    ``lua/dead_index.lua`` (pasted where it says ``--! record``; ``lua/dead_letter.lua``, the
+    writer, includes it)."""
     names = ", ".join(f"'{f.name}'" for f in FailedTask.FIELDS)
-    return f"local RECORD_VERSION = '{RECORD_VERSION}'\nlocal RECORD_FIELDS = {{{names}}}"
+    indexed = ", ".join(f"'{name}'" for name in INDEXED)
+    return (
+        f"local RECORD_VERSION = '{RECORD_VERSION}'\nlocal RECORD_FIELDS = {{{names}}}\n"
+        f"local INDEXED_FIELDS = {{{indexed}}}\nlocal INDEX_CUT = {INDEX_CUT}"
+    )

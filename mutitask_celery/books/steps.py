@@ -111,7 +111,7 @@ FEED = _step("feed", "backlog pending held queue unsent", "channel_size mode now
 FINISH = _step(
     "finish",
     "pending meta stats notify results dead_index dead_index_ch dead_channels devices_done devices_seen "
-    "devices_beats inhand lost started steps held backlog claims",
+    "devices_beats inhand lost started steps held backlog claims dead_by_field",
     "device channel message_id busy step writer claim",
     more_keys="records",  # the dead-letter record of each outcome
     more_args="outcomes",  # five values an outcome: kind, task id, result, reason, traceback
@@ -124,14 +124,14 @@ DROP_NOTE = _step("drop_note", "inhand held started", "message_id noted drop_mar
 RECOVER = _step(
     "recover",
     "devices_seen inhand unacked unacked_index queue started lost pending meta stats dead_index dead_index_ch "
-    "dead_channels notify held claims",
+    "dead_channels notify held claims dead_by_field",
     "device judged message_id noted tag mark_read max_attempts channel tasks leaving",
     more_keys="records",  # the dead-letter record of each task
     more_args="ids_then_messages",  # the task ids, then the message(s) to queue again
 )
 SETTLE = _step(
     "settle",
-    "pending lost started claims meta stats dead_index dead_index_ch dead_channels notify",
+    "pending lost started claims meta stats dead_index dead_index_ch dead_channels notify dead_by_field",
     "message_id channel",
     more_keys="records",
     more_args="task_ids",
@@ -154,11 +154,25 @@ HEARD = _step(
 )
 START = _step("start", "devices_seen devices_beats started inhand", "device message_id alone noted_only", confirm=False)
 RELOAD = _step(
-    "reload", "dead_index dead_index_ch pending meta stats backlog", "channel now version", "records", "task_ids"
+    "reload",
+    "dead_index dead_index_ch pending meta stats backlog dead_by_field",
+    "channel now version since up_to device reason_kind reason stamped",
+    more_keys="records",
+    more_args="ids_then_stamps",  # the ids, then (stamped) the failure time of each as its caller read it
 )
-DELETE = _step("delete", "dead_index dead_index_ch dropped", "count channel", "records", "task_ids")
+DELETE = _step(
+    "delete",
+    "dead_index dead_index_ch dropped dead_by_field",
+    "count channel since up_to device reason_kind reason stamped",
+    more_keys="records",
+    more_args="ids_then_stamps",
+)
+REINDEX = _step("reindex", "dead_index dead_by_field", "mode", more_keys="records", more_args="named")
+PEEK = _step("peek", "", more_keys="records", more_args="fields", confirm=False)  # reads only: nothing to confirm
 UNPUBLISHABLE = _step(
-    "unpublishable", "record dead_index dead_index_ch dead_channels meta stats", "task_id channel data reason"
+    "unpublishable",
+    "record dead_index dead_index_ch dead_channels meta stats dead_by_field",
+    "task_id channel data reason",
 )
 LEASE_TAKE = _step("lease_take", "lease holders", "value ttl replaces")
 LEASE_KEEP = _step("lease_keep", "lease holders", "value ttl", confirm=False)
@@ -184,6 +198,8 @@ ALL: tuple[Step, ...] = (
     START,
     RELOAD,
     DELETE,
+    REINDEX,
+    PEEK,
     UNPUBLISHABLE,
     LEASE_TAKE,
     LEASE_KEEP,

@@ -12,9 +12,12 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any
 
 from mutitask_celery import api, runtime, settings
 from mutitask_celery.books.cancels import NothingToCancel
+from mutitask_celery.books.dead_filter import GLOB, MOMENT_HELP, parse_moment
 from mutitask_celery.books.rate_limits import describe, parse_rate
 from mutitask_celery.books.records import FailedTask, Kind, table_rows
 from mutitask_celery.connection import check_redis
@@ -39,6 +42,12 @@ examples:
   mutitask failed reload --all              every failed task back onto its channel
   mutitask failed delete --channel 2        forget channel 2's failed tasks
   mutitask failed count --json              counts for scripts
+  mutitask failed reload --reason 'ConnectionError*' --since 10m --dry-run
+                                            how many of the last 10 minutes' ConnectionErrors would go back
+  mutitask failed delete --device device2 --until 2026-12-04T10:00
+                                            forget what device2 failed before then
+  mutitask failed find example.com --limit 20
+                                            the failed tasks whose text holds example.com
   mutitask web --port 5566                  the operator's page: channels, devices, dead letters, /metrics
   mutitask demo                             a server and three devices working a job here, then a status table
 
@@ -61,24 +70,73 @@ examples:
 """
 
 
+REASON_HELP = (
+    "only records whose reason (the exception type and its text, as stored) contains TEXT: a plain, "
+    f"case-sensitive substring; TEXT with any of {' '.join(sorted(GLOB))} is a glob the whole reason must match "
+    "(quote it: 'ConnectionError*' is every ConnectionError)"
+)
+DEVICE_HELP = "only records of this device: device2@host, or device2 (on any host), or 2"
+FILTERS = ("reason", "device", "since", "until")
+
+
 def _table(records: Sequence[FailedTask]) -> str:
     return format_table(table_rows(records))
 
 
 def _selection(args: argparse.Namespace) -> tuple[int | None, list[str] | None]:
-    if args.all:
-        return None, None
-    if args.channel is not None:
-        return args.channel, None
+    """What ``failed reload|delete`` acts on: --all, a channel, the IDs, or a filter (which
+    narrows the others)."""
     if args.ids:
-        return None, args.ids
-    raise ConfigurationError("say which: --all, --channel C, or one or more IDs")
+        return args.channel, args.ids
+    if args.all or args.channel is not None or _filtering(args):
+        return args.channel, None
+    raise ConfigurationError("say which: --all, --channel C, a filter (--reason, --device, --since, --until), or IDs")
+
+
+def _filtering(args: argparse.Namespace) -> bool:
+    return any(getattr(args, name) is not None for name in FILTERS)
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    """The filter options given, as the API's keywords."""
+    return {name: getattr(args, name) for name in FILTERS if getattr(args, name) is not None}
+
+
+def _natural(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive integer, got {text!r}")
+    return int(text)
 
 
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return int(text)
+
+
+def _moment(text: str) -> float | timedelta:
+    """``--since``/``--until``: a duration or a time, checked here (exit 2 with the reason)."""
+    try:
+        return parse_moment(text)
+    except ConfigurationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _some_text(text: str) -> str:
+    if text == "":
+        raise argparse.ArgumentTypeError("must not be empty (leave the option out to match every record)")
+    return text
+
+
+def _add_filters(parser: argparse.ArgumentParser) -> None:
+    """The dead-letter filters every ``failed`` command that chooses records takes."""
+    parser.add_argument("--channel", type=_positive_int)
+    parser.add_argument("--reason", type=_some_text, metavar="TEXT", help=REASON_HELP)
+    parser.add_argument("--device", type=_some_text, metavar="DEVICE", help=DEVICE_HELP)
+    parser.add_argument(
+        "--since", type=_moment, metavar="WHEN", help=f"only records that last failed at or after WHEN: {MOMENT_HELP}"
+    )
+    parser.add_argument("--until", type=_moment, metavar="WHEN", help="only records that last failed at or before WHEN")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,29 +208,51 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fsub = failed.add_subparsers(dest="action", required=True)
     ls = fsub.add_parser("list", parents=[common], help="list failed tasks, oldest failure first")
-    ls.add_argument("--channel", type=_positive_int)
+    _add_filters(ls)
     ls.add_argument(
         "--limit",
         type=_positive_int,
         default=api.PAGE,
         help=f"records a page (default {api.PAGE}); --offset for the next",
     )
-    ls.add_argument("--offset", type=int, default=0)
+    ls.add_argument("--offset", type=_natural, default=0)
     ls.add_argument("--json", action="store_true", help="one JSON array, for scripts")
     ls.set_defaults(handler=_failed_list)
+    find = fsub.add_parser(
+        "find",
+        parents=[common],
+        help="failed tasks whose text holds TEXT, oldest failure first",
+        description="Failed tasks whose task text (as `failed show` prints it) holds TEXT, case-sensitive, listed "
+        "as `failed list` lists them. No index knows a task's text: it reads every record the other filters leave.",
+    )
+    find.add_argument("text", type=_some_text, metavar="TEXT")
+    _add_filters(find)
+    find.add_argument("--limit", type=_positive_int, default=api.PAGE, help=f"matches a page (default {api.PAGE})")
+    find.add_argument("--offset", type=_natural, default=0, help="matches to skip first")
+    find.add_argument("--cursor", help="start after the matches of the page that printed it (faster than --offset)")
+    find.add_argument("--json", action="store_true", help='{"records": [...], "cursor": C or null}, for scripts')
+    find.set_defaults(handler=_failed_find)
     show = fsub.add_parser("show", parents=[common], help="one failed task, whole")
     show.add_argument("id")
     show.add_argument("--json", action="store_true")
     show.set_defaults(handler=_failed_show)
     count = fsub.add_parser("count", parents=[common], help="how many failed tasks, per channel")
-    count.add_argument("--channel", type=_positive_int)
+    _add_filters(count)
     count.add_argument("--json", action="store_true")
     count.set_defaults(handler=_failed_count)
     for name, text in (("reload", "put failed tasks back on their channels"), ("delete", "delete failed tasks")):
-        p = fsub.add_parser(name, parents=[common], help=text)
+        p = fsub.add_parser(
+            name,
+            parents=[common],
+            help=text,
+            description=f"{text[0].upper()}{text[1:]}: the IDs given, --all, a --channel, or those the filters name "
+            "(every filter given must hold; with IDs or --channel they narrow those). What matched when the command "
+            "began, at most: a task that fails again meanwhile is not met twice.",
+        )
         p.add_argument("ids", nargs="*", metavar="ID")
         p.add_argument("--all", action="store_true")
-        p.add_argument("--channel", type=_positive_int)
+        _add_filters(p)
+        p.add_argument("--dry-run", action="store_true", help="print how many would move, and move none")
         p.add_argument("--json", action="store_true")
         p.set_defaults(handler=_failed_move)
     web = sub.add_parser(
@@ -291,8 +371,28 @@ def _describe_stop(report: StopReport) -> str:
 
 def _failed_list(args: argparse.Namespace) -> int:
     """``mutitask failed list``: a page of records, oldest failure first."""
-    records = api.failed(args.channel, args.limit, args.offset)
+    records = api.failed(args.channel, args.limit, args.offset, **_filters(args))
     print(json.dumps([r.as_dict() for r in records], indent=1) if args.json else _table(records))
+    return ExitCode.OK
+
+
+def _failed_find(args: argparse.Namespace) -> int:
+    """``mutitask failed find TEXT``: a page of the records whose task text holds TEXT; the
+    cursor of the next page, when there is one."""
+    found = api.find_failed(
+        args.text,
+        args.channel,
+        args.limit,
+        args.offset,
+        cursor=args.cursor,
+        **_filters(args),
+    )
+    if args.json:
+        print(json.dumps({"records": [r.as_dict() for r in found.records], "cursor": found.cursor}, indent=1))
+        return ExitCode.OK
+    print(_table(found.records) if found.records else "no failed task's text holds that")
+    if found.cursor is not None:
+        print(f"more: --cursor {found.cursor}")
     return ExitCode.OK
 
 
@@ -310,10 +410,16 @@ def _failed_show(args: argparse.Namespace) -> int:
 
 
 def _failed_count(args: argparse.Namespace) -> int:
-    """``mutitask failed count``: records per channel, in all, and what the retention limits dropped."""
-    channels = [args.channel] if args.channel else runtime.store().channels()
-    counts = {str(c): api.failed_count(c) for c in channels}
-    total = api.failed_count(args.channel)
+    """``mutitask failed count``: records per channel, in all, and what the retention limits
+    dropped; with filters, those the filters name (one search for every channel)."""
+    if _filtering(args):
+        where = api.dead_filter(args.channel, **_filters(args))
+        counts = {str(c): n for c, n in runtime.store().counts(where).items()}
+        total = sum(counts.values())
+    else:
+        channels = [args.channel] if args.channel else runtime.store().channels()
+        counts = {str(c): api.failed_count(c) for c in channels}
+        total = api.failed_count(args.channel)
     dropped = api.failed_dropped(args.channel)
     if args.json:
         print(json.dumps({"total": total, "channels": counts, "dropped": dropped}))
@@ -327,12 +433,16 @@ def _failed_count(args: argparse.Namespace) -> int:
 
 
 def _failed_move(args: argparse.Namespace) -> int:
-    """``mutitask failed reload|delete``: chosen records, a channel's or all; exit 1 if no chosen ID existed."""
+    """``mutitask failed reload|delete``: chosen records, a channel's, those the filters name,
+    or all; ``--dry-run``: how many would move. Exit 1 if no chosen ID existed (or matched)."""
     channel, ids = _selection(args)
     action = api.reload_failed if args.action == "reload" else api.delete_failed
-    n = action(channel, ids)
+    n = action(channel, ids, dry_run=args.dry_run, **_filters(args))
     verb = "reloaded" if args.action == "reload" else "deleted"
-    print(json.dumps({verb: n}) if args.json else f"{verb} {n} failed task(s)")
+    if args.dry_run:
+        print(json.dumps({f"would_{args.action}": n}) if args.json else f"would {args.action} {n} failed task(s)")
+    else:
+        print(json.dumps({verb: n}) if args.json else f"{verb} {n} failed task(s)")
     return ExitCode.FAILED if ids and n == 0 else ExitCode.OK
 
 

@@ -188,11 +188,13 @@ class Base(tornado.web.RequestHandler):
 
 
 def _summary(body: dict[str, Any]) -> str:
-    """What an action asked for, for the log, without any task data (ids, a channel, devices)."""
+    """What an action asked for, for the log, without any task data (ids, a channel, devices, a
+    filter's clauses but a task's text)."""
     ids = body.get("ids")
     if isinstance(ids, list):
         return f"{len(ids)} id(s)"
-    return json.dumps({k: body[k] for k in ("channel", "devices") if k in body})[:200]
+    said = ("channel", "devices", "all", "dry_run", "reason", "device", "since", "until")
+    return json.dumps({k: body[k] for k in said if k in body} | ({"text": "..."} if "text" in body else {}))[:200]
 
 
 class Page(Base):
@@ -248,13 +250,21 @@ class ChannelCancelApi(Base):
 
 
 class DeadListApi(Base):
+    """``GET /api/dead``: a page of records, filtered as an action's body is (the same names, as
+    query arguments), and how many the filter names in all."""
+
     async def get(self) -> None:
         channel = self._int("channel", None)
         offset, limit = self._int("offset", 0), self._int("limit", 50)
+        texts = {name: self.get_query_argument(name, None) for name in views.FILTER_TEXTS}
         try:
-            self.send_json(await self.blocking(views.dead_page, channel, offset, limit))
+            self.send_json(await self.blocking(self._page, channel, offset, limit, texts))
         except ConfigurationError as exc:
             raise tornado.web.HTTPError(400, reason=str(exc)) from None
+
+    @staticmethod
+    def _page(channel: int | None, offset: int, limit: int, texts: dict[str, str | None]) -> dict[str, Any]:
+        return views.dead_page(channel, offset, limit, views.dead_filter(texts))
 
     def _int(self, name: str, default: int | None) -> Any:
         raw = self.get_query_argument(name, None)

@@ -15,8 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
-from mutitask_celery import runtime
+from mutitask_celery import api, runtime
 from mutitask_celery.books.cancels import NothingToCancel
+from mutitask_celery.books.dead_filter import DeadFilter
 from mutitask_celery.books.ledger import DEFAULT_CHANNEL_SIZE, ChannelBooks
 from mutitask_celery.books.records import FailedTask
 from mutitask_celery.channels import check_channel
@@ -159,20 +160,44 @@ def recent_dead_letters(count: int = RECENT) -> dict[str, Any]:
     return {"total": total, "records": [record_view(r) for r in reversed(records)]}
 
 
-def dead_page(channel: int | None, offset: int, limit: int) -> dict[str, Any]:
-    """A page of the dead-letter store (one channel or all), oldest failure first."""
+FILTER_TEXTS = ("reason", "device", "since", "until", "text")  # the filter's clauses given as text
+
+
+def dead_filter(given: dict[str, Any]) -> DeadFilter:
+    """The filter a page's query or an action's body names (``channel``, and the texts of
+    :data:`FILTER_TEXTS`; ``since``/``until`` may also be Unix seconds); an empty text is no
+    clause. Raises ``ConfigurationError`` naming the problem."""
+    channel = given.get("channel")
+    if channel is not None and (not isinstance(channel, int) or isinstance(channel, bool)):
+        raise ConfigurationError('"channel" must be a channel number')
+    clauses: dict[str, Any] = {}
+    for name in FILTER_TEXTS:
+        value = given.get(name)
+        numeric = name in ("since", "until") and isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value is not None and not isinstance(value, str) and not numeric:
+            raise ConfigurationError(f'"{name}" must be a text')
+        if value != "":
+            clauses[name] = value
+    return api.dead_filter(None if channel is None else check_channel(channel), **clauses)
+
+
+def dead_page(channel: int | None, offset: int, limit: int, where: DeadFilter | None = None) -> dict[str, Any]:
+    """A page of the dead-letter store (one channel or all; those ``where`` names), oldest
+    failure first, and how many there are."""
+    where = where or DeadFilter()
     if channel is not None:
-        check_channel(channel)
+        where = dead_filter({**where.as_dict(), "channel": channel})
     if offset < 0 or not 0 < limit <= PAGE_MAX:
         raise ConfigurationError(f"offset must be 0 or more and limit 1 to {PAGE_MAX}, got {offset} and {limit}")
     store = runtime.store()
     return {
-        "channel": channel,
+        "channel": where.channel,
+        "filter": where.as_dict(),
         "offset": offset,
         "limit": limit,
-        "total": store.count(channel),
+        "total": store.count(where=where),
         "channels": known_channels(),
-        "records": [record_view(r) for r in store.failed(channel, limit, offset)],
+        "records": [record_view(r) for r in store.failed(limit=limit, offset=offset, where=where)],
     }
 
 
@@ -182,20 +207,27 @@ def dead_record(task_id: str) -> dict[str, Any]:
 
 
 def act_on_dead(action: str, body: dict[str, Any]) -> dict[str, Any]:
-    """Reload or delete records: ``{"ids": [...]}`` or ``{"channel": N}``; says how many moved."""
+    """Reload or delete records: ``{"ids": [...]}``, ``{"channel": N}``, a filter
+    (:func:`dead_filter`'s clauses; with ids or a channel, it narrows them), or ``{"all": true}``;
+    says how many moved. ``"dry_run": true``: how many would (``matching``), none moving."""
     if action not in ("reload", "delete"):
         raise ConfigurationError(f"no such action {action!r}: reload or delete")
-    ids, channel = body.get("ids"), body.get("channel")
-    if (ids is None) == (channel is None):
-        raise ConfigurationError('say which: {"ids": [...]} or {"channel": N}')
+    ids, everything, dry_run = body.get("ids"), body.get("all", False), body.get("dry_run", False)
     if ids is not None and not (isinstance(ids, list) and all(isinstance(i, str) for i in ids)):
         raise ConfigurationError('"ids" must be a list of record ids')
-    if channel is not None and (not isinstance(channel, int) or isinstance(channel, bool)):
-        raise ConfigurationError('"channel" must be a channel number')
+    if not isinstance(dry_run, bool) or not isinstance(everything, bool):
+        raise ConfigurationError('"dry_run" and "all" must be true or false')
+    where = dead_filter(body)
+    if ids is None and not everything and where.channel is None and not where.narrows:
+        raise ConfigurationError(
+            'say which: {"ids": [...]}, {"channel": N}, a filter (reason, device, since, until, text) or {"all": true}'
+        )
+    chosen = cast("list[str] | None", ids)
     store = runtime.store()
+    if dry_run:
+        return {"action": action, "dry_run": True, "matching": store.count(where=where, ids=chosen)}
     act = store.reload if action == "reload" else store.delete
-    n = act(None if channel is None else check_channel(channel), cast("list[str] | None", ids))
-    return {"action": action, "moved": n}
+    return {"action": action, "moved": act(ids=chosen, where=where)}
 
 
 def cancel_channel(action: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from mutitask_celery.tools.localredis import LocalRedis, free_port
 
 HOST = socket.gethostname()
 # Shared functions pasted into other steps (``--! include``), never run on their own.
-INCLUDES = {"claims", "clock", "dead_letter", "lease_check", "note", "wake"}
+INCLUDES = {"claims", "clock", "dead_letter", "dead_index", "dead_match", "lease_check", "note", "wake"}
 # Steps of the Redis broker's reaper: they act on kombu's own keys (unacked, the queues' lists).
 REDIS_BROKER_ONLY = {"restore", "recover", "retire", "forget", "held"}
 
@@ -99,6 +99,7 @@ def test_the_cluster_layout_puts_every_key_in_one_slot() -> None:
             k.dead_index(),
             k.dead_index(6),
             k.dead_record("abc"),
+            k.dead_by_field,
             k.run("default"),
             k.rate_limits,
             k.rate_tat,
@@ -208,6 +209,14 @@ def test_a_run_on_a_cluster_node_takes_every_step_in_one_slot(
     assert (
         runtime.ledger().mark_claims(1, "device9@nowhere", "no-such-message", "run", ["no-such-task"], "saving") == []
     )
+
+    cluster.delete("mutitask:{books}:dead:by_field")  # as a version before the field index left it: filed again
+    unlucky = [n for n in bad if n % 10]  # "ValueError: unlucky N"; the others returned None
+    assert mt.failed_count(1, reason="*unlucky*") == len(unlucky)  # records read (peek), the index filed (reindex)
+    assert mt.delete_failed(reason="ValueError*", device="device1") + mt.delete_failed(reason="ValueError*") == len(
+        unlucky
+    )
+    assert sorted(int(f.data) for f in mt.failed(1, limit=None)) == [n for n in bad if n % 10 == 0]
 
     loaded = dict(zip(_steps(), cluster.script_exists(*[scripts.load(cluster, n).sha for n in _steps()]), strict=True))
     assert {name for name, known in loaded.items() if not known} == REDIS_BROKER_ONLY

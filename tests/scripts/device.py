@@ -12,6 +12,8 @@ Behaviours (the task function):
   shaky    raises ConnectionError the first two times it sees a task, then returns [task, tries]
   busy     a CPU-bound loop of $BUSY_SECONDS (holds the GIL as real number crunching does), then the task
   failing  always None (every task fails)
+  outage   a task "site..." raises ConnectionError until the file $SITE_UP exists (then returns the task);
+           a task "bug..." raises ValueError; others return the task
   hang     prints 'START <task> <time>'; a task starting with "hang" sleeps $HANG_SECONDS (60); returns the task
   gil      prints 'START <task> <time>'; a task starting with "gil" runs sum(range($GIL_N)) (8e8): one C
            call that holds the GIL throughout, so no other thread of the device runs meanwhile (not
@@ -90,6 +92,14 @@ def busy(task):
 
 def failing(task):
     return None
+
+
+def outage(task):
+    if task.startswith("site") and not os.path.exists(os.environ["SITE_UP"]):
+        raise ConnectionError(f"cannot reach the site for {task}")
+    if task.startswith("bug"):
+        raise ValueError(f"bad page in {task}")
+    return task
 
 
 def hang(task):
@@ -172,6 +182,7 @@ BEHAVIOURS = {
     "paced": paced,
     "busy": busy,
     "failing": failing,
+    "outage": outage,
     "hang": hang,
     "gil": gil,
     "hold": hold,

@@ -249,6 +249,10 @@ def test_the_dead_letter_store(procs: Processes, r: redis.Redis, tmp_path: Path)
     )
     assert sample.returncode == 0, sample.stderr
     assert "returned None" in sample.stdout and "ValueError: unlucky 13" in sample.stdout
+    lines = sample.stdout.splitlines()
+    assert "2 4" in lines and "2" in lines and "['13']" in lines, (
+        sample.stdout
+    )  # 13 and 26 are ValueErrors; 0 went back
     assert mt.failed_count(1) == 0 and runtime.ledger().outstanding(1) == 5  # all back on the channel
 
 
@@ -261,6 +265,14 @@ def test_the_dead_letter_commands(procs: Processes, r: redis.Redis) -> None:
         outputs[line] = done.stdout
     assert "total: 5" in outputs["mutitask failed count"]
     assert len(json.loads(outputs["mutitask failed list --json"])) == 5
+    valueerrors = outputs["mutitask failed list --reason 'ValueError*' --since 10m"]
+    assert "unlucky 13" in valueerrors and "unlucky 26" in valueerrors and "returned None" not in valueerrors
+    assert json.loads(outputs["mutitask failed count --device device1 --json"])["total"] == 5
+    assert "unlucky 13" in outputs["mutitask failed find 13"] and "None" not in outputs["mutitask failed find 13"]
+    assert (
+        outputs["mutitask failed reload --reason 'returned None' --dry-run"].strip() == "would reload 3 failed task(s)"
+    )
+    assert "deleted 0 failed task(s)" in outputs["mutitask failed delete --device device2 --until 2026-12-04T10:00"]
     assert "reloaded 5 failed task(s)" in outputs["mutitask failed reload --channel 1"]
     assert mt.failed_count(1) == 0
 

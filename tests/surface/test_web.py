@@ -24,7 +24,9 @@ from helpers.waits import device_is_up, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 import mutitask_celery as mt
-from mutitask_celery import runtime
+from mutitask_celery import codec, keys, runtime
+from mutitask_celery.books import messages
+from mutitask_celery.books.ledger import Outcome
 from mutitask_celery.books.records import FailedTask
 from mutitask_celery.errors import ConfigurationError, ExitCode
 from mutitask_celery.serving import serve
@@ -296,3 +298,77 @@ def test_the_page_cancels_a_channel_after_asking(web: Web, browser: Browser, pro
     assert notice.startswith("channel 1 cancelled:"), notice
     assert runtime.ledger().stats(1).cancelled > 0
     assert server.wait(60) == ExitCode.CANCELLED, procs.output(server)
+
+
+def fail_tasks(channel: int, values: list[str], reason: str, device: str) -> list[str]:
+    """Record ``values`` as failed on ``device`` for ``reason``, as a device's finish step does."""
+    items = [(messages.new_task_id(), codec.encode(v)) for v in values]
+    runtime.ledger().publish(channel, items)
+    runtime.ledger().client.delete(keys.queue(channel))
+    runtime.ledger().finish(channel, device, [Outcome(i, ok=False, reason=reason) for i, _ in items])
+    return [i for i, _ in items]
+
+
+def test_the_api_filters_the_store_and_acts_on_what_a_filter_names(web: Web, r: redis.Redis) -> None:
+    down = fail_tasks(1, [f"GET https://example.com/{n}" for n in range(4)], "ConnectionError: down", "device2@h")
+    bugs = fail_tasks(1, ["GET https://other.org/"], "ValueError: a real bug", "device1@h")
+    page = web.get("/api/dead?reason=ConnectionError*&device=device2&since=1h&limit=3").json()
+    assert page["total"] == 4 and [rec["id"] for rec in page["records"]] == down[:3]
+    assert page["filter"]["reason"] == "ConnectionError*" and page["filter"]["device"] == "device2"
+    assert [rec["id"] for rec in web.get("/api/dead?text=other.org").json()["records"]] == bugs
+    assert web.get("/api/dead?reason=&device=").json()["total"] == 5  # an empty field is no filter
+    body = {"reason": "ConnectionError*", "device": "device2"}
+    dry = web.post("/api/dead/reload", {**body, "dry_run": True}).json()
+    assert dry == {"action": "reload", "dry_run": True, "matching": 4} and mt.failed_count() == 5
+    assert web.post("/api/dead/reload", body).json() == {"action": "reload", "moved": 4}
+    assert [f.id for f in mt.failed(limit=None)] == bugs and runtime.ledger().outstanding(1) == 4
+    for bad, problem in (
+        ({"since": "yesterday"}, "since: cannot read 'yesterday'"),
+        ({"reason": 3}, '"reason" must be a text'),
+        ({"device": "device1", "dry_run": "yes"}, '"dry_run" and "all" must be true or false'),
+        ({"since": "1m", "until": "2h"}, "since is after until"),
+    ):
+        reply = web.post("/api/dead/delete", bad)
+        assert reply.status_code == 400 and problem in reply.json()["error"], (bad, reply.text)
+    assert web.get("/api/dead?until=soon").status_code == 400
+    assert mt.failed_count() == 1  # bad input moved nothing
+    assert web.post("/api/dead/delete", {"all": True, "dry_run": True}).json()["matching"] == 1
+    assert web.post("/api/dead/delete", {"text": "other.org"}).json()["moved"] == 1
+
+
+def test_the_page_filters_reloads_these_n_and_searches_in_a_browser(
+    web: Web, browser: Browser, r: redis.Redis, tmp_path: Path
+) -> None:
+    down = fail_tasks(1, [f"GET https://example.com/{n}" for n in range(12)], "ConnectionError: down", "device2@h")
+    bugs = fail_tasks(2, ["GET https://other.org/"], "ValueError: a real bug", "device1@h")
+    browser.open(web.url + "/dead")
+    browser.wait_for("document.querySelectorAll('#records tbody tr[data-id]').length === 13", "every record")
+    assert browser.js("document.getElementById('reload-matching').disabled")  # nothing chosen: no "these N"
+    browser.js("document.getElementById('reason').value = 'ConnectionError*'")
+    browser.js("document.getElementById('device').value = 'device2'")
+    browser.click("#search")
+    browser.wait_for("document.getElementById('reload-matching').textContent === 'Reload these 12'", "reload these 12")
+    rows = browser.js("[...document.querySelectorAll('#records tbody tr[data-id]')].map(tr => tr.dataset.id)")
+    assert rows == down and "reason=ConnectionError" in browser.js("location.search")
+    browser.screenshot(artifacts(tmp_path) / "web-dead-filtered.png")
+    browser.click("#reload-matching")
+    question = browser.wait_for("(c => !c.hidden && c.textContent)(document.getElementById('confirm'))", "the question")
+    assert question.startswith("Reload these 12 dead letter(s)?")  # the count the server found
+    assert mt.failed_count() == 13  # asked, not yet moved
+    browser.click("#confirm button.yes")
+    notice = browser.wait_for("(n => !n.hidden && n.textContent)(document.getElementById('notice'))", "the notice")
+    assert notice == "reloaded 12 dead letter(s)"
+    assert [f.id for f in mt.failed(limit=None)] == bugs and runtime.ledger().outstanding(1) == 12
+    browser.wait_for("document.getElementById('total').textContent === '(0 matching)'", "the list read again")
+
+    browser.click("#clear")
+    browser.wait_for("document.querySelectorAll('#records tbody tr[data-id]').length === 1", "the one left")
+    browser.js("document.getElementById('text').value = 'other.org'")
+    browser.click("#search")
+    browser.wait_for(f"!!document.querySelector(\"tr[data-id='{bugs[0]}'] a\")", "the search's result")
+    browser.click(f"tr[data-id='{bugs[0]}'] a")
+    browser.wait_for(
+        "document.querySelector(\"pre[data-field='data']\")?.textContent === 'GET https://other.org/'", "its record"
+    )
+    assert browser.js("document.querySelector(\"dd[data-field='reason']\").textContent") == "ValueError: a real bug"
+    assert browser.js("location.pathname") == "/dead/record"

@@ -1,11 +1,12 @@
 --! include clock
---! record
+--! include dead_index
 -- Shared by finish.lua and recover.lua: writes a dead-letter record. rec: the record's key;
--- index_all, index_ch: the failure-time indexes; channels: the set of channels with records;
+-- index_all, index_ch: the failure-time indexes; by_field: the field index (dead_index.lua);
+-- channels: the set of channels with records;
 -- meta: the channel's reload history (id -> "failures|first_failed"); claim: the claim of a
 -- device that died while its save function ran ('' for none: see claim.lua). The record's
--- fields are the ones records.py declares (RECORD_FIELDS, pasted in by the loader): a new
--- field is a line there and its value in ``record_values`` below.
+-- fields are the ones records.py declares (RECORD_FIELDS, pasted in by the loader through
+-- dead_index.lua): a new field is a line there and its value in ``record_values`` below.
 
 -- The reason of a task whose device died while its save function ran (see claim.lua).
 local LOST_WHILE_SAVING = 'worker lost while saving: the device died after its save function was called on '
@@ -24,8 +25,8 @@ do  -- checked when a step starts, before it writes anything: Redis keeps a scri
   end
 end
 
-local function write_dead_letter(rec, index_all, index_ch, channels, meta, id, channel, data, reason,
-                                 tb, device, result, now, claim)
+local function write_dead_letter(rec, index_all, index_ch, by_field, channels, meta, id, channel, data,
+                                 reason, tb, device, result, now, claim)
   local failures, first = 1, now
   local history = redis.call('HGET', meta, id)
   if history then
@@ -34,6 +35,7 @@ local function write_dead_letter(rec, index_all, index_ch, channels, meta, id, c
     if f then failures = tonumber(f) + 1; first = t end
   end
   local values = record_values(id, channel, data, reason, tb, device, first, now, failures, result)
+  index_forget(by_field, rec, id)  -- a record written again may have another reason or device
   local stored = {'v', RECORD_VERSION}
   for _, name in ipairs(RECORD_FIELDS) do  -- the fields FailedTask declares, in its order
     stored[#stored + 1] = name
@@ -43,6 +45,7 @@ local function write_dead_letter(rec, index_all, index_ch, channels, meta, id, c
   if claim and claim ~= '' then redis.call('HSET', rec, 'claim', claim) else redis.call('HDEL', rec, 'claim') end
   redis.call('ZADD', index_all, now, id)
   redis.call('ZADD', index_ch, now, id)
+  index_add(by_field, id, values)
   redis.call('SADD', channels, channel)
 end
 

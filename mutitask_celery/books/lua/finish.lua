@@ -14,7 +14,8 @@
 -- KEYS[8] channels with dead letters; KEYS[9] devices:done; KEYS[10] devices:seen;
 -- KEYS[11] devices:beats; KEYS[12] inhand:<device>; KEYS[13] lost:<ch>; KEYS[14] started:<ch>;
 -- KEYS[15] steps:<device>; KEYS[16] held:<ch>; KEYS[17] backlog:<ch>; KEYS[18] claims:<ch>;
--- KEYS[19..] the dead-letter record of each outcome, in order.
+-- KEYS[19] the dead-letter field index (dead_index.lua); KEYS[20..] the dead-letter record of
+-- each outcome, in order.
 -- ARGV[1] device; ARGV[2] channel; ARGV[3] message id ('' for none); ARGV[4] seconds the tasks
 -- took; ARGV[5] step id; ARGV[6] the writer's field in steps:<device>; ARGV[7] the device's claim
 -- ("<device>|<message id>|<run>", see claim.lua; '' when it saved nothing itself); ARGV[8..] per
@@ -28,7 +29,7 @@ local pending, meta, stats, notify = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local results, dead_index, dead_index_ch, dead_channels = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local devices_done, devices_seen, devices_beats, inhand = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local lost, started, steps, held = KEYS[13], KEYS[14], KEYS[15], KEYS[16]
-local backlog, claims = KEYS[17], KEYS[18]
+local backlog, claims, dead_by_field = KEYS[17], KEYS[18], KEYS[19]
 local device, channel, message_id, busy = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local step, writer, claim = ARGV[5], ARGV[6], ARGV[7]
 local last = redis.call('HGET', steps, writer)
@@ -37,7 +38,7 @@ if last then
   if id == step then return {tonumber(a), tonumber(b), tonumber(c), tonumber(d), redis.call('ZCARD', backlog)} end
 end
 local now = redis_now()
-local ok, failed, dup, revived, cancelled, record = 0, 0, 0, 0, 0, 18
+local ok, failed, dup, revived, cancelled, record = 0, 0, 0, 0, 0, 19
 local twice = {}
 for i = 8, #ARGV, 5 do
   local kind, id, result, reason, tb = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -55,7 +56,7 @@ for i = 8, #ARGV, 5 do
     end
   elseif kind == 'skip' or (holder and claim_base(holder) ~= claim) then
     dup = dup + 1
-    twice[#twice + 1] = record - 19
+    twice[#twice + 1] = record - 20
   elseif outstanding then
     local data = nil
     if kind ~= 'ok' then data = redis.call('HGET', pending, id) end
@@ -67,11 +68,12 @@ for i = 8, #ARGV, 5 do
       if result ~= '' then redis.call('RPUSH', results, result) end
       ok = ok + 1
     else
-      write_dead_letter(KEYS[record], dead_index, dead_index_ch, dead_channels, meta, id, channel, data, reason, tb,
-        device, result, now, '')
+      write_dead_letter(KEYS[record], dead_index, dead_index_ch, dead_by_field, dead_channels, meta, id, channel,
+        data, reason, tb, device, result, now, '')
       failed = failed + 1
     end
   elseif kind == 'ok' and revivable(KEYS[record], claim) then
+    index_forget(dead_by_field, KEYS[record], id)
     redis.call('DEL', KEYS[record])
     redis.call('ZREM', dead_index, id)
     redis.call('ZREM', dead_index_ch, id)
@@ -84,7 +86,7 @@ for i = 8, #ARGV, 5 do
   else
     if holder and claim ~= '' then redis.call('HDEL', claims, id) end  -- its own claim: done with
     dup = dup + 1
-    twice[#twice + 1] = record - 19
+    twice[#twice + 1] = record - 20
   end
 end
 if ok > 0 then redis.call('HINCRBY', stats, 'succeeded', ok) end

@@ -22,7 +22,8 @@
 -- KEYS[14] notify:<ch>
 -- KEYS[15] held:<ch>         tasks in devices' hands (the note's leave it)
 -- KEYS[16] claims:<ch>       task id -> the claim of a device whose save function is to run on it
--- KEYS[17..16+n] the dead-letter record of each task, in the order of ARGV[11..]
+-- KEYS[17] the dead-letter field index (dead_index.lua)
+-- KEYS[18..17+n] the dead-letter record of each task, in the order of ARGV[11..]
 -- ARGV[1] device; ARGV[2] the heartbeat judged too old ('' when the device itself, or its next
 --   life, acts: no fence); ARGV[3] message id; ARGV[4] the note as read ("tag|score");
 -- ARGV[5] delivery tag; ARGV[6] the start mark as read ('' for none); ARGV[7] deaths that bury a
@@ -44,6 +45,7 @@ local devices_seen, inhand, unacked, unacked_index = KEYS[1], KEYS[2], KEYS[3], 
 local queue, started, lost, pending = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
 local meta, stats, dead_index, dead_index_ch = KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local dead_channels, notify, held, claims = KEYS[13], KEYS[14], KEYS[15], KEYS[16]
+local dead_by_field = KEYS[17]
 local device, judged, message_id, noted = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local tag, mark_read, max_attempts, channel = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local tasks, leaving = ARGV[9], ARGV[10]
@@ -78,7 +80,7 @@ for i = 1, n do
   if claimed then redis.call('HDEL', claims, id) end
   if redis.call('HEXISTS', pending, id) == 1 then
     if saving then
-      write_dead_letter(KEYS[16 + i], dead_index, dead_index_ch, dead_channels, meta, id, channel,
+      write_dead_letter(KEYS[17 + i], dead_index, dead_index_ch, dead_by_field, dead_channels, meta, id, channel,
         redis.call('HGET', pending, id), LOST_WHILE_SAVING, '', device, '', redis_now(), claim)
       redis.call('HDEL', pending, id)
       redis.call('HDEL', lost, id)
@@ -90,8 +92,8 @@ for i = 1, n do
       if deaths > most then most = deaths end
       alive[#alive + 1] = i
     end
-  elseif saving and redis.call('EXISTS', KEYS[16 + i]) == 1 then
-    redis.call('HSET', KEYS[16 + i], 'claim', claim)  -- it was replacing its burial: only it may still
+  elseif saving and redis.call('EXISTS', KEYS[17 + i]) == 1 then
+    redis.call('HSET', KEYS[17 + i], 'claim', claim)  -- it was replacing its burial: only it may still
   end
 end
 if buried > 0 then
@@ -102,7 +104,7 @@ if #alive == 0 then return {buried > 0 and 'buried' or 'gone', most} end
 if n == 1 and alone and most >= tonumber(max_attempts) then
   local id, now = ARGV[11], redis_now()
   local reason = 'worker lost: the device died while running it, ' .. most .. ' time(s)'
-  write_dead_letter(KEYS[17], dead_index, dead_index_ch, dead_channels, meta, id, channel,
+  write_dead_letter(KEYS[18], dead_index, dead_index_ch, dead_by_field, dead_channels, meta, id, channel,
     redis.call('HGET', pending, id), reason, '', device, '', now, '')
   redis.call('HDEL', pending, id)
   redis.call('HDEL', lost, id)

@@ -11,13 +11,14 @@
 -- KEYS[1] pending:<ch>; KEYS[2] lost:<ch> (task id -> deaths); KEYS[3] started:<ch>;
 -- KEYS[4] claims:<ch>; KEYS[5] meta:<ch>; KEYS[6] stats:<ch>; KEYS[7] dead index, all;
 -- KEYS[8] dead index of <ch>; KEYS[9] channels with dead letters; KEYS[10] notify:<ch>;
--- KEYS[11..10+n] the dead-letter record of each task, in the order of the ids
+-- KEYS[11] the dead-letter field index (dead_index.lua);
+-- KEYS[12..11+n] the dead-letter record of each task, in the order of the ids
 -- ARGV[1] message id; ARGV[2] the channel; ARGV[3..2+n] its task ids.
 -- Returns 1 if the device that started it ran it alone (a death then is its own), else 0;
 -- then per task: -1 when no longer outstanding (or buried here), else its deaths so far.
 local pending, lost, started, claims = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local meta, stats, dead_index, dead_index_ch = KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local dead_channels, notify = KEYS[9], KEYS[10]
+local dead_channels, notify, dead_by_field = KEYS[9], KEYS[10], KEYS[11]
 local message_id, channel = ARGV[1], ARGV[2]
 local mark = redis.call('HGET', started, message_id)
 redis.call('HDEL', started, message_id)
@@ -32,11 +33,11 @@ for i = 3, #ARGV do
   local saving = claimed and claim_saving(value)
   if claimed then redis.call('HDEL', claims, id) end
   if redis.call('HEXISTS', pending, id) == 0 then
-    if saving and redis.call('EXISTS', KEYS[8 + i]) == 1 then redis.call('HSET', KEYS[8 + i], 'claim', claim) end
+    if saving and redis.call('EXISTS', KEYS[9 + i]) == 1 then redis.call('HSET', KEYS[9 + i], 'claim', claim) end
     out[#out + 1] = -1
   elseif saving then
     local device = string.sub(holder, 1, #holder - #suffix)
-    write_dead_letter(KEYS[8 + i], dead_index, dead_index_ch, dead_channels, meta, id, channel,
+    write_dead_letter(KEYS[9 + i], dead_index, dead_index_ch, dead_by_field, dead_channels, meta, id, channel,
       redis.call('HGET', pending, id), LOST_WHILE_SAVING, '', device, '', redis_now(), claim)
     redis.call('HDEL', pending, id)
     redis.call('HDEL', lost, id)

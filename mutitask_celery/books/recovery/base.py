@@ -37,8 +37,8 @@ def bury(ledger: Ledger, channel: int, device: str, task_id: str, attempts: int)
 
 def burial_keys(keys: Keys, channel: int) -> dict[str, str]:
     """The keys a step that buries a task of ``channel`` takes (``recover.lua``,
-    ``settle.lua``), by name: its reload history, its counters, the dead-letter indexes, the
-    set of channels with dead letters, and the server's wake-up list."""
+    ``settle.lua``), by name: its reload history, its counters, the dead-letter indexes (the
+    field index too), the set of channels with dead letters, and the server's wake-up list."""
     return {
         "meta": keys.meta(channel),
         "stats": keys.stats(channel),
@@ -46,6 +46,7 @@ def burial_keys(keys: Keys, channel: int) -> dict[str, str]:
         "dead_index_ch": keys.dead_index(channel),
         "dead_channels": keys.dead_channels,
         "notify": keys.notify(channel),
+        "dead_by_field": keys.dead_by_field,
     }
 
 
