@@ -35,7 +35,7 @@ from mutitask_celery.tools.localredis import LocalRedis, free_port
 
 HOST = socket.gethostname()
 # Shared functions pasted into other steps (``--! include``), never run on their own.
-INCLUDES = {"claims", "clock", "dead_letter", "dead_index", "dead_match", "lease_check", "note", "wake"}
+INCLUDES = {"cancelled", "claims", "clock", "dead_letter", "dead_index", "dead_match", "lease_check", "note", "wake"}
 # Steps of the Redis broker's reaper: they act on kombu's own keys (unacked, the queues' lists).
 REDIS_BROKER_ONLY = {"restore", "recover", "retire", "forget", "held"}
 

@@ -64,6 +64,7 @@ def test_every_step_the_package_loads_is_declared_and_exists_and_its_includes_re
         text = scripts.source(step.name)
         assert "--! include" not in text, f"{step.name}: an include was not pasted in"
     shared = {
+        "cancelled",
         "claims",
         "clock",
         "dead_letter",

@@ -1,5 +1,6 @@
 --! include clock
 --! include wake
+--! include cancelled
 -- cancel: a channel's run is called off (``mutitask cancel``). The channel is marked cancelled
 -- (its server takes no more tasks from its generator, devices start none of its tasks), and
 -- reloaded tasks waiting in its backlog leave the books as cancelled, up to ARGV[2] of them a
@@ -16,14 +17,7 @@ if redis.call('HEXISTS', cancelled, channel) == 0 then redis.call('HSET', cancel
 local n = 0
 for _, id in ipairs(redis.call('ZRANGE', backlog, 0, tonumber(most) - 1)) do
   redis.call('ZREM', backlog, id)
-  if redis.call('HDEL', pending, id) == 1 then
-    redis.call('HDEL', meta, id)
-    redis.call('HDEL', lost, id)
-    n = n + 1
-  end
+  if cancel_task(pending, meta, lost, id) then n = n + 1 end
 end
-if n > 0 then
-  redis.call('HINCRBY', stats, 'cancelled', n)
-  wake_server(notify)
-end
+count_cancelled(stats, notify, n)
 return {n, redis.call('ZCARD', backlog)}

@@ -1,4 +1,5 @@
 --! include wake
+--! include cancelled
 -- drop_cancelled: tasks of a cancelled channel that never started (in messages taken off its
 -- queue by the canceller, or handed to a device that will not start them) leave the books as
 -- cancelled: counted, never run, not dead letters. A task a save function is saving (its
@@ -12,14 +13,7 @@ local stats, notify = KEYS[5], KEYS[6]
 local n = 0
 for i = 1, #ARGV do
   local id = ARGV[i]
-  if redis.call('HEXISTS', claims, id) == 0 and redis.call('HDEL', pending, id) == 1 then
-    redis.call('HDEL', meta, id)
-    redis.call('HDEL', lost, id)
-    n = n + 1
-  end
+  if redis.call('HEXISTS', claims, id) == 0 and cancel_task(pending, meta, lost, id) then n = n + 1 end
 end
-if n > 0 then
-  redis.call('HINCRBY', stats, 'cancelled', n)
-  wake_server(notify)
-end
+count_cancelled(stats, notify, n)
 return n

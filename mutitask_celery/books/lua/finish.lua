@@ -2,6 +2,7 @@
 --! include wake
 --! include note
 --! include claims
+--! include cancelled
 -- finish: record the outcomes of one message in one step: each task leaves the books and its
 -- result is saved (default save function) or its dead-letter record written, and counted. A task
 -- no longer in the books was finished before (a message delivered twice): counted as run twice,
@@ -48,12 +49,7 @@ for i = 8, #ARGV, 5 do
   -- big task's data into the script for every finish cost Redis more than the rest of the step)
   local outstanding = redis.call('HEXISTS', pending, id) == 1
   if kind == 'cancel' then
-    if outstanding and not holder then
-      redis.call('HDEL', pending, id)
-      redis.call('HDEL', lost, id)
-      redis.call('HDEL', meta, id)
-      cancelled = cancelled + 1
-    end
+    if outstanding and not holder and cancel_task(pending, meta, lost, id) then cancelled = cancelled + 1 end
   elseif kind == 'skip' or (holder and claim_base(holder) ~= claim) then
     dup = dup + 1
     twice[#twice + 1] = record - 20
